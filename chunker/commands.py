@@ -1,0 +1,159 @@
+"""ffmpeg argument lists, built from validated profile fields. Pure: nothing runs here.
+
+A peer calls ``encode_chunk_argv`` with an input it was given by its coordinator (a local
+path for local slots, an http URL for remote ones) and numbers that passed validation; no
+string from the network reaches the argv except that URL, which the caller checks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import ffmpeg as ffmpeg_py
+
+from profiles import Profile
+
+__all__ = [
+    "CHUNK_FORMAT",
+    "AudioPlan",
+    "VideoPlan",
+    "audio_argv",
+    "encode_chunk_argv",
+    "merge_argv",
+    "verify_chunk_argv",
+    "video_plan",
+    "write_concat_list",
+]
+
+# NUT keeps the source time base exactly and can be written to a pipe, which matroska (1 ms
+# ticks) and mp4 (needs to seek back for its index) cannot both do.
+CHUNK_FORMAT = "nut"
+_QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPlan:
+    """What every chunk of one job is encoded to; the same for every peer."""
+
+    width: int
+    height: int
+    gop_frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPlan:
+    channels: int
+    offset_s: float  # audio start minus video start in the source
+
+
+def video_plan(profile: Profile, display_w: float, display_h: float, fps: float,
+               upscale: bool) -> VideoPlan:
+    from profiles import fit_box
+
+    w, h = fit_box(display_w, display_h, profile.video.width, profile.video.height, upscale)
+    return VideoPlan(width=w, height=h, gop_frames=max(1, round(profile.video.gop_s * fps)))
+
+
+def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, str | int]:
+    v = profile.video
+    args: dict[str, str | int] = {"c:v": v.codec, "pix_fmt": "yuv420p", "g": plan.gop_frames}
+    if v.codec == "libsvtav1":
+        args["preset"] = v.preset
+        if threads:
+            args["svtav1-params"] = f"lp={threads}"
+    else:
+        args["preset"] = v.preset
+        args["profile:v"] = v.profile
+        if v.codec == "libx264":
+            args["level:v"] = v.level
+            if threads:
+                args["threads"] = threads
+        else:
+            # x265 prints its banner on stderr unless told; level goes through its params.
+            params = ["log-level=error", f"level-idc={v.level}"]
+            if threads:
+                params.append(f"pools={threads}")
+            args["x265-params"] = ":".join(params)
+    if v.bitrate_k:
+        args.update({"b:v": f"{v.bitrate_k}k", "maxrate": f"{v.maxrate_k}k",
+                     "bufsize": f"{v.bufsize_k}k"})
+    else:
+        args["crf"] = f"{v.crf:g}"
+    return args
+
+
+def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: str,
+                      seek_s: float | None, frames: int, *, threads: int = 0,
+                      progress: bool = True) -> list[str]:
+    """Encode ``frames`` frames of the source's first video stream to NUT on stdout.
+
+    ``-copyts`` with passthrough frame timing keeps the source's own timestamps, so VFR
+    footage stays VFR and the merge can place every frame where the source had it.
+    """
+    in_args: dict[str, str] = {}
+    if seek_s is not None:
+        in_args["ss"] = f"{seek_s:.6f}"
+    src = ffmpeg_py.input(source, **in_args)
+    video = src["v:0"].filter("scale", plan.width, plan.height, flags="bicubic").filter(
+        "setsar", 1)
+    out = ffmpeg_py.output(
+        video, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough",
+        **{"frames:v": frames}, **_codec_args(profile, plan, threads),
+    )
+    argv: list[str] = out.compile(cmd=ffmpeg)
+    # Progress lines (frame=N) on stderr feed lease renewals and the dashboard.
+    extra = ["-progress", "pipe:2", "-stats_period", "0.5"] if progress else []
+    return [argv[0], *_QUIET, "-copyts", *extra, *argv[1:]]
+
+
+def verify_chunk_argv(ffmpeg: str, path: str) -> list[str]:
+    """Decode a chunk fully and list every frame's timestamp (framecrc on stdout)."""
+    return [ffmpeg, *_QUIET, "-copyts", "-i", path, "-map", "0:v:0", "-fps_mode", "passthrough",
+            "-enc_time_base:v", "demux", "-f", "framecrc", "-"]
+
+
+def audio_argv(ffmpeg: str, profile: Profile, source: str, channels: int, out: str) -> list[str]:
+    """Encode the whole audio track once, so there is no seam at chunk joints."""
+    a = profile.audio
+    return [ffmpeg, *_QUIET, "-i", source, "-map", "0:a:0", "-vn", "-sn", "-dn",
+            "-c:a", a.codec, "-b:a", f"{a.bitrate_k}k", "-ar", str(a.sample_rate),
+            "-ac", str(channels), "-f", "mp4", out]
+
+
+def write_concat_list(path: str, chunk_files: list[str], spans: list[float | None]) -> None:
+    """An ffconcat script whose explicit durations place each chunk at its source time."""
+    lines = ["ffconcat version 1.0"]
+    for name, span in zip(chunk_files, spans, strict=True):
+        base = os.path.basename(name)
+        if "'" in base or "\n" in base:
+            raise ValueError(f"unsafe chunk file name {base!r}")
+        lines.append(f"file '{base}'")
+        if span is not None:
+            lines.append(f"duration {span:.6f}")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def merge_argv(ffmpeg: str, concat_list: str, audio: str | None, audio_offset_s: float,
+               time_base: Fraction, out: str, container: str = "mp4") -> list[str]:
+    """Concatenate chunks and mux the audio, copying every stream (no re-encode)."""
+    argv = [ffmpeg, *_QUIET]
+    # Whichever stream starts later in the source is delayed by the difference.
+    if audio is not None and audio_offset_s < 0:
+        argv += ["-itsoffset", f"{-audio_offset_s:.6f}"]
+    argv += ["-f", "concat", "-safe", "0", "-i", concat_list]
+    if audio is not None:
+        if audio_offset_s > 0:
+            argv += ["-itsoffset", f"{audio_offset_s:.6f}"]
+        argv += ["-i", audio]
+    argv += ["-map", "0:v:0"]
+    if audio is not None:
+        argv += ["-map", "1:a:0"]
+    argv += ["-c", "copy"]
+    if time_base.numerator == 1 and 1000 <= time_base.denominator <= 1 << 30:
+        # Keep the source's clock so every timestamp survives exactly.
+        argv += ["-video_track_timescale", str(time_base.denominator)]
+    argv += ["-movflags", "+faststart", "-f", container, out]
+    return argv

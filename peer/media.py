@@ -1,0 +1,71 @@
+"""Media steps of a job run as trio-cancellable ffmpeg children.
+
+The argv builders and the checks are pure (chunker/); this module only runs them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from chunker.commands import audio_argv, merge_argv, verify_chunk_argv, write_concat_list
+from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
+from chunker.tools import FFmpeg
+from chunker.verify import check_chunk_listing, check_output
+from profiles import Profile
+from swarm.errors import ProbeError, VerifyError
+
+from .proc import run_ffmpeg
+
+__all__ = [
+    "encode_audio",
+    "merge",
+    "probe",
+    "verify_chunk",
+    "verify_output",
+]
+
+
+async def probe(ffmpeg: FFmpeg, path: str) -> MediaInfo:
+    size = input_size(path)
+    res = await run_ffmpeg(probe_argv(ffmpeg, path), check=False, what="probe")
+    check_probe_run(path, res.returncode, res.stderr)
+    return interpret_probe(path, size, res.stdout.decode("utf-8", "replace"), res.stderr)
+
+
+async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
+                       frames: int) -> None:
+    """Decode the chunk fully; raises VerifyError unless frames and times are as planned."""
+    res = await run_ffmpeg(verify_chunk_argv(ffmpeg.path, path), check=False, what="verify")
+    if res.returncode != 0:
+        raise VerifyError(f"chunk does not decode: {res.stderr.strip()[-200:]}")
+    check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
+
+
+async def encode_audio(ffmpeg: FFmpeg, profile: Profile, source: str, channels: int,
+                       out: str) -> None:
+    await run_ffmpeg(audio_argv(ffmpeg.path, profile, source, channels, out),
+                     what="audio encode")
+
+
+async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
+                spans: list[float | None], audio: str | None, audio_offset_s: float,
+                source: MediaInfo, out: str, container: str) -> None:
+    concat = os.path.join(workdir, "chunks.ffconcat")
+    await trio.to_thread.run_sync(write_concat_list, concat, chunk_files, spans)
+    await run_ffmpeg(
+        merge_argv(ffmpeg.path, concat, audio, audio_offset_s, source.video.time_base, out,
+                   container),
+        what="merge",
+    )
+
+
+async def verify_output(ffmpeg: FFmpeg, path: str, source: MediaInfo) -> MediaInfo:
+    """Frame count and timestamps equal the source's; audio present iff the source had it."""
+    try:
+        out = await probe(ffmpeg, path)
+    except ProbeError as exc:
+        raise VerifyError(f"merged output unreadable: {exc}") from exc
+    check_output(out, source)
+    return out

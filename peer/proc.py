@@ -1,0 +1,124 @@
+"""Running ffmpeg children from trio: streamed progress, bounded stderr, no orphans.
+
+Every ffmpeg swarm starts goes through ``run_ffmpeg``. On cancellation (Ctrl-C, a lost
+lease, a job torn down) the child is SIGKILLed at once and reaped, so no zombie and no
+half-written pipe survive; on Linux the child also dies with us if we are SIGKILLed
+(PR_SET_PDEATHSIG), so a killed node leaves no encoder running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import trio
+
+from swarm.errors import EncodeError
+
+__all__ = ["FFmpegResult", "run_ffmpeg"]
+
+log = logging.getLogger(__name__)
+
+# Enough of ffmpeg's stderr to explain a failure; progress lines are parsed, not kept.
+STDERR_KEEP_LINES = 40
+# Output kept in memory only for small text results (probe, verify listings).
+MAX_CAPTURE_BYTES = 64 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class FFmpegResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+async def run_ffmpeg(
+    argv: Sequence[str],
+    *,
+    stdout: IO[bytes] | None = None,
+    stdout_sink: Callable[[bytes], Awaitable[None]] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    check: bool = True,
+    what: str = "ffmpeg",
+) -> FFmpegResult:
+    """Run one ffmpeg; its stdout goes to ``stdout`` (a file), ``stdout_sink``, or memory.
+
+    ``on_progress`` receives the frame count from ``-progress pipe:2`` lines.
+    Raises EncodeError on a non-zero exit when ``check``.
+    """
+    piped = stdout is None
+    proc = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if piped else stdout,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    tail: deque[str] = deque(maxlen=STDERR_KEEP_LINES)
+    captured = bytearray()
+
+    async def pump_stderr() -> None:
+        assert proc.stderr is not None
+        buf = b""
+        async for data in proc.stderr:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line.startswith("frame=") and on_progress is not None:
+                    value = line[6:].strip()
+                    if value.isdigit():
+                        on_progress(int(value))
+                elif "=" in line and " " not in line.split("=", 1)[0]:
+                    continue  # other -progress keys
+                elif line:
+                    tail.append(line)
+        if buf.strip():
+            tail.append(buf.decode("utf-8", "replace").rstrip())
+
+    async def pump_stdout() -> None:
+        assert proc.stdout is not None
+        async for data in proc.stdout:
+            if stdout_sink is not None:
+                await stdout_sink(data)
+            elif len(captured) + len(data) <= MAX_CAPTURE_BYTES:
+                captured.extend(data)
+            else:
+                raise EncodeError(f"{what}: output larger than {MAX_CAPTURE_BYTES} bytes")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_stderr)
+            if piped:
+                nursery.start_soon(pump_stdout)
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+    result = FFmpegResult(proc.returncode, bytes(captured), "\n".join(tail))
+    if check and proc.returncode != 0:
+        detail = tail[-1] if tail else f"exit status {proc.returncode}"
+        raise EncodeError(f"{what} failed: {detail}")
+    return result

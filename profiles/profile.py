@@ -1,0 +1,268 @@
+"""Encoding profiles as validated data.
+
+A profile is a TOML file (the built-in ones sit beside this module). The same fields travel
+to peers in an invite, flattened to ``video_*`` / ``audio_*`` keys; ``Profile.from_mapping``
+validates both forms alike, so a peer builds its ffmpeg arguments only from values that passed
+the allow-lists and ranges below. A bad field raises ProfileError naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from swarm.errors import ProfileError
+
+__all__ = ["AudioSpec", "Profile", "VideoSpec", "builtin_names", "fit_box", "load_profile"]
+
+VIDEO_CODECS = ("libx264", "libx265", "libsvtav1")
+AUDIO_CODECS = ("aac", "ac3", "libopus")
+X26X_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow", "placebo",
+)
+H264_PROFILES = ("baseline", "main", "high")
+H265_PROFILES = ("main",)
+# H.264 (A.3) and H.265 (A.4) level names; a peer passes only one of these to -level.
+LEVELS = ("3.0", "3.1", "3.2", "4.0", "4.1", "4.2", "5.0", "5.1", "5.2", "6.0", "6.1", "6.2")
+SAMPLE_RATES = (22050, 32000, 44100, 48000)
+# AC-3 allows at most 5.1 and these rates (ATSC A/52); Opus resamples to 48 kHz internally.
+AC3_RATES = (32000, 44100, 48000)
+MAX_BOX = 8192  # 8K; larger boxes are almost certainly typos
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSpec:
+    codec: str
+    width: int
+    height: int
+    preset: str  # x264/x265 preset name, or SVT-AV1 preset number as text
+    profile: str = ""  # H.264/H.265 profile; "" for AV1
+    level: str = ""
+    bitrate_k: int = 0  # target; 0 means quality-targeted (crf)
+    maxrate_k: int = 0
+    bufsize_k: int = 0
+    crf: float = 0.0
+    gop_s: float = 2.0  # keyframe interval inside a chunk (every chunk also starts with one)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSpec:
+    codec: str
+    bitrate_k: int
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    description: str
+    video: VideoSpec
+    audio: AudioSpec
+
+    @property
+    def rate_label(self) -> str:
+        v = self.video
+        return f"{v.bitrate_k}k" if v.bitrate_k else f"crf {v.crf:g}"
+
+    def to_wire(self) -> dict[str, str | int | float | bool]:
+        """Flat form for invites: keys [a-z0-9_], scalar values."""
+        out: dict[str, str | int | float | bool] = {"name": self.name}
+        out.update({f"video_{k}": v for k, v in asdict(self.video).items()})
+        out.update({f"audio_{k}": v for k, v in asdict(self.audio).items()})
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "profile") -> Profile:
+        """Validate a nested (TOML) or flat (wire) mapping; raises ProfileError."""
+        if "video" in data or "audio" in data:
+            unknown = set(data) - {"name", "description", "video", "audio"}
+            video = data.get("video", {})
+            audio = data.get("audio", {})
+        else:
+            video = {k[6:]: v for k, v in data.items() if k.startswith("video_")}
+            audio = {k[6:]: v for k, v in data.items() if k.startswith("audio_")}
+            unknown = {k for k in data if not k.startswith(("video_", "audio_"))} - {
+                "name", "description"}
+        if unknown:
+            raise ProfileError(f"{source}: unknown field {sorted(unknown)[0]!r}")
+        if not isinstance(video, Mapping) or not isinstance(audio, Mapping):
+            raise ProfileError(f"{source}: [video] and [audio] must be tables")
+        name = data.get("name", "")
+        if not isinstance(name, str) or not (1 <= len(name) <= 32) or not all(
+            c.isalnum() or c in "-_." for c in name
+        ):
+            raise ProfileError(f"{source}: name must be 1-32 letters, digits, '-', '_' or '.'")
+        desc = data.get("description", "")
+        if not isinstance(desc, str) or len(desc) > 128:
+            raise ProfileError(f"{source}: description must be text of at most 128 characters")
+        return cls(name=name, description=desc, video=_video(video, source),
+                   audio=_audio(audio, source))
+
+
+class _Fields:
+    """Reads typed fields from one table and rejects the ones nobody asked for."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str) -> None:
+        self.table = dict(table)
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        return self.table.get(key, default)
+
+    def fail(self, key: str, why: str) -> ProfileError:
+        return ProfileError(f"{self.prefix}.{key}: {why}")
+
+    def choice(self, key: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self._get(key, default)
+        if value is None:
+            raise self.fail(key, "missing")
+        if not isinstance(value, str) or value not in options:
+            raise self.fail(key, f"must be one of {', '.join(options)} (got {value!r})")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
+        value = self._get(key, default)
+        if value is None:
+            raise self.fail(key, "missing")
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(key, f"must be an integer from {lo} to {hi} (got {value!r})")
+        return value
+
+    def number(self, key: str, lo: float, hi: float, default: float | None = None) -> float:
+        value = self._get(key, default)
+        if value is None:
+            raise self.fail(key, "missing")
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or not lo <= value <= hi):
+            raise self.fail(key, f"must be a number from {lo:g} to {hi:g} (got {value!r})")
+        return float(value)
+
+    def done(self) -> None:
+        extra = set(self.table) - self.seen
+        if extra:
+            raise self.fail(sorted(extra)[0], "unknown field")
+
+
+def _video(table: Mapping[str, Any], source: str) -> VideoSpec:
+    f = _Fields(table, f"{source}: video")
+    codec = f.choice("codec", VIDEO_CODECS)
+    width = f.integer("width", 16, MAX_BOX)
+    height = f.integer("height", 16, MAX_BOX)
+    if codec == "libsvtav1":
+        preset = str(f.integer("preset", 0, 13, 8)) if not isinstance(
+            table.get("preset"), str) else f.choice("preset", tuple(str(i) for i in range(14)))
+        profile, level = "", ""
+        f.seen.update({"profile", "level"})
+        if table.get("profile") or table.get("level"):
+            raise f.fail("profile", "AV1 profiles and levels are chosen by the encoder")
+    else:
+        preset = f.choice("preset", X26X_PRESETS, "medium")
+        profile = f.choice("profile", H264_PROFILES if codec == "libx264" else H265_PROFILES,
+                           "high" if codec == "libx264" else "main")
+        level = f.choice("level", LEVELS, "4.1")
+    bitrate = f.integer("bitrate_k", 0, 400_000, 0)
+    crf_max = 63 if codec == "libsvtav1" else 51
+    crf = f.number("crf", 0, crf_max, 0)
+    if bool(bitrate) == bool(crf):
+        raise f.fail("bitrate_k", "set exactly one of bitrate_k and crf")
+    maxrate = f.integer("maxrate_k", 0, 800_000, 0)
+    bufsize = f.integer("bufsize_k", 0, 1_600_000, 0)
+    if bitrate:
+        # Without a VBV constraint every chunk drifts around the average on its own.
+        maxrate = maxrate or bitrate * 3 // 2
+        bufsize = bufsize or bitrate * 2
+        if maxrate < bitrate:
+            raise f.fail("maxrate_k", "must be at least bitrate_k")
+    gop = f.number("gop_s", 0.1, 20.0, 2.0)
+    f.done()
+    return VideoSpec(codec=codec, width=width, height=height, preset=preset, profile=profile,
+                     level=level, bitrate_k=bitrate, maxrate_k=maxrate, bufsize_k=bufsize,
+                     crf=crf, gop_s=gop)
+
+
+def _audio(table: Mapping[str, Any], source: str) -> AudioSpec:
+    f = _Fields(table, f"{source}: audio")
+    codec = f.choice("codec", AUDIO_CODECS)
+    bitrate = f.integer("bitrate_k", 16, 1024)
+    if codec == "ac3":
+        rate = f.integer("sample_rate", 32000, 48000)
+        if rate not in AC3_RATES:
+            raise f.fail("sample_rate", f"AC-3 needs one of {AC3_RATES}")
+        channels = f.integer("channels", 1, 6)
+        if bitrate > 640:
+            raise f.fail("bitrate_k", "AC-3 allows at most 640")
+    else:
+        rate = f.integer("sample_rate", 8000, 48000, 48000)
+        if rate not in SAMPLE_RATES:
+            raise f.fail("sample_rate", f"must be one of {SAMPLE_RATES}")
+        channels = f.integer("channels", 1, 8)
+    if codec == "libopus" and rate != 48000:
+        raise f.fail("sample_rate", "Opus runs at 48000")
+    f.done()
+    return AudioSpec(codec=codec, bitrate_k=bitrate, sample_rate=rate, channels=channels)
+
+
+def builtin_names() -> list[str]:
+    files = resources.files(__package__)
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_profile(spec: str) -> Profile:
+    """A built-in name (``hd``) or a path to a TOML file (``./mine.toml``)."""
+    if spec.endswith(".toml") or "/" in spec:
+        path = Path(spec)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(f"profile {spec}: {exc.strerror or exc}") from exc
+        source = str(path)
+    else:
+        if spec not in builtin_names():
+            raise ProfileError(
+                f"unknown profile {spec!r}; built-in ones: {', '.join(builtin_names())}")
+        text = resources.files(__package__).joinpath(f"{spec}.toml").read_text("utf-8")
+        source = spec
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{source}: not valid TOML ({exc})") from exc
+    if "name" not in data:
+        data["name"] = Path(source).stem
+    return Profile.from_mapping(data, source)
+
+
+def _even(x: float) -> int:
+    return max(2, round(x / 2) * 2)
+
+
+def fit_box(display_w: float, display_h: float, box_w: int, box_h: int,
+            upscale: bool = False) -> tuple[int, int]:
+    """Output size for a picture shown at display_w x display_h.
+
+    The box bounds the long and the short side, whatever the orientation (a 720p profile
+    gives 720x1280 for portrait phone video); the aspect ratio is kept, pixels are square,
+    sides even, and nothing is enlarged unless ``upscale``.
+    """
+    long_box, short_box = max(box_w, box_h), min(box_w, box_h)
+    if display_w >= display_h:
+        bw, bh = long_box, short_box
+    else:
+        bw, bh = short_box, long_box
+    scale = min(bw / display_w, bh / display_h)
+    if not upscale:
+        scale = min(scale, 1.0)
+    w, h = _even(display_w * scale), _even(display_h * scale)
+    # Rounding to even may step past the box, or past an odd source side, by one pixel.
+    lim_w, lim_h = bw, bh
+    if not upscale:
+        lim_w, lim_h = min(bw, int(display_w)), min(bh, int(display_h))
+    return max(2, min(w, lim_w - lim_w % 2)), max(2, min(h, lim_h - lim_h % 2))
