@@ -85,19 +85,22 @@ def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, st
 
 
 def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: str,
-                      seek_s: float | None, frames: int, *, threads: int = 0,
+                      seek_s: float | None, trim_s: float | None, frames: int, *,
+                      threads: int = 0,
                       progress: bool = True) -> list[str]:
     """Encode ``frames`` frames of the source's first video stream to NUT on stdout.
 
     ``-copyts`` with passthrough frame timing keeps the source's own timestamps, so VFR
     footage stays VFR and the merge can place every frame where the source had it.
     """
-    in_args: dict[str, str] = {}
+    in_args: dict[str, str | None] = {}
     if seek_s is not None:
-        in_args["ss"] = f"{seek_s:.6f}"
-    src = ffmpeg_py.input(source, **in_args)
-    video = src["v:0"].filter("scale", plan.width, plan.height, flags="bicubic").filter(
-        "setsar", 1)
+        # Seek only positions the demuxer; the trim below decides which frames are ours.
+        in_args = {"ss": f"{seek_s:.6f}", "noaccurate_seek": None}
+    video = ffmpeg_py.input(source, **in_args)["v:0"]
+    if trim_s is not None:
+        video = video.filter("trim", start=f"{trim_s:.6f}")
+    video = video.filter("scale", plan.width, plan.height, flags="bicubic").filter("setsar", 1)
     out = ffmpeg_py.output(
         video, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough",
         **{"frames:v": frames}, **_codec_args(profile, plan, threads),

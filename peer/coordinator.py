@@ -180,7 +180,7 @@ async def _encode_one(run: _Run, a: Assign, threads: int) -> None:
     plan = rec.plan
     name = os.path.join(run.workdir, f"chunk_{a.chunk:05d}.{a.attempt}.nut")
     argv = encode_chunk_argv(run.ffmpeg.path, run.opts.profile, run.vplan, run.opts.input,
-                             plan.seek_s, plan.frames, threads=threads)
+                             plan.seek_s, plan.trim_s, plan.frames, threads=threads)
     run.emit({"event": "chunk_start", "chunk": a.chunk, "attempt": a.attempt, "peer": a.peer})
     t0 = time.monotonic()
 
