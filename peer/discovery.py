@@ -24,11 +24,11 @@ import ipaddress
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import ifaddr
 import trio
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Goodbye is three packets 125 ms apart (zeroconf's _UNREGISTER_TIME); one second leaves room
 # for a loaded machine without making Ctrl-C feel stuck.
@@ -80,11 +81,21 @@ CALLBACK_BUFFER = 1024
 MAX_QUIET_NAMES = 256
 
 # trio 0.23 renamed to_thread.run_sync's `cancellable` to `abandon_on_cancel`.
-_ABANDON: dict[str, bool] = (
-    {"abandon_on_cancel": True}
+_ABANDON_KW = (
+    "abandon_on_cancel"
     if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
-    else {"cancellable": True}
+    else "cancellable"
 )
+
+
+async def _run_abandonable(fn: Callable[[], T]) -> T:
+    """Run fn in a worker thread, but return at once when cancelled, leaving it to finish.
+
+    Only for calls whose late completion is harmless (closing, joining, looking up).
+    """
+    run: Any = trio.to_thread.run_sync
+    result: T = await run(fn, **{_ABANDON_KW: True})
+    return result
 
 
 def local_ipv4_interfaces() -> list[str]:
@@ -128,7 +139,7 @@ async def open_zeroconf(interfaces: Sequence[str] | None = None) -> AsyncIterato
         # not worth hanging on.
         with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
             scope.shield = True
-            await trio.to_thread.run_sync(zc.close, **_ABANDON)
+            await _run_abandonable(zc.close)
 
 
 @asynccontextmanager
@@ -147,7 +158,7 @@ async def _on_loop(zc: Zeroconf, coro: Any, timeout_s: float) -> Any:
     """Run a coroutine on zeroconf's loop from a worker thread; wait at most timeout_s."""
     assert zc.loop is not None, "zeroconf is not started"
     future = asyncio.run_coroutine_threadsafe(coro, zc.loop)
-    return await trio.to_thread.run_sync(partial(future.result, timeout_s), **_ABANDON)
+    return await _run_abandonable(partial(future.result, timeout_s))
 
 
 class Advertiser:
@@ -283,7 +294,7 @@ class _Resolver:
         nursery.start_soon(self._resolve, name, ticket)
 
     async def _resolve(self, name: str, ticket: int) -> None:
-        info = await trio.to_thread.run_sync(_lookup, self.zc, name, **_ABANDON)
+        info = await _run_abandonable(partial(_lookup, self.zc, name))
         if self.tickets.get(name) != ticket or info is None:
             return
         record = self._parse(name, info)
@@ -377,7 +388,7 @@ async def browse(
             raw_send.close()
             with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
                 scope.shield = True
-                await trio.to_thread.run_sync(browser.cancel, **_ABANDON)
+                await _run_abandonable(browser.cancel)
 
 
 async def find_peers(
