@@ -134,22 +134,15 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
               "profile": opts.profile.name, "frames": frames, "chunks": len(plans),
               "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
               "workers": workers, "ffmpeg": ffmpeg.version})
-        audio_file = os.path.join(workdir, "audio.mp4") if info.audio else None
         async with trio.open_nursery() as nursery:
-            if info.audio is not None and audio_file is not None:
-                channels = min(info.audio.channels, opts.profile.audio.channels)
-                nursery.start_soon(media.encode_audio, ffmpeg, opts.profile, opts.input,
-                                   channels, audio_file)
             for slot in range(workers):
                 nursery.start_soon(_local_worker, run, f"{opts.name}/{slot}", threads)
         if not job.done:
             raise EncodeError("some chunks could not be encoded on any worker")
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
-        offset = info.audio.start_s - info.video.start_s if info.audio else 0.0
         await media.merge(ffmpeg, workdir, [r.file for r in run.records],
-                          [p.span_s for p in plans], audio_file, offset, info, tmp_out,
-                          container)
+                          [p.span_s for p in plans], info, opts.profile, tmp_out, container)
         await media.verify_output(ffmpeg, tmp_out, info)
         os.replace(tmp_out, opts.output)
         report = _report(run, time.monotonic() - t_start)

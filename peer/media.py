@@ -9,7 +9,7 @@ import os
 
 import trio
 
-from chunker.commands import audio_argv, merge_argv, verify_chunk_argv, write_concat_list
+from chunker.commands import merge_argv, verify_chunk_argv, write_concat_list
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
 from chunker.tools import FFmpeg
 from chunker.verify import check_chunk_listing, check_output
@@ -19,7 +19,6 @@ from swarm.errors import ProbeError, VerifyError
 from .proc import run_ffmpeg
 
 __all__ = [
-    "encode_audio",
     "merge",
     "probe",
     "verify_chunk",
@@ -43,19 +42,19 @@ async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
     check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
 
 
-async def encode_audio(ffmpeg: FFmpeg, profile: Profile, source: str, channels: int,
-                       out: str) -> None:
-    await run_ffmpeg(audio_argv(ffmpeg.path, profile, source, channels, out),
-                     what="audio encode")
-
-
 async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
-                spans: list[float | None], audio: str | None, audio_offset_s: float,
-                source: MediaInfo, out: str, container: str) -> None:
+                spans: list[float | None], source: MediaInfo, profile: Profile, out: str,
+                container: str) -> None:
+    """Concatenate verified chunks, encode and mux the audio, into ``out``."""
     concat = os.path.join(workdir, "chunks.ffconcat")
     await trio.to_thread.run_sync(write_concat_list, concat, chunk_files, spans)
+    channels = (min(source.audio.channels, profile.audio.channels)
+                if source.audio is not None else None)
+    first_stream = min(source.video.start_s,
+                       source.audio.start_s if source.audio else source.video.start_s)
     await run_ffmpeg(
-        merge_argv(ffmpeg.path, concat, audio, audio_offset_s, source.video.time_base, out,
+        merge_argv(ffmpeg.path, concat, source.path, profile, channels,
+                   source.video.start_s - first_stream, source.video.time_base, out,
                    container),
         what="merge",
     )
