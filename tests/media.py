@@ -1,0 +1,131 @@
+"""Test sources made with lavfi at test time, and independent checks of outputs.
+
+Each source is a few seconds of small video, so the whole corpus builds in seconds; each
+covers one of the hard cases the output promises hold for.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunker.probe import MediaInfo, probe
+from chunker.tools import find_ffmpeg
+
+FFMPEG = find_ffmpeg(["libx264", "aac"]).path
+
+_X264 = ["-c:v", "libx264", "-preset", "veryfast"]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    why: str
+    inputs: list[str]
+    args: list[str]
+    ext: str = ".mp4"
+
+
+def _lavfi(graph: str) -> list[str]:
+    return ["-f", "lavfi", "-i", graph]
+
+
+def _tone(seconds: float, layout: str = "stereo") -> list[str]:
+    return _lavfi(f"sine=frequency=440:duration={seconds},aformat=channel_layouts={layout}")
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("closed_gop", "closed GOP, B-frames, stereo AAC",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=4"), *_tone(4)],
+           [*_X264, "-bf", "2", "-g", "25", "-x264-params", "open-gop=0",
+            "-c:a", "aac", "-shortest"]),
+    Source("open_gop", "open GOP with B-frames and a scene cut (testsrc2 -> mandelbrot)",
+           ["-f", "lavfi", "-i",
+            "testsrc2=size=320x240:rate=30:duration=2[a];"
+            "mandelbrot=size=320x240:rate=30,trim=duration=2,setpts=PTS-STARTPTS[b];"
+            "[a][b]concat=n=2:v=1:a=0,format=yuv420p", *_tone(4)],
+           [*_X264, "-bf", "3", "-g", "40", "-x264-params", "open-gop=1:scenecut=40",
+            "-c:a", "aac", "-shortest"]),
+    Source("vfr", "variable frame rate like phone footage (gaps and bursts)",
+           [*_lavfi("testsrc2=size=320x240:rate=30:duration=4,"
+                    "setpts='(N/30+0.012*N*mod(floor(N/15),2))/TB'"), *_tone(5)],
+           [*_X264, "-bf", "2", "-g", "30", "-fps_mode", "vfr", "-c:a", "aac"]),
+    Source("audio_late", "audio starts 0.5 s after the video",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=4"), "-itsoffset", "0.5",
+            *_tone(3.5)],
+           [*_X264, "-bf", "2", "-g", "25", "-c:a", "aac"]),
+    Source("no_audio", "video only",
+           _lavfi("testsrc2=size=320x240:rate=24:duration=3"),
+           [*_X264, "-g", "24"]),
+    Source("surround", "5.1 audio",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=3"), *_tone(3, "5.1")],
+           [*_X264, "-g", "25", "-c:a", "aac", "-b:a", "256k", "-shortest"]),
+    Source("ntsc", "29.97 fps (30000/1001)",
+           [*_lavfi("testsrc2=size=320x240:rate=30000/1001:duration=4"), *_tone(4)],
+           [*_X264, "-bf", "2", "-g", "15", "-c:a", "aac", "-shortest"]),
+    Source("odd_size", "odd picture size (321x241), FFV1 + FLAC in Matroska",
+           [*_lavfi("testsrc2=size=321x241:rate=25:duration=3"), *_tone(3)],
+           ["-c:v", "ffv1", "-g", "25", "-c:a", "flac", "-shortest"], ".mkv"),
+    Source("anamorphic", "non-square pixels (SAR 4:3) and sparse keyframes",
+           [*_lavfi("testsrc2=size=240x240:rate=25:duration=4,setsar=4/3"), *_tone(4)],
+           [*_X264, "-g", "250", "-c:a", "aac", "-shortest"]),
+]}
+
+
+def make_source(name: str, folder: Path) -> Path:
+    s = SOURCES[name]
+    out = folder / f"{name}{s.ext}"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-y", *s.inputs, *s.args, str(out)],
+                   check=True, timeout=120)
+    return out
+
+
+def media_info(path: Path) -> MediaInfo:
+    return probe(find_ffmpeg(), str(path))
+
+
+def decode_errors(path: Path) -> str:
+    """What `ffmpeg -v error -i OUT -f null -` prints: the promise is nothing."""
+    res = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=120)
+    return res.stderr + ("" if res.returncode == 0 else f"exit {res.returncode}")
+
+
+def min_psnr(source: Path, output: Path, width: int, height: int) -> float:
+    """Lowest per-frame PSNR of output against the source scaled the same way.
+
+    A frame shifted by one position in a moving test pattern scores far below a correct
+    one, so this catches an off-by-one cut that timestamps alone (CFR) cannot.
+    """
+    graph = (f"[0:v]scale={width}:{height}:flags=bicubic,setsar=1,format=yuv420p,"
+             "setpts=PTS-STARTPTS[a];[1:v]format=yuv420p,setpts=PTS-STARTPTS[b];[a][b]psnr")
+    res = subprocess.run(
+        [FFMPEG, "-nostdin", "-hide_banner", "-i", str(source), "-i", str(output),
+         "-lavfi", graph, "-fps_mode", "passthrough", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True)
+    m = re.search(r"PSNR y:.* min:([\d.]+|inf)", res.stderr)
+    assert m, res.stderr[-500:]
+    return float("inf") if m.group(1) == "inf" else float(m.group(1))
+
+
+def sound_span(path: Path) -> tuple[float, float]:
+    """When the tone is first and last heard, from the decoded audio (seconds).
+
+    Stream start times include encoder priming that players skip, which differs between
+    encoders; what a listener hears is the content, so A/V sync is checked on it.
+    """
+    res = subprocess.run(
+        [FFMPEG, "-nostdin", "-hide_banner", "-i", str(path), "-map", "0:a:0",
+         "-af", "aresample=async=1:first_pts=0,aformat=channel_layouts=mono,"
+         "silencedetect=noise=-40dB:duration=0.01", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=120, check=True)
+    ends = [float(x) for x in re.findall(r"silence_end: ([\d.]+)", res.stderr)]
+    starts = [float(x) for x in re.findall(r"silence_start: ([\d.]+)", res.stderr)]
+    m = re.search(r"time=(\d+):(\d+):([\d.]+)", res.stderr)
+    assert m, res.stderr[-300:]
+    total = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    onset = ends[0] if starts and starts[0] < 0.005 and ends else 0.0
+    tail_start = starts[-1] if starts and (not ends or starts[-1] > ends[-1]) else total
+    return onset, tail_start

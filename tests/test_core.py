@@ -1,0 +1,260 @@
+"""Pure parts: planning, geometry, profiles, argv building, the job state table."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
+from chunker.plan import default_chunk_seconds, plan_chunks
+from chunker.probe import VideoInfo, parse_framecrc
+from profiles import Profile, builtin_names, fit_box, load_profile
+from swarm.errors import LocalProtocolError, ProfileError
+from swarm.job import Assign, AttemptOutcome, ChunkState, Finished, Job, Wait
+
+
+def _video(n: int, fps: int = 25, keys: tuple[int, ...] | None = None) -> VideoInfo:
+    tb = Fraction(1, fps * 512)
+    return VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
+                     time_base=tb, pts=tuple(i * 512 for i in range(n)),
+                     keyframes=keys if keys is not None else tuple(range(0, n, fps)),
+                     last_duration=512)
+
+
+# -- planning ---------------------------------------------------------------------------
+def test_plan_covers_every_frame_once_and_cuts_on_keyframes() -> None:
+    v = _video(250)
+    plans = plan_chunks(v, 0.0, 2.0)
+    assert [p.first for p in plans] == [0, 50, 100, 150, 200]
+    assert sum(p.frames for p in plans) == 250
+    assert all(p.keyframe for p in plans)
+    assert plans[0].seek_s is None and plans[0].trim_s is None
+    for p in plans[1:]:
+        at = v.seconds(p.first)
+        assert p.trim_s is not None and v.seconds(p.first - 1) < p.trim_s < at
+        assert p.seek_s is not None and at <= p.seek_s < v.seconds(p.first + 1)
+    assert plans[-1].span_s is None
+    assert all(p.span_s == pytest.approx(2.0) for p in plans[:-1])
+
+
+def test_plan_cuts_between_keyframes_when_they_are_sparse() -> None:
+    v = _video(250, keys=(0,))
+    plans = plan_chunks(v, 0.0, 2.0)
+    assert len(plans) == 5 and not any(p.keyframe for p in plans[1:])
+    for p in plans[1:]:
+        # Seek lands before the cut; the trim decides.
+        assert p.seek_s == pytest.approx(p.trim_s)
+
+
+def test_plan_snaps_to_the_nearest_keyframe() -> None:
+    v = _video(250, keys=(0, 40, 60, 130, 170))
+    plans = plan_chunks(v, 0.0, 2.0)
+    # Keyframes within half a chunk of the ideal cut win; where none is near, any frame.
+    assert [p.first for p in plans] == [0, 40, 90, 130, 170, 220]
+    assert [p.keyframe for p in plans] == [True, True, False, True, True, False]
+
+
+def test_plan_seek_is_relative_to_the_container_start() -> None:
+    v = _video(100)
+    plans = plan_chunks(v, 1.0, 1.0)
+    assert plans[1].seek_s == pytest.approx(v.seconds(25) - 1.0 + 0.0005)
+
+
+def test_short_source_is_one_chunk() -> None:
+    assert len(plan_chunks(_video(10), 0.0, 4.0)) == 1
+
+
+def test_default_chunk_length_bounds() -> None:
+    assert default_chunk_seconds(10, 2) == 4.0
+    assert default_chunk_seconds(3600, 2) == 30.0
+    assert default_chunk_seconds(160, 4) == 10.0
+
+
+# -- probe parsing ----------------------------------------------------------------------
+FRAMECRC = """#tb 0: 1/15360
+#media_type 0: video
+#codec_id 0: h264
+#dimensions 0: 320x240
+#sar 0: 4/3
+#tb 1: 1/48000
+#media_type 1: audio
+#codec_id 1: aac
+#sample_rate 1: 48000
+#channel_layout_name 1: 5.1(side)
+0,      -1024,          0,      512,     4929, 0x981306b2
+0,       -512,       1536,      512,     1948, 0xb3fdb13b, F=0x0
+1,      -1024,      -1024,     1024,      256, 0xea44782a, F=0x5, S=1, Skip Samples, 10, 0x1
+0,          0,        512,      512,      996, 0xf00eec13, F=0x0
+"""
+
+
+def test_parse_framecrc() -> None:
+    s = parse_framecrc(FRAMECRC)
+    assert s[0].media_type == "video" and (s[0].width, s[0].height) == (320, 240)
+    assert s[0].sar == Fraction(4, 3) and s[0].tb == Fraction(1, 15360)
+    assert s[0].packets == [(0, 512, True), (1536, 512, False), (512, 512, False)]
+    assert s[1].channels == 6 and s[1].sample_rate == 48000
+    assert s[1].packets == [(-1024, 1024, True)]
+
+
+# -- geometry and profiles --------------------------------------------------------------
+@pytest.mark.parametrize(("src", "box", "up", "want"), [
+    ((1920, 1080), (1280, 720), False, (1280, 720)),
+    ((1080, 1920), (1280, 720), False, (720, 1280)),  # portrait keeps its orientation
+    ((640, 360), (1280, 720), False, (640, 360)),  # never upscaled
+    ((640, 360), (1280, 720), True, (1280, 720)),
+    ((321, 241), (1280, 720), False, (320, 240)),  # even sides, not larger
+    ((4000, 3000), (852, 480), False, (640, 480)),
+    ((960, 720), (1280, 720), False, (960, 720)),  # 4:3 in a 16:9 box
+])
+def test_fit_box(src: tuple[int, int], box: tuple[int, int], up: bool,
+                 want: tuple[int, int]) -> None:
+    assert fit_box(*src, *box, upscale=up) == want
+
+
+def test_builtin_profiles_match_the_seed_table() -> None:
+    assert {"4k", "fhd", "hd", "480p"} <= set(builtin_names())
+    table = {
+        "4k": (4096, 2160, "high", 15600, "5.1", "veryslow", "ac3", 512, 48000, 6),
+        "fhd": (1920, 1080, "high", 3900, "4.1", "slow", "ac3", 320, 48000, 6),
+        "hd": (1280, 720, "main", 2000, "4.1", "medium", "aac", 320, 44100, 2),
+        "480p": (852, 480, "main", 900, "3.1", "fast", "aac", 256, 44100, 2),
+    }
+    for name, row in table.items():
+        p = load_profile(name)
+        v, a = p.video, p.audio
+        assert (v.width, v.height, v.profile, v.bitrate_k, v.level, v.preset, a.codec,
+                a.bitrate_k, a.sample_rate, a.channels) == row
+        assert v.codec == "libx264" and v.maxrate_k >= v.bitrate_k and v.bufsize_k > 0
+
+
+def test_every_builtin_profile_round_trips_the_wire_form() -> None:
+    for name in builtin_names():
+        p = load_profile(name)
+        assert Profile.from_mapping(p.to_wire() | {"description": p.description}) == p
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[video]\ncodec="libx264"\nwidth=1280\nheight=720\ncrf=20\n', "audio"),
+    ('[video]\ncodec="rm -rf"\nwidth=1\nheight=1\n[audio]\n', "video.codec"),
+    ('[video]\ncodec="libx264"\nwidth=99999\nheight=720\ncrf=20\n'
+     '[audio]\ncodec="aac"\nbitrate_k=128\nchannels=2\n', "video.width"),
+    ('[video]\ncodec="libx264"\nwidth=1280\nheight=720\ncrf=20\nbitrate_k=100\n'
+     '[audio]\ncodec="aac"\nbitrate_k=128\nchannels=2\n', "video.bitrate_k"),
+    ('[video]\ncodec="libx264"\nwidth=1280\nheight=720\ncrf=20\npreset="fastest"\n'
+     '[audio]\ncodec="aac"\nbitrate_k=128\nchannels=2\n', "video.preset"),
+    ('[video]\ncodec="libx264"\nwidth=1280\nheight=720\ncrf=20\nfilter="x"\n'
+     '[audio]\ncodec="aac"\nbitrate_k=128\nchannels=2\n', "video.filter"),
+    ('[video]\ncodec="libx264"\nwidth=1280\nheight=720\ncrf=20\n'
+     '[audio]\ncodec="ac3"\nbitrate_k=128\nchannels=8\nsample_rate=48000\n', "audio.channels"),
+    ('[video]\ncodec="libx264"\nwidth=true\nheight=720\ncrf=20\n'
+     '[audio]\ncodec="aac"\nbitrate_k=128\nchannels=2\n', "video.width"),
+    ("this is = not toml [", "not valid TOML"),
+])
+def test_bad_profile_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    f = tmp_path / "mine.toml"
+    f.write_text(text)
+    with pytest.raises(ProfileError, match=field.replace(".", r"\.")):
+        load_profile(str(f))
+
+
+def test_user_profile_and_unknown_name(tmp_path: Path) -> None:
+    f = tmp_path / "mine.toml"
+    f.write_text('[video]\ncodec="libx264"\nwidth=640\nheight=360\ncrf=23\n'
+                 '[audio]\ncodec="aac"\nbitrate_k=96\nchannels=1\n')
+    p = load_profile(str(f))
+    assert p.name == "mine" and p.video.preset == "medium" and p.audio.sample_rate == 48000
+    with pytest.raises(ProfileError, match="unknown profile 'nope'"):
+        load_profile("nope")
+
+
+# -- argv -------------------------------------------------------------------------------
+def test_chunk_argv_is_built_from_profile_fields_only() -> None:
+    p = load_profile("hd")
+    argv = encode_chunk_argv("/bin/ffmpeg", p, VideoPlan(1280, 720, 60), "http://c:7800/src",
+                             4.0005, 3.98, 60, threads=2)
+    assert argv[0] == "/bin/ffmpeg"
+    assert argv[argv.index("-ss") + 1] == "4.000500" and "-noaccurate_seek" in argv
+    assert argv[argv.index("-i") + 1] == "http://c:7800/src"
+    assert "trim=start=3.980000" in argv[argv.index("-filter_complex") + 1]
+    assert argv[argv.index("-frames:v") + 1] == "60"
+    for flag, value in [("-c:v", "libx264"), ("-b:v", "2000k"), ("-maxrate", "3000k"),
+                        ("-bufsize", "4000k"), ("-preset", "medium"), ("-f", "nut")]:
+        assert argv[argv.index(flag) + 1] == value
+    assert argv[-1] == "pipe:1" and "-copyts" in argv
+
+
+def test_merge_argv_and_concat_list(tmp_path: Path) -> None:
+    lst = tmp_path / "l.ffconcat"
+    write_concat_list(str(lst), ["/w/chunk_00000.nut", "/w/chunk_00001.nut"], [2.0, None])
+    assert lst.read_text() == ("ffconcat version 1.0\nfile 'chunk_00000.nut'\n"
+                               "duration 2.000000\nfile 'chunk_00001.nut'\n")
+    with pytest.raises(ValueError):
+        write_concat_list(str(lst), ["a'b.nut"], [None])
+    argv = merge_argv("ff", str(lst), "src.mp4", load_profile("hd"), 2, 0.5,
+                      Fraction(1, 15360), "out.mp4")
+    assert argv[argv.index("-itsoffset") + 1] == "0.500000"
+    assert argv[argv.index("-video_track_timescale") + 1] == "15360"
+    assert argv[argv.index("-ac") + 1] == "2" and argv[argv.index("-c:v") + 1] == "copy"
+
+
+# -- the job state table ----------------------------------------------------------------
+def test_job_hands_out_each_chunk_and_finishes() -> None:
+    job = Job([10, 10, 10])
+    got = [job.claim("p", 0.0) for _ in range(3)]
+    assert [a.chunk for a in got if isinstance(a, Assign)] == [0, 1, 2]
+    assert isinstance(job.claim("p", 0.0), Wait)
+    for a in got:
+        assert isinstance(a, Assign) and job.succeeded(a.attempt, 1.0)
+    assert job.done and job.frames_done == 30
+    assert isinstance(job.claim("p", 2.0), Finished)
+
+
+def test_expired_lease_requeues_first_and_late_result_is_refused() -> None:
+    job = Job([5, 5, 5], lease_s=10)
+    a0 = job.claim("slow", 0.0)
+    assert isinstance(a0, Assign)
+    assert job.progress(a0.attempt, 2, 5.0)
+    assert job.chunks[0].state is ChunkState.ENCODING
+    assert job.tick(14.9) == []
+    requeued = job.tick(15.0)
+    assert [r.chunk for r in requeued] == [0]
+    assert job.attempts[a0.attempt].outcome is AttemptOutcome.EXPIRED
+    a1 = job.claim("fast", 15.0)
+    assert isinstance(a1, Assign) and a1.chunk == 0 and a1.attempt != a0.attempt
+    assert not job.progress(a0.attempt, 3, 16.0)  # the old attempt is told to stop
+    assert not job.succeeded(a0.attempt, 17.0)  # and its result is ignored
+    assert job.succeeded(a1.attempt, 18.0)
+    assert not job.succeeded(a1.attempt, 18.0)  # merged exactly once
+    assert job.chunks[0].winner == a1.attempt
+
+
+def test_failures_requeue_and_bench_the_peer() -> None:
+    job = Job([1, 1, 1, 1], max_failures=2)
+    for _ in range(2):
+        a = job.claim("bad", 0.0)
+        assert isinstance(a, Assign)
+        assert job.failed(a.attempt, 1.0, "broken")
+    assert "bad" in job.benched
+    assert isinstance(job.claim("bad", 2.0), Wait)
+    a = job.claim("good", 2.0)
+    # The twice-failed chunk is requeued ahead of fresh ones, on its third attempt.
+    assert isinstance(a, Assign) and a.chunk == 0 and a.attempt == "c00000a003"
+
+
+def test_peer_left_requeues_its_chunks() -> None:
+    job = Job([1, 1])
+    a = job.claim("p", 0.0)
+    assert isinstance(a, Assign)
+    assert [r.chunk for r in job.peer_left("p", 1.0)] == [0]
+    assert job.chunks[0].state is ChunkState.PENDING
+
+
+def test_illegal_transition_raises() -> None:
+    job = Job([1])
+    with pytest.raises(LocalProtocolError):
+        job.chunks[0].move(ChunkState.DONE)
+    with pytest.raises(LocalProtocolError):
+        Job([])

@@ -1,0 +1,120 @@
+"""The output promises, on every hard-case source, through the real pipeline and ffmpeg."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from media import SOURCES, decode_errors, media_info, min_psnr, sound_span
+from peer.coordinator import EncodeOptions, run_encode
+from profiles import load_profile
+
+# An off-by-one frame in testsrc2 scores below 20 dB; a correct 2 Mb/s encode of these
+# small clips scores above 40 dB at its worst frame.
+MIN_FRAME_PSNR_DB = 35.0
+MS = 0.001
+
+
+async def _encode(src: Path, out: Path, profile: str = "hd", chunk_s: float = 1.0,
+                  workers: int = 2) -> dict:
+    opts = EncodeOptions(str(src), str(out), load_profile(profile), chunk_seconds=chunk_s,
+                         workers=workers, name="testnode")
+    with trio.fail_after(120):
+        return await run_encode(opts)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    src = corpus[name]
+    out = tmp_path / "out.mp4"
+    report = await _encode(src, out)
+    s, o = media_info(src), media_info(out)
+
+    # Exactly the source's frames, at the source's times relative to the first frame.
+    assert o.video.frames == s.video.frames
+    s0, o0 = s.video.seconds(0), o.video.seconds(0)
+    worst = max(abs((o.video.seconds(i) - o0) - (s.video.seconds(i) - s0))
+                for i in range(s.video.frames))
+    assert worst <= 1 * MS, f"timestamp off by {worst * 1000:.3f} ms"
+    # Decodes silently.
+    assert decode_errors(out) == ""
+    # The right frames: each output frame matches the source frame at its position.
+    assert min_psnr(src, out, o.video.width, o.video.height) > MIN_FRAME_PSNR_DB
+    # Several chunks were really cut and merged.
+    assert len(report["chunks"]) >= 3
+    assert sum(c["frames"] for c in report["chunks"]) == s.video.frames
+    # Square pixels, even sides, never larger than the source.
+    dw, dh = s.video.display_size
+    assert o.video.width % 2 == 0 and o.video.height % 2 == 0
+    assert o.video.width <= dw and o.video.height <= dh
+    assert o.video.sar in (0, 1)
+    assert abs(o.video.width / o.video.height - dw / dh) < 0.02
+    # Audio: present iff in the source, heard at the same moments, never upmixed.
+    assert (o.audio is None) == (s.audio is None)
+    if s.audio is not None and o.audio is not None:
+        frame_s = 1024 / o.audio.sample_rate
+        (s_on, s_off), (o_on, o_off) = sound_span(src), sound_span(out)
+        assert abs(o_on - s_on) <= frame_s
+        assert abs(o_off - s_off) <= frame_s
+        assert o.audio.channels == min(s.audio.channels, 2)
+        s_offset = s.audio.start_s - s.video.start_s
+        o_offset = o.audio.start_s - o.video.start_s
+        assert abs(o_offset - s_offset) <= frame_s + MS
+    # Nothing left beside the output but the output.
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+async def test_surround_kept_with_a_six_channel_profile(corpus: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    await _encode(corpus["surround"], out, profile="fhd")
+    o = media_info(out)
+    assert o.audio is not None and o.audio.channels == 6 and o.audio.codec == "ac3"
+    assert o.video.frames == media_info(corpus["surround"]).video.frames
+
+
+async def test_stereo_is_not_upmixed_by_a_six_channel_profile(corpus: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    await _encode(corpus["closed_gop"], out, profile="fhd")
+    o = media_info(out)
+    assert o.audio is not None and o.audio.channels == 2
+
+
+@pytest.mark.parametrize("profile", ["fhd-x265", "fhd-av1"])
+async def test_other_codecs_are_frame_exact(profile: str, corpus: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    await _encode(corpus["open_gop"], out, profile=profile, chunk_s=1.5)
+    s, o = media_info(corpus["open_gop"]), media_info(out)
+    assert o.video.frames == s.video.frames
+    assert o.video.codec == {"fhd-x265": "hevc", "fhd-av1": "av1"}[profile]
+    assert decode_errors(out) == ""
+
+
+async def test_one_worker_and_one_chunk(corpus: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    report = await _encode(corpus["ntsc"], out, chunk_s=60, workers=1)
+    assert len(report["chunks"]) == 1
+    assert media_info(out).video.frames == media_info(corpus["ntsc"]).video.frames
+
+
+async def test_report_fields(corpus: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    r = await _encode(corpus["closed_gop"], out)
+    for key in ("input", "output", "profile", "frames", "duration_s", "wall_s", "chunks",
+                "peers"):
+        assert key in r
+    assert r["frames"] == 100 and r["profile"] == "hd"
+    for c in r["chunks"]:
+        assert set(c) >= {"index", "start_s", "frames", "peer", "attempts", "encode_s",
+                          "bytes_in", "bytes_out"}
+        assert c["peer"] == "testnode" and c["attempts"] == 1 and c["bytes_out"] > 0
+    assert [c["index"] for c in r["chunks"]] == list(range(len(r["chunks"])))
+    assert r["peers"] == [{"name": "testnode", "chunks": len(r["chunks"]), "frames": 100,
+                           "encode_s": pytest.approx(sum(c["encode_s"] for c in r["chunks"]),
+                                                     abs=0.01)}]
