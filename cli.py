@@ -135,16 +135,33 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     return out
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 def _guarded(fn: Any, *args: Any) -> Any:
-    """One clear line and an exit code for every failure we expect; no tracebacks."""
+    """One clear line and an exit code for every failure we expect; no tracebacks.
+
+    Errors from inside trio nurseries arrive wrapped in exception groups; the most
+    important leaf decides (Ctrl-C, then a usage error, then any swarm error).
+    """
     try:
         return fn(*args)
-    except UsageError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except SwarmError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; nothing was written", EXIT_INTERRUPTED) from None
+    except (KeyboardInterrupt, SwarmError, OSError, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            raise _fail("interrupted; nothing was written", EXIT_INTERRUPTED) from None
+        for kind, code in ((UsageError, EXIT_USAGE), (SwarmError, EXIT_FAILED)):
+            found = next((e for e in leaves if isinstance(e, kind)), None)
+            if found is not None:
+                raise _fail(str(found), code) from None
+        os_err = next((e for e in leaves if isinstance(e, OSError)), None)
+        if os_err is not None:
+            where = f"{os_err.filename}: " if os_err.filename else ""
+            raise _fail(f"{where}{os_err.strerror or os_err}", EXIT_FAILED) from None
+        raise
 
 
 @app.command()

@@ -96,7 +96,7 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     if seek_s is not None:
         # Seek only positions the demuxer; the trim below decides which frames are ours.
         in_args = {"ss": f"{seek_s:.6f}", "noaccurate_seek": None}
-    video = ffmpeg_py.input(source, **in_args)["v:0"]
+    video = ffmpeg_py.input(source, **in_args)["V:0"]
     if trim_s is not None:
         video = video.filter("trim", start=f"{trim_s:.6f}")
     video = video.filter("scale", plan.width, plan.height, flags="bicubic").filter("setsar", 1)

@@ -183,9 +183,10 @@ _CHANNELS = re.compile(r"Audio: .*?, \d+ Hz, ([^,]+),")
 
 def probe_argv(ffmpeg: FFmpeg, path: str, *, audio: bool = True) -> list[str]:
     """The demux-only pass: packet timestamps and flags, no decoding."""
+    # Capital V: a cover picture in an audio file is not a video stream.
     return [
         ffmpeg.path, "-nostdin", "-hide_banner", "-loglevel", "level+info",
-        "-i", path, "-map", "0:v:0", *(["-map", "0:a:0?"] if audio else []),
+        "-i", path, "-map", "0:V:0?", *(["-map", "0:a:0?"] if audio else []),
         "-c", "copy", "-f", "framecrc", "-",
     ]
 
@@ -200,7 +201,8 @@ def check_probe_run(path: str, returncode: int, stderr: str) -> None:
 
 
 def _clean(line: str) -> str:
-    return re.sub(r"^\[\w+\] |\[[^\]]*@ 0x[0-9a-f]+\] ", "", line).strip()
+    # Drop ffmpeg's "[in#0 @ 0x55...]" and "[error]" prefixes; keep the message.
+    return re.sub(r"\[[^\]]*\]\s*", "", line).strip()
 
 
 def _first_error(err: str) -> str:

@@ -125,7 +125,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
     vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale)
-    workdir = tempfile.mkdtemp(prefix=f".{Path(opts.output).name}.swarm-", dir=outdir)
+    try:
+        workdir = tempfile.mkdtemp(prefix=f".{Path(opts.output).name}.swarm-", dir=outdir)
+    except OSError as exc:
+        raise UsageError(f"cannot write in {outdir}: {exc.strerror}") from exc
     try:
         job = Job([p.frames for p in plans], lease_s=LOCAL_LEASE_S)
         run = _Run(opts, ffmpeg, info, vplan, plans, job, workdir, emit,
