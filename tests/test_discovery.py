@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import trio
-from netns import Host, lan, requires_netns
 
+from netns import Host, lan, requires_netns
 from swarm.presence import PeerRecord, classify
 
 pytestmark = [pytest.mark.netns, requires_netns]
