@@ -1,0 +1,187 @@
+"""Request signing with the optional swarm secret, with no I/O.
+
+Every request between nodes of a swarm that has a secret carries two headers::
+
+    X-Swarm-Time:      integer milliseconds since the Unix epoch
+    X-Swarm-Signature: hex HMAC-SHA256(key, "swarm-v1" LF METHOD LF path?query LF ms LF digest)
+
+``digest`` is ``body_digest(body)`` for bodies known up front (control messages, and the
+empty body of a GET or DELETE). A streamed upload cannot be hashed before it is sent, so it
+is signed with ``streamed_digest(attempt)`` (``"streamed:" + attempt id``) instead: the
+signature then binds the request to one attempt, and the coordinator checks the chunk itself
+before accepting it. The receiver decides which digest to verify against, so a sender cannot
+downgrade a control request to a streamed one.
+
+What can go wrong, and why it is shaped this way:
+
+- Time must be wall-clock time (``time.time()``) on both sides, not ``trio.current_time()``:
+  monotonic clocks of two machines share no epoch. Clocks must agree within ``max_skew_s``.
+- The path must be the raw request target as sent (``httpx.Request.url.raw_path``; the ASGI
+  ``raw_path`` plus ``"?" + query_string``), not a decoded or normalised form.
+- A signed request can be replayed unchanged within the skew window; requests that change
+  state name an attempt or are idempotent, which is what makes that harmless.
+- The secret is a passphrase people type, and both the fingerprint (published over mDNS) and
+  every signature (sniffable on the LAN) allow offline guessing; the HMAC key is therefore
+  derived with PBKDF2 once per process, so that each guess costs as much as a node's startup.
+
+With no secret (``None``) the swarm is open: ``sign`` adds nothing and ``verify`` accepts all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Final
+
+from swarm.errors import AuthError, LocalProtocolError, UsageError
+
+__all__ = [
+    "MAX_SKEW_S",
+    "SIGNATURE_HEADER",
+    "STREAMED_BODY",
+    "TIME_HEADER",
+    "body_digest",
+    "fingerprint",
+    "sign",
+    "streamed_digest",
+    "verify",
+]
+
+TIME_HEADER: Final = "X-Swarm-Time"
+SIGNATURE_HEADER: Final = "X-Swarm-Signature"
+# Digest of a body streamed without a known hash; streamed_digest() appends the attempt id.
+STREAMED_BODY: Final = "streamed"
+# Laptops and Pis on NTP agree within a second; 30 s tolerates a Pi without an RTC that has
+# only just synced, while keeping the replay window short.
+MAX_SKEW_S: Final = 30.0
+
+_DOMAIN: Final = b"swarm-v1"  # changes if the canonical string ever changes
+_KDF_SALT: Final = b"swarm-v1 hmac key"  # fixed: all nodes must derive the same key
+# About 0.1 s on a laptop and well under a second on a Raspberry Pi 4, paid once per process;
+# every offline guess at the passphrase costs the same.
+_KDF_ITERATIONS: Final = 200_000
+_FINGERPRINT_HEX: Final = 16  # 64 bits: tells swarms apart on one LAN, says nothing useful
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_DIGEST = re.compile(r"[0-9a-f]{64}|" + STREAMED_BODY + r"(?::[A-Za-z0-9_-]{8,64})?")
+_TIME = re.compile(r"[0-9]{1,16}")  # int() alone would accept "+1", " 1" and "1_0"
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
+@lru_cache(maxsize=4)
+def _key(secret: str) -> bytes:
+    if not secret:
+        # An empty SWARM_SECRET is almost certainly a mistake; treating it as "open" would
+        # silently drop the protection the user asked for.
+        raise UsageError("the swarm secret must not be empty")
+    return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), _KDF_SALT, _KDF_ITERATIONS)
+
+
+def fingerprint(secret: str) -> str:
+    """A short hex id of the secret, safe to publish in mDNS TXT records."""
+    mac = hmac.new(_key(secret), b"swarm-fingerprint", hashlib.sha256)
+    return mac.hexdigest()[:_FINGERPRINT_HEX]
+
+
+def body_digest(data: bytes) -> str:
+    """Hex SHA-256 of a request body, the ``body_digest`` argument of sign and verify."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def streamed_digest(attempt: str) -> str:
+    """The ``body_digest`` argument for a streamed upload of one attempt."""
+    return f"{STREAMED_BODY}:{attempt}"
+
+
+def _canonical(method: str, path_with_query: str, millis: int, digest: str) -> bytes | None:
+    # Every part is checked so that no part can contain the separator: otherwise two
+    # different requests could share one canonical string, and so one signature.
+    if (
+        _METHOD.fullmatch(method) is None
+        or not path_with_query.startswith("/")
+        or not path_with_query.isascii()
+        or not path_with_query.isprintable()
+        or _DIGEST.fullmatch(digest) is None
+    ):
+        return None
+    return b"\n".join(
+        (_DOMAIN, method.encode(), path_with_query.encode(), str(millis).encode(), digest.encode())
+    )
+
+
+def _mac(secret: str, canonical: bytes) -> str:
+    return hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
+
+
+def sign(
+    secret: str | None,
+    method: str,
+    path_with_query: str,
+    timestamp: float,
+    body_digest: str,
+) -> dict[str, str]:
+    """Headers that authenticate one request; ``{}`` in an open swarm.
+
+    ``timestamp`` is wall-clock seconds since the epoch. Raises LocalProtocolError if the
+    method, path or digest could not appear in a well-formed request (a bug on this side).
+    """
+    if secret is None:
+        return {}
+    millis = round(timestamp * 1000)
+    canonical = _canonical(method.upper(), path_with_query, millis, body_digest)
+    if canonical is None or millis < 0:
+        raise LocalProtocolError(
+            f"cannot sign {method!r} {path_with_query[:80]!r} with digest {body_digest[:80]!r}"
+        )
+    return {TIME_HEADER: str(millis), SIGNATURE_HEADER: _mac(secret, canonical)}
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    wanted = name.lower()
+    found = [value for key, value in headers.items() if key.lower() == wanted]
+    if not found:
+        raise AuthError(f"missing {name} header")
+    if len(found) > 1:  # a plain dict can hold both spellings; which one was signed?
+        raise AuthError(f"more than one {name} header")
+    return found[0]
+
+
+def verify(
+    secret: str | None,
+    method: str,
+    path_with_query: str,
+    headers: Mapping[str, str],
+    body_digest: str,
+    now: float,
+    max_skew_s: float = MAX_SKEW_S,
+) -> None:
+    """Raise AuthError (401) unless the request was signed with ``secret`` within the skew.
+
+    ``headers`` is looked up case-insensitively; ``body_digest`` is what the receiver
+    computed (or ``STREAMED_BODY`` on a streaming endpoint), never something the sender chose.
+    """
+    if secret is None:
+        return
+    raw_time = _header(headers, TIME_HEADER)
+    raw_signature = _header(headers, SIGNATURE_HEADER)
+    if _TIME.fullmatch(raw_time) is None:
+        raise AuthError(f"unparseable {TIME_HEADER} header")
+    if _SIGNATURE.fullmatch(raw_signature) is None:
+        raise AuthError(f"unparseable {SIGNATURE_HEADER} header")
+    millis = int(raw_time)
+    age = now - millis / 1000
+    # Written as "not within" so that a NaN clock fails closed.
+    if not age <= max_skew_s:
+        raise AuthError(f"stale request: signed {age:.1f} s ago (limit {max_skew_s:g} s)")
+    if not age >= -max_skew_s:
+        raise AuthError(
+            f"request signed {-age:.1f} s in the future: are the clocks of both nodes set?"
+        )
+    canonical = _canonical(method.upper(), path_with_query, millis, body_digest)
+    if canonical is None:
+        raise AuthError("request cannot be signed: malformed method, path or digest")
+    # Constant-time: a timing difference would let a peer find the signature byte by byte.
+    if not hmac.compare_digest(_mac(secret, canonical), raw_signature):
+        raise AuthError("wrong signature: is this node in another swarm (different secret)?")
