@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,11 +109,10 @@ class _Printer:
 
 
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
-                chunk_seconds: float | None, workers: int, name: str | None, upscale: bool,
-                quiet: bool) -> str:
+                quiet: bool, **options: Any) -> str:
     import trio
 
-    from peer.coordinator import EncodeOptions, run_encode
+    from peer.coordinator import EncodeOptions, parse_peer, run_encode
     from profiles import load_profile
 
     prof = load_profile(profile)
@@ -121,8 +121,12 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         rdir = Path(report).resolve().parent
         if not rdir.is_dir() or not os.access(rdir, os.W_OK):
             raise UsageError(f"report {report}: directory is not writable")
-    opts = EncodeOptions(input=input, output=out, profile=prof, chunk_seconds=chunk_seconds,
-                         workers=workers, name=name or socket.gethostname(), upscale=upscale)
+    for spec in options.get("peers", []):
+        parse_peer(spec)
+    opts = EncodeOptions(input=input, output=out, profile=prof, **options)
+    if opts.network and opts.secret is None and not quiet:
+        typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this LAN "
+                   "may take part", err=True)
     printer = _Printer(quiet)
     try:
         result = trio.run(run_encode, opts, printer)
@@ -189,15 +193,38 @@ def encode(
         "--upscale", help="Allow enlarging a source smaller than the profile's box.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only errors and the output path.")] = False,
+    peer: Annotated[list[str] | None, typer.Option(
+        "--peer", help="A peer to invite as HOST:PORT, for networks mDNS does not reach "
+        "(other subnets, VPNs, phones). Repeatable.")] = None,
+    no_local: Annotated[bool, typer.Option(
+        "--no-local", help="Do not encode on this device; only coordinate peers.")] = False,
+    local_only: Annotated[bool, typer.Option(
+        "--local-only", help="Use no peers at all: no mDNS, no HTTP server.")] = False,
+    no_mdns: Annotated[bool, typer.Option(
+        "--no-mdns", help="Do not look for peers with mDNS; only --peer ones.")] = False,
+    secret: Annotated[str | None, typer.Option(
+        "--secret", envvar="SWARM_SECRET", show_envvar=True,
+        help="Swarm secret: requests are signed and only peers with the same secret "
+        "take part. Without it the swarm is open.")] = None,
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, help="Port the coordinator serves chunks on. 0: any free "
+        "port.")] = 0,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
-    The output has exactly the source's frames and timestamps, and the audio (encoded once
-    over the whole file) keeps its offset. It is written under a temporary name and renamed
-    only after it verified; on any failure or Ctrl-C nothing is left behind.
+    Peers running `swarm join` on this LAN are found with mDNS and invited; this device
+    encodes too unless --no-local. The output has exactly the source's frames and
+    timestamps, and the audio (encoded once over the whole file) keeps its offset. It is
+    written under a temporary name and renamed only after it verified; on any failure or
+    Ctrl-C nothing is left behind.
     """
-    out = _guarded(_run_encode, input, profile, output, report, chunk_seconds, workers, name,
-                   upscale, quiet)
+    if no_local and local_only:
+        raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
+    out = _guarded(partial(
+        _run_encode, input, profile, output, report, quiet, chunk_seconds=chunk_seconds,
+        workers=workers, name=name or socket.gethostname(), upscale=upscale,
+        no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
+        secret=secret, port=port))
     typer.echo(out)
 
 
@@ -227,7 +254,8 @@ def demo(
         make_demo_clip(ff.path, src, DEMO_SECONDS)
 
     _guarded(make)
-    out = _guarded(_run_encode, src, profile, None, None, None, workers, None, False, False)
+    out = _guarded(partial(_run_encode, src, profile, None, None, False, workers=workers,
+                           name=socket.gethostname()))
     typer.echo(f"swarm: demo output: {out}", err=True)
     typer.echo(out)
 
@@ -266,27 +294,170 @@ def profiles_cmd(
     console.print(table)
 
 
-def _later(what: str) -> typer.Exit:
-    return _fail(f"`swarm {what}` arrives with the swarm release (issue 4); this build "
-                 "encodes on one node only", EXIT_USAGE)
+@app.command()
+def join(
+    name: Annotated[str | None, typer.Option(
+        "--name", help="This node's name as peers show it. Default: the hostname.")] = None,
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, help="TCP port to serve on. 0: any free port.")] = 7800,
+    secret: Annotated[str | None, typer.Option(
+        "--secret", envvar="SWARM_SECRET", show_envvar=True,
+        help="Swarm secret; only coordinators with the same secret can use this node.")
+    ] = None,
+    slots: Annotated[int, typer.Option(
+        "--slots", min=1, max=16, help="Chunks this node encodes at once.")] = 1,
+    no_bench: Annotated[bool, typer.Option(
+        "--no-bench", help="Do not benchmark on first start (scores stay unknown).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+) -> None:
+    """Make this device an encoder peer: advertise it on the LAN and encode what it is given.
+
+    Runs until Ctrl-C or SIGTERM, then leaves cleanly: unregisters from mDNS, stops its
+    ffmpeg, and the coordinator re-queues what it held. Coordinators on other subnets can
+    name this node with `swarm encode --peer HOST:PORT`.
+    """
+
+    def run() -> None:
+        import signal
+
+        import trio
+
+        from chunker.tools import find_ffmpeg
+        from peer.node import Node, NodeConfig
+
+        async def main() -> None:
+            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ())
+            scores: dict[str, float] = {}
+            if not no_bench:
+                scores = await _scores(ffmpeg, quiet)
+            node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
+                                   slots=slots), ffmpeg, scores, on_event=_join_printer(quiet))
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(node.run)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+        trio.run(main)
+
+    try:
+        _guarded(run)
+    except typer.Exit as exc:
+        if exc.exit_code != EXIT_INTERRUPTED:
+            raise
+    if not quiet:
+        typer.echo("swarm: left the swarm", err=True)
+
+
+def _join_printer(quiet: bool) -> Any:
+    def show(e: dict[str, Any]) -> None:
+        if quiet:
+            return
+        kind = e["event"]
+        if kind == "node_up":
+            typer.echo(f"swarm: {e['name']} ready on port {e['port']} (node {e['node_id']})",
+                       err=True)
+        elif kind == "job_joined":
+            typer.echo(f"swarm: working for {e['coordinator']} (job {e['job_id']})", err=True)
+        elif kind == "chunk_end":
+            typer.echo(f"swarm: chunk {e['chunk']}: {e['outcome']}", err=True)
+        elif kind == "job_left":
+            typer.echo(f"swarm: job {e['job_id']} over; idle", err=True)
+
+    return show
+
+
+async def _scores(ffmpeg: Any, quiet: bool) -> dict[str, float]:
+    from peer.benchmark import ensure_scores
+    from profiles import builtin_names, load_profile
+
+    profs = [load_profile(n) for n in builtin_names()]
+    if not quiet:
+        typer.echo("swarm: benchmarking this device (cached after the first time)", err=True)
+    scores, _cached = await ensure_scores(ffmpeg, profs)
+    return scores
 
 
 @app.command()
-def join() -> None:
-    """Make this device an encoder peer of the swarm (not available yet)."""
-    raise _later("join")
+def peers(
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0.5, max=60, help="Seconds to listen for peers.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    secret: Annotated[str | None, typer.Option(
+        "--secret", envvar="SWARM_SECRET", show_envvar=True,
+        help="Our swarm secret: peers with another are shown as foreign.")] = None,
+) -> None:
+    """List the swarm peers found on the LAN with mDNS."""
+
+    def run() -> list[Any]:
+        import trio
+
+        from peer.discovery import find_peers
+
+        return trio.run(find_peers, wait)
+
+    from swarm import auth
+    from swarm.presence import classify
+    from swarm.protocol import PROTOCOL_VERSION
+
+    found = _guarded(run)
+    fp = auth.fingerprint(secret) if secret else ""
+    rows = [{"name": r.name, "address": f"{r.host}:{r.port}", "arch": r.arch, "cpus": r.cpus,
+             "score": r.score, "state": r.state, "version": r.version,
+             "verdict": classify(r, fp, PROTOCOL_VERSION), "node_id": r.node_id}
+            for r in found]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if secret is None:
+        typer.echo("swarm: open swarm (no --secret): peers of any open swarm can join",
+                   err=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"swarm peers ({len(rows)} found in {wait:g} s)")
+    for col in ("name", "address", "arch", "cpus", "speed", "state", "version", "swarm"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], r["address"], r["arch"], str(r["cpus"]),
+                      f"{r['score'] / 1e6:.1f} Mpx/s" if r["score"] else "-", r["state"],
+                      r["version"], "ours" if r["verdict"] == "ok" else r["verdict"])
+    Console().print(table)
 
 
 @app.command()
-def peers() -> None:
-    """List the peers found on the LAN (not available yet)."""
-    raise _later("peers")
+def bench(
+    force: Annotated[bool, typer.Option("--force", help="Measure again, ignore the cache.")
+                     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measure this device's encoding speed for each profile (cached per ffmpeg and CPU).
 
+    The score is output pixels encoded per second; the scheduler starts from it.
+    """
 
-@app.command()
-def bench() -> None:
-    """Measure this device's encoding speed per profile (not available yet)."""
-    raise _later("bench")
+    def run() -> tuple[dict[str, float], bool]:
+        import trio
+
+        from chunker.tools import find_ffmpeg
+        from peer.benchmark import ensure_scores
+        from profiles import builtin_names, load_profile
+
+        async def main() -> tuple[dict[str, float], bool]:
+            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ())
+            profs = [load_profile(n) for n in builtin_names()]
+            return await ensure_scores(ffmpeg, profs, force=force)
+
+        return trio.run(main)
+
+    scores, cached = _guarded(run)
+    if as_json:
+        typer.echo(json.dumps({"cached": cached, "scores": scores}, indent=2))
+        return
+    for prof, score in sorted(scores.items()):
+        typer.echo(f"{prof:10s} {score / 1e6:8.2f} Mpx/s")
+    typer.echo(f"({'from the cache' if cached else 'measured now'})", err=True)
 
 
 def main() -> None:

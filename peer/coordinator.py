@@ -1,24 +1,29 @@
-"""The coordinator of one job on this node: probe, plan, hand out chunks, merge, verify.
+"""The coordinator of one job: probe, plan, hand out chunks, merge, verify.
 
-The decisions (which chunk to whom, leases, requeues) are ``swarm.job.Job``'s; this module
-is the trio shell that runs ffmpeg and moves files. Everything it writes lives in one work
-directory beside the output (same filesystem, so the final rename is atomic) and that
-directory is removed on success, failure and cancellation alike.
+Decisions (which chunk to whom, leases, requeues) are ``swarm.job.Job``'s; this module is
+the trio shell around it. ``JobServer`` is one job's state as both local encoder slots and
+remote peers (through ``peer.node``'s HTTP routes) see it; ``run_encode`` drives a whole
+job: it starts a node, recruits peers (mDNS and ``--peer``), runs local slots, ticks
+leases, and merges. Everything it writes lives in one work directory beside the output
+(same filesystem, so the final rename is atomic), removed on success, failure and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from chunker.commands import VideoPlan, encode_chunk_argv, video_plan
@@ -26,19 +31,33 @@ from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
 from profiles import Profile
-from swarm.errors import EncodeError, UsageError, VerifyError
-from swarm.job import Assign, Finished, Job, Wait
+from swarm import auth
+from swarm.errors import EncodeError, RemoteProtocolError, UsageError, VerifyError
+from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.presence import PeerEvent, classify
+from swarm.protocol import PROTOCOL_VERSION, Invite, JobDone, ResultAck
+from swarm.protocol import Assignment as AssignmentMsg
+from swarm.protocol import Wait as WaitMsg
 
 from . import media
+from .client import call, fetch_info
+from .http import HTTPError, Receive, Request, Send, iter_body, respond
+from .node import Node, NodeConfig
 from .proc import run_ffmpeg
 
-__all__ = ["EncodeOptions", "output_container", "run_encode"]
+__all__ = ["EncodeOptions", "JobServer", "output_container", "run_encode"]
 
 log = logging.getLogger(__name__)
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-# Local slots never vanish, so their lease only guards against a hung ffmpeg.
-LOCAL_LEASE_S = 120.0
+# A peer reports progress every second; three missed reports plus a slow start is a loss.
+LEASE_S = 15.0
+TICK_S = 0.5
+RECRUIT_EVERY_S = 1.0
+RECHECK_INVITED_S = 5.0
+# With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
+STALL_S = 60.0
+SOURCE_PIECE = 256 * 1024
 
 Event = dict[str, Any]
 
@@ -50,20 +69,28 @@ def output_container(path: str) -> str:
     return _CONTAINERS[ext]
 
 
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 @dataclass(slots=True)
 class EncodeOptions:
     input: str
     output: str
     profile: Profile
     chunk_seconds: float | None = None
-    workers: int = 0  # 0: one per two cores, at least one (see README for the measurement)
-    threads: int = 0  # encoder threads per worker; 0: cores / workers
+    workers: int = 0  # local encoder slots; 0: one per two cores (see README)
+    threads: int = 0  # encoder threads per local slot; 0: cores / slots
     name: str = field(default_factory=socket.gethostname)
     upscale: bool = False
-
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1) // 2)
+    no_local: bool = False
+    network: bool = False  # run a node and recruit remote peers
+    discover: bool = True  # find peers with mDNS (with network)
+    peers: list[str] = field(default_factory=list)  # HOST:PORT named explicitly
+    secret: str | None = None
+    port: int = 0
+    interfaces: list[str] | None = None
+    lease_s: float = LEASE_S
 
 
 @dataclass(slots=True)
@@ -76,17 +103,206 @@ class _ChunkRecord:
     file: str = ""
 
 
-@dataclass(slots=True)
-class _Run:
-    opts: EncodeOptions
-    ffmpeg: FFmpeg
-    info: MediaInfo
-    vplan: VideoPlan
-    plans: list[ChunkPlan]
-    job: Job
-    workdir: str
-    emit: Callable[[Event], None]
-    records: list[_ChunkRecord] = field(default_factory=list)
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class JobServer:
+    """One job as its encoders see it: claims, progress, source bytes, verified results."""
+
+    def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
+                 plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
+                 emit: Callable[[Event], None], local_key: str) -> None:
+        self.job_id = job_id
+        self.opts = opts
+        self.ffmpeg = ffmpeg
+        self.info = info
+        self.plans = plans
+        self.vplan = vplan
+        self.workdir = workdir
+        self.emit = emit
+        self.local_key = local_key
+        self.job = Job([p.frames for p in plans], lease_s=opts.lease_s)
+        self.records = [_ChunkRecord(p) for p in plans]
+        self.names: dict[str, str] = {local_key: opts.name}
+        self.served: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.finished = trio.Event()
+        self.last_activity = trio.current_time()
+        self.source_path = f"/v1/jobs/{job_id}/source"
+
+    # -- hand-out ------------------------------------------------------------------------
+    def claim(self, peer: str, now: float) -> Assign | Wait | Finished:
+        action = self.job.claim(peer, now)
+        if isinstance(action, Assign):
+            self.started[action.attempt] = time.monotonic()
+            self.last_activity = now
+            self.emit({"event": "chunk_start", "chunk": action.chunk,
+                       "attempt": action.attempt, "peer": self.names.get(peer, peer)})
+        return action
+
+    def claim_remote(self, node_id: str, now: float) -> AssignmentMsg | WaitMsg | JobDone:
+        self.names.setdefault(node_id, f"node-{node_id[:6]}")
+        action = self.claim(node_id, now)
+        if isinstance(action, Finished):
+            return JobDone(self.job_id)
+        if isinstance(action, Wait):
+            return WaitMsg(max(0.05, action.retry_after_s))
+        p = self.plans[action.chunk]
+        return AssignmentMsg(
+            job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
+            lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
+            source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s)
+
+    def progress(self, attempt: str, frames: int, now: float) -> bool:
+        keep = self.job.progress(attempt, frames, now)
+        if keep:
+            self.last_activity = now
+            a = self.job.attempts[attempt]
+            self.emit({"event": "chunk_progress", "chunk": a.chunk, "frames": a.frames_done})
+        return keep
+
+    def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
+                        now: float) -> bool:
+        a = self.job.attempts.get(attempt)
+        if a is None or a.chunk != chunk:
+            return False
+        return self.progress(attempt, frames, now)
+
+    def fail(self, attempt: str, reason: str) -> None:
+        a = self.job.attempts.get(attempt)
+        requeued = self.job.failed(attempt, trio.current_time(), reason)
+        if a is not None:
+            self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
+                       "peer": self.names.get(a.peer, a.peer), "reason": reason,
+                       "requeued": bool(requeued)})
+
+    def tick(self, now: float) -> None:
+        for r in self.job.tick(now):
+            a = self.job.attempts[r.attempt]
+            self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
+                       "peer": self.names.get(a.peer, a.peer), "reason": r.reason})
+
+    def peer_left(self, peer: str, now: float) -> None:
+        for r in self.job.peer_left(peer, now):
+            self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
+                       "peer": self.names.get(peer, peer), "reason": r.reason})
+
+    def running_attempt(self, attempt: str, chunk: int | None = None) -> bool:
+        a = self.job.attempts.get(attempt)
+        return (a is not None and a.outcome is AttemptOutcome.RUNNING
+                and (chunk is None or a.chunk == chunk))
+
+    # -- results -------------------------------------------------------------------------
+    async def accept(self, attempt: str, path: str, bytes_in: int) -> tuple[bool, str]:
+        """Verify a received chunk file; keep it if it is the first valid one."""
+        a = self.job.attempts.get(attempt)
+        if a is None or not self.running_attempt(attempt):
+            await trio.to_thread.run_sync(_unlink, path)
+            return False, "attempt no longer wanted"
+        rec = self.records[a.chunk]
+        try:
+            await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
+                                     rec.plan.frames)
+        except VerifyError as exc:
+            await trio.to_thread.run_sync(_unlink, path)
+            self.fail(attempt, f"verification: {exc}")
+            return False, f"verification failed: {exc}"
+        if not self.job.succeeded(attempt, trio.current_time()):
+            await trio.to_thread.run_sync(_unlink, path)
+            return False, "chunk already done"
+        final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
+        os.replace(path, final)
+        rec.peer = self.names.get(a.peer, a.peer)
+        rec.encode_s = time.monotonic() - self.started.get(attempt, time.monotonic())
+        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        rec.bytes_in = bytes_in
+        rec.file = final
+        self.emit({"event": "chunk_done", "chunk": a.chunk, "attempt": attempt,
+                   "peer": rec.peer, "encode_s": rec.encode_s,
+                   "frames_done": self.job.frames_done})
+        if self.job.done:
+            self.finished.set()
+        return True, ""
+
+    def _result_limit(self, chunk: int) -> int:
+        # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.
+        raw = self.plans[chunk].frames * self.vplan.width * self.vplan.height * 3 // 2
+        return raw + (1 << 20)
+
+    async def receive_result(self, attempt: str, chunk: int, request: Request,
+                             receive: Receive) -> tuple[bool, str]:
+        if not self.running_attempt(attempt, chunk):
+            raise HTTPError("no such running attempt for this chunk", status_code=409)
+        # The attempt id is one of ours (checked above), so it is safe in a file name.
+        path = os.path.join(self.workdir, f"recv_{attempt}.nut")
+        try:
+            async with await trio.open_file(path, "wb") as fh:
+                async for piece in iter_body(receive, self._result_limit(chunk)):
+                    await fh.write(piece)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink, path)
+            if isinstance(exc, HTTPError):
+                self.fail(attempt, f"upload: {exc}")
+            raise
+        return await self.accept(attempt, path, self.served.get(attempt, 0))
+
+    async def serve_source(self, attempt: str, request: Request, send: Send,
+                           head: bool) -> None:
+        """The source file, Range-capable, to the ffmpeg of a running attempt."""
+        if not self.running_attempt(attempt):
+            raise HTTPError("attempt is not running", status_code=410)
+        size = self.info.size
+        start, end = 0, size - 1
+        status = 200
+        rng = request.headers.get("range")
+        if rng is not None:
+            try:
+                unit, _, spec = rng.partition("=")
+                first, _, last = spec.strip().partition("-")
+                if unit.strip() != "bytes" or "," in spec:
+                    raise ValueError
+                start = int(first) if first else size - int(last)
+                end = int(last) if (first and last) else size - 1
+            except ValueError:
+                raise HTTPError("bad Range header", status_code=416) from None
+            if not 0 <= start < size or end < start:
+                await respond(send, 416, headers=[(b"content-range", f"bytes */{size}".encode())])
+                return
+            end = min(end, size - 1)
+            status = 206
+        length = end - start + 1
+        headers = [(b"content-type", b"application/octet-stream"),
+                   (b"content-length", str(length).encode()), (b"accept-ranges", b"bytes")]
+        if status == 206:
+            headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        async with await trio.open_file(self.info.path, "rb") as fh:
+            await fh.seek(start)
+            left = length
+            while left > 0:
+                data = await fh.read(min(SOURCE_PIECE, left))
+                if not data:
+                    break
+                left -= len(data)
+                self.served[attempt] = self.served.get(attempt, 0) + len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": left > 0})
+        if left > 0:
+            await send({"type": "http.response.body", "body": b""})
+
+    # -- invite --------------------------------------------------------------------------
+    def invite_fields(self) -> dict[str, str | int | float | bool]:
+        fields = self.opts.profile.to_wire()
+        fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,
+                       "out_gop": self.vplan.gop_frames})
+        return fields
 
 
 def _check_paths(opts: EncodeOptions) -> tuple[str, str]:
@@ -114,12 +330,14 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     """Encode one file; returns the report. Raises SwarmError subclasses on failure."""
     t_start = time.monotonic()
     container, outdir = _check_paths(opts)
+    if opts.no_local and not opts.network:
+        raise UsageError("--no-local needs peers: leave networking on")
     need = [opts.profile.video.codec, opts.profile.audio.codec]
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need)
     info = await media.probe(ffmpeg, opts.input)
-    workers = opts.workers or default_workers()
-    threads = opts.threads or max(1, (os.cpu_count() or 1) // workers)
-    chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, workers)
+    workers = 0 if opts.no_local else (opts.workers or default_workers())
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, max(2, workers))
     plans = plan_chunks(info.video, info.format_start_s, chunk_s)
     frames = info.video.frames
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
@@ -130,25 +348,34 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     except OSError as exc:
         raise UsageError(f"cannot write in {outdir}: {exc.strerror}") from exc
     try:
-        job = Job([p.frames for p in plans], lease_s=LOCAL_LEASE_S)
-        run = _Run(opts, ffmpeg, info, vplan, plans, job, workdir, emit,
-                   [_ChunkRecord(p) for p in plans])
+        job_id = secrets.token_urlsafe(12)
+        server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
+                           vplan=vplan, workdir=workdir, emit=emit, local_key="local")
         emit({"event": "job_start", "input": opts.input, "output": opts.output,
               "profile": opts.profile.name, "frames": frames, "chunks": len(plans),
               "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
-              "workers": workers, "ffmpeg": ffmpeg.version})
+              "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
+              "secret": opts.secret is not None, "network": opts.network})
         async with trio.open_nursery() as nursery:
+            if opts.network:
+                node = Node(NodeConfig(name=opts.name, port=opts.port, secret=opts.secret,
+                                       advertise=opts.discover, interfaces=opts.interfaces),
+                            ffmpeg, coordinator=True)
+                await nursery.start(node.run)
+                node.jobs[job_id] = server
+                emit({"event": "listening", "port": node.port})
+                nursery.start_soon(_recruit, server, node, opts, emit)
             for slot in range(workers):
-                nursery.start_soon(_local_worker, run, f"{opts.name}/{slot}", threads)
-        if not job.done:
-            raise EncodeError("some chunks could not be encoded on any worker")
+                nursery.start_soon(_local_worker, server, slot, threads)
+            await _watch(server, workers, opts)
+            nursery.cancel_scope.cancel()
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
-        await media.merge(ffmpeg, workdir, [r.file for r in run.records],
+        await media.merge(ffmpeg, workdir, [r.file for r in server.records],
                           [p.span_s for p in plans], info, opts.profile, tmp_out, container)
         await media.verify_output(ffmpeg, tmp_out, info)
         os.replace(tmp_out, opts.output)
-        report = _report(run, time.monotonic() - t_start)
+        report = _report(server, time.monotonic() - t_start)
         emit({"event": "job_end", "output": opts.output, "wall_s": report["wall_s"]})
         return report
     finally:
@@ -156,74 +383,228 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
 
-async def _local_worker(run: _Run, peer: str, threads: int) -> None:
-    """One local encoder slot: claim, encode to a file, verify, report; until finished."""
-    job = run.job
+async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
+    """Tick leases until the job is done; fail it if nothing can make progress any more."""
+    job = server.job
+    while not server.finished.is_set():
+        now = trio.current_time()
+        server.tick(now)
+        local_alive = workers > 0 and server.local_key not in job.benched
+        if not job.running() and not local_alive:
+            if not opts.network:
+                raise EncodeError("every local worker failed; see the messages above")
+            if now - server.last_activity > STALL_S:
+                raise EncodeError(f"no peer took any work for {STALL_S:.0f} s "
+                                  "(none found, or all failed)")
+        with trio.move_on_after(TICK_S):
+            await server.finished.wait()
+
+
+async def _local_worker(server: JobServer, slot: int, threads: int) -> None:
+    """One local encoder slot: claim, encode to a file, hand it to the server; until done."""
+    job = server.job
     while True:
-        action = job.claim(peer, trio.current_time())
+        action = server.claim(server.local_key, trio.current_time())
         if isinstance(action, Finished):
             return
         if isinstance(action, Wait):
-            if not job.running() and not job.done:
-                return  # nothing in flight and nothing for us: we are benched
+            if server.local_key in job.benched:
+                return
             await trio.sleep(action.retry_after_s)
             continue
-        await _encode_one(run, action, threads)
+        await _encode_local(server, action, threads)
 
 
-async def _encode_one(run: _Run, a: Assign, threads: int) -> None:
-    job, rec = run.job, run.records[a.chunk]
-    plan = rec.plan
-    name = os.path.join(run.workdir, f"chunk_{a.chunk:05d}.{a.attempt}.nut")
-    argv = encode_chunk_argv(run.ffmpeg.path, run.opts.profile, run.vplan, run.opts.input,
-                             plan.seek_s, plan.trim_s, plan.frames, threads=threads)
-    run.emit({"event": "chunk_start", "chunk": a.chunk, "attempt": a.attempt, "peer": a.peer})
-    t0 = time.monotonic()
+async def _encode_local(server: JobServer, a: Assign, threads: int) -> None:
+    plan = server.plans[a.chunk]
+    name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
+    argv = encode_chunk_argv(server.ffmpeg.path, server.opts.profile, server.vplan,
+                             server.opts.input, plan.seek_s, plan.trim_s, plan.frames,
+                             threads=threads)
+    with trio.CancelScope() as scope:
 
-    def progress(frames: int) -> None:
-        job.progress(a.attempt, frames, trio.current_time())
-        run.emit({"event": "chunk_progress", "chunk": a.chunk, "frames": frames})
+        def progress(frames: int) -> None:
+            if not server.progress(a.attempt, frames, trio.current_time()):
+                scope.cancel()  # replaced (lease lost) or already done elsewhere
 
-    try:
-        fh = await trio.to_thread.run_sync(open, name, "wb")
-        with fh:
-            await run_ffmpeg(argv, stdout=fh, on_progress=progress, what=f"chunk {a.chunk}")
-        await media.verify_chunk(run.ffmpeg, name, run.info, plan.first, plan.frames)
-    except (EncodeError, VerifyError) as exc:
-        log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
-        requeued = job.failed(a.attempt, trio.current_time(), str(exc))
-        run.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": a.attempt,
-                  "reason": str(exc), "requeued": bool(requeued)})
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_unlink, name)
-        return
-    if not job.succeeded(a.attempt, trio.current_time()):
+        try:
+            fh = await trio.to_thread.run_sync(open, name, "wb")
+            with fh:
+                await run_ffmpeg(argv, stdout=fh, on_progress=progress,
+                                 what=f"chunk {a.chunk}")
+        except EncodeError as exc:
+            log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
+            server.fail(a.attempt, str(exc))
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink, name)
+            return
+        # Local slots read the file directly; attribute source bytes by frame share.
+        bytes_in = server.info.size * plan.frames // max(1, server.info.video.frames)
+        await server.accept(a.attempt, name, bytes_in)
+    if scope.cancelled_caught:
         await trio.to_thread.run_sync(_unlink, name)
-        return
-    final = os.path.join(run.workdir, f"chunk_{a.chunk:05d}.nut")
-    os.replace(name, final)
-    rec.peer = a.peer.rsplit("/", 1)[0]
-    rec.encode_s = time.monotonic() - t0
-    rec.bytes_out = (await trio.Path(final).stat()).st_size
-    # Local slots read the file directly; attribute source bytes by frame share.
-    rec.bytes_in = run.info.size * plan.frames // max(1, run.info.video.frames)
-    rec.file = final
-    run.emit({"event": "chunk_done", "chunk": a.chunk, "attempt": a.attempt, "peer": rec.peer,
-              "encode_s": rec.encode_s, "frames_done": job.frames_done})
 
 
-def _unlink(path: str) -> None:
+# -- recruiting remote peers --------------------------------------------------------------
+@dataclass(slots=True)
+class _Candidate:
+    host: str
+    port: int
+    node_id: str = ""
+    name: str = ""
+    invited: bool = False
+    unusable: str = ""
+    next_try: float = 0.0
+    busy: bool = False
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _local_ip_for(host: str) -> str:
+    """Our address on the route to ``host`` (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def parse_peer(spec: str) -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--peer {spec}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
+                   emit: Callable[[Event], None]) -> None:
+    """Find peers (mDNS, --peer), invite them, re-invite ones that dropped the job."""
+    candidates: dict[str, _Candidate] = {}
+    for spec in opts.peers:
+        host, port = parse_peer(spec)
+        candidates[f"{host}:{port}"] = _Candidate(host, port)
+    our_fp = auth.fingerprint(opts.secret) if opts.secret else ""
+
+    async def watch_mdns() -> None:
+        from .discovery import browse
+
+        send, recv = trio.open_memory_channel[PeerEvent](64)
+        async with trio.open_nursery() as n:
+            n.start_soon(partial(browse, send, interfaces=opts.interfaces))
+            async for ev in recv:
+                rec = ev.record
+                if rec.node_id == node.node_id or not rec.host:
+                    continue
+                key = f"{rec.host}:{rec.port}"
+                if ev.kind == "removed":
+                    server.peer_left(rec.node_id, trio.current_time())
+                    if key in candidates:
+                        candidates.pop(key)
+                        emit({"event": "peer_left", "peer": rec.name})
+                    continue
+                verdict = classify(rec, our_fp, PROTOCOL_VERSION)
+                if verdict != "ok":
+                    if key not in candidates:
+                        emit({"event": "peer_foreign", "peer": rec.name, "why": verdict})
+                        candidates[key] = _Candidate(rec.host, rec.port, rec.node_id,
+                                                     rec.name, unusable=verdict)
+                    continue
+                c = candidates.setdefault(key, _Candidate(rec.host, rec.port))
+                if rec.state == "idle" and c.busy:
+                    c.next_try = 0.0  # it just freed up: ask again now
+
+    async def try_invite(c: _Candidate, client: httpx.AsyncClient) -> None:
+        now = trio.current_time()
+        c.next_try = now + 3.0
+        try:
+            info = await fetch_info(client, c.base)
+        except (httpx.HTTPError, RemoteProtocolError) as exc:
+            log.debug("peer %s unreachable: %s", c.base, exc)
+            return
+        if info.node_id == node.node_id:
+            c.unusable = "ourselves"
+            return
+        c.node_id, c.name = info.node_id, info.name
+        if c.invited and info.job_id == server.job_id:
+            return
+        if opts.profile.video.codec not in info.encoders:
+            c.unusable = f"lacks {opts.profile.video.codec}"
+            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
+            return
+        c.busy = info.state != "idle" and info.job_id != server.job_id
+        if c.busy:
+            return
+        url = f"http://{_local_ip_for(c.host)}:{node.port}"
+        invite = Invite(server.job_id, url, server.invite_fields())
+        try:
+            ack = await call(client, opts.secret, "POST", f"{c.base}/v1/invite", invite,
+                             (ResultAck,))
+        except (httpx.HTTPError, RemoteProtocolError) as exc:
+            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
+                c.unusable = str(exc)
+                emit({"event": "peer_foreign", "peer": info.name, "why": str(exc)})
+            return
+        assert isinstance(ack, ResultAck)
+        if ack.accepted and not c.invited:
+            c.invited = True
+            server.names[info.node_id] = info.name
+            emit({"event": "peer_joined", "peer": info.name, "address": c.base,
+                  "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
+                      opts.profile.name, 0.0)})
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
+        try:
+            async with trio.open_nursery() as nursery:
+                if opts.discover:
+                    nursery.start_soon(watch_mdns)
+                while True:
+                    now = trio.current_time()
+                    for c in list(candidates.values()):
+                        if c.unusable or c.next_try > now:
+                            continue
+                        if c.invited:
+                            c.next_try = now + RECHECK_INVITED_S
+                            # Still ours? A peer that dropped the job is invited again.
+                            nursery.start_soon(_recheck, c, client, server)
+                        else:
+                            nursery.start_soon(try_invite, c, client)
+                    await trio.sleep(RECRUIT_EVERY_S)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                async with trio.open_nursery() as bye:
+                    for c in candidates.values():
+                        if c.invited:
+                            bye.start_soon(_goodbye, c, client, server.job_id, opts.secret)
+
+
+async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
     try:
-        os.unlink(path)
-    except FileNotFoundError:
+        info = await fetch_info(client, c.base)
+    except (httpx.HTTPError, RemoteProtocolError):
+        return
+    if info.job_id != server.job_id:
+        c.invited = False
+        c.next_try = 0.0
+
+
+async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,
+                   secret: str | None) -> None:
+    try:
+        target = f"/v1/jobs/{job_id}"
+        headers = auth.sign(secret, "DELETE", target, time.time(), auth.body_digest(b""))
+        await client.delete(f"{c.base}{target}", headers=headers)
+    except httpx.HTTPError:
         pass
 
 
-def _report(run: _Run, wall_s: float) -> dict[str, Any]:
+def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
     chunks = []
     peers: dict[str, dict[str, Any]] = {}
-    for rec in run.records:
-        c = run.job.chunks[rec.plan.index]
+    for rec in server.records:
+        c = server.job.chunks[rec.plan.index]
         chunks.append({
             "index": rec.plan.index, "start_s": round(rec.plan.start_s, 6),
             "frames": rec.plan.frames, "peer": rec.peer, "attempts": len(c.attempts),
@@ -235,17 +616,17 @@ def _report(run: _Run, wall_s: float) -> dict[str, Any]:
         p["chunks"] += 1
         p["frames"] += rec.plan.frames
         p["encode_s"] = round(p["encode_s"] + rec.encode_s, 3)
-    info = run.info
+    info = server.info
     return {
-        "input": run.opts.input,
-        "output": run.opts.output,
-        "profile": run.opts.profile.name,
+        "input": server.opts.input,
+        "output": server.opts.output,
+        "profile": server.opts.profile.name,
         "frames": info.video.frames,
         "duration_s": round(info.duration_s, 6),
         "wall_s": round(wall_s, 3),
-        "width": run.vplan.width,
-        "height": run.vplan.height,
+        "width": server.vplan.width,
+        "height": server.vplan.height,
+        "job_id": server.job_id,
         "chunks": chunks,
         "peers": list(peers.values()),
     }
-

@@ -185,3 +185,32 @@ def verify(
     # Constant-time: a timing difference would let a peer find the signature byte by byte.
     if not hmac.compare_digest(_mac(secret, canonical), raw_signature):
         raise AuthError("wrong signature: is this node in another swarm (different secret)?")
+
+
+def url_token(secret: str | None, path: str, attempt: str) -> str:
+    """A capability for GETs of ``path`` on behalf of one attempt, to put in a URL.
+
+    ffmpeg fetches the source itself and re-requests ranges whenever it seeks, so it cannot
+    sign each request with a fresh timestamp; instead the URL carries a MAC bound to the
+    path and the attempt, and the coordinator honours it only while that attempt runs.
+    """
+    if secret is None:
+        return "open"
+    canonical = _canonical("GET", path, 0, streamed_digest(attempt))
+    if canonical is None:
+        raise LocalProtocolError(f"cannot make a token for {path[:80]!r}")
+    return _mac(secret, b"url\n" + canonical)
+
+
+def verify_url_token(secret: str | None, path: str, attempt: str, token: str) -> None:
+    """Raises AuthError unless ``token`` is url_token(secret, path, attempt)."""
+    if secret is None:
+        return
+    if _SIGNATURE.fullmatch(token) is None:
+        raise AuthError("missing or malformed source token")
+    try:
+        want = url_token(secret, path, attempt)
+    except LocalProtocolError as exc:
+        raise AuthError("malformed source request") from exc
+    if not hmac.compare_digest(want, token):
+        raise AuthError("wrong source token")

@@ -396,6 +396,10 @@ class Assignment(Message):
     start_s: Annotated[float, _float(0.0, MAX_MEDIA_S)]
     frames: Annotated[int, _int(1, MAX_FRAMES)]
     source_path: Annotated[str, _source_path]
+    # Where the peer's ffmpeg seeks (-ss) and from which source time it keeps frames (trim);
+    # both None for a chunk that starts at the first frame. See chunker/plan.py.
+    seek_s: Annotated[float | None, _optional(_float(0.0, MAX_MEDIA_S))] = None
+    trim_s: Annotated[float | None, _optional(_float(-MAX_MEDIA_S, MAX_MEDIA_S))] = None
 
 
 @_message

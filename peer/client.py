@@ -1,0 +1,48 @@
+"""Signed msgpack calls from one node to another, over httpx.
+
+Every request but ``GET /v1/info`` is signed when the swarm has a secret (swarm.auth);
+every reply is decoded and validated (swarm.protocol) before anyone acts on it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+import httpx
+
+from swarm import auth
+from swarm.errors import RemoteProtocolError
+from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, NodeInfo, decode, encode
+
+__all__ = ["call", "fetch_info", "signed_headers"]
+
+M = TypeVar("M", bound=Message)
+
+
+def signed_headers(secret: str | None, method: str, target: str, digest: str
+                   ) -> dict[str, str]:
+    return auth.sign(secret, method, target, time.time(), digest)
+
+
+async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+               msg: Message | None, expected: tuple[type[Message], ...]) -> Message:
+    """One control request; raises httpx errors (network) or RemoteProtocolError (reply)."""
+    body = encode(msg) if msg is not None else b""
+    headers = signed_headers(secret, method, target, auth.body_digest(body))
+    headers["content-type"] = CONTENT_TYPE
+    resp = await client.request(method, target, content=body, headers=headers)
+    if resp.status_code >= 300:
+        raise RemoteProtocolError(
+            f"{method} {target.split('?')[0]}: {resp.status_code} {resp.text[:120].strip()}",
+            status_code=resp.status_code)
+    if len(resp.content) > MAX_CONTROL_BODY:
+        raise RemoteProtocolError("reply too large")
+    return decode(resp.content, expected)
+
+
+async def fetch_info(client: httpx.AsyncClient, base_url: str) -> NodeInfo:
+    resp = await client.get(f"{base_url}/v1/info")
+    if resp.status_code != 200:
+        raise RemoteProtocolError(f"{base_url}: /v1/info answered {resp.status_code}")
+    return decode(resp.content, NodeInfo)

@@ -1,0 +1,106 @@
+"""A minimal ASGI toolkit for the node's few endpoints: bounded bodies, typed replies.
+
+No framework: the node has eight routes, and owning the request loop keeps every body
+size-bounded and every failure a 4xx. hypercorn (trio mode) runs the app.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from swarm.errors import RemoteProtocolError
+from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, encode
+
+__all__ = ["HTTPError", "Request", "iter_body", "read_body", "respond", "respond_message"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# Request targets are short on this protocol; anything longer is not ours.
+MAX_TARGET = 1024
+MAX_QUERY_PARAMS = 8
+
+
+class HTTPError(RemoteProtocolError):
+    """A request we refuse, with its status code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    target: str  # raw path with query string, exactly as sent: what signatures cover
+    query: dict[str, str]
+    headers: dict[str, str]
+    client: str
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> Request:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        qs = scope.get("query_string", b"")
+        if len(raw) + len(qs) > MAX_TARGET:
+            raise HTTPError("request target too long", status_code=414)
+        try:
+            target = raw.decode("ascii") + (("?" + qs.decode("ascii")) if qs else "")
+            pairs = parse_qsl(qs.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError as exc:
+            raise HTTPError("request target is not ASCII") from exc
+        if len(pairs) > MAX_QUERY_PARAMS:
+            raise HTTPError("too many query parameters")
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", []):
+            headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+        client = scope.get("client") or ("", 0)
+        return cls(scope["method"], scope["path"], target, dict(pairs), headers, client[0])
+
+
+async def iter_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    """The request body in pieces; HTTPError 413 as soon as it passes ``limit`` bytes."""
+    total = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise HTTPError("client went away", status_code=400)
+        data = msg.get("body", b"")
+        total += len(data)
+        if total > limit:
+            raise HTTPError(f"body larger than {limit} bytes", status_code=413)
+        if data:
+            yield data
+        if not msg.get("more_body", False):
+            return
+
+
+async def read_body(receive: Receive, request: Request, limit: int = MAX_CONTROL_BODY
+                    ) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HTTPError(f"body larger than {limit} bytes", status_code=413)
+    parts = [piece async for piece in iter_body(receive, limit)]
+    return b"".join(parts)
+
+
+async def respond(send: Send, status: int, body: bytes = b"",
+                  content_type: str = "text/plain; charset=utf-8",
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    hdrs = [(b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_message(send: Send, msg: Message, request: Request, status: int = 200
+                          ) -> None:
+    """msgpack by default; JSON when the caller asks for it (curl, browsers, people)."""
+    if "application/json" in request.headers.get("accept", ""):
+        data = {"v": 1, "t": msg.TYPE, **{
+            k: (dict(v) if isinstance(v, MutableMapping) or hasattr(v, "items") else v)
+            for k, v in ((f, getattr(msg, f)) for f in msg.__dataclass_fields__)}}
+        await respond(send, status, json.dumps(data).encode(), "application/json")
+    else:
+        await respond(send, status, encode(msg), CONTENT_TYPE)

@@ -1,0 +1,300 @@
+"""One swarm node: the HTTP server (hypercorn, trio mode), mDNS presence, encoder slots.
+
+A node serves every caller ``GET /v1/info``; takes invites and works for one coordinator at
+a time (peer role); and, while it coordinates a job, serves that job's claims, source,
+progress and results (coordinator role, state in ``peer.coordinator.JobServer``). Every
+request other than /v1/info is signed when the swarm has a secret; every body is bounded;
+a bad request gets a 4xx and the node carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from chunker.tools import FFmpeg
+from swarm import auth
+from swarm.errors import ProfileError, RemoteProtocolError
+from swarm.presence import PeerRecord
+from swarm.protocol import (
+    PROTOCOL_VERSION,
+    ClaimRequest,
+    Invite,
+    JobDone,
+    NodeInfo,
+    Progress,
+    ProgressAck,
+    ResultAck,
+    Wait,
+    decode,
+)
+from swarm.protocol import Assignment as AssignmentMsg
+
+from .http import HTTPError, Receive, Request, Scope, Send, read_body, respond, respond_message
+from .worker import accept_invite, work_slot
+
+if TYPE_CHECKING:
+    from .coordinator import JobServer
+
+__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "Node", "NodeConfig"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7800
+SOFTWARE_VERSION = "0.1.0"
+# Encoders worth telling a coordinator about (NodeInfo allows 64).
+ADVERTISED_ENCODERS = ("libx264", "libx265", "libsvtav1", "aac", "ac3", "libopus")
+_JOB_ROUTE = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{8,64})(/.*)?$")
+_RESULT_ROUTE = re.compile(r"^/chunks/(\d{1,6})/result$")
+# Source reads: big enough to keep a LAN link busy, small enough to bound memory per reader.
+SOURCE_PIECE = 256 * 1024
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    name: str = field(default_factory=socket.gethostname)
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    secret: str | None = None
+    slots: int = 1
+    advertise: bool = True
+    interfaces: list[str] | None = None  # IPv4 addresses for mDNS; None: all
+
+
+@dataclass(slots=True)
+class _Work:
+    job_id: str
+    coordinator_url: str
+    scope: trio.CancelScope
+    chunk: int | None = None
+    frames: int = 0
+    fps: float = 0.0
+    done: int = 0
+
+
+class Node:
+    """Run with ``await nursery.start(node.run)``; reports the node once it is reachable."""
+
+    def __init__(self, config: NodeConfig, ffmpeg: FFmpeg, scores: dict[str, float] | None = None,
+                 *, coordinator: bool = False,
+                 on_event: Callable[[dict[str, Any]], None] = lambda e: None) -> None:
+        self.config = config
+        self.ffmpeg = ffmpeg
+        self.scores = dict(scores or {})
+        self.node_id = secrets.token_hex(8)
+        self.coordinator = coordinator
+        self.jobs: dict[str, JobServer] = {}
+        self.work: _Work | None = None
+        self.port = 0
+        self.on_event = on_event
+        self._nursery: trio.Nursery | None = None
+        self._advertiser: Any = None
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return "busy" if (self.work is not None or self.coordinator) else "idle"
+
+    def info(self) -> NodeInfo:
+        job = self.work.job_id if self.work else next(iter(self.jobs), None)
+        return NodeInfo(
+            node_id=self.node_id, name=self.config.name[:64] or "node",
+            version=SOFTWARE_VERSION, arch=(platform.machine() or "unknown")[:32],
+            cpus=max(1, min(1024, os.cpu_count() or 1)),
+            ffmpeg=(self.ffmpeg.version.replace(" ", "_") or "unknown")[:64],
+            encoders=tuple(e for e in ADVERTISED_ENCODERS if e in self.ffmpeg.encoders),
+            scores=self.scores, state=self.state, job_id=job,
+            slots=max(1, min(64, self.config.slots)),
+        )
+
+    def record(self) -> PeerRecord:
+        return PeerRecord(
+            node_id=self.node_id, name=self.config.name[:63] or "node", host="",
+            port=self.port, protocol=PROTOCOL_VERSION, arch=(platform.machine() or "x")[:32],
+            cpus=max(1, os.cpu_count() or 1), score=self.scores.get("hd", 0.0),
+            state=self.state, version=SOFTWARE_VERSION,
+            fingerprint=auth.fingerprint(self.config.secret) if self.config.secret else "",
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        hc = HyperConfig()
+        hc.bind = [f"{self.config.host}:{self.config.port}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        hc.loglevel = "WARNING"
+        hc.graceful_timeout = 1.0
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            binds = await nursery.start(partial(serve, self.app, hc, mode="asgi"))
+            self.port = int(str(binds[0]).rsplit(":", 1)[1])
+            if self.config.advertise:
+                from .discovery import advertise
+
+                try:
+                    self._advertiser = await nursery.start(partial(
+                        advertise, self.record(), interfaces=self.config.interfaces))
+                except Exception as exc:  # no multicast-capable interface: --peer still works
+                    log.warning("not advertising on mDNS: %s", exc)
+            self.on_event({"event": "node_up", "port": self.port, "name": self.config.name,
+                           "node_id": self.node_id})
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def _announce(self) -> None:
+        if self._advertiser is not None:
+            try:
+                await self._advertiser.update(self.record())
+            except Exception as exc:
+                log.debug("mDNS update failed: %s", exc)
+
+    # -- peer role -----------------------------------------------------------------------
+    async def _work(self, invite: Invite, terms: Any) -> None:
+        assert self.work is not None
+        work = self.work
+        self.on_event({"event": "job_joined", "job_id": invite.job_id,
+                       "coordinator": invite.coordinator_url})
+        await self._announce()
+        try:
+            with work.scope:
+                async with httpx.AsyncClient(base_url=terms.coordinator_url,
+                                             timeout=httpx.Timeout(10.0)) as client:
+                    async with trio.open_nursery() as slots:
+                        for slot in range(max(1, self.config.slots)):
+                            slots.start_soon(partial(
+                                work_slot, terms, node_id=self.node_id, slot=slot,
+                                secret=self.config.secret, ffmpeg=self.ffmpeg, client=client,
+                                on_event=self._slot_event))
+        finally:
+            self.work = None
+            self.on_event({"event": "job_left", "job_id": invite.job_id})
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await self._announce()
+
+    def _slot_event(self, e: dict[str, Any]) -> None:
+        if self.work is not None:
+            if e["event"] == "chunk_start":
+                self.work.chunk, self.work.frames, self.work.fps = e["chunk"], 0, 0.0
+            elif e["event"] == "chunk_progress":
+                self.work.frames, self.work.fps = e["frames"], e["fps"]
+            elif e["event"] == "chunk_end":
+                self.work.chunk = None
+                self.work.done += e["outcome"] == "done"
+        self.on_event(e)
+
+    # -- HTTP ----------------------------------------------------------------------------
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        try:
+            request = Request.from_scope(scope)
+            await self._route(request, receive, send)
+        except RemoteProtocolError as exc:
+            await respond(send, exc.status_code, (str(exc)[:300] + "\n").encode())
+        except (ProfileError, ValueError) as exc:
+            await respond(send, 422, (str(exc)[:300] + "\n").encode())
+
+    def _check(self, request: Request, body: bytes | None = None, digest: str | None = None
+               ) -> None:
+        auth.verify(self.config.secret, request.method, request.target, request.headers,
+                    digest if digest is not None else auth.body_digest(body or b""),
+                    time.time())
+
+    async def _route(self, request: Request, receive: Receive, send: Send) -> None:
+        path, method = request.path, request.method
+        if path == "/v1/info":
+            if method != "GET":
+                raise HTTPError("use GET", status_code=405)
+            await respond_message(send, self.info(), request)
+            return
+        if path == "/v1/invite":
+            if method != "POST":
+                raise HTTPError("use POST", status_code=405)
+            body = await read_body(receive, request)
+            self._check(request, body)
+            await self._invite(decode(body, Invite), request, send)
+            return
+        m = _JOB_ROUTE.match(path)
+        if not m:
+            raise HTTPError("no such endpoint", status_code=404)
+        job_id, rest = m.group(1), m.group(2) or ""
+        if rest == "" and method == "DELETE":
+            self._check(request, await read_body(receive, request))
+            if self.work is not None and self.work.job_id == job_id:
+                self.work.scope.cancel()
+            await respond(send, 204)
+            return
+        server = self.jobs.get(job_id)
+        if server is None:
+            raise HTTPError("no such job here", status_code=404)
+        if rest == "/claim" and method == "POST":
+            body = await read_body(receive, request)
+            self._check(request, body)
+            claim = decode(body, ClaimRequest)
+            reply = server.claim_remote(claim.node_id, trio.current_time())
+            if isinstance(reply, AssignmentMsg | Wait | JobDone):
+                await respond_message(send, reply, request)
+            return
+        if rest == "/progress" and method == "POST":
+            body = await read_body(receive, request)
+            self._check(request, body)
+            prog = decode(body, Progress)
+            keep = server.progress_remote(prog.attempt, prog.chunk, prog.frames_done,
+                                          prog.fps, trio.current_time())
+            await respond_message(send, ProgressAck(keep), request)
+            return
+        if rest == "/source" and method in ("GET", "HEAD"):
+            attempt = request.query.get("attempt", "")
+            auth.verify_url_token(self.config.secret, path, attempt,
+                                  request.query.get("token", ""))
+            await server.serve_source(attempt, request, send, method == "HEAD")
+            return
+        rm = _RESULT_ROUTE.match(rest)
+        if rm and method == "PUT":
+            attempt = request.query.get("attempt", "")
+            self._check(request, digest=auth.streamed_digest(attempt) if attempt else "x")
+            ok, reason = await server.receive_result(attempt, int(rm.group(1)), request,
+                                                     receive)
+            await respond_message(send, ResultAck(ok, reason[:200]), request)
+            return
+        raise HTTPError("no such endpoint or method", status_code=404)
+
+    async def _invite(self, invite: Invite, request: Request, send: Send) -> None:
+        if self.coordinator:
+            raise HTTPError("this node is coordinating its own job", status_code=409)
+        if self.work is not None:
+            if self.work.job_id == invite.job_id:
+                await respond_message(send, ResultAck(True, "already working on it"), request)
+                return
+            raise HTTPError(f"busy with job {self.work.job_id}", status_code=409)
+        terms = accept_invite(invite)  # ProfileError -> 422
+        missing = [c for c in (terms.profile.video.codec,) if c not in self.ffmpeg.encoders]
+        if missing:
+            raise HTTPError(f"this node's ffmpeg lacks {missing[0]}", status_code=422)
+        assert self._nursery is not None
+        self.work = _Work(invite.job_id, terms.coordinator_url, trio.CancelScope())
+        self._nursery.start_soon(self._work, invite, terms)
+        await respond_message(send, ResultAck(True, ""), request)

@@ -1,0 +1,211 @@
+"""The peer side of a job: pull chunks from a coordinator, encode, stream results back.
+
+Per slot: claim -> ffmpeg reads the source range from the coordinator's URL -> its stdout
+streams straight into the result upload (no temp file, no chunk held whole in memory),
+while progress reports renew the lease. A cancelled attempt (ProgressAck keep=False) or a
+coordinator that stopped answering for COORDINATOR_GONE_S ends the work at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from chunker.commands import VideoPlan, encode_chunk_argv
+from chunker.tools import FFmpeg
+from profiles import Profile
+from swarm import auth
+from swarm.errors import EncodeError, ProfileError, RemoteProtocolError
+from swarm.protocol import (
+    Assignment,
+    ClaimRequest,
+    Invite,
+    JobDone,
+    Progress,
+    ProgressAck,
+    ResultAck,
+    Wait,
+    decode,
+)
+
+from .client import call, signed_headers
+from .proc import run_ffmpeg
+
+__all__ = ["JobTerms", "accept_invite", "work_slot"]
+
+log = logging.getLogger(__name__)
+
+# How long a coordinator may stay silent before its job is dropped: long enough to ride out
+# a Wi-Fi hiccup, short enough that the peer is idle again "within seconds".
+COORDINATOR_GONE_S = 6.0
+PROGRESS_EVERY_S = 1.0
+# Bytes of ffmpeg output buffered between the encoder and the upload (a few pipe reads).
+UPLOAD_QUEUE = 16
+MAX_OUT_SIDE = 8192
+MAX_GOP = 1200
+
+
+class CoordinatorGone(Exception):
+    """The coordinator stopped answering; the job is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobTerms:
+    """What an invite asks for, validated: nothing here is a raw string from the network."""
+
+    job_id: str
+    coordinator_url: str
+    profile: Profile
+    plan: VideoPlan
+
+
+def accept_invite(invite: Invite) -> JobTerms:
+    """Validate the profile fields and output plan of an invite; ProfileError if bad."""
+    fields = dict(invite.profile)
+    try:
+        w, h, gop = fields.pop("out_width"), fields.pop("out_height"), fields.pop("out_gop")
+    except KeyError as exc:
+        raise ProfileError(f"invite: missing {exc.args[0]}") from exc
+    for name, value, hi in (("out_width", w, MAX_OUT_SIDE), ("out_height", h, MAX_OUT_SIDE),
+                            ("out_gop", gop, MAX_GOP)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+            raise ProfileError(f"invite: {name} must be an integer from 1 to {hi}")
+    if w % 2 or h % 2:
+        raise ProfileError("invite: output sides must be even")
+    profile = Profile.from_mapping(fields, "invite")
+    assert isinstance(w, int) and isinstance(h, int) and isinstance(gop, int)
+    return JobTerms(invite.job_id, invite.coordinator_url.rstrip("/"), profile,
+                    VideoPlan(w, h, gop))
+
+
+async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
+                    on_event: Callable[[dict[str, object]], None] = lambda e: None) -> None:
+    """Pull and encode chunks until the job is done or its coordinator is gone."""
+    last_ok = trio.current_time()
+    claim_path = f"/v1/jobs/{terms.job_id}/claim"
+    while True:
+        try:
+            reply = await call(client, secret, "POST", claim_path,
+                               ClaimRequest(node_id, slot, False), (Assignment, Wait, JobDone))
+            last_ok = trio.current_time()
+        except (httpx.HTTPError, RemoteProtocolError) as exc:
+            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
+                log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
+                return
+            if trio.current_time() - last_ok > COORDINATOR_GONE_S:
+                log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
+                return
+            await trio.sleep(0.5)
+            continue
+        if isinstance(reply, JobDone):
+            return
+        if isinstance(reply, Wait):
+            await trio.sleep(reply.retry_after_s)
+            continue
+        assert isinstance(reply, Assignment)
+        on_event({"event": "chunk_start", "chunk": reply.chunk, "attempt": reply.attempt})
+        try:
+            outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
+                                     ffmpeg=ffmpeg, client=client, on_event=on_event)
+        except CoordinatorGone:
+            log.warning("job %s: coordinator gone; dropping it", terms.job_id)
+            return
+        on_event({"event": "chunk_end", "chunk": reply.chunk, "outcome": outcome})
+        last_ok = trio.current_time()
+
+
+async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
+                   ffmpeg: FFmpeg, client: httpx.AsyncClient,
+                   on_event: Callable[[dict[str, object]], None]) -> str:
+    token = auth.url_token(secret, a.source_path, a.attempt)
+    source = f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
+    argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, source, a.seek_s,
+                             a.trim_s, a.frames)
+    result_path = f"/v1/jobs/{a.job_id}/chunks/{a.chunk}/result?attempt={a.attempt}"
+    send, recv = trio.open_memory_channel[bytes](UPLOAD_QUEUE)
+    frames = 0
+    started = time.monotonic()
+    outcome = "cancelled"
+    gone = False
+
+    def progress(n: int) -> None:
+        nonlocal frames
+        frames = n
+
+    async def body() -> AsyncIterator[bytes]:
+        async with recv:
+            async for data in recv:
+                yield data
+
+    async def upload(attempt_scope: trio.CancelScope) -> None:
+        nonlocal outcome
+        headers = signed_headers(secret, "PUT", result_path, auth.streamed_digest(a.attempt))
+        headers["content-type"] = "application/octet-stream"
+        try:
+            resp = await client.put(result_path, content=body(), headers=headers,
+                                    timeout=httpx.Timeout(30.0, read=300.0))
+        except httpx.HTTPError as exc:
+            outcome = f"upload failed: {exc}"
+            attempt_scope.cancel()  # nobody takes the output: stop the encoder
+            return
+        if resp.status_code == 200:
+            ack = decode(resp.content, ResultAck)
+            outcome = "done" if ack.accepted else f"refused: {ack.reason}"
+        else:
+            outcome = f"refused: {resp.status_code}"
+
+    async def reporter(attempt_scope: trio.CancelScope) -> None:
+        last_ok = trio.current_time()
+        path = f"/v1/jobs/{a.job_id}/progress"
+        while True:
+            await trio.sleep(PROGRESS_EVERY_S)
+            elapsed = max(1e-3, time.monotonic() - started)
+            try:
+                ack = await call(client, secret, "POST", path,
+                                 Progress(a.job_id, a.chunk, a.attempt, frames, frames / elapsed),
+                                 (ProgressAck,))
+                last_ok = trio.current_time()
+            except (httpx.HTTPError, RemoteProtocolError):
+                if trio.current_time() - last_ok > COORDINATOR_GONE_S:
+                    nonlocal gone
+                    gone = True
+                    attempt_scope.cancel()
+                    return
+                continue
+            on_event({"event": "chunk_progress", "chunk": a.chunk, "frames": frames,
+                      "fps": frames / elapsed})
+            assert isinstance(ack, ProgressAck)
+            if not ack.keep:
+                attempt_scope.cancel()  # replaced or the job is over: stop encoding now
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(upload, nursery.cancel_scope)
+        reporting = trio.CancelScope()
+
+        async def report_until_done() -> None:
+            with reporting:
+                await reporter(nursery.cancel_scope)
+
+        nursery.start_soon(report_until_done)
+        try:
+            await run_ffmpeg(argv, stdout_sink=send.send, on_progress=progress,
+                             what=f"chunk {a.chunk}")
+        except EncodeError as exc:
+            # Abort the upload (the channel stays open) so the coordinator sees a broken
+            # body rather than a complete-looking short chunk.
+            log.warning("chunk %d: %s", a.chunk, exc)
+            outcome = "failed"
+            nursery.cancel_scope.cancel()
+        else:
+            await send.aclose()
+        reporting.cancel()
+    if gone:
+        raise CoordinatorGone()
+    return outcome
