@@ -110,7 +110,6 @@ class _Printer:
 
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
                 quiet: bool, **options: Any) -> str:
-    import trio
 
     from peer.coordinator import EncodeOptions, parse_peer, run_encode
     from profiles import load_profile
@@ -129,7 +128,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
                    "may take part", err=True)
     printer = _Printer(quiet)
     try:
-        result = trio.run(run_encode, opts, printer)
+        result = _until_signal(run_encode, opts, printer)
     finally:
         printer.close()
     if report is not None:
@@ -137,6 +136,41 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     if not quiet:
         typer.echo(f"swarm: done in {result['wall_s']:.1f} s", err=True)
     return out
+
+
+def _until_signal(fn: Any, *args: Any) -> Any:
+    """Run ``fn`` under trio; SIGINT/SIGTERM cancel it (cleanly) and raise KeyboardInterrupt.
+
+    Listening for the signals ourselves, rather than relying on trio's KeyboardInterrupt
+    delivery, makes cancellation run every cleanup (ffmpeg children killed, work directory
+    removed, mDNS goodbye) even while library code (hypercorn, zeroconf threads) is running.
+    """
+    import signal
+
+    import trio
+
+    async def main() -> tuple[bool, Any]:
+        result: Any = None
+        interrupted = False
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def body() -> None:
+                    nonlocal result
+                    result = await fn(*args)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(body)
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    break
+        return interrupted, result
+
+    interrupted, result = trio.run(main)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -318,8 +352,6 @@ def join(
     """
 
     def run() -> None:
-        import signal
-
         import trio
 
         from chunker.tools import find_ffmpeg
@@ -332,20 +364,14 @@ def join(
                 scores = await _scores(ffmpeg, quiet)
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
                                    slots=slots), ffmpeg, scores, on_event=_join_printer(quiet))
-            with trio.open_signal_receiver(signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(node.run)
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
+            await node.run()
 
-        trio.run(main)
+        try:
+            _until_signal(main)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C / SIGTERM is how a node is meant to leave
 
-    try:
-        _guarded(run)
-    except typer.Exit as exc:
-        if exc.exit_code != EXIT_INTERRUPTED:
-            raise
+    _guarded(run)
     if not quiet:
         typer.echo("swarm: left the swarm", err=True)
 
