@@ -26,12 +26,17 @@ def signed_headers(secret: str | None, method: str, target: str, digest: str
 
 
 async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
-               msg: Message | None, expected: tuple[type[Message], ...]) -> Message:
-    """One control request; raises httpx errors (network) or RemoteProtocolError (reply)."""
+               msg: Message | None, expected: tuple[type[Message], ...], base: str = ""
+               ) -> Message:
+    """One control request; raises httpx errors (network) or RemoteProtocolError (reply).
+
+    ``target`` is the path (and query) that is signed; ``base`` the scheme and authority,
+    when the client has no base URL of its own.
+    """
     body = encode(msg) if msg is not None else b""
     headers = signed_headers(secret, method, target, auth.body_digest(body))
     headers["content-type"] = CONTENT_TYPE
-    resp = await client.request(method, target, content=body, headers=headers)
+    resp = await client.request(method, base + target, content=body, headers=headers)
     if resp.status_code >= 300:
         raise RemoteProtocolError(
             f"{method} {target.split('?')[0]}: {resp.status_code} {resp.text[:120].strip()}",

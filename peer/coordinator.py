@@ -540,8 +540,8 @@ async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
         url = f"http://{_local_ip_for(c.host)}:{node.port}"
         invite = Invite(server.job_id, url, server.invite_fields())
         try:
-            ack = await call(client, opts.secret, "POST", f"{c.base}/v1/invite", invite,
-                             (ResultAck,))
+            ack = await call(client, opts.secret, "POST", "/v1/invite", invite, (ResultAck,),
+                             base=c.base)
         except (httpx.HTTPError, RemoteProtocolError) as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
                 c.unusable = str(exc)

@@ -96,7 +96,7 @@ def test_encode_writes_default_output_and_report(tmp_path: Path,
     src = tmp_path / "clip.mp4"
     src.write_bytes(corpus["open_gop"].read_bytes())
     res = swarm("encode", "clip.mp4", "--report", "r.json", "--chunk-seconds", "1",
-                "--name", "alpha", cwd=tmp_path)
+                "--name", "alpha", "--local-only", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / res.stdout.strip()).resolve() == tmp_path / "clip.hd.mp4"
     report = json.loads((tmp_path / "r.json").read_text())

@@ -1,0 +1,148 @@
+"""Nodes over real HTTP on 127.0.0.1: invites, remote encoding, signatures, lost coordinators.
+
+The multi-host versions (mDNS, namespaces, SIGKILL) are in test_swarm_netns.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import msgpack
+import pytest
+import trio
+
+from chunker.tools import find_ffmpeg
+from media import decode_errors, media_info
+from peer.coordinator import EncodeOptions, run_encode
+from peer.node import Node, NodeConfig
+from peer.worker import COORDINATOR_GONE_S
+from profiles import load_profile
+from swarm import auth
+from swarm.protocol import Invite, NodeInfo, ResultAck, decode, encode
+
+
+async def _start_peer(nursery: trio.Nursery, name: str, secret: str | None = None) -> Node:
+    node = Node(NodeConfig(name=name, port=0, host="127.0.0.1", secret=secret,
+                           advertise=False), find_ffmpeg())
+    await nursery.start(node.run)
+    return node
+
+
+async def test_info_answers_msgpack_and_json() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            node = await _start_peer(nursery, "infonode", secret="s3")
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{node.port}/v1/info")
+                info = decode(r.content, NodeInfo)
+                assert info.name == "infonode" and info.state == "idle"
+                assert "libx264" in info.encoders
+                rj = await client.get(f"http://127.0.0.1:{node.port}/v1/info",
+                                      headers={"accept": "application/json"})
+                assert rj.headers["content-type"] == "application/json"
+                assert rj.json()["node_id"] == info.node_id
+            nursery.cancel_scope.cancel()
+
+
+async def test_remote_peers_encode_frame_exact(corpus: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            a = await _start_peer(nursery, "peer-a", secret="k")
+            b = await _start_peer(nursery, "peer-b", secret="k")
+            out = tmp_path / "out.mp4"
+            opts = EncodeOptions(
+                str(corpus["open_gop"]), str(out), load_profile("hd"), chunk_seconds=0.5,
+                name="coord", no_local=True, network=True, discover=False,
+                peers=[f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], secret="k")
+            report = await run_encode(opts)
+            nursery.cancel_scope.cancel()
+    assert {c["peer"] for c in report["chunks"]} == {"peer-a", "peer-b"}
+    assert all(c["bytes_in"] > 0 for c in report["chunks"])
+    assert media_info(out).video.frames == media_info(corpus["open_gop"]).video.frames
+    assert decode_errors(out) == ""
+    assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["out.mp4"]
+
+
+async def test_peer_with_another_secret_gets_no_work(corpus: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            good = await _start_peer(nursery, "good", secret="right")
+            bad = await _start_peer(nursery, "bad", secret="wrong")
+            opened = await _start_peer(nursery, "open", secret=None)
+            opts = EncodeOptions(
+                str(corpus["closed_gop"]), str(tmp_path / "o.mp4"), load_profile("hd"),
+                chunk_seconds=0.5, name="coord", no_local=True, network=True, discover=False,
+                peers=[f"127.0.0.1:{n.port}" for n in (good, bad, opened)], secret="right")
+            report = await run_encode(opts)
+            nursery.cancel_scope.cancel()
+    assert {c["peer"] for c in report["chunks"]} == {"good"}
+
+
+async def test_unsigned_and_stale_requests_are_refused() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            node = await _start_peer(nursery, "locked", secret="s")
+            base = f"http://127.0.0.1:{node.port}"
+            invite = encode(Invite("job12345", "http://127.0.0.1:9", {"name": "x"}))
+            async with httpx.AsyncClient() as client:
+                r = await client.post(f"{base}/v1/invite", content=invite)
+                assert r.status_code == 401
+                stale = auth.sign("s", "POST", "/v1/invite", time.time() - 120,
+                                  auth.body_digest(invite))
+                r = await client.post(f"{base}/v1/invite", content=invite, headers=stale)
+                assert r.status_code == 401
+                wrong = auth.sign("other", "POST", "/v1/invite", time.time(),
+                                  auth.body_digest(invite))
+                r = await client.post(f"{base}/v1/invite", content=invite, headers=wrong)
+                assert r.status_code == 401
+                # Signed, but the profile in it is not a valid profile: 422, node stays idle.
+                ok = auth.sign("s", "POST", "/v1/invite", time.time(), auth.body_digest(invite))
+                r = await client.post(f"{base}/v1/invite", content=invite, headers=ok)
+                assert r.status_code == 422
+                r = await client.post(f"{base}/v1/invite", content=msgpack.packb([1, 2]),
+                                      headers=auth.sign("s", "POST", "/v1/invite", time.time(),
+                                                        auth.body_digest(msgpack.packb([1, 2]))))
+                assert r.status_code in (400, 422)
+                info = decode((await client.get(f"{base}/v1/info")).content, NodeInfo)
+                assert info.state == "idle"
+            nursery.cancel_scope.cancel()
+
+
+async def test_peer_drops_a_vanished_coordinator_within_seconds() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            node = await _start_peer(nursery, "orphan")
+            base = f"http://127.0.0.1:{node.port}"
+            # A coordinator that is not there: nothing listens on port 9 (discard) here.
+            fields = load_profile("hd").to_wire() | {"out_width": 640, "out_height": 360,
+                                                     "out_gop": 50}
+            invite = Invite("gonejob1", "http://127.0.0.1:9", fields)
+            async with httpx.AsyncClient() as client:
+                r = await client.post(f"{base}/v1/invite", content=encode(invite))
+                assert r.status_code == 200 and decode(r.content, ResultAck).accepted
+                t0 = trio.current_time()
+                info = decode((await client.get(f"{base}/v1/info")).content, NodeInfo)
+                assert info.state == "busy" and info.job_id == "gonejob1"
+                while info.state != "idle":
+                    await trio.sleep(0.2)
+                    info = decode((await client.get(f"{base}/v1/info")).content, NodeInfo)
+                assert trio.current_time() - t0 < COORDINATOR_GONE_S + 3
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/jobs/../../etc/passwd", "/v1/jobs/abcdefgh/claim",
+                                  "/v1/info?" + "x=1&" * 20])
+async def test_unknown_routes_get_4xx(path: str) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            node = await _start_peer(nursery, "routes")
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{node.port}{path}")
+                assert 400 <= r.status_code < 500
+                r = await client.get(f"http://127.0.0.1:{node.port}/v1/info")
+                assert r.status_code == 200
+            nursery.cancel_scope.cancel()
