@@ -241,8 +241,8 @@ def encode(
         help="Swarm secret: requests are signed and only peers with the same secret "
         "take part. Without it the swarm is open.")] = None,
     port: Annotated[int, typer.Option(
-        "--port", min=0, max=65535, help="Port the coordinator serves chunks on. 0: any free "
-        "port.")] = 0,
+        "--port", min=0, max=65535, help="Port the coordinator serves chunks on; if taken "
+        "(a `swarm join` here), any free port. 0: any free port.")] = 7800,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -340,6 +340,9 @@ def join(
     ] = None,
     slots: Annotated[int, typer.Option(
         "--slots", min=1, max=16, help="Chunks this node encodes at once.")] = 1,
+    peer: Annotated[list[str] | None, typer.Option(
+        "--peer", help="A coordinator's HOST:PORT to announce this node to, where mDNS does "
+        "not reach (other subnets, VPNs). Repeatable.")] = None,
     no_bench: Annotated[bool, typer.Option(
         "--no-bench", help="Do not benchmark on first start (scores stay unknown).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
@@ -350,6 +353,10 @@ def join(
     ffmpeg, and the coordinator re-queues what it held. Coordinators on other subnets can
     name this node with `swarm encode --peer HOST:PORT`.
     """
+
+    from peer.coordinator import parse_peer
+
+    peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
 
     def run() -> None:
         import trio
@@ -363,7 +370,8 @@ def join(
             if not no_bench:
                 scores = await _scores(ffmpeg, quiet)
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
-                                   slots=slots), ffmpeg, scores, on_event=_join_printer(quiet))
+                                   slots=slots, peers=peers_to_greet), ffmpeg, scores,
+                        on_event=_join_printer(quiet))
             await node.run()
 
         try:

@@ -58,6 +58,7 @@ RECHECK_INVITED_S = 5.0
 # With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
 STALL_S = 60.0
 SOURCE_PIECE = 256 * 1024
+RESPONSE_GRACE_S = 0.3
 
 Event = dict[str, Any]
 
@@ -358,9 +359,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
               "secret": opts.secret is not None, "network": opts.network})
         async with trio.open_nursery() as nursery:
             if opts.network:
-                node = Node(NodeConfig(name=opts.name, port=opts.port, secret=opts.secret,
-                                       advertise=opts.discover, interfaces=opts.interfaces),
-                            ffmpeg, coordinator=True)
+                # The coordinator only browses: peers learn its URL from the invite.
+                node = Node(NodeConfig(name=opts.name, port=_free_port(opts.port),
+                                       secret=opts.secret, advertise=False,
+                                       interfaces=opts.interfaces), ffmpeg, coordinator=True)
                 await nursery.start(node.run)
                 node.jobs[job_id] = server
                 emit({"event": "listening", "port": node.port})
@@ -368,6 +370,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
             for slot in range(workers):
                 nursery.start_soon(_local_worker, server, slot, threads)
             await _watch(server, workers, opts)
+            if opts.network:
+                # Let the reply to the last result reach its peer before the server stops.
+                await trio.sleep(RESPONSE_GRACE_S)
             nursery.cancel_scope.cancel()
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
@@ -462,6 +467,18 @@ class _Candidate:
         return f"http://{self.host}:{self.port}"
 
 
+def _free_port(wanted: int) -> int:
+    """``wanted`` if it can be bound (so `join --peer HOST:7800` finds us), else any port."""
+    if wanted == 0:
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", wanted))
+        except OSError:
+            return 0
+    return wanted
+
+
 def _local_ip_for(host: str) -> str:
     """Our address on the route to ``host`` (a UDP connect sends nothing)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -487,6 +504,13 @@ async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
         host, port = parse_peer(spec)
         candidates[f"{host}:{port}"] = _Candidate(host, port)
     our_fp = auth.fingerprint(opts.secret) if opts.secret else ""
+
+    def hello(host: str, port: int) -> None:
+        c = candidates.setdefault(f"{host}:{port}", _Candidate(host, port))
+        if not c.invited:
+            c.next_try = 0.0
+
+    node.hello_sink = hello
 
     async def watch_mdns() -> None:
         from .discovery import browse

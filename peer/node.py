@@ -33,6 +33,7 @@ from swarm.presence import PeerRecord
 from swarm.protocol import (
     PROTOCOL_VERSION,
     ClaimRequest,
+    Hello,
     Invite,
     JobDone,
     NodeInfo,
@@ -44,6 +45,7 @@ from swarm.protocol import (
 )
 from swarm.protocol import Assignment as AssignmentMsg
 
+from .client import call
 from .http import HTTPError, Receive, Request, Scope, Send, read_body, respond, respond_message
 from .worker import accept_invite, work_slot
 
@@ -60,8 +62,10 @@ SOFTWARE_VERSION = "0.1.0"
 ADVERTISED_ENCODERS = ("libx264", "libx265", "libsvtav1", "aac", "ac3", "libopus")
 _JOB_ROUTE = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{8,64})(/.*)?$")
 _RESULT_ROUTE = re.compile(r"^/chunks/(\d{1,6})/result$")
-# Source reads: big enough to keep a LAN link busy, small enough to bound memory per reader.
-SOURCE_PIECE = 256 * 1024
+# A node named with --peer is greeted this often while idle; a coordinator that appears
+# there invites us within one period.
+GREET_EVERY_S = 3.0
+GREET_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class NodeConfig:
     slots: int = 1
     advertise: bool = True
     interfaces: list[str] | None = None  # IPv4 addresses for mDNS; None: all
+    peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
 
 
 @dataclass(slots=True)
@@ -103,6 +108,8 @@ class Node:
         self.on_event = on_event
         self._nursery: trio.Nursery | None = None
         self._advertiser: Any = None
+        # Where a coordinating node passes on nodes that said hello (see /v1/hello).
+        self.hello_sink: Callable[[str, int], None] | None = None
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -153,8 +160,24 @@ class Node:
                     log.warning("not advertising on mDNS: %s", exc)
             self.on_event({"event": "node_up", "port": self.port, "name": self.config.name,
                            "node_id": self.node_id})
+            if self.config.peers:
+                nursery.start_soon(self._greet)
             task_status.started(self)
             await trio.sleep_forever()
+
+    async def _greet(self) -> None:
+        """While idle, tell each --peer node we exist, so a coordinator there invites us."""
+        async with httpx.AsyncClient(timeout=httpx.Timeout(GREET_TIMEOUT_S)) as client:
+            while True:
+                if self.work is None:
+                    for host, port in self.config.peers:
+                        try:
+                            await call(client, self.config.secret, "POST", "/v1/hello",
+                                       Hello(self.node_id, self.port), (ResultAck,),
+                                       base=f"http://{host}:{port}")
+                        except (httpx.HTTPError, RemoteProtocolError) as exc:
+                            log.debug("hello to %s:%d: %s", host, port, exc)
+                await trio.sleep(GREET_EVERY_S)
 
     async def _announce(self) -> None:
         if self._advertiser is not None:
@@ -236,6 +259,17 @@ class Node:
             body = await read_body(receive, request)
             self._check(request, body)
             await self._invite(decode(body, Invite), request, send)
+            return
+        if path == "/v1/hello":
+            if method != "POST":
+                raise HTTPError("use POST", status_code=405)
+            body = await read_body(receive, request)
+            self._check(request, body)
+            hello = decode(body, Hello)
+            if self.hello_sink is None:
+                raise HTTPError("not coordinating a job", status_code=404)
+            self.hello_sink(request.client, hello.port)
+            await respond_message(send, ResultAck(True, ""), request)
             return
         m = _JOB_ROUTE.match(path)
         if not m:

@@ -45,6 +45,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Assignment",
     "ClaimRequest",
+    "Hello",
     "Invite",
     "JobDone",
     "Message",
@@ -409,6 +410,20 @@ class Wait(Message):
 
     TYPE: ClassVar[str] = "wait"
     retry_after_s: Annotated[float, _float(MIN_RETRY_AFTER_S, MAX_RETRY_AFTER_S)]
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """A node named with ``swarm join --peer`` telling a coordinator it is there.
+
+    For networks mDNS does not cross: the coordinator answers by inviting the sender at the
+    address the request came from and the port given here.
+    """
+
+    TYPE: ClassVar[str] = "hello"
+    node_id: Annotated[str, _node_id]
+    port: Annotated[int, _int(1, 65535)]
 
 
 @_message
