@@ -16,11 +16,19 @@ whole extra GOP: 0.2 s of CPU per chunk for 2 s GOPs of 1080p, measured).
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 from .probe import VideoInfo
 
-__all__ = ["MAX_CHUNK_S", "MIN_CHUNK_S", "ChunkPlan", "default_chunk_seconds", "plan_chunks"]
+__all__ = [
+    "MAX_CHUNK_S",
+    "MIN_CHUNK_S",
+    "ChunkPlan",
+    "default_chunk_seconds",
+    "plan_chunks",
+    "plans_from_cuts",
+]
 
 # Below ~4 s the fixed cost of a chunk (ffmpeg start, seek, decoding from the previous
 # keyframe, an extra IDR frame) grows past a few percent; see bench/quality and README.
@@ -79,7 +87,16 @@ def _cut_points(video: VideoInfo, chunk_s: float) -> list[int]:
 def plan_chunks(video: VideoInfo, format_start_s: float, chunk_s: float) -> list[ChunkPlan]:
     if chunk_s <= 0:
         raise ValueError("chunk length must be positive")
-    cuts = _cut_points(video, chunk_s)
+    return plans_from_cuts(video, format_start_s, _cut_points(video, chunk_s))
+
+
+def plans_from_cuts(video: VideoInfo, format_start_s: float, cuts: list[int]
+                    ) -> list[ChunkPlan]:
+    """Chunks starting at the given frame indices (ascending, the first 0): how a resumed
+    job rebuilds exactly the plan its journal recorded."""
+    ascending = all(b > a for a, b in itertools.pairwise(cuts))
+    if not cuts or cuts[0] != 0 or not ascending or cuts[-1] >= video.frames:
+        raise ValueError("cut points must start at 0, ascend and stay inside the video")
     keyset = set(video.keyframes)
     t0 = video.seconds(0)
     plans = []
