@@ -17,13 +17,14 @@ A chunk is DONE exactly once: a second result, or one for a replaced attempt, is
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import LocalProtocolError
+from .scheduler import POLICIES, PickKind, Scheduler, make_scheduler
 
 __all__ = [
+    "POLICIES",
     "Assign",
     "Attempt",
     "AttemptOutcome",
@@ -65,12 +66,22 @@ class Attempt:
     id: str
     chunk: int
     peer: str
-    started: float
+    started: float  # when it was handed out
     lease_until: float
     outcome: AttemptOutcome = AttemptOutcome.RUNNING
     frames_done: int = 0
     ended: float | None = None
     reason: str = ""
+    work: float = 0.0  # frames x output pixels
+    queued: bool = False  # prefetched: runs after what the peer already held
+    first_progress: float | None = None  # "started" encoding, in scheduler terms
+    last_progress: float = 0.0
+    est_finish: float = 0.0  # the scheduler's current guess
+    version: int = 0  # bumped whenever est_finish is republished
+
+    @property
+    def running(self) -> bool:
+        return self.outcome is AttemptOutcome.RUNNING
 
 
 @dataclass(slots=True)
@@ -93,6 +104,12 @@ class Assign:
     chunk: int
     peer: str
     lease_s: float
+    # Prefetched: start it once what the peer holds is done (download it meanwhile).
+    queued: bool = False
+    # A second attempt at an in-flight chunk: the first valid result wins.
+    duplicate: bool = False
+    # The unstarted attempt this one took the chunk from (now cancelled).
+    replaces: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,32 +134,69 @@ RETRY_AFTER_S = 0.5
 
 
 class Job:
-    """Chunks and attempts of one job, with FIFO hand-out and requeue-first on loss."""
+    """Chunks and attempts of one job; who gets what is ``scheduler``'s call.
+
+    ``policy``: "swarm" (foresight, prefetch, tail duplication), or the benchmark baselines
+    "fifo" and "equal" (see ``swarm.scheduler``). Work of a chunk is ``work_per_chunk[i]``,
+    else frames x ``pixels``; peer speeds are in the same unit per second.
+    """
 
     def __init__(self, frames_per_chunk: Iterable[int], *, lease_s: float = 30.0,
-                 max_failures: int = 3) -> None:
+                 max_failures: int = 3, work_per_chunk: Iterable[float] | None = None,
+                 pixels: int = 1, policy: str = "swarm",
+                 retry_after_s: float = RETRY_AFTER_S) -> None:
         self.chunks = [Chunk(i, n) for i, n in enumerate(frames_per_chunk)]
         if not self.chunks:
             raise LocalProtocolError("a job needs at least one chunk")
+        work = (list(work_per_chunk) if work_per_chunk is not None
+                else [float(c.frames * pixels) for c in self.chunks])
+        if len(work) != len(self.chunks) or any(w <= 0 for w in work):
+            raise LocalProtocolError("work_per_chunk: one positive value per chunk")
+        self.work = work
         self.lease_s = lease_s
         self.max_failures = max_failures
+        self.retry_after_s = retry_after_s
         self.attempts: dict[str, Attempt] = {}
         self.failures: dict[str, int] = {}
         self.benched: set[str] = set()
-        # Requeued chunks go to the front: they are the ones already late.
-        self._pending: deque[int] = deque(range(len(self.chunks)))
+        self.scheduler: Scheduler = make_scheduler(
+            policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s)
+        self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
+        self._done = 0
+        self._frames_done = 0
+
+    @property
+    def policy(self) -> str:
+        return self.scheduler.policy
+
+    # -- peers -------------------------------------------------------------------------
+    def add_peer(self, peer: str, speed: float | None, now: float, *, slots: int = 1) -> None:
+        """Announce a peer with its benchmark speed (work/s per slot; None: unknown)."""
+        self.scheduler.add_peer(peer, speed, now, slots)
+
+    def set_speed(self, peer: str, work_per_s: float, now: float = 0.0) -> None:
+        """Overwrite a peer's speed estimate (e.g. a fresh benchmark)."""
+        self.scheduler.set_speed(peer, work_per_s, now)
+
+    def observe(self, peer: str, work: float, seconds: float, now: float = 0.0) -> None:
+        """Fold an achieved rate into a peer's speed; ``succeeded`` already does this."""
+        self.scheduler.observe(peer, work, seconds, now)
+
+    def speed(self, peer: str) -> float | None:
+        ps = self.scheduler.peers.get(peer)
+        return ps.speed if ps is not None else None
 
     # -- queries -----------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return all(c.state is ChunkState.DONE for c in self.chunks)
+        return self._done == len(self.chunks)
 
     @property
     def frames_done(self) -> int:
-        return sum(c.frames for c in self.chunks if c.state is ChunkState.DONE)
+        return self._frames_done
 
     def running(self) -> list[Attempt]:
-        return [a for a in self.attempts.values() if a.outcome is AttemptOutcome.RUNNING]
+        return [self.attempts[x] for x in self._running]
 
     def attempt(self, attempt_id: str) -> Attempt:
         try:
@@ -151,35 +205,59 @@ class Job:
             raise LocalProtocolError(f"unknown attempt {attempt_id!r}") from None
 
     # -- events ------------------------------------------------------------------------
-    def claim(self, peer: str, now: float) -> Assign | Wait | Finished:
+    def claim(self, peer: str, now: float, *, prefetch: bool = False
+              ) -> Assign | Wait | Finished:
+        """A peer asks for work. ``prefetch``: it is still busy and wants its next chunk
+        queued (at most one unstarted at a time); otherwise it has a free slot now."""
         if self.done:
             return Finished()
-        if peer in self.benched or not self._pending:
-            return Wait(RETRY_AFTER_S)
-        index = self._pending.popleft()
-        chunk = self.chunks[index]
-        chunk.move(ChunkState.ASSIGNED)
-        attempt_id = f"c{index:05d}a{len(chunk.attempts) + 1:03d}"
+        if peer in self.benched:
+            return Wait(self.retry_after_s)
+        pick = self.scheduler.pick(peer, now, prefetch)
+        if pick is None:
+            return Wait(self.retry_after_s)
+        chunk = self.chunks[pick.chunk]
+        if pick.victim is not None:
+            self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,
+                      f"taken over by {peer}")
+        if chunk.state is ChunkState.PENDING:
+            chunk.move(ChunkState.ASSIGNED)
+        attempt_id = f"c{pick.chunk:05d}a{len(chunk.attempts) + 1:03d}"
         chunk.attempts.append(attempt_id)
-        self.attempts[attempt_id] = Attempt(attempt_id, index, peer, now, now + self.lease_s)
-        return Assign(attempt_id, index, peer, self.lease_s)
+        a = Attempt(attempt_id, pick.chunk, peer, now, now + self.lease_s,
+                    work=self.work[pick.chunk], queued=pick.queued)
+        self.attempts[attempt_id] = a
+        self._running[attempt_id] = None
+        self.scheduler.assigned(a, now)
+        return Assign(attempt_id, pick.chunk, peer, self.lease_s, queued=pick.queued,
+                      duplicate=pick.kind is PickKind.DUPLICATE, replaces=pick.victim)
 
     def progress(self, attempt_id: str, frames_done: int, now: float) -> bool:
-        """Renew the lease; False means the attempt is no longer wanted (stop it)."""
+        """Renew the lease; False means the attempt is no longer wanted (stop it).
+
+        Any report renews all the peer's attempts: a prefetched chunk waiting behind the
+        one being encoded must not expire while its peer is visibly alive."""
         a = self.attempts.get(attempt_id)
-        if a is None or a.outcome is not AttemptOutcome.RUNNING:
+        if a is None or not a.running:
             return False
         chunk = self.chunks[a.chunk]
         if chunk.state is ChunkState.ASSIGNED:
             chunk.move(ChunkState.ENCODING)
         a.frames_done = max(a.frames_done, min(frames_done, chunk.frames))
+        ps = self.scheduler.peers.get(a.peer)
+        for other in ps.attempts if ps is not None else [attempt_id]:
+            self.attempts[other].lease_until = now + self.lease_s
         a.lease_until = now + self.lease_s
+        self.scheduler.progressed(a, now)
         return True
 
     def succeeded(self, attempt_id: str, now: float) -> bool:
-        """A verified result arrived. False: refused (stale attempt or chunk already done)."""
+        """A verified result arrived. False: refused (stale attempt or chunk already done).
+
+        The first valid result wins; any other running attempt at the chunk is cancelled
+        now, so its next ``progress`` says stop."""
         a = self.attempts.get(attempt_id)
-        if a is None or a.outcome is not AttemptOutcome.RUNNING:
+        if a is None or not a.running:
             return False
         chunk = self.chunks[a.chunk]
         if chunk.state is ChunkState.DONE:
@@ -187,26 +265,34 @@ class Job:
             return False
         chunk.move(ChunkState.DONE)
         chunk.winner = attempt_id
+        self._done += 1
+        self._frames_done += chunk.frames
         a.frames_done = chunk.frames
         self._end(a, AttemptOutcome.OK, now, "")
+        for other in chunk.attempts:
+            if self.attempts[other].running:
+                self._end(self.attempts[other], AttemptOutcome.CANCELLED, now,
+                          "another attempt finished first")
         return True
 
     def failed(self, attempt_id: str, now: float, reason: str) -> list[Requeued]:
         a = self.attempts.get(attempt_id)
-        if a is None or a.outcome is not AttemptOutcome.RUNNING:
+        if a is None or not a.running:
             return []
         self._end(a, AttemptOutcome.FAILED, now, reason)
         self.failures[a.peer] = self.failures.get(a.peer, 0) + 1
         if self.failures[a.peer] >= self.max_failures:
             self.benched.add(a.peer)
-        return self._requeue(a, reason)
+            self.scheduler.bench(a.peer, now)
+        return self._requeue(a, reason, gone=a.peer in self.benched)
 
     def peer_left(self, peer: str, now: float) -> list[Requeued]:
         out: list[Requeued] = []
         for a in self.running():
             if a.peer == peer:
                 self._end(a, AttemptOutcome.CANCELLED, now, "peer left")
-                out += self._requeue(a, "peer left")
+                out += self._requeue(a, "peer left", gone=True)
+        self.scheduler.remove_peer(peer, now)
         return out
 
     def tick(self, now: float) -> list[Requeued]:
@@ -215,7 +301,7 @@ class Job:
         for a in self.running():
             if now >= a.lease_until:
                 self._end(a, AttemptOutcome.EXPIRED, now, "lease expired")
-                out += self._requeue(a, "lease expired")
+                out += self._requeue(a, "lease expired", gone=True)
         return out
 
     def next_deadline(self) -> float | None:
@@ -225,13 +311,14 @@ class Job:
     # -- internals ---------------------------------------------------------------------
     def _end(self, a: Attempt, outcome: AttemptOutcome, now: float, reason: str) -> None:
         a.outcome, a.ended, a.reason = outcome, now, reason
+        self._running.pop(a.id, None)
+        self.scheduler.ended(a, now, ok=outcome is AttemptOutcome.OK)
 
-    def _requeue(self, a: Attempt, reason: str) -> list[Requeued]:
+    def _requeue(self, a: Attempt, reason: str, *, gone: bool) -> list[Requeued]:
         chunk = self.chunks[a.chunk]
-        others = [x for x in chunk.attempts if x != a.id
-                  and self.attempts[x].outcome is AttemptOutcome.RUNNING]
+        others = [x for x in chunk.attempts if x != a.id and self.attempts[x].running]
         if chunk.state is ChunkState.DONE or others:
             return []
         chunk.move(ChunkState.PENDING)
-        self._pending.appendleft(chunk.index)
+        self.scheduler.requeue(chunk.index, a.peer, gone)
         return [Requeued(chunk.index, a.id, reason)]

@@ -1,0 +1,441 @@
+"""Which chunk goes to which peer, and when. Sans-I/O: ``Job`` asks, this answers.
+
+Three policies share one interface (``Scheduler.pick``); ``Job`` owns chunk and attempt
+state and calls the hooks below whenever an attempt is handed out, reports progress or ends.
+
+``swarm`` (the one we ship) does, per claim:
+
+1. **Pull with foresight.** The next pending chunk goes to the asking peer unless the other
+   peers, at their estimated speeds and from their estimated free times, would finish *all*
+   pending chunks before this peer finished this one (then it is told to wait). That is what
+   keeps a slow Pi off the last chunk while still letting it work when there is plenty.
+2. **Prefetch.** A busy peer may hold one queued, not yet started chunk, so its download
+   overlaps its encode; the same foresight applies from the time it will be free.
+3. **Tail.** With nothing pending, an idle peer takes the in-flight chunk expected to finish
+   last, if it would finish it clearly sooner: a queued-but-unstarted one is stolen (its
+   attempt cancelled), a started one is duplicated (first valid result wins).
+
+Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
+then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
+
+``fifo`` (a RabbitMQ-style worker pool) and ``equal`` (round-robin pre-split, Docker Swarm /
+Akka style) exist only as baselines for ``bench/simulate``.
+
+Cost: a claim is O(1) while plenty is pending (a capacity bound settles it), O(peers) only
+near the end, and O(log attempts) for the tail via a lazily invalidated heap.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from .job import Attempt
+
+__all__ = [
+    "POLICIES",
+    "EqualScheduler",
+    "FifoScheduler",
+    "PeerState",
+    "Pick",
+    "PickKind",
+    "Scheduler",
+    "SwarmScheduler",
+    "make_scheduler",
+]
+
+POLICIES = ("swarm", "fifo", "equal")
+
+# Weight of the newest finished chunk in a peer's speed: half, so a benchmark that was 3x
+# wrong is within 1.5x after one chunk and within 1.1x after four.
+EWMA_ALPHA = 0.5
+# A peer waits only if the others would beat it by this much: estimates are noisy, and
+# idling a peer on a near-tie costs more than it saves.
+WAIT_MARGIN = 0.10
+# A duplicate must be expected to finish at least this share of the remaining time sooner;
+# below that the copy mostly burns the duplicating peer's power.
+DUP_MARGIN = 0.15
+# Progress-based rates are trusted once this share of a chunk is done (earlier ones are
+# dominated by ffmpeg start-up).
+PROGRESS_TRUST = 0.1
+# Speed for a peer that claims without announcing one: the mean of the known ones, or this.
+DEFAULT_SPEED = 1.0
+
+
+class PickKind(enum.Enum):
+    NEW = "new"  # a pending chunk
+    DUPLICATE = "duplicate"  # a second attempt at a started in-flight chunk
+    STEAL = "steal"  # a queued, unstarted chunk taken from a slower peer
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    chunk: int
+    kind: PickKind = PickKind.NEW
+    victim: str | None = None  # the attempt to cancel (STEAL only)
+    queued: bool = False  # a prefetch: the peer starts it after what it holds
+
+
+@dataclass(slots=True)
+class PeerState:
+    name: str
+    speed: float  # work units per second per slot
+    slots: int = 1
+    seen: float = 0.0  # last claim or progress
+    observed: int = 0  # finished attempts folded into ``speed``
+    free_since: float = 0.0  # when its last attempt ended
+    benched: bool = False
+    attempts: list[str] = field(default_factory=list)  # running, in hand-out order
+    ready: float = 0.0  # expected time it finishes everything it holds
+
+
+class Scheduler:
+    """Peer registry, speed learning and hooks; subclasses decide ``pick``."""
+
+    policy = ""
+
+    def __init__(self, work: Sequence[float], frames: Sequence[int],
+                 attempts: dict[str, Attempt]) -> None:
+        self.work = list(work)
+        self.frames = list(frames)
+        self.attempts = attempts  # the Job's table, read-only here
+        self.peers: dict[str, PeerState] = {}
+        self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
+        self._chunk_running: dict[int, list[str]] = {}
+
+    # -- peers ---------------------------------------------------------------------------
+    def add_peer(self, peer: str, speed: float | None, now: float, slots: int = 1) -> PeerState:
+        if speed is not None and speed <= 0:
+            raise LocalProtocolError(f"peer {peer!r}: speed must be positive, not {speed}")
+        if slots < 1:
+            raise LocalProtocolError(f"peer {peer!r}: needs at least one slot")
+        ps = self.peers.get(peer)
+        if ps is None:
+            ps = PeerState(peer, speed or self.default_speed(), slots, now, free_since=now)
+            self.peers[peer] = ps
+            if not ps.benched:
+                self._speed_sum += ps.speed * ps.slots
+            self._peer_changed(ps, now)
+            return ps
+        self.set_speed(peer, speed or ps.speed, now)
+        ps.seen = max(ps.seen, now)
+        return ps
+
+    def default_speed(self) -> float:
+        live = [p for p in self.peers.values() if not p.benched]
+        return self._speed_sum / sum(p.slots for p in live) if live else DEFAULT_SPEED
+
+    def peer(self, peer: str, now: float) -> PeerState:
+        return self.peers.get(peer) or self.add_peer(peer, None, now)
+
+    def set_speed(self, peer: str, speed: float, now: float) -> None:
+        if speed <= 0:
+            raise LocalProtocolError(f"peer {peer!r}: speed must be positive, not {speed}")
+        ps = self.peer(peer, now)
+        if not ps.benched:
+            self._speed_sum += (speed - ps.speed) * ps.slots
+        ps.speed = speed
+        self._peer_changed(ps, now)
+
+    def observe(self, peer: str, work: float, seconds: float, now: float) -> None:
+        """Fold one achieved rate into the peer's speed (EWMA, recent chunks weigh most)."""
+        if work <= 0 or seconds <= 0:
+            return
+        ps = self.peer(peer, now)
+        self.set_speed(peer, EWMA_ALPHA * (work / seconds) + (1 - EWMA_ALPHA) * ps.speed, now)
+        ps.observed += 1
+
+    def bench(self, peer: str, now: float) -> None:
+        ps = self.peer(peer, now)
+        if not ps.benched:
+            ps.benched = True
+            self._speed_sum -= ps.speed * ps.slots
+
+    def remove_peer(self, peer: str, now: float) -> None:
+        ps = self.peers.pop(peer, None)
+        if ps is not None and not ps.benched:
+            self._speed_sum -= ps.speed * ps.slots
+
+    # -- hand-out (policy) ---------------------------------------------------------------
+    def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
+        raise NotImplementedError
+
+    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+        """Give a lost chunk back; ``gone``: its peer is dead, left or benched."""
+        raise NotImplementedError
+
+    # -- hooks from Job ------------------------------------------------------------------
+    def assigned(self, a: Attempt, now: float) -> None:
+        ps = self.peer(a.peer, now)
+        ps.attempts.append(a.id)
+        ps.seen = now
+        self._chunk_running.setdefault(a.chunk, []).append(a.id)
+        self._peer_changed(ps, now)
+
+    def progressed(self, a: Attempt, now: float) -> None:
+        if a.first_progress is None:
+            a.first_progress = now
+        a.last_progress = now
+        ps = self.peers.get(a.peer)
+        if ps is not None:
+            ps.seen = now
+            self._peer_changed(ps, now)
+
+    def ended(self, a: Attempt, now: float, ok: bool) -> None:
+        running = self._chunk_running.get(a.chunk, [])
+        if a.id in running:
+            running.remove(a.id)
+        if not running:
+            self._chunk_running.pop(a.chunk, None)
+        ps = self.peers.get(a.peer)
+        if ps is None:
+            return
+        if a.id in ps.attempts:
+            ps.attempts.remove(a.id)
+        if ok:
+            # A queued attempt's clock starts when the one before it freed the encoder.
+            began = max(a.started, ps.free_since) if a.queued else a.started
+            self.observe(a.peer, a.work, now - began, now)
+        ps.free_since = now
+        self._peer_changed(ps, now)
+        for other in running:
+            self._attempt_changed(self.attempts[other], now)
+
+    def _peer_changed(self, ps: PeerState, now: float) -> None:
+        """Estimates of this peer's attempts may have moved."""
+
+    def _attempt_changed(self, a: Attempt, now: float) -> None:
+        """The chunk of ``a`` may have become single-attempt again."""
+
+
+class FifoScheduler(Scheduler):
+    """Plain pull: the next pending chunk to whoever asks (a RabbitMQ worker pool)."""
+
+    policy = "fifo"
+
+    def __init__(self, work: Sequence[float], frames: Sequence[int],
+                 attempts: dict[str, Attempt]) -> None:
+        super().__init__(work, frames, attempts)
+        self._pending: deque[int] = deque(range(len(self.work)))
+
+    def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
+        self.peer(peer, now).seen = now
+        if not self._pending:
+            return None
+        return Pick(self._pending.popleft(), queued=prefetch and bool(self.peers[peer].attempts))
+
+    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+        self._pending.appendleft(chunk)
+
+
+class EqualScheduler(Scheduler):
+    """Round-robin pre-split into equal shares over the peers known at the first claim.
+
+    A peer only ever gets chunks of its own share; late peers get nothing. A chunk lost by a
+    live peer goes back to the front of its share; when a peer is gone (left, lease expired,
+    benched) its whole share is dealt round-robin to the remaining holders, and only when no
+    holder is left may anyone take the orphans, so the job still ends.
+    """
+
+    policy = "equal"
+
+    def __init__(self, work: Sequence[float], frames: Sequence[int],
+                 attempts: dict[str, Attempt]) -> None:
+        super().__init__(work, frames, attempts)
+        self._shares: dict[str, deque[int]] | None = None
+        self._orphans: deque[int] = deque(range(len(self.work)))
+        self._deal = 0  # rotates where redistribution starts
+
+    def _split(self, claimer: str) -> dict[str, deque[int]]:
+        holders = [p.name for p in self.peers.values() if not p.benched] or [claimer]
+        shares: dict[str, deque[int]] = {h: deque() for h in holders}
+        for i, c in enumerate(self._orphans):
+            shares[holders[i % len(holders)]].append(c)
+        self._orphans.clear()
+        return shares
+
+    def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
+        ps = self.peer(peer, now)
+        ps.seen = now
+        if self._shares is None:
+            self._shares = self._split(peer)
+        share = self._shares.get(peer)
+        queued = prefetch and bool(ps.attempts)
+        if share:
+            return Pick(share.popleft(), queued=queued)
+        if not self._shares and self._orphans:
+            return Pick(self._orphans.popleft(), queued=queued)
+        return None
+
+    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+        if self._shares is None:
+            self._orphans.appendleft(chunk)
+            return
+        if not gone and peer in self._shares:
+            self._shares[peer].appendleft(chunk)
+            return
+        self._redistribute(peer, [chunk])
+
+    def bench(self, peer: str, now: float) -> None:
+        super().bench(peer, now)
+        self._redistribute(peer, [])
+
+    def remove_peer(self, peer: str, now: float) -> None:
+        super().remove_peer(peer, now)
+        self._redistribute(peer, [])
+
+    def _redistribute(self, peer: str, extra: list[int]) -> None:
+        if self._shares is None:
+            return
+        items = extra + list(self._shares.pop(peer, ()))
+        holders = list(self._shares)
+        if not holders:
+            self._orphans.extend(items)
+            return
+        for c in items:
+            self._shares[holders[self._deal % len(holders)]].append(c)
+            self._deal += 1
+
+
+class SwarmScheduler(Scheduler):
+    """Pull with foresight, one prefetch per peer, steal or duplicate at the tail."""
+
+    policy = "swarm"
+
+    def __init__(self, work: Sequence[float], frames: Sequence[int],
+                 attempts: dict[str, Attempt], absent_s: float = 30.0) -> None:
+        super().__init__(work, frames, attempts)
+        # Requeued chunks go to the front: they are the ones already late.
+        self._pending: deque[int] = deque(range(len(self.work)))
+        self._pending_work = float(sum(self.work))
+        # Peers unseen this long with nothing in hand are not counted on to take work.
+        self.absent_s = absent_s
+        # Max-heap of in-flight expected finishes: (-finish, version, attempt id); entries
+        # go stale when an estimate moves (version bump) and are dropped when met.
+        self._heap: list[tuple[float, int, str]] = []
+
+    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+        self._pending.appendleft(chunk)
+        self._pending_work += self.work[chunk]
+
+    def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
+        ps = self.peer(peer, now)
+        ps.seen = now
+        queued = prefetch and bool(ps.attempts)
+        if queued and any(self.attempts[x].queued and self.attempts[x].first_progress is None
+                          for x in ps.attempts):
+            return None  # one prefetched chunk per peer is enough to hide a download
+        ready = max(ps.ready, now) if queued else now
+        if self._pending:
+            chunk = self._pending[0]
+            if self._others_finish_first(ps, now, ready + self.work[chunk] / ps.speed):
+                return None
+            self._pending.popleft()
+            self._pending_work -= self.work[chunk]
+            return Pick(chunk, queued=queued)
+        return None if queued else self._tail(ps, now)
+
+    def _others_finish_first(self, ps: PeerState, now: float, finish: float) -> bool:
+        """Could the other peers finish every pending chunk before ``ps`` finishes one?"""
+        n = len(self._pending)
+        horizon = now + (finish - now) / (1 + WAIT_MARGIN)
+        span = horizon - now
+        others = self._speed_sum - (0.0 if ps.benched else ps.speed * ps.slots)
+        if self._pending_work > others * span:
+            return False  # even flat out from now on they could not: the common case
+        mean = self._pending_work / n
+        stale = now - self.absent_s
+        capacity = 0
+        for q in self.peers.values():
+            if q is ps or q.benched or (not q.attempts and q.seen < stale):
+                continue
+            free = max(q.ready, now) if q.attempts else now
+            if free < horizon:
+                # Whole chunks only: a fast peer that could do 0.9 of one does not help.
+                capacity += int(q.speed * (horizon - free) / mean) * q.slots
+                if capacity >= n:
+                    return True
+        return False
+
+    def _tail(self, ps: PeerState, now: float) -> Pick | None:
+        heap = self._heap
+        while heap:
+            neg, version, aid = heap[0]
+            a = self.attempts.get(aid)
+            if (a is not None and a.running and a.version == version
+                    and len(self._chunk_running.get(a.chunk, ())) == 1):
+                break
+            heapq.heappop(heap)
+        else:
+            return None
+        if a.peer == ps.name:
+            return None
+        theirs = max(-neg, now)
+        mine = now + self.work[a.chunk] / ps.speed
+        if mine > now + (theirs - now) * (1 - DUP_MARGIN):
+            return None
+        if a.queued and a.first_progress is None:
+            return Pick(a.chunk, PickKind.STEAL, victim=a.id)
+        return Pick(a.chunk, PickKind.DUPLICATE)
+
+    # -- estimates -----------------------------------------------------------------------
+    def _peer_changed(self, ps: PeerState, now: float) -> None:
+        end = now if not ps.attempts else float("-inf")
+        prev_end = float("-inf")
+        for aid in ps.attempts:
+            a = self.attempts[aid]
+            est = self._estimate(a, ps, prev_end)
+            if est != a.est_finish:
+                a.est_finish = est
+                self._push(a)
+            prev_end = max(prev_end, est)
+            end = max(end, est)
+        ps.ready = end
+        if len(self._heap) > 4 * len(self._chunk_running) + 256:
+            self._compact()
+
+    def _estimate(self, a: Attempt, ps: PeerState, prev_end: float) -> float:
+        frames = self.frames[a.chunk]
+        if (a.first_progress is not None and a.frames_done >= PROGRESS_TRUST * frames
+                and a.last_progress > a.first_progress):
+            rate = a.frames_done / (a.last_progress - a.first_progress)
+            return a.last_progress + (frames - a.frames_done) / rate
+        if a.first_progress is not None:
+            start = a.first_progress
+        elif a.queued:
+            start = max(a.started, prev_end)
+        else:
+            start = a.started
+        return start + a.work / ps.speed
+
+    def _attempt_changed(self, a: Attempt, now: float) -> None:
+        self._push(a)
+
+    def _push(self, a: Attempt) -> None:
+        a.version += 1
+        heapq.heappush(self._heap, (-a.est_finish, a.version, a.id))
+
+    def _compact(self) -> None:
+        live = [x for x in self._heap
+                if (a := self.attempts.get(x[2])) is not None and a.running
+                and a.version == x[1]]
+        heapq.heapify(live)
+        self._heap = live
+
+
+def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
+                   attempts: dict[str, Attempt], absent_s: float = 30.0) -> Scheduler:
+    if policy == "swarm":
+        return SwarmScheduler(work, frames, attempts, absent_s)
+    if policy == "fifo":
+        return FifoScheduler(work, frames, attempts)
+    if policy == "equal":
+        return EqualScheduler(work, frames, attempts)
+    raise LocalProtocolError(f"unknown scheduling policy {policy!r}; one of {POLICIES}")
