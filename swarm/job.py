@@ -77,7 +77,6 @@ class Attempt:
     first_progress: float | None = None  # "started" encoding, in scheduler terms
     last_progress: float = 0.0
     est_finish: float = 0.0  # the scheduler's current guess
-    version: int = 0  # bumped whenever est_finish is republished
 
     @property
     def running(self) -> bool:

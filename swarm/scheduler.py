@@ -56,15 +56,18 @@ POLICIES = ("swarm", "fifo", "equal")
 # Weight of the newest finished chunk in a peer's speed: half, so a benchmark that was 3x
 # wrong is within 1.5x after one chunk and within 1.1x after four.
 EWMA_ALPHA = 0.5
-# A peer waits only if the others would beat it by this much: estimates are noisy, and
-# idling a peer on a near-tie costs more than it saves.
-WAIT_MARGIN = 0.10
+# A peer waits only if the others would beat it by this much. Small: a chunk that ends after
+# the projected makespan stretches it one for one, but two equal peers must not both wait.
+WAIT_MARGIN = 0.02
 # A duplicate must be expected to finish at least this share of the remaining time sooner;
 # below that the copy mostly burns the duplicating peer's power.
 DUP_MARGIN = 0.15
 # Progress-based rates are trusted once this share of a chunk is done (earlier ones are
 # dominated by ffmpeg start-up).
 PROGRESS_TRUST = 0.1
+# At most this many attempts at one chunk run at once: a faster peer freed later may still
+# overtake a duplicate, but the copies cost the swarm power.
+MAX_ATTEMPTS = 3
 # Speed for a peer that claims without announcing one: the mean of the known ones, or this.
 DEFAULT_SPEED = 1.0
 
@@ -317,9 +320,10 @@ class SwarmScheduler(Scheduler):
         self._pending_work = float(sum(self.work))
         # Peers unseen this long with nothing in hand are not counted on to take work.
         self.absent_s = absent_s
-        # Max-heap of in-flight expected finishes: (-finish, version, attempt id); entries
-        # go stale when an estimate moves (version bump) and are dropped when met.
-        self._heap: list[tuple[float, int, str]] = []
+        # Max-heap of in-flight chunks by soonest expected finish: (-finish, version, chunk);
+        # an entry goes stale when its chunk is re-published and is dropped when met.
+        self._heap: list[tuple[float, int, int]] = []
+        self._chunk_version: dict[int, int] = {}
 
     def requeue(self, chunk: int, peer: str, gone: bool) -> None:
         self._pending.appendleft(chunk)
@@ -345,7 +349,7 @@ class SwarmScheduler(Scheduler):
     def _others_finish_first(self, ps: PeerState, now: float, finish: float) -> bool:
         """Could the other peers finish every pending chunk before ``ps`` finishes one?"""
         n = len(self._pending)
-        horizon = now + (finish - now) / (1 + WAIT_MARGIN)
+        horizon = now + (finish - now) * (1 - WAIT_MARGIN)
         span = horizon - now
         others = self._speed_sum - (0.0 if ps.benched else ps.speed * ps.slots)
         if self._pending_work > others * span:
@@ -367,39 +371,35 @@ class SwarmScheduler(Scheduler):
     def _tail(self, ps: PeerState, now: float) -> Pick | None:
         heap = self._heap
         while heap:
-            neg, version, aid = heap[0]
-            a = self.attempts.get(aid)
-            if (a is not None and a.running and a.version == version
-                    and len(self._chunk_running.get(a.chunk, ())) == 1):
+            neg, version, chunk = heap[0]
+            if self._chunk_version.get(chunk) == version and chunk in self._chunk_running:
                 break
             heapq.heappop(heap)
         else:
             return None
-        if a.peer == ps.name:
+        running = [self.attempts[x] for x in self._chunk_running[chunk]]
+        if len(running) >= MAX_ATTEMPTS or any(a.peer == ps.name for a in running):
             return None
         theirs = max(-neg, now)
-        mine = now + self.work[a.chunk] / ps.speed
+        mine = now + self.work[chunk] / ps.speed
         if mine > now + (theirs - now) * (1 - DUP_MARGIN):
             return None
-        if a.queued and a.first_progress is None:
-            return Pick(a.chunk, PickKind.STEAL, victim=a.id)
-        return Pick(a.chunk, PickKind.DUPLICATE)
+        a = running[0]
+        if len(running) == 1 and a.queued and a.first_progress is None:
+            return Pick(chunk, PickKind.STEAL, victim=a.id)
+        return Pick(chunk, PickKind.DUPLICATE)
 
     # -- estimates -----------------------------------------------------------------------
     def _peer_changed(self, ps: PeerState, now: float) -> None:
         end = now if not ps.attempts else float("-inf")
-        prev_end = float("-inf")
         for aid in ps.attempts:
             a = self.attempts[aid]
-            est = self._estimate(a, ps, prev_end)
+            est = self._estimate(a, ps, end)
             if est != a.est_finish:
                 a.est_finish = est
-                self._push(a)
-            prev_end = max(prev_end, est)
+                self._publish(a.chunk)
             end = max(end, est)
         ps.ready = end
-        if len(self._heap) > 4 * len(self._chunk_running) + 256:
-            self._compact()
 
     def _estimate(self, a: Attempt, ps: PeerState, prev_end: float) -> float:
         frames = self.frames[a.chunk]
@@ -416,18 +416,22 @@ class SwarmScheduler(Scheduler):
         return start + a.work / ps.speed
 
     def _attempt_changed(self, a: Attempt, now: float) -> None:
-        self._push(a)
+        self._publish(a.chunk)
 
-    def _push(self, a: Attempt) -> None:
-        a.version += 1
-        heapq.heappush(self._heap, (-a.est_finish, a.version, a.id))
-
-    def _compact(self) -> None:
-        live = [x for x in self._heap
-                if (a := self.attempts.get(x[2])) is not None and a.running
-                and a.version == x[1]]
-        heapq.heapify(live)
-        self._heap = live
+    def _publish(self, chunk: int) -> None:
+        """Re-key a chunk in the tail heap by its soonest expected finish."""
+        running = self._chunk_running.get(chunk)
+        if not running:
+            return
+        version = self._chunk_version.get(chunk, 0) + 1
+        self._chunk_version[chunk] = version
+        best = min(self.attempts[x].est_finish for x in running)
+        heapq.heappush(self._heap, (-best, version, chunk))
+        if len(self._heap) > 4 * len(self._chunk_running) + 256:
+            live = [e for e in self._heap
+                    if self._chunk_version.get(e[2]) == e[1] and e[2] in self._chunk_running]
+            heapq.heapify(live)
+            self._heap = live
 
 
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
