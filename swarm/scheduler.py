@@ -68,6 +68,9 @@ PROGRESS_TRUST = 0.1
 # At most this many attempts at one chunk run at once: a faster peer freed later may still
 # overtake a duplicate, but the copies cost the swarm power.
 MAX_ATTEMPTS = 3
+# An in-flight chunk this far past its expected finish is presumed lost (a silent peer, a
+# stalled download); at the tail it is copied at once rather than after its lease (30 s).
+OVERDUE_S = 5.0
 # Speed for a peer that claims without announcing one: the mean of the known ones, or this.
 DEFAULT_SPEED = 1.0
 
@@ -323,6 +326,7 @@ class SwarmScheduler(Scheduler):
         # Max-heap of in-flight chunks by soonest expected finish: (-finish, version, chunk);
         # an entry goes stale when its chunk is re-published and is dropped when met.
         self._heap: list[tuple[float, int, int]] = []
+        self._overdue: list[tuple[float, int, int]] = []  # same entries, soonest first
         self._chunk_version: dict[int, int] = {}
 
     def requeue(self, chunk: int, peer: str, gone: bool) -> None:
@@ -368,22 +372,37 @@ class SwarmScheduler(Scheduler):
                     return True
         return False
 
-    def _tail(self, ps: PeerState, now: float) -> Pick | None:
-        heap = self._heap
+    def _top(self, heap: list[tuple[float, int, int]]) -> tuple[float, int] | None:
         while heap:
-            neg, version, chunk = heap[0]
-            if self._chunk_version.get(chunk) == version and chunk in self._chunk_running:
-                break
+            key, version, chunk = heap[0]
+            # A chunk at MAX_ATTEMPTS drops out until one of them ends (which re-publishes).
+            if (self._chunk_version.get(chunk) == version
+                    and 0 < len(self._chunk_running.get(chunk, ())) < MAX_ATTEMPTS):
+                return key, chunk
             heapq.heappop(heap)
-        else:
-            return None
+        return None
+
+    def _tail(self, ps: PeerState, now: float) -> Pick | None:
+        # First a chunk presumed lost, then the one expected to finish last.
+        late = self._top(self._overdue)
+        if late is not None and now - late[0] > OVERDUE_S:
+            pick = self._copy(ps, late[1], None, now)
+            if pick is not None:
+                return pick
+        top = self._top(self._heap)
+        return None if top is None else self._copy(ps, top[1], -top[0], now)
+
+    def _copy(self, ps: PeerState, chunk: int, theirs: float | None, now: float
+              ) -> Pick | None:
+        """Steal or duplicate ``chunk`` if ``ps`` would finish it clearly before ``theirs``
+        (None: never, as far as we know)."""
         running = [self.attempts[x] for x in self._chunk_running[chunk]]
-        if len(running) >= MAX_ATTEMPTS or any(a.peer == ps.name for a in running):
+        if any(a.peer == ps.name for a in running):
             return None
-        theirs = max(-neg, now)
-        mine = now + self.work[chunk] / ps.speed
-        if mine > now + (theirs - now) * (1 - DUP_MARGIN):
-            return None
+        if theirs is not None:
+            mine = now + self.work[chunk] / ps.speed
+            if mine > now + (max(theirs, now) - now) * (1 - DUP_MARGIN):
+                return None
         a = running[0]
         if len(running) == 1 and a.queued and a.first_progress is None:
             return Pick(chunk, PickKind.STEAL, victim=a.id)
@@ -397,7 +416,7 @@ class SwarmScheduler(Scheduler):
             est = self._estimate(a, ps, end)
             if est != a.est_finish:
                 a.est_finish = est
-                self._publish(a.chunk)
+                self._publish(a.chunk, now)
             end = max(end, est)
         ps.ready = end
 
@@ -416,22 +435,28 @@ class SwarmScheduler(Scheduler):
         return start + a.work / ps.speed
 
     def _attempt_changed(self, a: Attempt, now: float) -> None:
-        self._publish(a.chunk)
+        self._publish(a.chunk, now)
 
-    def _publish(self, chunk: int) -> None:
-        """Re-key a chunk in the tail heap by its soonest expected finish."""
+    def _publish(self, chunk: int, now: float) -> None:
+        """Re-key a chunk in the tail heaps by its soonest credible expected finish."""
         running = self._chunk_running.get(chunk)
         if not running:
             return
         version = self._chunk_version.get(chunk, 0) + 1
         self._chunk_version[chunk] = version
-        best = min(self.attempts[x].est_finish for x in running)
+        ests = [self.attempts[x].est_finish for x in running]
+        # An attempt already overdue says nothing about when the chunk will be done.
+        best = min([e for e in ests if e >= now - OVERDUE_S] or ests)
         heapq.heappush(self._heap, (-best, version, chunk))
+        heapq.heappush(self._overdue, (best, version, chunk))
         if len(self._heap) > 4 * len(self._chunk_running) + 256:
-            live = [e for e in self._heap
-                    if self._chunk_version.get(e[2]) == e[1] and e[2] in self._chunk_running]
-            heapq.heapify(live)
-            self._heap = live
+            self._heap, self._overdue = self._live(self._heap), self._live(self._overdue)
+
+    def _live(self, heap: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+        live = [e for e in heap
+                if self._chunk_version.get(e[2]) == e[1] and e[2] in self._chunk_running]
+        heapq.heapify(live)
+        return live
 
 
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
