@@ -190,9 +190,17 @@ class Scheduler:
             a.first_progress = now
         a.last_progress = now
         ps = self.peers.get(a.peer)
-        if ps is not None:
-            ps.seen = now
-            self._peer_changed(ps, now)
+        if ps is None:
+            return
+        ps.seen = now
+        frames = self.frames[a.chunk]
+        if a.frames_done >= PROGRESS_TRUST * frames and now > a.first_progress:
+            live = a.frames_done / (now - a.first_progress) * a.work / frames
+            if live < ps.speed:
+                # Slower than believed (a benchmark 3x too kind, a throttled phone): act on
+                # it now rather than after the chunk; faster only counts once finished.
+                self.set_speed(a.peer, live, now)
+        self._peer_changed(ps, now)
 
     def ended(self, a: Attempt, now: float, ok: bool) -> None:
         running = self._chunk_running.get(a.chunk, [])
@@ -375,9 +383,7 @@ class SwarmScheduler(Scheduler):
     def _top(self, heap: list[tuple[float, int, int]]) -> tuple[float, int] | None:
         while heap:
             key, version, chunk = heap[0]
-            # A chunk at MAX_ATTEMPTS drops out until one of them ends (which re-publishes).
-            if (self._chunk_version.get(chunk) == version
-                    and 0 < len(self._chunk_running.get(chunk, ())) < MAX_ATTEMPTS):
+            if self._chunk_version.get(chunk) == version and chunk in self._chunk_running:
                 return key, chunk
             heapq.heappop(heap)
         return None
@@ -406,6 +412,11 @@ class SwarmScheduler(Scheduler):
         a = running[0]
         if len(running) == 1 and a.queued and a.first_progress is None:
             return Pick(chunk, PickKind.STEAL, victim=a.id)
+        if len(running) >= MAX_ATTEMPTS:
+            # Slow peers idle first at the tail and fill the copies; a faster latecomer
+            # replaces the copy expected to finish last.
+            worst = max(running, key=lambda x: x.est_finish)
+            return Pick(chunk, PickKind.DUPLICATE, victim=worst.id)
         return Pick(chunk, PickKind.DUPLICATE)
 
     # -- estimates -----------------------------------------------------------------------

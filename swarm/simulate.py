@@ -281,7 +281,7 @@ def standard_scenarios(sizes: Sequence[int] = (2, 10, 100, 1000), seed: int = 1
     """The table ``bench/simulate`` prints: each size plain, then with real-world trouble."""
     out: list[Scenario] = []
     for n in sizes:
-        cpp = 20.0 if n <= 10 else 8.0
+        cpp = 20.0 if n <= 10 else 16.0
         out.append(make_scenario(f"{n} peers, 30x speeds", n, chunks_per_peer=cpp, seed=seed))
         if n >= 10:
             out.append(make_scenario(f"{n} peers, 30% on Wi-Fi", n, chunks_per_peer=cpp,
