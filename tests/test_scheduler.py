@@ -1,0 +1,190 @@
+"""Scheduling policies over the real Job, and simulated swarms in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarm.errors import LocalProtocolError
+from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.simulate import make_scenario, run
+
+
+def _assign(action: Assign | Wait | Finished) -> Assign:
+    assert isinstance(action, Assign), action
+    return action
+
+
+# -- swarm policy -----------------------------------------------------------------------
+def test_slow_peer_waits_when_a_fast_one_will_be_free_sooner() -> None:
+    job = Job([100, 100])
+    job.add_peer("fast", 10.0, 0.0)
+    job.add_peer("pi", 1.0, 0.0)
+    _assign(job.claim("fast", 0.0))  # busy until t=10
+    assert isinstance(job.claim("pi", 0.0), Wait)  # pi: t=100; fast: t=20
+    second = _assign(job.claim("fast", 0.0, prefetch=True))
+    assert second.chunk == 1 and second.queued
+
+
+def test_slow_peer_works_while_there_is_plenty() -> None:
+    job = Job([100] * 20)
+    job.add_peer("fast", 10.0, 0.0)
+    job.add_peer("pi", 1.0, 0.0)
+    _assign(job.claim("fast", 0.0))
+    # Fast alone needs 190 s for the other 19 chunks; pi's one takes 100 s.
+    assert _assign(job.claim("pi", 0.0)).chunk == 1
+
+
+def test_tail_duplicate_wins_and_the_loser_is_cancelled() -> None:
+    job = Job([100])
+    job.add_peer("pi", 1.0, 0.0)
+    slow = _assign(job.claim("pi", 0.0))
+    assert job.progress(slow.attempt, 5, 5.0)
+    job.add_peer("fast", 10.0, 6.0)
+    dup = _assign(job.claim("fast", 6.0))
+    assert dup.duplicate and dup.chunk == slow.chunk and dup.attempt != slow.attempt
+    assert job.succeeded(dup.attempt, 16.0)
+    assert job.attempts[slow.attempt].outcome is AttemptOutcome.CANCELLED
+    assert not job.progress(slow.attempt, 20, 17.0)  # the shell stops the encode
+    assert not job.succeeded(slow.attempt, 100.0)
+    assert job.done and job.frames_done == 100
+    assert isinstance(job.claim("pi", 101.0), Finished)
+
+
+def test_no_duplicate_when_it_would_not_finish_sooner() -> None:
+    job = Job([100])
+    job.add_peer("a", 10.0, 0.0)
+    _assign(job.claim("a", 0.0))
+    job.add_peer("b", 10.0, 1.0)
+    assert isinstance(job.claim("b", 1.0), Wait)
+
+
+def test_idle_peer_steals_a_prefetched_unstarted_chunk() -> None:
+    job = Job([100, 100])
+    job.add_peer("pi", 1.0, 0.0)
+    first = _assign(job.claim("pi", 0.0))
+    queued = _assign(job.claim("pi", 0.0, prefetch=True))
+    assert queued.queued and queued.chunk == 1
+    assert isinstance(job.claim("pi", 0.0, prefetch=True), Wait)  # one prefetch at a time
+    job.add_peer("fast", 10.0, 1.0)
+    stolen = _assign(job.claim("fast", 1.0))
+    assert stolen.chunk == 1 and stolen.replaces == queued.attempt and not stolen.duplicate
+    assert job.attempts[queued.attempt].outcome is AttemptOutcome.CANCELLED
+    assert not job.progress(queued.attempt, 0, 100.0)  # pi finds out when it gets to it
+    assert job.progress(first.attempt, 50, 50.0)
+
+
+def test_prefetched_chunk_keeps_its_lease_while_the_peer_reports() -> None:
+    job = Job([10, 10], lease_s=10)
+    a = _assign(job.claim("p", 0.0))
+    b = _assign(job.claim("p", 0.0, prefetch=True))
+    for t in (5.0, 10.0, 15.0):
+        assert job.progress(a.attempt, int(t), t)
+    assert job.tick(19.0) == []
+    assert job.attempts[b.attempt].running
+
+
+def test_speed_follows_achieved_rates() -> None:
+    job = Job([100] * 6)
+    job.add_peer("p", 10.0, 0.0)  # the benchmark says 10 work/s; it really does 2
+    t = 0.0
+    for _ in range(6):
+        a = _assign(job.claim("p", t))
+        t += 50.0
+        assert job.succeeded(a.attempt, t)
+    speed = job.speed("p")
+    assert speed is not None and 2.0 < speed < 2.2
+
+
+def test_a_slower_live_rate_is_believed_before_the_chunk_ends() -> None:
+    job = Job([100, 100])
+    job.add_peer("p", 10.0, 0.0)
+    a = _assign(job.claim("p", 0.0))
+    job.progress(a.attempt, 0, 0.0)
+    job.progress(a.attempt, 20, 10.0)  # 2 frames/s, not 10
+    assert job.speed("p") == pytest.approx(2.0)
+    job.set_speed("p", 7.0)
+    assert job.speed("p") == 7.0
+
+
+def test_work_is_frames_times_pixels() -> None:
+    job = Job([10, 20], pixels=1920 * 1080)
+    assert job.work == [10 * 1920 * 1080, 20 * 1920 * 1080]
+    with pytest.raises(LocalProtocolError):
+        Job([10], work_per_chunk=[1.0, 2.0])
+    with pytest.raises(LocalProtocolError):
+        Job([10], policy="lottery")
+
+
+# -- baselines --------------------------------------------------------------------------
+def test_fifo_gives_the_last_chunk_to_whoever_asks_and_never_duplicates() -> None:
+    job = Job([100, 100], policy="fifo")
+    job.add_peer("fast", 10.0, 0.0)
+    job.add_peer("pi", 1.0, 0.0)
+    _assign(job.claim("fast", 0.0))
+    assert _assign(job.claim("pi", 0.0)).chunk == 1
+    assert isinstance(job.claim("fast", 10.0), Wait)
+
+
+def test_equal_splits_round_robin_and_shares_out_the_departed() -> None:
+    job = Job([1] * 6, policy="equal")
+    for p in ("a", "b"):
+        job.add_peer(p, 1.0, 0.0)
+    got_a = [_assign(job.claim("a", 0.0)).chunk for _ in range(2)]
+    assert got_a == [0, 2]
+    assert isinstance(job.claim("late", 0.0), Wait)  # not known at the split
+    b = _assign(job.claim("b", 0.0))
+    assert b.chunk == 1
+    assert [r.chunk for r in job.peer_left("b", 1.0)] == [1]
+    rest = [_assign(job.claim("a", 2.0)).chunk for _ in range(4)]
+    assert sorted(rest) == [1, 3, 4, 5]
+    assert isinstance(job.claim("a", 2.0), Wait)
+
+
+def test_equal_requeues_an_expired_lease_to_the_others() -> None:
+    job = Job([1] * 4, policy="equal", lease_s=5)
+    for p in ("a", "b"):
+        job.add_peer(p, 1.0, 0.0)
+    lost = _assign(job.claim("b", 0.0))
+    assert [r.chunk for r in job.tick(5.0)] == [lost.chunk]
+    got = [_assign(job.claim("a", 6.0)).chunk for _ in range(4)]
+    assert sorted(got) == [0, 1, 2, 3]
+
+
+# -- simulated swarms -------------------------------------------------------------------
+@pytest.mark.parametrize("traits", [
+    {},
+    {"wifi": 0.3},
+    {"wrong_bench": 0.2},
+    {"late": 0.1, "leave": 0.1, "die": 0.1},
+])
+def test_swarm_is_near_the_bound_and_beats_the_baselines(traits: dict[str, float]) -> None:
+    sc = make_scenario("t", 40, chunks_per_peer=16, **traits)
+    results = {p: run(sc, p) for p in ("swarm", "fifo", "equal")}
+    assert all(r.finished for r in results.values())
+    assert results["swarm"].ratio <= 1.10
+    assert results["swarm"].makespan < results["fifo"].makespan
+    assert results["swarm"].makespan < results["equal"].makespan
+
+
+def test_simulated_chunks_complete_exactly_once() -> None:
+    sc = make_scenario("t", 30, chunks_per_peer=6, late=0.2, leave=0.1, die=0.1,
+                       wrong_bench=0.2, seed=3)
+    captured: list[Job] = []
+    import swarm.simulate as simulate
+
+    class Spy(Job):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            captured.append(self)
+
+    orig = simulate.Job
+    simulate.Job = Spy  # type: ignore[misc]
+    try:
+        assert run(sc, "swarm").finished
+    finally:
+        simulate.Job = orig  # type: ignore[misc]
+    job = captured[0]
+    for c in job.chunks:
+        ok = [x for x in c.attempts if job.attempts[x].outcome is AttemptOutcome.OK]
+        assert ok == [c.winner]
+    assert job.frames_done == sum(sc.frames) and not job.running()
