@@ -319,5 +319,5 @@ class Job:
         if chunk.state is ChunkState.DONE or others:
             return []
         chunk.move(ChunkState.PENDING)
-        self.scheduler.requeue(chunk.index, a.peer, gone)
+        self.scheduler.requeue(chunk.index, a.peer, gone, a.ended or 0.0)
         return [Requeued(chunk.index, a.id, reason)]

@@ -71,6 +71,8 @@ MAX_ATTEMPTS = 3
 # An in-flight chunk this far past its expected finish is presumed lost (a silent peer, a
 # stalled download); at the tail it is copied at once rather than after its lease (30 s).
 OVERDUE_S = 5.0
+# Equal: a share holder silent this long with nothing in hand is taken for down.
+ABSENT_S = 30.0
 # Speed for a peer that claims without announcing one: the mean of the known ones, or this.
 DEFAULT_SPEED = 1.0
 
@@ -173,7 +175,7 @@ class Scheduler:
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
         raise NotImplementedError
 
-    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+    def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         """Give a lost chunk back; ``gone``: its peer is dead, left or benched."""
         raise NotImplementedError
 
@@ -245,7 +247,7 @@ class FifoScheduler(Scheduler):
             return None
         return Pick(self._pending.popleft(), queued=prefetch and bool(self.peers[peer].attempts))
 
-    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+    def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         self._pending.appendleft(chunk)
 
 
@@ -266,6 +268,17 @@ class EqualScheduler(Scheduler):
         self._shares: dict[str, deque[int]] | None = None
         self._orphans: deque[int] = deque(range(len(self.work)))
         self._deal = 0  # rotates where redistribution starts
+        self._next_reap = 0.0
+
+    def _reap(self, now: float) -> None:
+        """Like a heartbeat-based orchestrator: a holder silent for ABSENT_S with nothing
+        in hand is down, and its share goes to the others (checked once a second)."""
+        assert self._shares is not None
+        self._next_reap = now + 1.0
+        for h in list(self._shares):
+            ps = self.peers.get(h)
+            if ps is None or (not ps.attempts and ps.seen < now - ABSENT_S):
+                self._redistribute(h, [], now)
 
     def _split(self, claimer: str) -> dict[str, deque[int]]:
         holders = [p.name for p in self.peers.values() if not p.benched] or [claimer]
@@ -280,6 +293,8 @@ class EqualScheduler(Scheduler):
         ps.seen = now
         if self._shares is None:
             self._shares = self._split(peer)
+        if now >= self._next_reap:
+            self._reap(now)
         share = self._shares.get(peer)
         queued = prefetch and bool(ps.attempts)
         if share:
@@ -288,24 +303,24 @@ class EqualScheduler(Scheduler):
             return Pick(self._orphans.popleft(), queued=queued)
         return None
 
-    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+    def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         if self._shares is None:
             self._orphans.appendleft(chunk)
             return
         if not gone and peer in self._shares:
             self._shares[peer].appendleft(chunk)
             return
-        self._redistribute(peer, [chunk])
+        self._redistribute(peer, [chunk], now)
 
     def bench(self, peer: str, now: float) -> None:
         super().bench(peer, now)
-        self._redistribute(peer, [])
+        self._redistribute(peer, [], now)
 
     def remove_peer(self, peer: str, now: float) -> None:
         super().remove_peer(peer, now)
-        self._redistribute(peer, [])
+        self._redistribute(peer, [], now)
 
-    def _redistribute(self, peer: str, extra: list[int]) -> None:
+    def _redistribute(self, peer: str, extra: list[int], now: float) -> None:
         if self._shares is None:
             return
         items = extra + list(self._shares.pop(peer, ()))
@@ -337,7 +352,7 @@ class SwarmScheduler(Scheduler):
         self._overdue: list[tuple[float, int, int]] = []  # same entries, soonest first
         self._chunk_version: dict[int, int] = {}
 
-    def requeue(self, chunk: int, peer: str, gone: bool) -> None:
+    def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         self._pending.appendleft(chunk)
         self._pending_work += self.work[chunk]
 
