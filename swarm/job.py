@@ -11,7 +11,13 @@ A chunk's life, in one table (``TRANSITIONS``)::
        +---- lease expired, attempt failed, peer gone -+
 
 An attempt is one peer's try at one chunk; it ends once (ok, failed, expired, cancelled).
-A chunk is DONE exactly once: a second result, or one for a replaced attempt, is refused.
+A chunk may have several running attempts (a tail duplicate); it goes back to PENDING only
+when the last of them is lost. A chunk is DONE exactly once: the first verified result wins,
+the other attempts are cancelled at once, and a late or replaced result is refused.
+
+Which chunk a claim gets is ``swarm.scheduler``'s decision (policy "swarm", or the
+benchmark baselines "fifo" and "equal"); the shell feeds it speeds with ``add_peer`` /
+``set_speed``, and ``succeeded`` teaches it what each peer really achieves.
 """
 
 from __future__ import annotations
