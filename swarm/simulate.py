@@ -158,12 +158,12 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
         if p.encoding is None and not p.queue:
             poll(i, t, prefetch=False)
 
-    for i, p in enumerate(sc.peers):
-        at(p.join, "join", i)
-        if p.leave is not None:
-            at(p.leave, "leave", i)
-        if p.die is not None:
-            at(p.die, "die", i)
+    for i, spec in enumerate(sc.peers):
+        at(spec.join, "join", i)
+        if spec.leave is not None:
+            at(spec.leave, "leave", i)
+        if spec.die is not None:
+            at(spec.die, "die", i)
     at(TICK_S, "tick", -1)
 
     now = 0.0
@@ -215,7 +215,7 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
             p.arrived.add(arg)
             try_start(i, now)
         elif kind == "progress":
-            if p.encoding != arg:
+            if p.encoding != arg or not isinstance(arg, str):
                 continue
             frames = job.chunks[job.attempts[arg].chunk].frames
             done = int(frames * (now - p.enc_start) / (p.enc_end - p.enc_start))

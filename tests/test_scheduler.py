@@ -158,7 +158,7 @@ def test_equal_requeues_an_expired_lease_to_the_others() -> None:
     {"late": 0.1, "leave": 0.1, "die": 0.1},
 ])
 def test_swarm_is_near_the_bound_and_beats_the_baselines(traits: dict[str, float]) -> None:
-    sc = make_scenario("t", 40, chunks_per_peer=16, **traits)
+    sc = make_scenario("t", 40, chunks_per_peer=16, **traits)  # type: ignore[arg-type]
     results = {p: run(sc, p) for p in ("swarm", "fifo", "equal")}
     assert all(r.finished for r in results.values())
     assert results["swarm"].ratio <= 1.10
