@@ -2,17 +2,16 @@
 
 Every ffmpeg swarm starts goes through ``run_ffmpeg``. On cancellation (Ctrl-C, a lost
 lease, a job torn down) the child is SIGKILLed at once and reaped, so no zombie and no
-half-written pipe survive; on Linux the child also dies with us if we are SIGKILLed
-(PR_SET_PDEATHSIG), so a killed node leaves no encoder running.
+half-written pipe survive. Encoders always write to a pipe we read, so if this process is
+SIGKILLed its ffmpeg dies of SIGPIPE at its next write. (PR_SET_PDEATHSIG is no help: trio
+starts children from a worker thread, and the signal fires when that *thread* exits, which
+trio's thread cache does after 10 s idle: it killed every encode older than 10 s.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import subprocess
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,15 +29,6 @@ log = logging.getLogger(__name__)
 STDERR_KEEP_LINES = 40
 # Output kept in memory only for small text results (probe, verify listings).
 MAX_CAPTURE_BYTES = 64 * 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +58,6 @@ async def run_ffmpeg(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if piped else stdout,
         stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     tail: deque[str] = deque(maxlen=STDERR_KEEP_LINES)
     captured = bytearray()
