@@ -220,7 +220,7 @@ class Job:
             return Wait(self.retry_after_s)
         pick = self.scheduler.pick(peer, now, prefetch)
         if pick is None:
-            return Wait(self.retry_after_s)
+            return Wait(max(self.retry_after_s, self.scheduler.hold))
         chunk = self.chunks[pick.chunk]
         if pick.victim is not None:
             self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,

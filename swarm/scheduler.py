@@ -73,6 +73,12 @@ MAX_ATTEMPTS = 3
 OVERDUE_S = 5.0
 # Equal: a share holder silent this long with nothing in hand is taken for down.
 ABSENT_S = 30.0
+# A peer held back by foresight polls again after this share of its would-be chunk time,
+# within [the job's retry_after_s, MAX_HOLD_S]: ten times fewer claims from slow peers near
+# the end, at the price of starting at most MAX_HOLD_S late when others falter (a tail copy
+# or an expired lease covers that case anyway).
+HOLD_SHARE = 0.1
+MAX_HOLD_S = 5.0
 # Speed for a peer that claims without announcing one: the mean of the known ones, or this.
 DEFAULT_SPEED = 1.0
 
@@ -117,6 +123,7 @@ class Scheduler:
         self.peers: dict[str, PeerState] = {}
         self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
         self._chunk_running: dict[int, list[str]] = {}
+        self.hold = 0.0  # after pick() returned None: a suggested retry delay, 0 = default
 
     # -- peers ---------------------------------------------------------------------------
     def add_peer(self, peer: str, speed: float | None, now: float, slots: int = 1) -> PeerState:
@@ -173,6 +180,7 @@ class Scheduler:
 
     # -- hand-out (policy) ---------------------------------------------------------------
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
+        """The chunk for ``peer``, or None: wait (``hold`` > 0: at least that long)."""
         raise NotImplementedError
 
     def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
@@ -359,6 +367,7 @@ class SwarmScheduler(Scheduler):
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
         ps = self.peer(peer, now)
         ps.seen = now
+        self.hold = 0.0
         queued = prefetch and bool(ps.attempts)
         if queued and any(self.attempts[x].queued and self.attempts[x].first_progress is None
                           for x in ps.attempts):
@@ -366,7 +375,11 @@ class SwarmScheduler(Scheduler):
         ready = max(ps.ready, now) if queued else now
         if self._pending:
             chunk = self._pending[0]
-            if self._others_finish_first(ps, now, ready + self.work[chunk] / ps.speed):
+            finish = ready + self.work[chunk] / ps.speed
+            if self._others_finish_first(ps, now, finish):
+                # Told off by foresight: its chance comes only if the others falter, which
+                # takes a while to show; polling at the default rate would just cost claims.
+                self.hold = min(MAX_HOLD_S, (finish - now) * HOLD_SHARE)
                 return None
             self._pending.popleft()
             self._pending_work -= self.work[chunk]
