@@ -20,7 +20,9 @@ def test_slow_peer_waits_when_a_fast_one_will_be_free_sooner() -> None:
     job.add_peer("fast", 10.0, 0.0)
     job.add_peer("pi", 1.0, 0.0)
     _assign(job.claim("fast", 0.0))  # busy until t=10
-    assert isinstance(job.claim("pi", 0.0), Wait)  # pi: t=100; fast: t=20
+    held = job.claim("pi", 0.0)  # pi: t=100; fast: t=20
+    assert isinstance(held, Wait)
+    assert held.retry_after_s > job.retry_after_s  # no point polling twice a second
     second = _assign(job.claim("fast", 0.0, prefetch=True))
     assert second.chunk == 1 and second.queued
 
