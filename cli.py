@@ -39,73 +39,155 @@ def _default_output(input_path: str, profile: str) -> str:
     return str(p.with_name(f"{p.stem}.{stem}.mp4"))
 
 
-class _Printer:
-    """Turns job events into plain lines, a rich progress bar, or nothing."""
+class _Plain:
+    """Plain progress lines on stderr: for logs, pipes and dumb terminals."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() and not quiet
+    def __init__(self) -> None:
         self.frames = 0
         self.total = 0
-        self.progress: Any = None
-        self.task: Any = None
-        self.chunk_frames: dict[int, int] = {}
         self.last_pct = -1
 
     def __call__(self, e: dict[str, Any]) -> None:
         kind = e["event"]
         if kind == "job_start":
             self.total = e["frames"]
-            if not self.quiet:
-                typer.echo(
-                    f"swarm: {e['input']} -> {e['output']} ({e['profile']}, "
-                    f"{e['width']}x{e['height']}, {e['frames']} frames in {e['chunks']} chunks, "
-                    f"{e['workers']} local worker(s))", err=True)
-            if self.tty:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(
-                    TextColumn("encoding"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TextColumn("{task.completed}/{task.total} frames"), TimeRemainingColumn(),
-                    transient=True,
-                )
-                self.progress.start()
-                self.task = self.progress.add_task("encode", total=self.total)
-        elif kind == "chunk_progress":
-            self.chunk_frames[e["chunk"]] = e["frames"]
-            self._show()
+            typer.echo(
+                f"swarm: {e['input']} -> {e['output']} ({e['profile']}, "
+                f"{e['width']}x{e['height']}, {e['frames']} frames in {e['chunks']} chunks, "
+                f"{e['workers']} local worker(s))", err=True)
         elif kind == "chunk_done":
-            self.chunk_frames.pop(e["chunk"], None)
             self.frames = e["frames_done"]
-            self._show()
-        elif kind == "chunk_failed" and not self.quiet:
-            self._print(f"swarm: chunk {e['chunk']} failed ({e['reason']}); "
-                        f"{'requeued' if e['requeued'] else 'dropped'}")
-        elif kind == "merge":
-            self.close()
-            if not self.quiet:
-                typer.echo("swarm: merging chunks and audio, verifying output", err=True)
-
-    def _print(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(line, highlight=False)
-        else:
-            typer.echo(line, err=True)
-
-    def _show(self) -> None:
-        done = self.frames + sum(self.chunk_frames.values())
-        if self.progress is not None:
-            self.progress.update(self.task, completed=min(done, self.total))
-        elif not self.quiet and self.total:
-            pct = 100 * self.frames // self.total
+            pct = 100 * self.frames // max(1, self.total)
             if pct // 10 != self.last_pct // 10:
                 self.last_pct = pct
                 typer.echo(f"swarm: {pct}% ({self.frames}/{self.total} frames)", err=True)
+        elif kind == "chunk_failed":
+            typer.echo(f"swarm: chunk {e['chunk']} failed on {e['peer']} ({e['reason']}); "
+                       f"{'requeued' if e['requeued'] else 'dropped'}", err=True)
+        elif kind == "peer_joined":
+            typer.echo(f"swarm: peer {e['peer']} joined ({e['address']})", err=True)
+        elif kind == "peer_left":
+            typer.echo(f"swarm: peer {e['peer']} left", err=True)
+        elif kind == "merge":
+            typer.echo("swarm: merging chunks and audio, verifying output", err=True)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        pass
+
+
+class _JsonLines:
+    """``--json``: every event as one JSON object per line on stdout, and nothing else there.
+
+    Each object has ``event`` and ``t`` (seconds since the command started). ``job_end`` is
+    held back until the report exists, so the last line always is ``job_end`` with the
+    output path and the summary; errors stay on stderr (one line) with the exit code.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.t0 = self.clock()
+        self.held: dict[str, Any] | None = None
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        line = {"event": e["event"], "t": round(self.clock() - self.t0, 3)} | e
+        if e["event"] == "job_end":
+            self.held = line
+            return
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.held is not None:
+            sys.stdout.write(json.dumps(self.held | {"summary": summary}) + "\n")
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class _Live:
+    """The rich Live dashboard on a terminal (peer.dashboard draws it).
+
+    Events arrive on trio's thread while rich redraws from its own refresh thread, so both
+    sides take ``lock``. Log records are pointed at Live's stderr proxy while it runs, so a
+    warning prints above the dashboard instead of tearing it.
+    """
+
+    # Four redraws a second: smooth fps/ETA without measurable CPU on a small peer.
+    REFRESH_PER_S = 4
+
+    def __init__(self, view: Any) -> None:
+        import threading
+        import time
+
+        from rich.console import Console
+        from rich.live import Live
+
+        self.view = view
+        self.clock = time.monotonic
+        self.lock = threading.Lock()
+        self.console = Console(stderr=True)
+        self.live = Live(get_renderable=self._render, console=self.console,
+                         refresh_per_second=self.REFRESH_PER_S, transient=True,
+                         vertical_overflow="crop", redirect_stderr=True, redirect_stdout=False)
+        self.live.start()
+        self._handlers = [h for h in logging.getLogger().handlers
+                          if isinstance(h, logging.StreamHandler)]
+        self._streams = [h.setStream(sys.stderr) for h in self._handlers]
+
+    def _render(self) -> Any:
+        w, h = self.console.size
+        with self.lock:
+            return self.view.render(self.clock(), w, h)
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        with self.lock:
+            self.view.feed(e, self.clock())
+        if e["event"] == "merge":
+            self.live.refresh()
+
+    def close(self) -> None:
+        if self.live.is_started:
+            self.live.stop()
+            for h, stream in zip(self._handlers, self._streams, strict=True):
+                if stream is not None:
+                    h.setStream(stream)
+
+
+def _output_mode(quiet: bool, as_json: bool) -> str:
+    """json, quiet, live (a colour terminal on stderr) or plain."""
+    if as_json:
+        return "json"
+    if quiet:
+        return "quiet"
+    if sys.stderr.isatty() and os.environ.get("TERM", "") not in ("dumb", ""):
+        return "live"
+    return "plain"
+
+
+def _local_score(profile: str) -> float | None:
+    """This device's benchmark score for ``profile``, if it was ever measured (else None).
+
+    Only for the speedup figure: any problem (no benchmark module yet, no cache, no
+    ffmpeg) just means "unknown".
+    """
+    try:
+        from chunker.tools import find_ffmpeg
+        from peer.benchmark import load_scores
+
+        scores = load_scores(find_ffmpeg())
+    except Exception:
+        return None
+    return (scores or {}).get(profile) or None
+
+
+def _check_writable(option: str, path: str | None) -> None:
+    if path is not None:
+        rdir = Path(path).resolve().parent
+        if not rdir.is_dir() or not os.access(rdir, os.W_OK):
+            raise UsageError(f"{option} {path}: directory is not writable")
 
 
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
@@ -114,26 +196,67 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     from peer.coordinator import EncodeOptions, parse_peer, run_encode
     from profiles import load_profile
 
+    as_json = options.pop("as_json", False)
+    report_html = options.pop("report_html", None)
     prof = load_profile(profile)
     out = output or _default_output(input, profile)
-    if report is not None:
-        rdir = Path(report).resolve().parent
-        if not rdir.is_dir() or not os.access(rdir, os.W_OK):
-            raise UsageError(f"report {report}: directory is not writable")
+    _check_writable("--report", report)
+    _check_writable("--report-html", report_html)
     for spec in options.get("peers", []):
         parse_peer(spec)
+    # Not an option: users never need it. Multi-host tests shorten the lease (15 s) so a
+    # peer cut off mid-chunk gives its chunk back within their time budget.
+    if lease := os.environ.get("SWARM_LEASE_S"):
+        options["lease_s"] = float(lease)
     opts = EncodeOptions(input=input, output=out, profile=prof, **options)
-    if opts.network and opts.secret is None and not quiet:
-        typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this LAN "
-                   "may take part", err=True)
-    printer = _Printer(quiet)
+    mode = _output_mode(quiet, as_json)
+    human = mode in ("live", "plain")
+    score = _local_score(prof.name) if mode != "quiet" else None
+    sink: Any
+    if mode == "live":
+        import platform
+
+        from peer.dashboard import JobView
+
+        sink = _Live(JobView(local_arch=platform.machine(), local_score=score))
+    elif mode == "json":
+        sink = _JsonLines()
+    elif mode == "plain":
+        sink = _Plain()
+    else:
+        sink = None
+    def emit(e: dict[str, Any]) -> None:
+        # Said once the job really starts, so a bad input still gets exactly one line.
+        if e["event"] == "job_start" and opts.network and opts.secret is None and human:
+            typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
+                       "LAN may take part", err=True)
+        if sink is not None:
+            sink(e)
+
     try:
-        result = _until_signal(run_encode, opts, printer)
+        result = _until_signal(run_encode, opts, emit)
     finally:
-        printer.close()
+        if sink is not None:
+            sink.close()
+    summary: dict[str, Any] = {}
+    if mode != "quiet" or report_html is not None:
+        from peer.dashboard import summarize
+
+        summary = summarize(result, score)
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if not quiet:
+    if report_html is not None:
+        from peer.report_html import build_html
+
+        Path(report_html).write_text(build_html(result, summary), encoding="utf-8")
+    if isinstance(sink, _JsonLines):
+        sink.finish(summary)
+    elif human:
+        from rich.console import Console
+
+        from peer.dashboard import summary_table
+
+        Console(stderr=True, highlight=False).print(summary_table(summary))
         typer.echo(f"swarm: done in {result['wall_s']:.1f} s", err=True)
     return out
 
@@ -212,8 +335,11 @@ def encode(
         "--output", "-o", help="Output file (.mp4, .mov, .mkv). Default: <stem>.<profile>.mp4 "
         "beside the input.")] = None,
     report: Annotated[str | None, typer.Option(
-        "--report", help="Write a JSON report of the job (chunks, peers, timings) here."
-    )] = None,
+        "--report", help="Write a JSON report of the job (chunks, peers, every attempt "
+        "with its timing and outcome) here.")] = None,
+    report_html: Annotated[str | None, typer.Option(
+        "--report-html", help="Write a self-contained HTML page of the job (timeline of "
+        "attempts per peer, summary) here.")] = None,
     chunk_seconds: Annotated[float | None, typer.Option(
         "--chunk-seconds", min=0.5, max=600,
         help="Target chunk length; cuts snap to source keyframes. Default: 4 chunks per "
@@ -227,6 +353,10 @@ def encode(
         "--upscale", help="Allow enlarging a source smaller than the profile's box.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only errors and the output path.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print every event as one JSON object per line on stdout, and "
+        "nothing else there; the last line is job_end with the output path and summary. "
+        "Errors stay on stderr.")] = False,
     peer: Annotated[list[str] | None, typer.Option(
         "--peer", help="A peer to invite as HOST:PORT, for networks mDNS does not reach "
         "(other subnets, VPNs, phones). Repeatable.")] = None,
@@ -258,8 +388,9 @@ def encode(
         _run_encode, input, profile, output, report, quiet, chunk_seconds=chunk_seconds,
         workers=workers, name=name or socket.gethostname(), upscale=upscale,
         no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
-        secret=secret, port=port))
-    typer.echo(out)
+        secret=secret, port=port, as_json=as_json, report_html=report_html))
+    if not as_json:
+        typer.echo(out)
 
 
 DEMO_SECONDS = 12
@@ -346,6 +477,9 @@ def join(
     no_bench: Annotated[bool, typer.Option(
         "--no-bench", help="Do not benchmark on first start (scores stay unknown).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print every node event as one JSON object per line on stdout, and "
+        "nothing else there. Errors stay on stderr.")] = False,
 ) -> None:
     """Make this device an encoder peer: advertise it on the LAN and encode what it is given.
 
@@ -357,6 +491,8 @@ def join(
     from peer.coordinator import parse_peer
 
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
+    mode = _output_mode(quiet, as_json)
+    sink: Any = None
 
     def run() -> None:
         import trio
@@ -368,23 +504,55 @@ def join(
             ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ())
             scores: dict[str, float] = {}
             if not no_bench:
-                scores = await _scores(ffmpeg, quiet)
+                scores = await _scores(ffmpeg, mode not in ("live", "plain"))
+            nonlocal sink
+            if mode == "live":
+                from peer.dashboard import JoinView
+
+                prof, score = _shown_score(scores)
+                sink = _Live(JoinView(address=f"{_lan_address()}:{port}", score=score,
+                                      score_profile=prof))
+            elif mode == "json":
+                sink = _JsonLines()
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
                                    slots=slots, peers=peers_to_greet), ffmpeg, scores,
-                        on_event=_join_printer(quiet))
+                        on_event=sink or _join_plain(mode == "quiet"))
             await node.run()
 
         try:
             _until_signal(main)
         except KeyboardInterrupt:
             pass  # Ctrl-C / SIGTERM is how a node is meant to leave
+        finally:
+            if sink is not None:
+                sink.close()
 
     _guarded(run)
-    if not quiet:
+    if mode in ("live", "plain"):
         typer.echo("swarm: left the swarm", err=True)
 
 
-def _join_printer(quiet: bool) -> Any:
+def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:
+    """The score a join dashboard shows: the default profile's, else the best one."""
+    if "hd" in scores:
+        return "hd", scores["hd"]
+    if scores:
+        prof = max(scores, key=lambda k: scores[k])
+        return prof, scores[prof]
+    return "", None
+
+
+def _lan_address() -> str:
+    """This host's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+            return str(s.getsockname()[0])
+        except OSError:
+            return socket.gethostname()
+
+
+def _join_plain(quiet: bool) -> Any:
     def show(e: dict[str, Any]) -> None:
         if quiet:
             return

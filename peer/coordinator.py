@@ -133,6 +133,8 @@ class JobServer:
         self.started: dict[str, float] = {}
         self.finished = trio.Event()
         self.last_activity = trio.current_time()
+        # Attempt times in the report are relative to this (trio clock, like the attempts').
+        self.t0 = trio.current_time()
         self.source_path = f"/v1/jobs/{job_id}/source"
 
     # -- hand-out ------------------------------------------------------------------------
@@ -142,7 +144,9 @@ class JobServer:
             self.started[action.attempt] = time.monotonic()
             self.last_activity = now
             self.emit({"event": "chunk_start", "chunk": action.chunk,
-                       "attempt": action.attempt, "peer": self.names.get(peer, peer)})
+                       "attempt": action.attempt, "peer": self.names.get(peer, peer),
+                       "frames": self.plans[action.chunk].frames,
+                       "remote": peer != self.local_key})
         return action
 
     def claim_remote(self, node_id: str, now: float) -> AssignmentMsg | WaitMsg | JobDone:
@@ -158,12 +162,17 @@ class JobServer:
             lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
             source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s)
 
-    def progress(self, attempt: str, frames: int, now: float) -> bool:
+    def progress(self, attempt: str, frames: int, now: float, fps: float | None = None
+                 ) -> bool:
         keep = self.job.progress(attempt, frames, now)
         if keep:
             self.last_activity = now
             a = self.job.attempts[attempt]
-            self.emit({"event": "chunk_progress", "chunk": a.chunk, "frames": a.frames_done})
+            if fps is None:  # a local slot: its rate since the claim
+                fps = a.frames_done / max(1e-3, time.monotonic() - self.started[attempt])
+            self.emit({"event": "chunk_progress", "chunk": a.chunk, "frames": a.frames_done,
+                       "attempt": attempt, "peer": self.names.get(a.peer, a.peer),
+                       "fps": round(fps, 2)})
         return keep
 
     def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
@@ -171,7 +180,7 @@ class JobServer:
         a = self.job.attempts.get(attempt)
         if a is None or a.chunk != chunk:
             return False
-        return self.progress(attempt, frames, now)
+        return self.progress(attempt, frames, now, fps)
 
     def fail(self, attempt: str, reason: str) -> None:
         a = self.job.attempts.get(attempt)
@@ -179,7 +188,7 @@ class JobServer:
         if a is not None:
             self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
                        "peer": self.names.get(a.peer, a.peer), "reason": reason,
-                       "requeued": bool(requeued)})
+                       "requeued": bool(requeued), "benched": a.peer in self.job.benched})
 
     def tick(self, now: float) -> None:
         for r in self.job.tick(now):
@@ -214,6 +223,8 @@ class JobServer:
             return False, f"verification failed: {exc}"
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(_unlink, path)
+            self.emit({"event": "chunk_duplicate", "chunk": a.chunk, "attempt": attempt,
+                       "peer": self.names.get(a.peer, a.peer)})
             return False, "chunk already done"
         final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
         os.replace(path, final)
@@ -223,7 +234,7 @@ class JobServer:
         rec.bytes_in = bytes_in
         rec.file = final
         self.emit({"event": "chunk_done", "chunk": a.chunk, "attempt": attempt,
-                   "peer": rec.peer, "encode_s": rec.encode_s,
+                   "peer": rec.peer, "encode_s": rec.encode_s, "frames": rec.plan.frames,
                    "frames_done": self.job.frames_done})
         if self.job.done:
             self.finished.set()
@@ -240,6 +251,9 @@ class JobServer:
             raise HTTPError("no such running attempt for this chunk", status_code=409)
         # The attempt id is one of ours (checked above), so it is safe in a file name.
         path = os.path.join(self.workdir, f"recv_{attempt}.nut")
+        a = self.job.attempts[attempt]
+        self.emit({"event": "chunk_upload", "chunk": chunk, "attempt": attempt,
+                   "peer": self.names.get(a.peer, a.peer)})
         try:
             async with await trio.open_file(path, "wb") as fh:
                 async for piece in iter_body(receive, self._result_limit(chunk)):
@@ -356,7 +370,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
               "profile": opts.profile.name, "frames": frames, "chunks": len(plans),
               "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
               "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
-              "secret": opts.secret is not None, "network": opts.network})
+              "secret": opts.secret is not None, "network": opts.network, "name": opts.name})
         async with trio.open_nursery() as nursery:
             if opts.network:
                 # The coordinator only browses: peers learn its URL from the invite.
@@ -640,6 +654,18 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         p["chunks"] += 1
         p["frames"] += rec.plan.frames
         p["encode_s"] = round(p["encode_s"] + rec.encode_s, 3)
+    # Per-attempt detail (added later; every key above keeps its meaning). Times are seconds
+    # since the job's start; an attempt still running at the end (a duplicate that lost)
+    # ends at the report's time.
+    now = trio.current_time()
+    attempts = []
+    for a in sorted(server.job.attempts.values(), key=lambda a: (a.started, a.id)):
+        end = a.ended if a.ended is not None else now
+        attempts.append({
+            "id": a.id, "chunk": a.chunk, "peer": server.names.get(a.peer, a.peer),
+            "start_s": round(a.started - server.t0, 3), "end_s": round(end - server.t0, 3),
+            "outcome": a.outcome.value, "reason": a.reason, "frames": a.frames_done,
+        })
     info = server.info
     return {
         "input": server.opts.input,
@@ -653,4 +679,7 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "job_id": server.job_id,
         "chunks": chunks,
         "peers": list(peers.values()),
+        "attempts": attempts,
+        "retries": sum(max(0, len(c.attempts) - 1) for c in server.job.chunks),
+        "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
     }
