@@ -529,6 +529,10 @@ def join(
 
     _guarded(run)
     if mode in ("live", "plain"):
+        view = getattr(sink, "view", None)
+        if view is not None:  # the dashboard is gone with the terminal: keep its totals
+            typer.echo(f"swarm: {view.jobs} job(s), {view.done} chunk(s), {view.frames} frames "
+                       f"encoded, {view.failed} failed", err=True)
         typer.echo("swarm: left the swarm", err=True)
 
 

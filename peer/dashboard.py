@@ -279,7 +279,8 @@ class JobView:
         return Group(*parts)
 
     def _peers_table(self, width: int, rows: int) -> Table:
-        t = Table(box=box.SIMPLE_HEAD, width=width, padding=(0, 1), show_edge=False,
+        # Wider than ~100 columns the table only gains blank space: keep it compact.
+        t = Table(box=box.SIMPLE_HEAD, width=min(width, 100), padding=(0, 1), show_edge=False,
                   pad_edge=False)
         t.add_column("", no_wrap=True, width=1)
         t.add_column("peer", no_wrap=True, ratio=1, min_width=6, overflow="ellipsis")
