@@ -43,11 +43,6 @@ def test_profiles_lists_the_table() -> None:
     assert {p["name"] for p in data} >= {"4k", "fhd", "hd", "480p"}
 
 
-def test_later_commands_say_so_and_exit_2() -> None:
-    res = runner.invoke(app, ["join"])
-    assert res.exit_code == 2
-
-
 def test_bad_option_is_a_usage_error() -> None:
     assert runner.invoke(app, ["encode", "x.mp4", "--workers", "-3"]).exit_code == 2
     assert runner.invoke(app, ["encode"]).exit_code == 2
