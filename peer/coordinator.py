@@ -376,7 +376,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                 # The coordinator only browses: peers learn its URL from the invite.
                 node = Node(NodeConfig(name=opts.name, port=_free_port(opts.port),
                                        secret=opts.secret, advertise=False,
-                                       interfaces=opts.interfaces), ffmpeg, coordinator=True)
+                                       interfaces=opts.interfaces,
+                                       peer_gone_s=2 * opts.lease_s),
+                            ffmpeg, coordinator=True)
                 await nursery.start(node.run)
                 node.jobs[job_id] = server
                 emit({"event": "listening", "port": node.port})

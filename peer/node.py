@@ -66,6 +66,36 @@ _RESULT_ROUTE = re.compile(r"^/chunks/(\d{1,6})/result$")
 # there invites us within one period.
 GREET_EVERY_S = 3.0
 GREET_TIMEOUT_S = 2.0
+# A connection whose peer acknowledged nothing (or kept its window shut) this long is dead:
+# twice the coordinator's default lease, by which time its chunk went to someone else.
+PEER_GONE_S = 30.0
+
+
+class _HyperConfig(HyperConfig):
+    """Hypercorn's config, with sends bounded in time on the sockets it serves on.
+
+    Hypercorn writes each response piece in a *shielded* ``send_all``: when a peer vanishes
+    (Wi-Fi gone, power cut: no FIN, no RST) while we stream it source bytes, that send waits
+    for the kernel to give up, about 15 minutes of retransmissions, and cancellation cannot
+    reach it, so a coordinator sat at 100 % that long before merging. TCP_USER_TIMEOUT on
+    the listening socket (inherited by every accepted one) makes the kernel drop such a
+    connection after ``peer_gone_s``; the send then fails and shutdown goes on. A live but
+    slow peer keeps acknowledging and opening its window, so it is not affected. Linux-only
+    option: elsewhere the old behaviour stays.
+    """
+
+    peer_gone_s: float | None = PEER_GONE_S
+
+    def create_sockets(self) -> Any:
+        sockets = super().create_sockets()
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if self.peer_gone_s and option is not None:
+            for sock in sockets.insecure_sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, int(self.peer_gone_s * 1000))
+        return sockets
+
+
 
 
 @dataclass(slots=True)
@@ -78,6 +108,7 @@ class NodeConfig:
     advertise: bool = True
     interfaces: list[str] | None = None  # IPv4 addresses for mDNS; None: all
     peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
+    peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
 
 
 @dataclass(slots=True)
@@ -140,7 +171,8 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        hc = HyperConfig()
+        hc = _HyperConfig()
+        hc.peer_gone_s = self.config.peer_gone_s
         hc.bind = [f"{self.config.host}:{self.config.port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
