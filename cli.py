@@ -208,6 +208,11 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     # peer cut off mid-chunk gives its chunk back within their time budget.
     if lease := os.environ.get("SWARM_LEASE_S"):
         options["lease_s"] = float(lease)
+    # Benchmarks compare our scheduler with the baselines; users keep the default.
+    policy = os.environ.get("SWARM_SCHEDULER", "swarm")
+    if policy not in ("swarm", "fifo", "equal"):
+        raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
+    options["policy"] = policy
     opts = EncodeOptions(input=input, output=out, profile=prof, **options)
     mode = _output_mode(quiet, as_json)
     human = mode in ("live", "plain")
@@ -373,6 +378,9 @@ def encode(
     port: Annotated[int, typer.Option(
         "--port", min=0, max=65535, help="Port the coordinator serves chunks on; if taken "
         "(a `swarm join` here), any free port. 0: any free port.")] = 7800,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start over even if a crashed run of this job left its journal.")
+    ] = False,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -380,7 +388,8 @@ def encode(
     encodes too unless --no-local. The output has exactly the source's frames and
     timestamps, and the audio (encoded once over the whole file) keeps its offset. It is
     written under a temporary name and renamed only after it verified; on any failure or
-    Ctrl-C nothing is left behind.
+    Ctrl-C nothing is left behind. After a crash (power loss, SIGKILL) running the same
+    command again resumes: chunks whose files still verify are kept (see `swarm jobs`).
     """
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
@@ -388,9 +397,51 @@ def encode(
         _run_encode, input, profile, output, report, quiet, chunk_seconds=chunk_seconds,
         workers=workers, name=name or socket.gethostname(), upscale=upscale,
         no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
-        secret=secret, port=port, as_json=as_json, report_html=report_html))
+        secret=secret, port=port, as_json=as_json, report_html=report_html, fresh=fresh))
     if not as_json:
         typer.echo(out)
+
+
+@app.command()
+def jobs(
+    directory: Annotated[str, typer.Option(
+        "--dir", help="Where to look for job journals (beside the outputs).")] = ".",
+    clean: Annotated[bool, typer.Option(
+        "--clean", help="Remove journals and chunk files of jobs no encode is running.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the job journals in a directory: jobs that are running or that crashed.
+
+    A journal lives beside its output as `.<output>.swarm/`; a finished or interrupted job
+    removes it, so what is listed here is running, or resumable by running the same
+    `swarm encode` command again.
+    """
+    import shutil
+
+    from peer.journal import find_journals
+
+    if not os.path.isdir(directory):
+        raise _fail(f"{directory}: not a directory", EXIT_USAGE)
+    found = find_journals(directory)
+    removed = []
+    if clean:
+        for j in found:
+            if not j.locked:
+                shutil.rmtree(os.path.dirname(j.path), ignore_errors=True)
+                removed.append(j.path)
+    rows = [{"output": j.output, "input": j.input, "state": j.state, "chunks": j.chunks,
+             "done": j.done, "journal": j.path, "removed": j.path in removed} for j in found]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"swarm: no job journals in {directory}", err=True)
+        return
+    for r in rows:
+        what = "removed" if r["removed"] else r["state"]
+        typer.echo(f"{r['output']}  {what}  {r['done']}/{r['chunks']} chunks  "
+                   f"(from {r['input']})")
 
 
 DEMO_SECONDS = 12

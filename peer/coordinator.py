@@ -10,12 +10,12 @@ leases, and merges. Everything it writes lives in one work directory beside the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ import httpx
 import trio
 
 from chunker.commands import VideoPlan, encode_chunk_argv, video_plan
-from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks
+from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_from_cuts
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
 from profiles import Profile
@@ -42,6 +42,7 @@ from swarm.protocol import Wait as WaitMsg
 from . import media
 from .client import call, fetch_info
 from .http import HTTPError, Receive, Request, Send, iter_body, respond
+from .journal import InputIdentity, Journal, file_digest, input_identity, work_dir_for
 from .node import Node, NodeConfig
 from .proc import run_ffmpeg
 
@@ -92,6 +93,8 @@ class EncodeOptions:
     port: int = 0
     interfaces: list[str] | None = None
     lease_s: float = LEASE_S
+    policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
+    fresh: bool = False  # ignore a journal left by a crashed run of the same job
 
 
 @dataclass(slots=True)
@@ -116,7 +119,8 @@ class JobServer:
 
     def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
                  plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
-                 emit: Callable[[Event], None], local_key: str) -> None:
+                 emit: Callable[[Event], None], local_key: str,
+                 journal: Journal | None = None) -> None:
         self.job_id = job_id
         self.opts = opts
         self.ffmpeg = ffmpeg
@@ -126,7 +130,10 @@ class JobServer:
         self.workdir = workdir
         self.emit = emit
         self.local_key = local_key
-        self.job = Job([p.frames for p in plans], lease_s=opts.lease_s)
+        self.job = Job([p.frames for p in plans], lease_s=opts.lease_s,
+                       pixels=vplan.width * vplan.height, policy=opts.policy)
+        self.journal = journal
+        self.restored: list[int] = []
         self.records = [_ChunkRecord(p) for p in plans]
         self.names: dict[str, str] = {local_key: opts.name}
         self.served: dict[str, int] = {}
@@ -143,6 +150,9 @@ class JobServer:
         if isinstance(action, Assign):
             self.started[action.attempt] = time.monotonic()
             self.last_activity = now
+            if self.journal is not None:
+                self.journal.attempt_started(action.attempt, action.chunk,
+                                             self.names.get(peer, peer), now - self.t0)
             self.emit({"event": "chunk_start", "chunk": action.chunk,
                        "attempt": action.attempt, "peer": self.names.get(peer, peer),
                        "frames": self.plans[action.chunk].frames,
@@ -185,19 +195,30 @@ class JobServer:
     def fail(self, attempt: str, reason: str) -> None:
         a = self.job.attempts.get(attempt)
         requeued = self.job.failed(attempt, trio.current_time(), reason)
+        self._journal_ended(attempt)
         if a is not None:
             self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
                        "peer": self.names.get(a.peer, a.peer), "reason": reason,
                        "requeued": bool(requeued), "benched": a.peer in self.job.benched})
 
+    def _journal_ended(self, *attempts: str) -> None:
+        if self.journal is None:
+            return
+        for x in attempts:
+            a = self.job.attempts.get(x)
+            if a is not None and a.ended is not None:
+                self.journal.attempt_ended(x, a.outcome.value, a.reason, a.ended - self.t0)
+
     def tick(self, now: float) -> None:
         for r in self.job.tick(now):
+            self._journal_ended(r.attempt)
             a = self.job.attempts[r.attempt]
             self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
                        "peer": self.names.get(a.peer, a.peer), "reason": r.reason})
 
     def peer_left(self, peer: str, now: float) -> None:
         for r in self.job.peer_left(peer, now):
+            self._journal_ended(r.attempt)
             self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
                        "peer": self.names.get(peer, peer), "reason": r.reason})
 
@@ -221,6 +242,7 @@ class JobServer:
             await trio.to_thread.run_sync(_unlink, path)
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
+        digest = await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(_unlink, path)
             self.emit({"event": "chunk_duplicate", "chunk": a.chunk, "attempt": attempt,
@@ -233,6 +255,11 @@ class JobServer:
         rec.bytes_out = (await trio.Path(final).stat()).st_size
         rec.bytes_in = bytes_in
         rec.file = final
+        if self.journal is not None:
+            # Journalled before the peer hears "accepted" and before anything is merged.
+            self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in, rec.peer,
+                                    rec.encode_s)
+            self._journal_ended(*self.job.chunks[a.chunk].attempts)
         self.emit({"event": "chunk_done", "chunk": a.chunk, "attempt": attempt,
                    "peer": rec.peer, "encode_s": rec.encode_s, "frames": rec.plan.frames,
                    "frames_done": self.job.frames_done})
@@ -312,12 +339,41 @@ class JobServer:
         if left > 0:
             await send({"type": "http.response.body", "body": b""})
 
+    async def restore_from_journal(self) -> None:
+        """Count as done every journalled chunk whose file still has its recorded digest;
+        anything missing or altered is re-encoded, never trusted."""
+        assert self.journal is not None
+        for idx, name, digest, rec in list(self.journal.done_chunks()):
+            path = os.path.join(self.workdir, name)
+            ok = (idx < len(self.plans) and name == f"chunk_{idx:05d}.nut"
+                  and await trio.to_thread.run_sync(_digest_or_none, path) == digest)
+            if not ok:
+                self.journal.chunk_lost(idx)
+                await trio.to_thread.run_sync(_unlink, path)
+                self.emit({"event": "chunk_lost", "chunk": idx,
+                           "reason": "journalled file missing or altered"})
+                continue
+            self.job.restore(idx)
+            r = self.records[idx]
+            r.file, r.peer, r.bytes_out = path, rec["peer"], rec["bytes_out"]
+            r.bytes_in, r.encode_s = rec["bytes_in"], rec["encode_s"]
+            self.restored.append(idx)
+        if self.job.done:
+            self.finished.set()
+
     # -- invite --------------------------------------------------------------------------
     def invite_fields(self) -> dict[str, str | int | float | bool]:
         fields = self.opts.profile.to_wire()
         fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,
                        "out_gop": self.vplan.gop_frames})
         return fields
+
+
+def _digest_or_none(path: str) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
 
 
 def _check_paths(opts: EncodeOptions) -> tuple[str, str]:
@@ -358,19 +414,33 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
     vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale)
+    workdir_path = work_dir_for(opts.output)
     try:
-        workdir = tempfile.mkdtemp(prefix=f".{Path(opts.output).name}.swarm-", dir=outdir)
+        identity = await trio.to_thread.run_sync(input_identity, opts.input)
+        workdir_path.mkdir(exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write in {outdir}: {exc.strerror}") from exc
+    workdir = str(workdir_path)
+    journal = Journal(workdir_path)  # UsageError if another encode holds it
     try:
-        job_id = secrets.token_urlsafe(12)
+        plans, job_id, resuming = await _open_plan(journal, opts, info, identity, plans,
+                                                   workdir)
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
-                           vplan=vplan, workdir=workdir, emit=emit, local_key="local")
+                           vplan=vplan, workdir=workdir, emit=emit, local_key="local",
+                           journal=journal)
+        if workers:
+            server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
+                                slots=workers)
         emit({"event": "job_start", "input": opts.input, "output": opts.output,
               "profile": opts.profile.name, "frames": frames, "chunks": len(plans),
               "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
               "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
-              "secret": opts.secret is not None, "network": opts.network, "name": opts.name})
+              "secret": opts.secret is not None, "network": opts.network, "name": opts.name,
+              "policy": server.job.policy})
+        if resuming:
+            await server.restore_from_journal()
+            emit({"event": "job_resumed", "chunks_kept": len(server.restored),
+                  "frames_done": server.job.frames_done})
         async with trio.open_nursery() as nursery:
             if opts.network:
                 # The coordinator only browses: peers learn its URL from the invite.
@@ -390,6 +460,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                 # Let the reply to the last result reach its peer before the server stops.
                 await trio.sleep(RESPONSE_GRACE_S)
             nursery.cancel_scope.cancel()
+        journal.set("state", "merging")
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
         await media.merge(ffmpeg, workdir, [r.file for r in server.records],
@@ -400,8 +471,55 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         emit({"event": "job_end", "output": opts.output, "wall_s": report["wall_s"]})
         return report
     finally:
+        # Success, failure and Ctrl-C all end here and leave nothing; only a crash (SIGKILL,
+        # power loss) skips this, and then the journal and its chunks are there to resume.
+        journal.close()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+
+def _local_score(ffmpeg: FFmpeg, profile: Profile) -> float | None:
+    """This device's benchmark for the profile (work/s per slot), if measured before."""
+    from .benchmark import load_scores
+
+    try:
+        scores = load_scores(ffmpeg) or {}
+    except Exception:  # a broken cache must never stop a job
+        return None
+    score = scores.get(profile.name)
+    return score if score and score > 0 else None
+
+
+async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
+                     identity: InputIdentity, plans: list[ChunkPlan], workdir: str
+                     ) -> tuple[list[ChunkPlan], str, bool]:
+    """Resume the journalled job if it is this one (same input file, same settings), else
+    start the journal afresh. Returns the plan, the job id and whether we resume."""
+    settings = json.dumps(opts.profile.to_wire() | {"upscale": opts.upscale}, sort_keys=True)
+    old = journal.get("input")
+    if (not opts.fresh and old is not None and journal.get("settings") == settings
+            and InputIdentity.from_json(old).same_file(identity)):
+        cuts = [first for first, _ in journal.plan()]
+        try:
+            resumed = plans_from_cuts(info.video, info.format_start_s, cuts)
+        except ValueError:
+            resumed = []
+        job_id = journal.get("job_id") or ""
+        if resumed and [p.frames for p in resumed] == [n for _, n in journal.plan()] and job_id:
+            return resumed, job_id, True
+    # A fresh start: whatever an older run left here is not ours to trust.
+    for entry in await trio.to_thread.run_sync(os.listdir, workdir):
+        if entry.endswith(".nut") or entry.startswith("output") or entry.endswith(".ffconcat"):
+            await trio.to_thread.run_sync(_unlink, os.path.join(workdir, entry))
+    journal.reset()
+    job_id = secrets.token_urlsafe(12)
+    for key, value in (("input", identity.to_json()), ("settings", settings),
+                       ("output", str(journal.workdir.parent / Path(opts.output).name)),
+                       ("job_id", job_id),
+                       ("state", "encoding")):
+        journal.set(key, value)
+    journal.write_plan([(p.first, p.frames) for p in plans])
+    return plans, job_id, False
 
 
 async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
@@ -449,9 +567,10 @@ async def _encode_local(server: JobServer, a: Assign, threads: int) -> None:
                 scope.cancel()  # replaced (lease lost) or already done elsewhere
 
         try:
-            fh = await trio.to_thread.run_sync(open, name, "wb")
-            with fh:
-                await run_ffmpeg(argv, stdout=fh, on_progress=progress,
+            # Through a pipe, not straight into the file: if we are SIGKILLed the encoder
+            # dies of SIGPIPE at its next write instead of running on as an orphan.
+            async with await trio.open_file(name, "wb") as fh:
+                await run_ffmpeg(argv, stdout_sink=fh.write, on_progress=progress,
                                  what=f"chunk {a.chunk}")
         except EncodeError as exc:
             log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
@@ -591,6 +710,9 @@ async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
         if ack.accepted and not c.invited:
             c.invited = True
             server.names[info.node_id] = info.name
+            score = info.scores.get(opts.profile.name)
+            server.job.add_peer(info.node_id, score if score and score > 0 else None,
+                                trio.current_time(), slots=info.slots)
             emit({"event": "peer_joined", "peer": info.name, "address": c.base,
                   "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
                       opts.profile.name, 0.0)})
@@ -684,4 +806,15 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "attempts": attempts,
         "retries": sum(max(0, len(c.attempts) - 1) for c in server.job.chunks),
         "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
+        "policy": server.job.policy,
+        # Chunks kept from a crashed earlier run of this job (their files re-verified).
+        "resumed_chunks": sorted(server.restored),
+        "journal": _journal_stats(server.journal),
     }
+
+
+def _journal_stats(journal: Journal | None) -> dict[str, Any]:
+    if journal is None or not journal.writes:
+        return {"writes": 0}
+    return {"writes": journal.writes, "run": journal.run,
+            "mean_write_ms": round(1000 * journal.write_s / journal.writes, 3)}

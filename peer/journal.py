@@ -131,10 +131,10 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        self.run = int(self.get("runs", "0")) + 1
-        self.set("runs", str(self.run))
         self.writes = 0
         self.write_s = 0.0
+        self.run = int(self.get("runs", "0") or "0") + 1
+        self.set("runs", str(self.run))
 
     def close(self) -> None:
         self.db.close()
@@ -155,6 +155,14 @@ class Journal:
     def get(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
+
+    def reset(self) -> None:
+        """Forget a previous job (keeps the run counter)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM chunks")
+            self.db.execute("DELETE FROM attempts")
+            self.db.execute("DELETE FROM meta WHERE key != 'runs'")
 
     def write_plan(self, chunks: list[tuple[int, int]]) -> None:
         t0 = time.perf_counter()

@@ -51,7 +51,8 @@ class ChunkState(enum.Enum):
 
 
 TRANSITIONS: dict[ChunkState, frozenset[ChunkState]] = {
-    ChunkState.PENDING: frozenset({ChunkState.ASSIGNED}),
+    # PENDING -> DONE only through ``restore``: a verified result kept from an earlier run.
+    ChunkState.PENDING: frozenset({ChunkState.ASSIGNED, ChunkState.DONE}),
     # A short chunk may finish before its first progress report arrives.
     ChunkState.ASSIGNED: frozenset({ChunkState.ENCODING, ChunkState.PENDING, ChunkState.DONE}),
     ChunkState.ENCODING: frozenset({ChunkState.DONE, ChunkState.PENDING}),
@@ -210,6 +211,21 @@ class Job:
             raise LocalProtocolError(f"unknown attempt {attempt_id!r}") from None
 
     # -- events ------------------------------------------------------------------------
+    def restore(self, index: int) -> None:
+        """Count a chunk as done without encoding it: a resumed job kept its verified file.
+
+        Only before the first claim, so no scheduler decision has counted on the chunk.
+        """
+        if self.attempts:
+            raise LocalProtocolError("restore chunks before handing any out")
+        chunk = self.chunks[index]
+        if chunk.state is ChunkState.DONE:
+            return
+        chunk.move(ChunkState.DONE)
+        self.scheduler.drop(index)
+        self._done += 1
+        self._frames_done += chunk.frames
+
     def claim(self, peer: str, now: float, *, prefetch: bool = False
               ) -> Assign | Wait | Finished:
         """A peer asks for work. ``prefetch``: it is still busy and wants its next chunk

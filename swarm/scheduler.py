@@ -125,6 +125,10 @@ class Scheduler:
         self._chunk_running: dict[int, list[str]] = {}
         self.hold = 0.0  # after pick() returned None: a suggested retry delay, 0 = default
 
+    def drop(self, chunk: int) -> None:
+        """Forget a chunk that needs no encoding (restored before the first claim)."""
+        raise NotImplementedError
+
     # -- peers ---------------------------------------------------------------------------
     def add_peer(self, peer: str, speed: float | None, now: float, slots: int = 1) -> PeerState:
         if speed is not None and speed <= 0:
@@ -258,6 +262,9 @@ class FifoScheduler(Scheduler):
     def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         self._pending.appendleft(chunk)
 
+    def drop(self, chunk: int) -> None:
+        self._pending.remove(chunk)
+
 
 class EqualScheduler(Scheduler):
     """Round-robin pre-split into equal shares over the peers known at the first claim.
@@ -277,6 +284,9 @@ class EqualScheduler(Scheduler):
         self._orphans: deque[int] = deque(range(len(self.work)))
         self._deal = 0  # rotates where redistribution starts
         self._next_reap = 0.0
+
+    def drop(self, chunk: int) -> None:
+        self._orphans.remove(chunk)  # before the first claim, every chunk is an orphan
 
     def _reap(self, now: float) -> None:
         """Like a heartbeat-based orchestrator: a holder silent for ABSENT_S with nothing
@@ -363,6 +373,10 @@ class SwarmScheduler(Scheduler):
     def requeue(self, chunk: int, peer: str, gone: bool, now: float) -> None:
         self._pending.appendleft(chunk)
         self._pending_work += self.work[chunk]
+
+    def drop(self, chunk: int) -> None:
+        self._pending.remove(chunk)
+        self._pending_work -= self.work[chunk]
 
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
         ps = self.peer(peer, now)

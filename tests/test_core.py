@@ -244,6 +244,22 @@ def test_failures_requeue_and_bench_the_peer() -> None:
     assert isinstance(a, Assign) and a.chunk == 0 and a.attempt == "c00000a003"
 
 
+def test_restore_counts_a_journalled_chunk_done_before_any_claim() -> None:
+    for policy in ("swarm", "fifo", "equal"):
+        job = Job([10, 20, 30], policy=policy)
+        job.restore(1)
+        assert job.chunks[1].state is ChunkState.DONE and job.frames_done == 20
+        got = []
+        while not job.done:
+            a = job.claim("p", 0.0)
+            assert isinstance(a, Assign)
+            got.append(a.chunk)
+            assert job.succeeded(a.attempt, 1.0)
+        assert sorted(got) == [0, 2], policy
+    with pytest.raises(LocalProtocolError):
+        job.restore(0)  # after claims: too late
+
+
 def test_peer_left_requeues_its_chunks() -> None:
     job = Job([1, 1])
     a = job.claim("p", 0.0)
@@ -255,6 +271,10 @@ def test_peer_left_requeues_its_chunks() -> None:
 def test_illegal_transition_raises() -> None:
     job = Job([1])
     with pytest.raises(LocalProtocolError):
-        job.chunks[0].move(ChunkState.DONE)
+        job.chunks[0].move(ChunkState.ENCODING)  # never claimed
+    a = job.claim("p", 0.0)
+    assert isinstance(a, Assign) and job.succeeded(a.attempt, 1.0)
+    with pytest.raises(LocalProtocolError):
+        job.chunks[0].move(ChunkState.PENDING)  # done is final
     with pytest.raises(LocalProtocolError):
         Job([])
