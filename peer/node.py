@@ -46,7 +46,17 @@ from swarm.protocol import (
 from swarm.protocol import Assignment as AssignmentMsg
 
 from .client import call
-from .http import HTTPError, Receive, Request, Scope, Send, read_body, respond, respond_message
+from .http import (
+    HTTPError,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    end_after_request,
+    read_body,
+    respond,
+    respond_message,
+)
 from .worker import accept_invite, work_slot
 
 if TYPE_CHECKING:
@@ -60,8 +70,10 @@ DEFAULT_PORT = 7800
 SOFTWARE_VERSION = "0.1.0"
 # Encoders worth telling a coordinator about (NodeInfo allows 64).
 ADVERTISED_ENCODERS = ("libx264", "libx265", "libsvtav1", "aac", "ac3", "libopus")
-_JOB_ROUTE = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{8,64})(/.*)?$")
-_RESULT_ROUTE = re.compile(r"^/chunks/(\d{1,6})/result$")
+# \Z, not $ (which also matches before a final newline), and [0-9], not \d (which matches
+# any Unicode digit): a decoded "/claim%0A" or "/chunks/%D9%A1/result" is no route of ours.
+_JOB_ROUTE = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{8,64})(/.*)?\Z")
+_RESULT_ROUTE = re.compile(r"^/chunks/([0-9]{1,6})/result\Z")
 # A node named with --peer is greeted this often while idle; a coordinator that appears
 # there invites us within one period.
 GREET_EVERY_S = 3.0
@@ -94,8 +106,6 @@ class _HyperConfig(HyperConfig):
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, option, int(self.peer_gone_s * 1000))
         return sockets
-
-
 
 
 @dataclass(slots=True)
@@ -262,8 +272,14 @@ class Node:
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            # No route speaks WebSocket. Returning without a reply makes hypercorn answer the
+            # handshake with 500; a close before accepting is its way to refuse (403).
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             return
+        receive, send = end_after_request(receive, send)
         try:
             request = Request.from_scope(scope)
             await self._route(request, receive, send)
@@ -344,6 +360,8 @@ class Node:
             self._check(request, digest=auth.streamed_digest(attempt) if attempt else "x")
             ok, reason = await server.receive_result(attempt, int(rm.group(1)), request,
                                                      receive)
+            # A refusal quotes ffmpeg, whose messages span lines; a reason is one printable line.
+            reason = "".join(c if c.isprintable() else " " for c in reason)
             await respond_message(send, ResultAck(ok, reason[:200]), request)
             return
         raise HTTPError("no such endpoint or method", status_code=404)
