@@ -17,6 +17,7 @@ from swarm.protocol import (
     PROTOCOL_VERSION,
     Assignment,
     ClaimRequest,
+    Hello,
     Invite,
     JobDone,
     Message,
@@ -61,6 +62,18 @@ SAMPLES: list[Message] = [
         frames=240,
         source_path=f"/v1/jobs/{JOB}/source",
     ),
+    Assignment(
+        job_id=JOB,
+        chunk=18,
+        attempt=ATTEMPT,
+        lease_s=30.0,
+        start_s=130.0,
+        frames=240,
+        source_path=f"/v1/jobs/{JOB}/source",
+        seek_s=130.0005,
+        trim_s=129.98,
+    ),
+    Hello(node_id="0123456789abcdef", port=7800),
     Wait(retry_after_s=0.5),
     JobDone(job_id=JOB),
     Progress(job_id=JOB, chunk=0, attempt=ATTEMPT, frames_done=120, fps=48.5),
@@ -106,7 +119,7 @@ def refuse(data: bytes, status: int = 422, expected: Any = None) -> RemoteProtoc
 
 def test_samples_cover_every_message_type() -> None:
     assert {type(m) for m in SAMPLES} == set(MESSAGE_TYPES.values())
-    assert len(MESSAGE_TYPES) == len(SAMPLES)
+    assert len(MESSAGE_TYPES) == len({type(m) for m in SAMPLES})
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
