@@ -56,6 +56,7 @@ LEASE_S = 15.0
 TICK_S = 0.5
 RECRUIT_EVERY_S = 1.0
 RECHECK_INVITED_S = 5.0
+MAX_FRUITLESS_INVITES = 3
 # With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
 STALL_S = 60.0
 SOURCE_PIECE = 256 * 1024
@@ -134,6 +135,9 @@ class JobServer:
                        pixels=vplan.width * vplan.height, policy=opts.policy)
         self.journal = journal
         self.restored: list[int] = []
+        self.scores: dict[str, float] = {}  # benchmark work/s per slot, from /v1/info
+        self.slots: dict[str, int] = {}
+        self.claimed_by: set[str] = set()
         self.records = [_ChunkRecord(p) for p in plans]
         self.names: dict[str, str] = {local_key: opts.name}
         self.served: dict[str, int] = {}
@@ -161,6 +165,12 @@ class JobServer:
 
     def claim_remote(self, node_id: str, now: float) -> AssignmentMsg | WaitMsg | JobDone:
         self.names.setdefault(node_id, f"node-{node_id[:6]}")
+        if node_id not in self.job.scheduler.peers:
+            # Counted as capacity from its first claim, not its invite: an invited node that
+            # never claims (it dropped the job) must not make others wait for it.
+            self.job.add_peer(node_id, self.scores.get(node_id), now,
+                              slots=self.slots.get(node_id, 1))
+        self.claimed_by.add(node_id)
         action = self.claim(node_id, now)
         if isinstance(action, Finished):
             return JobDone(self.job_id)
@@ -596,6 +606,7 @@ class _Candidate:
     unusable: str = ""
     next_try: float = 0.0
     busy: bool = False
+    invites: int = 0
 
     @property
     def base(self) -> str:
@@ -696,6 +707,13 @@ async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.busy = info.state != "idle" and info.job_id != server.job_id
         if c.busy:
             return
+        if c.invites >= MAX_FRUITLESS_INVITES and info.node_id not in server.claimed_by:
+            # It accepts invites but never claims: typically an open node asked by a
+            # coordinator with a secret (its unsigned claims get 401). Stop asking.
+            c.unusable = "accepts invites but never claims (another secret?)"
+            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
+            return
+        c.invites += 1
         url = f"http://{_local_ip_for(c.host)}:{node.port}"
         invite = Invite(server.job_id, url, server.invite_fields())
         try:
@@ -711,8 +729,9 @@ async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
             c.invited = True
             server.names[info.node_id] = info.name
             score = info.scores.get(opts.profile.name)
-            server.job.add_peer(info.node_id, score if score and score > 0 else None,
-                                trio.current_time(), slots=info.slots)
+            if score and score > 0:
+                server.scores[info.node_id] = score
+            server.slots[info.node_id] = info.slots
             emit({"event": "peer_joined", "peer": info.name, "address": c.base,
                   "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
                       opts.profile.name, 0.0)})
