@@ -390,7 +390,12 @@ class SwarmScheduler(Scheduler):
         if self._pending:
             chunk = self._pending[0]
             finish = ready + self.work[chunk] / ps.speed
-            if self._others_finish_first(ps, now, finish):
+            # A peer never measured gets one chunk while plenty remain: its benchmark may be
+            # far too low (measured on a loaded device, or a guess), and held back it would
+            # never show its real speed (bench/hetero: a 0.15-CPU peer got nothing).
+            explore = (ps.observed == 0 and not ps.attempts
+                       and len(self._pending) > len(self.peers))
+            if not explore and self._others_finish_first(ps, now, finish):
                 # Told off by foresight: its chance comes only if the others falter, which
                 # takes a while to show; polling at the default rate would just cost claims.
                 self.hold = min(MAX_HOLD_S, (finish - now) * HOLD_SHARE)

@@ -190,3 +190,18 @@ def test_simulated_chunks_complete_exactly_once() -> None:
         ok = [x for x in c.attempts if job.attempts[x].outcome is AttemptOutcome.OK]
         assert ok == [c.winner]
     assert job.frames_done == sum(sc.frames) and not job.running()
+
+
+def test_unmeasured_peer_with_a_pessimistic_benchmark_still_gets_a_chunk() -> None:
+    """bench/hetero: a quota-bound peer's benchmark came out 15x too low; held back by
+    foresight it never encoded a chunk, so its estimate never improved."""
+    from swarm.job import Assign, Job
+
+    job = Job([100] * 20, pixels=1000)
+    job.add_peer("fast", 1e6, 0.0)
+    job.add_peer("slow", 1e3, 0.0)  # the (wrong) guess: 1000x slower
+    assert isinstance(job.claim("fast", 0.0), Assign)
+    first = job.claim("slow", 0.0)
+    assert isinstance(first, Assign)  # explores once while plenty is pending
+    assert job.succeeded(first.attempt, 1.0)  # it was in fact quick
+    assert job.speed("slow") is not None and job.speed("slow") > 1e3
