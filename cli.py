@@ -193,7 +193,8 @@ def _check_writable(option: str, path: str | None) -> None:
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
                 quiet: bool, **options: Any) -> str:
 
-    from peer.coordinator import EncodeOptions, parse_peer, run_encode
+    from peer.coordinator import EncodeOptions, run_encode
+    from peer.recruit import parse_peer
     from profiles import load_profile
 
     as_json = options.pop("as_json", False)
@@ -539,7 +540,7 @@ def join(
     name this node with `swarm encode --peer HOST:PORT`.
     """
 
-    from peer.coordinator import parse_peer
+    from peer.recruit import parse_peer
 
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
     mode = _output_mode(quiet, as_json)

@@ -19,11 +19,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from chunker.commands import VideoPlan, encode_chunk_argv, video_plan
@@ -31,20 +29,18 @@ from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_fr
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
 from profiles import Profile
-from swarm import auth
-from swarm.errors import EncodeError, RemoteProtocolError, UsageError, VerifyError
+from swarm.errors import EncodeError, UsageError, VerifyError
 from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
-from swarm.presence import PeerEvent, classify
-from swarm.protocol import PROTOCOL_VERSION, Invite, JobDone, ResultAck
 from swarm.protocol import Assignment as AssignmentMsg
+from swarm.protocol import JobDone
 from swarm.protocol import Wait as WaitMsg
 
 from . import media
-from .client import call, fetch_info
 from .http import HTTPError, Receive, Request, Send, iter_body, respond
 from .journal import InputIdentity, Journal, file_digest, input_identity, work_dir_for
 from .node import Node, NodeConfig
 from .proc import run_ffmpeg
+from .recruit import free_port, recruit
 
 __all__ = ["EncodeOptions", "JobServer", "output_container", "run_encode"]
 
@@ -54,9 +50,6 @@ _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 # A peer reports progress every second; three missed reports plus a slow start is a loss.
 LEASE_S = 15.0
 TICK_S = 0.5
-RECRUIT_EVERY_S = 1.0
-RECHECK_INVITED_S = 5.0
-MAX_FRUITLESS_INVITES = 3
 # With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
 STALL_S = 60.0
 SOURCE_PIECE = 256 * 1024
@@ -454,7 +447,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         async with trio.open_nursery() as nursery:
             if opts.network:
                 # The coordinator only browses: peers learn its URL from the invite.
-                node = Node(NodeConfig(name=opts.name, port=_free_port(opts.port),
+                node = Node(NodeConfig(name=opts.name, port=free_port(opts.port),
                                        secret=opts.secret, advertise=False,
                                        interfaces=opts.interfaces,
                                        peer_gone_s=2 * opts.lease_s),
@@ -462,7 +455,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                 await nursery.start(node.run)
                 node.jobs[job_id] = server
                 emit({"event": "listening", "port": node.port})
-                nursery.start_soon(_recruit, server, node, opts, emit)
+                nursery.start_soon(recruit, server, node, opts, emit)
             for slot in range(workers):
                 nursery.start_soon(_local_worker, server, slot, threads)
             await _watch(server, workers, opts)
@@ -593,192 +586,6 @@ async def _encode_local(server: JobServer, a: Assign, threads: int) -> None:
         await server.accept(a.attempt, name, bytes_in)
     if scope.cancelled_caught:
         await trio.to_thread.run_sync(_unlink, name)
-
-
-# -- recruiting remote peers --------------------------------------------------------------
-@dataclass(slots=True)
-class _Candidate:
-    host: str
-    port: int
-    node_id: str = ""
-    name: str = ""
-    invited: bool = False
-    unusable: str = ""
-    next_try: float = 0.0
-    busy: bool = False
-    invites: int = 0
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def _free_port(wanted: int) -> int:
-    """``wanted`` if it can be bound (so `join --peer HOST:7800` finds us), else any port."""
-    if wanted == 0:
-        return 0
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", wanted))
-        except OSError:
-            return 0
-    return wanted
-
-
-def _local_ip_for(host: str) -> str:
-    """Our address on the route to ``host`` (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((host, 9))
-            return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
-def parse_peer(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--peer {spec}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-async def _recruit(server: JobServer, node: Node, opts: EncodeOptions,
-                   emit: Callable[[Event], None]) -> None:
-    """Find peers (mDNS, --peer), invite them, re-invite ones that dropped the job."""
-    candidates: dict[str, _Candidate] = {}
-    for spec in opts.peers:
-        host, port = parse_peer(spec)
-        candidates[f"{host}:{port}"] = _Candidate(host, port)
-    our_fp = auth.fingerprint(opts.secret) if opts.secret else ""
-
-    def hello(host: str, port: int) -> None:
-        c = candidates.setdefault(f"{host}:{port}", _Candidate(host, port))
-        if not c.invited:
-            c.next_try = 0.0
-
-    node.hello_sink = hello
-
-    async def watch_mdns() -> None:
-        from .discovery import browse
-
-        send, recv = trio.open_memory_channel[PeerEvent](64)
-        async with trio.open_nursery() as n:
-            n.start_soon(partial(browse, send, interfaces=opts.interfaces))
-            async for ev in recv:
-                rec = ev.record
-                if rec.node_id == node.node_id or not rec.host:
-                    continue
-                key = f"{rec.host}:{rec.port}"
-                if ev.kind == "removed":
-                    server.peer_left(rec.node_id, trio.current_time())
-                    if key in candidates:
-                        candidates.pop(key)
-                        emit({"event": "peer_left", "peer": rec.name})
-                    continue
-                verdict = classify(rec, our_fp, PROTOCOL_VERSION)
-                if verdict != "ok":
-                    if key not in candidates:
-                        emit({"event": "peer_foreign", "peer": rec.name, "why": verdict})
-                        candidates[key] = _Candidate(rec.host, rec.port, rec.node_id,
-                                                     rec.name, unusable=verdict)
-                    continue
-                c = candidates.setdefault(key, _Candidate(rec.host, rec.port))
-                if rec.state == "idle" and c.busy:
-                    c.next_try = 0.0  # it just freed up: ask again now
-
-    async def try_invite(c: _Candidate, client: httpx.AsyncClient) -> None:
-        now = trio.current_time()
-        c.next_try = now + 3.0
-        try:
-            info = await fetch_info(client, c.base)
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
-            log.debug("peer %s unreachable: %s", c.base, exc)
-            return
-        if info.node_id == node.node_id:
-            c.unusable = "ourselves"
-            return
-        c.node_id, c.name = info.node_id, info.name
-        if c.invited and info.job_id == server.job_id:
-            return
-        if opts.profile.video.codec not in info.encoders:
-            c.unusable = f"lacks {opts.profile.video.codec}"
-            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
-            return
-        c.busy = info.state != "idle" and info.job_id != server.job_id
-        if c.busy:
-            return
-        if c.invites >= MAX_FRUITLESS_INVITES and info.node_id not in server.claimed_by:
-            # It accepts invites but never claims: typically an open node asked by a
-            # coordinator with a secret (its unsigned claims get 401). Stop asking.
-            c.unusable = "accepts invites but never claims (another secret?)"
-            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
-            return
-        c.invites += 1
-        url = f"http://{_local_ip_for(c.host)}:{node.port}"
-        invite = Invite(server.job_id, url, server.invite_fields())
-        try:
-            ack = await call(client, opts.secret, "POST", "/v1/invite", invite, (ResultAck,),
-                             base=c.base)
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
-            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
-                c.unusable = str(exc)
-                emit({"event": "peer_foreign", "peer": info.name, "why": str(exc)})
-            return
-        assert isinstance(ack, ResultAck)
-        if ack.accepted and not c.invited:
-            c.invited = True
-            server.names[info.node_id] = info.name
-            score = info.scores.get(opts.profile.name)
-            if score and score > 0:
-                server.scores[info.node_id] = score
-            server.slots[info.node_id] = info.slots
-            emit({"event": "peer_joined", "peer": info.name, "address": c.base,
-                  "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
-                      opts.profile.name, 0.0)})
-
-    async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
-        try:
-            async with trio.open_nursery() as nursery:
-                if opts.discover:
-                    nursery.start_soon(watch_mdns)
-                while True:
-                    now = trio.current_time()
-                    for c in list(candidates.values()):
-                        if c.unusable or c.next_try > now:
-                            continue
-                        if c.invited:
-                            c.next_try = now + RECHECK_INVITED_S
-                            # Still ours? A peer that dropped the job is invited again.
-                            nursery.start_soon(_recheck, c, client, server)
-                        else:
-                            nursery.start_soon(try_invite, c, client)
-                    await trio.sleep(RECRUIT_EVERY_S)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(3):
-                async with trio.open_nursery() as bye:
-                    for c in candidates.values():
-                        if c.invited:
-                            bye.start_soon(_goodbye, c, client, server.job_id, opts.secret)
-
-
-async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
-    try:
-        info = await fetch_info(client, c.base)
-    except (httpx.HTTPError, RemoteProtocolError):
-        return
-    if info.job_id != server.job_id:
-        c.invited = False
-        c.next_try = 0.0
-
-
-async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,
-                   secret: str | None) -> None:
-    try:
-        target = f"/v1/jobs/{job_id}"
-        headers = auth.sign(secret, "DELETE", target, time.time(), auth.body_digest(b""))
-        await client.delete(f"{c.base}{target}", headers=headers)
-    except httpx.HTTPError:
-        pass
 
 
 def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
