@@ -352,7 +352,7 @@ def encode(
         "worker, 4-30 s each.")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", "-w", min=0, max=64,
-        help="Local encoder processes. 0: one per two cores.")] = 0,
+        help="Local encoder processes. 0: one per two cores, at least 2.")] = 0,
     name: Annotated[str | None, typer.Option(
         "--name", help="This node's name in reports. Default: the hostname.")] = None,
     upscale: Annotated[bool, typer.Option(

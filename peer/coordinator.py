@@ -66,7 +66,10 @@ def output_container(path: str) -> str:
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1) // 2)
+    """Local encoder slots: one per two cores, but at least two. On 2 cores, 2 single-
+    threaded slots beat or matched 1 two-threaded slot in all three bench/overhead sweeps
+    (chunk parallelism hides each chunk's start-up and the verification decode)."""
+    return max(2, (os.cpu_count() or 1) // 2)
 
 
 @dataclass(slots=True)
@@ -75,7 +78,7 @@ class EncodeOptions:
     output: str
     profile: Profile
     chunk_seconds: float | None = None
-    workers: int = 0  # local encoder slots; 0: one per two cores (see README)
+    workers: int = 0  # local encoder slots; 0: default_workers()
     threads: int = 0  # encoder threads per local slot; 0: cores / slots
     name: str = field(default_factory=socket.gethostname)
     upscale: bool = False
@@ -616,6 +619,19 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
             "start_s": round(a.started - server.t0, 3), "end_s": round(end - server.t0, 3),
             "outcome": a.outcome.value, "reason": a.reason, "frames": a.frames_done,
         })
+    earlier: list[dict[str, Any]] = []
+    if server.journal is not None:
+        # Attempts of crashed earlier runs of this job, from the journal (times relative to
+        # that run's start), so the report tells the whole story after a resume. Kept apart
+        # from "attempts", whose times share this run's clock (the timeline draws them).
+        run = server.journal.run
+        earlier = [{"id": r["id"].split(":", 1)[1], "chunk": r["chunk"], "peer": r["peer"],
+                    "start_s": round(r["started"], 3),
+                    "end_s": round(r["ended"], 3) if r["ended"] is not None else None,
+                    "outcome": "lost" if r["outcome"] == "running" else r["outcome"],
+                    "reason": r["reason"] or "coordinator crashed", "frames": 0,
+                    "run": r["run"]}
+                   for r in server.journal.attempts() if r["run"] < run]
     info = server.info
     return {
         "input": server.opts.input,
@@ -630,6 +646,7 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "chunks": chunks,
         "peers": list(peers.values()),
         "attempts": attempts,
+        "earlier_attempts": earlier,
         "retries": sum(max(0, len(c.attempts) - 1) for c in server.job.chunks),
         "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
         "policy": server.job.policy,

@@ -117,6 +117,10 @@ def test_sigkill_mid_encode_then_rerun_keeps_every_verified_chunk(tmp_path: Path
     assert not started & set(report["resumed_chunks"])
     assert started | set(report["resumed_chunks"]) == set(range(len(report["chunks"])))
     assert report["journal"]["run"] == 2
+    # The report keeps the crashed run's attempts, from the journal.
+    earlier = report["earlier_attempts"]
+    assert {a["run"] for a in earlier} == {1}
+    assert sum(1 for a in earlier if a["outcome"] == "ok") == kept_before
     _check_output(tmp_path, src)
     assert not wd.exists()
 
