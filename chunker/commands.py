@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import ffmpeg as ffmpeg_py
 
-from profiles import Profile
+from profiles import Profile, fit_box
 
 __all__ = [
     "CHUNK_FORMAT",
@@ -49,8 +49,6 @@ class AudioPlan:
 
 def video_plan(profile: Profile, display_w: float, display_h: float, fps: float,
                upscale: bool) -> VideoPlan:
-    from profiles import fit_box
-
     w, h = fit_box(display_w, display_h, profile.video.width, profile.video.height, upscale)
     return VideoPlan(width=w, height=h, gop_frames=max(1, round(profile.video.gop_s * fps)))
 

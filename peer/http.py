@@ -135,7 +135,7 @@ async def respond_message(send: Send, msg: Message, request: Request, status: in
     """msgpack by default; JSON when the caller asks for it (curl, browsers, people)."""
     if "application/json" in request.headers.get("accept", ""):
         data = {"v": 1, "t": msg.TYPE, **{
-            k: (dict(v) if isinstance(v, MutableMapping) or hasattr(v, "items") else v)
+            k: (dict(v) if hasattr(v, "items") else v)  # read-only maps -> JSON objects
             for k, v in ((f, getattr(msg, f)) for f in msg.__dataclass_fields__)}}
         await respond(send, status, json.dumps(data).encode(), "application/json")
     else:

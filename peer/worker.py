@@ -19,6 +19,7 @@ import trio
 from chunker.commands import VideoPlan, encode_chunk_argv
 from chunker.tools import FFmpeg
 from profiles import Profile
+from profiles.profile import MAX_BOX
 from swarm import auth
 from swarm.errors import EncodeError, ProfileError, RemoteProtocolError
 from swarm.protocol import (
@@ -46,7 +47,6 @@ COORDINATOR_GONE_S = 6.0
 PROGRESS_EVERY_S = 1.0
 # Bytes of ffmpeg output buffered between the encoder and the upload (a few pipe reads).
 UPLOAD_QUEUE = 16
-MAX_OUT_SIDE = 8192
 MAX_GOP = 1200
 
 
@@ -71,7 +71,7 @@ def accept_invite(invite: Invite) -> JobTerms:
         w, h, gop = fields.pop("out_width"), fields.pop("out_height"), fields.pop("out_gop")
     except KeyError as exc:
         raise ProfileError(f"invite: missing {exc.args[0]}") from exc
-    for name, value, hi in (("out_width", w, MAX_OUT_SIDE), ("out_height", h, MAX_OUT_SIDE),
+    for name, value, hi in (("out_width", w, MAX_BOX), ("out_height", h, MAX_BOX),
                             ("out_gop", gop, MAX_GOP)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
             raise ProfileError(f"invite: {name} must be an integer from 1 to {hi}")
