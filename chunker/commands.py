@@ -16,9 +16,11 @@ import ffmpeg as ffmpeg_py
 from profiles import Profile, fit_box
 
 __all__ = [
+    "AUDIO_COPY_EXACT",
     "CHUNK_FORMAT",
     "AudioPlan",
     "VideoPlan",
+    "audio_argv",
     "encode_chunk_argv",
     "merge_argv",
     "verify_chunk_argv",
@@ -30,6 +32,12 @@ __all__ = [
 # ticks) and mp4 (needs to seek back for its index) cannot both do.
 CHUNK_FORMAT = "nut"
 _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+# Audio codecs whose encode can run beside the chunk encodes, into an mp4 that the merge
+# then copies: their priming and end trim survive the copy exactly (same packets, same
+# decoded samples as encoding inside the merge; tests/test_pipeline checks it). AC3 does
+# not qualify: the copy loses the end trim of its last, partial frame (up to 31 ms more
+# audio), so it is still encoded inside the merge.
+AUDIO_COPY_EXACT = frozenset({"aac", "libopus"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,17 @@ def _audio_args(profile: Profile, channels: int) -> list[str]:
             "-ac", str(channels)]
 
 
+def audio_argv(ffmpeg: str, source: str, profile: Profile, channels: int, out: str
+               ) -> list[str]:
+    """Encode the source's first audio stream once, whole, into an mp4 for the merge to copy.
+
+    Without -copyts the audio keeps its offset from the source's first stream, and the mp4
+    records the encoder's priming in its edit list; the merge reads both back unchanged.
+    """
+    return [ffmpeg, *_QUIET, "-y", "-i", source, "-map", "0:a:0",
+            *_audio_args(profile, channels), "-f", "mp4", out]
+
+
 def write_concat_list(path: str, chunk_files: list[str], spans: list[float | None]) -> None:
     """An ffconcat script whose explicit durations place each chunk at its source time."""
     lines = ["ffconcat version 1.0"]
@@ -136,8 +155,10 @@ def write_concat_list(path: str, chunk_files: list[str], spans: list[float | Non
 
 def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
                audio_channels: int | None, video_offset_s: float, time_base: Fraction,
-               out: str, container: str = "mp4") -> list[str]:
-    """Concatenate the chunks (copied) and encode the source's audio once, in one process.
+               out: str, container: str = "mp4", audio_file: str | None = None
+               ) -> list[str]:
+    """Concatenate the chunks (copied) and encode the source's audio once, in one process;
+    or, given ``audio_file`` (made by ``audio_argv``), copy that audio instead.
 
     Encoding the audio here, beside the video it is muxed with, gives it exactly the timing
     a single-process encode would: the source's own offset between audio and video, and the
@@ -146,10 +167,16 @@ def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
     ``video_offset_s`` is how much later the video starts than the source's first stream.
     """
     argv = [ffmpeg, *_QUIET]
+    if audio_file is not None:
+        # Each input's own start would otherwise be subtracted: the audio file's first
+        # timestamp is its offset from the video (and its priming), which must stay.
+        argv += ["-copyts"]
     if video_offset_s > 0:
         argv += ["-itsoffset", f"{video_offset_s:.6f}"]
     argv += ["-f", "concat", "-safe", "0", "-i", concat_list]
-    if audio_channels is not None:
+    if audio_file is not None:
+        argv += ["-i", audio_file, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "copy"]
+    elif audio_channels is not None:
         argv += ["-i", source, "-map", "0:v:0", "-map", "1:a:0",
                  *_audio_args(profile, audio_channels)]
     else:

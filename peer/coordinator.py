@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from chunker.commands import VideoPlan, encode_chunk_argv, video_plan
+from chunker.commands import AUDIO_COPY_EXACT, VideoPlan, encode_chunk_argv, video_plan
 from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_from_cuts
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
@@ -139,6 +139,10 @@ class JobServer:
         self.served: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.finished = trio.Event()
+        # Set when a local slot finds nothing to claim (or there are none): a core is free
+        # for the audio encode, which then costs the chunk encodes nothing.
+        self.core_idle = trio.Event()
+        self.audio_s: float | None = None
         self.last_done_remote = False  # the chunk that finished the job came from a peer
         self.last_activity = trio.current_time()
         # Attempt times in the report are relative to this (trio clock, like the attempts').
@@ -449,30 +453,42 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
             await server.restore_from_journal()
             emit({"event": "job_resumed", "chunks_kept": len(server.restored),
                   "frames_done": server.job.frames_done})
-        async with trio.open_nursery() as nursery:
-            if opts.network:
-                # The coordinator only browses: peers learn its URL from the invite.
-                node = Node(NodeConfig(name=opts.name, port=free_port(opts.port),
-                                       secret=opts.secret, advertise=False,
-                                       interfaces=opts.interfaces,
-                                       peer_gone_s=2 * opts.lease_s),
-                            ffmpeg, coordinator=True)
-                await nursery.start(node.run)
-                node.jobs[job_id] = server
-                emit({"event": "listening", "port": node.port})
-                nursery.start_soon(recruit, server, node, opts, emit)
-            for slot in range(workers):
-                nursery.start_soon(_local_worker, server, slot, threads)
-            await _watch(server, workers, opts)
-            if opts.network and server.last_done_remote:
-                # Let the reply to the last result reach its peer before the server stops.
-                await trio.sleep(RESPONSE_GRACE_S)
-            nursery.cancel_scope.cancel()
+        audio_file = None
+        if (info.audio is not None
+                and opts.profile.audio.codec in AUDIO_COPY_EXACT):
+            audio_file = os.path.join(workdir, "audio.mp4")
+        async with trio.open_nursery() as audio_nursery:
+            if audio_file is not None:
+                audio_nursery.start_soon(_audio_when_idle, server, audio_file)
+            if not workers:
+                server.core_idle.set()
+            async with trio.open_nursery() as nursery:
+                if opts.network:
+                    # The coordinator only browses: peers learn its URL from the invite.
+                    node = Node(NodeConfig(name=opts.name, port=free_port(opts.port),
+                                           secret=opts.secret, advertise=False,
+                                           interfaces=opts.interfaces,
+                                           peer_gone_s=2 * opts.lease_s),
+                                ffmpeg, coordinator=True)
+                    await nursery.start(node.run)
+                    node.jobs[job_id] = server
+                    emit({"event": "listening", "port": node.port})
+                    nursery.start_soon(recruit, server, node, opts, emit)
+                for slot in range(workers):
+                    nursery.start_soon(_local_worker, server, slot, threads)
+                await _watch(server, workers, opts)
+                if opts.network and server.last_done_remote:
+                    # Let the reply to the last result reach its peer before the server stops.
+                    await trio.sleep(RESPONSE_GRACE_S)
+                nursery.cancel_scope.cancel()
+            # Whatever is still to do (the audio) now has the machine to itself.
+            server.core_idle.set()
         journal.set("state", "merging")
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
         await media.merge(ffmpeg, workdir, [r.file for r in server.records],
-                          [p.span_s for p in plans], info, opts.profile, tmp_out, container)
+                          [p.span_s for p in plans], info, opts.profile, tmp_out, container,
+                          audio_file)
         await media.verify_output(ffmpeg, tmp_out, info)
         os.replace(tmp_out, opts.output)
         report = _report(server, time.monotonic() - t_start)
@@ -560,6 +576,7 @@ async def _local_worker(server: JobServer, slot: int, threads: int) -> None:
             if isinstance(action, Finished):
                 return
             if isinstance(action, Wait):
+                server.core_idle.set()
                 if server.local_key in job.benched:
                     return
                 await trio.sleep(action.retry_after_s)
@@ -567,6 +584,15 @@ async def _local_worker(server: JobServer, slot: int, threads: int) -> None:
             encoded = await _encode_local(server, action, threads)
             if encoded is not None:
                 checks.start_soon(server.accept, action.attempt, *encoded)
+
+
+async def _audio_when_idle(server: JobServer, out: str) -> None:
+    """Encode the audio beside the chunks once a core is free, so that the merge after the
+    last chunk only copies (on one node the tail leaves a core idle for about a chunk)."""
+    await server.core_idle.wait()
+    t = time.monotonic()
+    await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, out)
+    server.audio_s = time.monotonic() - t
 
 
 async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str, int] | None:
@@ -660,6 +686,8 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "retries": sum(max(0, len(c.attempts) - 1) for c in server.job.chunks),
         "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
         "policy": server.job.policy,
+        # Seconds of the audio encode run beside the chunks; null: encoded in the merge.
+        "audio_encode_s": None if server.audio_s is None else round(server.audio_s, 3),
         # Chunks kept from a crashed earlier run of this job (their files re-verified).
         "resumed_chunks": sorted(server.restored),
         "journal": _journal_stats(server.journal),

@@ -9,7 +9,7 @@ import os
 
 import trio
 
-from chunker.commands import merge_argv, verify_chunk_argv, write_concat_list
+from chunker.commands import audio_argv, merge_argv, verify_chunk_argv, write_concat_list
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
 from chunker.tools import FFmpeg
 from chunker.verify import check_chunk_listing, check_output
@@ -19,6 +19,8 @@ from swarm.errors import ProbeError, VerifyError
 from .proc import run_ffmpeg
 
 __all__ = [
+    "audio_channels",
+    "encode_audio",
     "merge",
     "probe",
     "verify_chunk",
@@ -42,20 +44,35 @@ async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
     check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
 
 
+def audio_channels(source: MediaInfo, profile: Profile) -> int | None:
+    """Never upmix: the profile's channel count is a bound."""
+    return (min(source.audio.channels, profile.audio.channels)
+            if source.audio is not None else None)
+
+
+async def encode_audio(ffmpeg: FFmpeg, source: MediaInfo, profile: Profile, out: str) -> None:
+    """Encode the whole audio track into ``out`` for ``merge(audio_file=out)``."""
+    channels = audio_channels(source, profile)
+    if channels is None:
+        raise ValueError("the source has no audio")
+    await run_ffmpeg(audio_argv(ffmpeg.path, source.path, profile, channels, out),
+                     what="audio")
+
+
 async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
                 spans: list[float | None], source: MediaInfo, profile: Profile, out: str,
-                container: str) -> None:
-    """Concatenate verified chunks, encode and mux the audio, into ``out``."""
+                container: str, audio_file: str | None = None) -> None:
+    """Concatenate verified chunks with the audio, into ``out``: the audio is encoded here
+    unless ``audio_file`` holds it already."""
     concat = os.path.join(workdir, "chunks.ffconcat")
     await trio.to_thread.run_sync(write_concat_list, concat, chunk_files, spans)
-    channels = (min(source.audio.channels, profile.audio.channels)
-                if source.audio is not None else None)
+    channels = audio_channels(source, profile)
     first_stream = min(source.video.start_s,
                        source.audio.start_s if source.audio else source.video.start_s)
     await run_ffmpeg(
         merge_argv(ffmpeg.path, concat, source.path, profile, channels,
                    source.video.start_s - first_stream, source.video.time_base, out,
-                   container),
+                   container, audio_file if channels is not None else None),
         what="merge",
     )
 

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from media import SOURCES, decode_errors, media_info, min_psnr, sound_span
+from chunker.commands import AUDIO_COPY_EXACT, encode_chunk_argv, video_plan
+from chunker.tools import find_ffmpeg
+from media import FFMPEG, SOURCES, decode_errors, media_info, min_psnr, sound_span
+from peer import media as steps
 from peer.coordinator import EncodeOptions, run_encode
+from peer.proc import run_ffmpeg
 from profiles import load_profile
 
 # An off-by-one frame in testsrc2 scores below 20 dB; a correct 2 Mb/s encode of these
@@ -118,3 +122,59 @@ async def test_report_fields(corpus: dict[str, Path], tmp_path: Path) -> None:
     assert r["peers"] == [{"name": "testnode", "chunks": len(r["chunks"]), "frames": 100,
                            "encode_s": pytest.approx(sum(c["encode_s"] for c in r["chunks"]),
                                                      abs=0.01)}]
+
+
+OPUS_PROFILE = """description = "opus test"
+[video]
+codec = "libx264"
+width = 320
+height = 240
+preset = "veryfast"
+crf = 30
+[audio]
+codec = "libopus"
+bitrate_k = 96
+sample_rate = 48000
+channels = 2
+"""
+
+
+async def _listing(path: Path, *args: str) -> str:
+    res = await run_ffmpeg([FFMPEG, "-v", "error", "-i", str(path), "-map", "0:a", *args,
+                            "-f", "framecrc", "-"], what="listing")
+    return res.stdout.decode()
+
+
+@pytest.mark.parametrize("codec", sorted(AUDIO_COPY_EXACT))
+@pytest.mark.parametrize("name", ["audio_late", "video_late", "surround", "vfr"])
+async def test_audio_encoded_beside_the_chunks_is_what_the_merge_would_encode(
+        codec: str, name: str, corpus: dict[str, Path], tmp_path: Path) -> None:
+    """The coordinator encodes AAC/Opus while chunks encode and the merge copies it: the
+    output must carry the very packets, and decode to the very samples (priming and end
+    trim included), that encoding inside the merge gives."""
+    if codec == "aac":
+        profile = load_profile("hd")
+    else:
+        (tmp_path / "opus.toml").write_text(OPUS_PROFILE)
+        profile = load_profile(str(tmp_path / "opus.toml"))
+    assert profile.audio.codec == codec
+    ffmpeg = find_ffmpeg([profile.video.codec, codec])
+    info = await steps.probe(ffmpeg, str(corpus[name]))
+    dw, dh = info.video.display_size
+    vplan = video_plan(profile, dw, dh, 25.0, False)
+    chunk = tmp_path / "chunk_00000.nut"
+    with chunk.open("wb") as fh:
+        await run_ffmpeg(encode_chunk_argv(ffmpeg.path, profile, vplan, info.path, None, None,
+                                           info.video.frames, progress=False), stdout=fh)
+    in_merge, copied, audio = (tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "au.mp4")
+    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile,
+                      str(in_merge), "mp4")
+    await steps.encode_audio(ffmpeg, info, profile, str(audio))
+    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile,
+                      str(copied), "mp4", str(audio))
+    packets = await _listing(in_merge, "-c", "copy")
+    assert packets.count("\n") > 20
+    assert await _listing(copied, "-c", "copy") == packets
+    assert await _listing(copied) == await _listing(in_merge)
+    # And the video track is untouched by the different merge.
+    assert media_info(copied).video == media_info(in_merge).video
