@@ -73,6 +73,11 @@ MAX_ATTEMPTS = 3
 OVERDUE_S = 5.0
 # Equal: a share holder silent this long with nothing in hand is taken for down.
 ABSENT_S = 30.0
+# The equal split waits this long after the first claim, so that every peer invited at the
+# start of the job is in it (invites go out one by one; the first peer to answer would
+# otherwise hold every chunk). An orchestrator schedules over the nodes it has, not over
+# whichever registered first.
+SPLIT_SETTLE_S = 1.0
 # A peer held back by foresight polls again after this share of its would-be chunk time,
 # within [the job's retry_after_s, MAX_HOLD_S]: ten times fewer claims from slow peers near
 # the end, at the price of starting at most MAX_HOLD_S late when others falter (a tail copy
@@ -267,7 +272,8 @@ class FifoScheduler(Scheduler):
 
 
 class EqualScheduler(Scheduler):
-    """Round-robin pre-split into equal shares over the peers known at the first claim.
+    """Round-robin pre-split into equal shares over the peers known SPLIT_SETTLE_S after
+    the first claim.
 
     A peer only ever gets chunks of its own share; late peers get nothing. A chunk lost by a
     live peer goes back to the front of its share; when a peer is gone (left, lease expired,
@@ -284,6 +290,7 @@ class EqualScheduler(Scheduler):
         self._orphans: deque[int] = deque(range(len(self.work)))
         self._deal = 0  # rotates where redistribution starts
         self._next_reap = 0.0
+        self._first_claim: float | None = None
 
     def drop(self, chunk: int) -> None:
         self._orphans.remove(chunk)  # before the first claim, every chunk is an orphan
@@ -310,6 +317,12 @@ class EqualScheduler(Scheduler):
         ps = self.peer(peer, now)
         ps.seen = now
         if self._shares is None:
+            if self._first_claim is None:
+                self._first_claim = now
+            if now < self._first_claim + SPLIT_SETTLE_S:
+                self.hold = self._first_claim + SPLIT_SETTLE_S - now
+                return None
+            self.hold = 0.0
             self._shares = self._split(peer)
         if now >= self._next_reap:
             self._reap(now)

@@ -6,6 +6,7 @@ import pytest
 
 from swarm.errors import LocalProtocolError
 from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.scheduler import SPLIT_SETTLE_S
 from swarm.simulate import make_scenario, run
 
 
@@ -129,26 +130,31 @@ def test_fifo_gives_the_last_chunk_to_whoever_asks_and_never_duplicates() -> Non
 
 def test_equal_splits_round_robin_and_shares_out_the_departed() -> None:
     job = Job([1] * 6, policy="equal")
-    for p in ("a", "b"):
-        job.add_peer(p, 1.0, 0.0)
-    got_a = [_assign(job.claim("a", 0.0)).chunk for _ in range(2)]
+    job.add_peer("a", 1.0, 0.0)
+    # The split waits SPLIT_SETTLE_S after the first claim for the peers invited with "a".
+    first = job.claim("a", 0.0)
+    assert isinstance(first, Wait) and first.retry_after_s == pytest.approx(SPLIT_SETTLE_S)
+    job.add_peer("b", 1.0, 0.5)
+    t = SPLIT_SETTLE_S
+    got_a = [_assign(job.claim("a", t)).chunk for _ in range(2)]
     assert got_a == [0, 2]
-    assert isinstance(job.claim("late", 0.0), Wait)  # not known at the split
-    b = _assign(job.claim("b", 0.0))
+    assert isinstance(job.claim("late", t), Wait)  # not known at the split
+    b = _assign(job.claim("b", t))
     assert b.chunk == 1
-    assert [r.chunk for r in job.peer_left("b", 1.0)] == [1]
-    rest = [_assign(job.claim("a", 2.0)).chunk for _ in range(4)]
+    assert [r.chunk for r in job.peer_left("b", t + 1.0)] == [1]
+    rest = [_assign(job.claim("a", t + 2.0)).chunk for _ in range(4)]
     assert sorted(rest) == [1, 3, 4, 5]
-    assert isinstance(job.claim("a", 2.0), Wait)
+    assert isinstance(job.claim("a", t + 2.0), Wait)
 
 
 def test_equal_requeues_an_expired_lease_to_the_others() -> None:
     job = Job([1] * 4, policy="equal", lease_s=5)
     for p in ("a", "b"):
         job.add_peer(p, 1.0, 0.0)
-    lost = _assign(job.claim("b", 0.0))
-    assert [r.chunk for r in job.tick(5.0)] == [lost.chunk]
-    got = [_assign(job.claim("a", 6.0)).chunk for _ in range(4)]
+    job.claim("b", 0.0)
+    lost = _assign(job.claim("b", SPLIT_SETTLE_S))
+    assert [r.chunk for r in job.tick(SPLIT_SETTLE_S + 5.0)] == [lost.chunk]
+    got = [_assign(job.claim("a", 7.0)).chunk for _ in range(4)]
     assert sorted(got) == [0, 1, 2, 3]
 
 
