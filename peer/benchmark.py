@@ -19,6 +19,11 @@ What can go wrong, and what we do about it:
   width and height, with the bitrate scaled to keep bits per pixel. That proxy's work per
   second came within 15% of the full-size figure here for x264; the running average
   corrects it after the first real chunk.
+* A slow device (a Pi, or a peer held to 0.15 CPU in bench/hetero) may write nothing steady
+  within the budget at all: ffmpeg's start and the lookahead alone took more than 2 s
+  there. The half-size run is then given more time, up to ``MAX_EXTEND`` budgets, and ends
+  as soon as it has a steady window. Without that, bench/hetero's slowest peer scored 0.02
+  of the fastest instead of 0.33.
 * Nothing measurable at all: the score is a pessimistic guess (one frame, or the frames
   seen, over the elapsed time) and a warning is logged; pessimism keeps a slow peer off the
   last chunk, which is the mistake that costs the most.
@@ -85,6 +90,8 @@ GIVE_UP_FRACTION = 0.55
 # Full size, then half of each side. A further quarter-side try was dropped: per-frame
 # overheads made x265 and SVT-AV1 look 2-3x slower there than at full size.
 MAX_STAGES = 2
+# How many budgets a device that has shown no steady output may take in all (see above).
+MAX_EXTEND = 8.0
 MIN_SIDE = 64
 # The source's nominal rate only sets the GOP length in frames, as a real source's would.
 SOURCE_FPS = 30.0
@@ -297,15 +304,19 @@ async def _discard(_data: bytes) -> None:
 
 
 async def _run_stage(argv: list[str], what: str, *, give_up_at: float,
-                     stop_at: float) -> list[Sample]:
-    """Run until ``stop_at``, or until ``give_up_at`` if no packet has been written by then."""
+                     stop_at: float, hard_end: float) -> list[Sample]:
+    """Run until ``stop_at``, or until ``give_up_at`` if no packet has been written by then;
+    output that begins late gets a steady window's worth of time, up to ``hard_end``."""
     samples: list[Sample] = []
     with trio.move_on_at(give_up_at) as scope:
 
         def on_progress(frames: int) -> None:
-            samples.append((trio.current_time(), frames))
-            if frames > 0:
-                scope.deadline = stop_at  # output has begun: the rest of the budget is ours
+            now = trio.current_time()
+            if frames > 0 and not any(n > 0 for _, n in samples):
+                # Output has begun: the rest of the budget is ours, and at least a window.
+                window = now + WARMUP_S + MIN_WINDOW_S + 2 * SAMPLE_PERIOD_S
+                scope.deadline = min(hard_end, max(stop_at, window))
+            samples.append((now, frames))
 
         await run_ffmpeg(argv, stdout_sink=_discard, on_progress=on_progress, what=what)
     if not scope.cancelled_caught:
@@ -322,8 +333,9 @@ async def measure(ffmpeg: FFmpeg, profile: Profile, *, budget_s: float = DEFAULT
     worker (``threads`` encoder threads, by default what ``run_encode`` gives each worker)
     sustains on noisy synthetic footage at the profile's output size. A node running
     several workers gets roughly that much per worker. Takes ``budget_s`` of wall time
-    (plus the moment it takes to kill ffmpeg). Raises UsageError if this ffmpeg lacks the
-    profile's encoder, EncodeError if ffmpeg fails.
+    (plus the moment it takes to kill ffmpeg), more on a device too slow to show steady
+    output by then (at most ``MAX_EXTEND`` times as much). Raises UsageError if this
+    ffmpeg lacks the profile's encoder, EncodeError if ffmpeg fails.
     """
     if not ffmpeg.has(profile.video.codec):
         raise UsageError(f"{ffmpeg.path} has no {profile.video.codec} encoder")
@@ -334,16 +346,17 @@ async def measure(ffmpeg: FFmpeg, profile: Profile, *, budget_s: float = DEFAULT
     sizes = _stage_sizes(full.width, full.height)
     t0 = trio.current_time()
     end = t0 + budget_s
+    hard_end = t0 + budget_s * MAX_EXTEND
     samples: list[Sample] = []
     w, h = full.width, full.height
     for k, (w, h) in enumerate(sizes):
         t0 = trio.current_time()
         last = k == len(sizes) - 1
-        give_up = end if last else t0 + (end - t0) * GIVE_UP_FRACTION
+        give_up = hard_end if last else t0 + (end - t0) * GIVE_UP_FRACTION
         plan = dataclasses.replace(full, width=w, height=h)
         argv = bench_argv(ffmpeg.path, scaled_profile(profile, w, h), plan, threads)
         samples = await _run_stage(argv, f"benchmark {profile.name} at {w}x{h}",
-                                   give_up_at=give_up, stop_at=end)
+                                   give_up_at=give_up, stop_at=end, hard_end=hard_end)
         rate = steady_rate(samples, t0)
         first = next((t - t0 for t, n in samples if n > 0), None)
         log.debug("benchmark %s at %dx%d: first packet at %s s, %d frames in %.2f s",
@@ -354,14 +367,14 @@ async def measure(ffmpeg: FFmpeg, profile: Profile, *, budget_s: float = DEFAULT
                 log.info("benchmark %s: encoder latency exceeds the budget at full size; "
                          "measured at %dx%d instead", profile.name, w, h)
             return rate * w * h
-        if trio.current_time() >= end:
+        if trio.current_time() >= hard_end:
             break
     # Nothing steady to measure: guess low rather than high (see the module docstring).
     elapsed = max((samples[-1][0] if samples else trio.current_time()) - t0, SAMPLE_PERIOD_S)
     frames = max([n for _, n in samples], default=0)
     score = max(frames, 1) / elapsed * w * h
     log.warning("benchmark %s: no steady output within %.1f s (encoder latency); "
-                "using a pessimistic %.3g work/s", profile.name, budget_s, score)
+                "using a pessimistic %.3g work/s", profile.name, budget_s * MAX_EXTEND, score)
     return score
 
 
