@@ -40,7 +40,7 @@ from .http import HTTPError, Receive, Request, Send, iter_body, respond
 from .journal import InputIdentity, Journal, file_digest, input_identity, work_dir_for
 from .node import Node, NodeConfig
 from .proc import run_ffmpeg
-from .recruit import free_port, recruit
+from .recruit import census, free_port, recruit
 
 __all__ = ["EncodeOptions", "JobServer", "output_container", "run_encode"]
 
@@ -142,6 +142,8 @@ class JobServer:
         # Set when a local slot finds nothing to claim (or there are none): a core is free
         # for the audio encode, which then costs the chunk encodes nothing.
         self.core_idle = trio.Event()
+        self.peers_seen = 0
+        self.chunk_s = 0.0
         self.audio_s: float | None = None
         self.last_done_remote = False  # the chunk that finished the job came from a peer
         self.last_activity = trio.current_time()
@@ -416,11 +418,23 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     if opts.no_local and not opts.network:
         raise UsageError("--no-local needs peers: leave networking on")
     need = [opts.profile.video.codec, opts.profile.audio.codec]
-    ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need)
-    info = await media.probe(ffmpeg, opts.input)
+    seen = 0
+
+    async def count_peers() -> None:
+        nonlocal seen
+        seen = await census(opts)
+
+    async with trio.open_nursery() as nursery:
+        # The chunk count follows the swarm: listen for peers while finding and probing.
+        if opts.network and opts.discover and opts.chunk_seconds is None:
+            nursery.start_soon(count_peers)
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need)
+        info = await media.probe(ffmpeg, opts.input)
     workers = 0 if opts.no_local else (opts.workers or default_workers())
     threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
-    chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, max(2, workers))
+    # Peers count one slot each (a `join` node's default); named ones count too.
+    slots = max(2, workers + seen + len(opts.peers))
+    chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, slots)
     plans = plan_chunks(info.video, info.format_start_s, chunk_s)
     frames = info.video.frames
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
@@ -440,6 +454,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
                            vplan=vplan, workdir=workdir, emit=emit, local_key="local",
                            journal=journal)
+        server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
                                 slots=workers)
@@ -448,7 +463,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
               "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
               "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
               "secret": opts.secret is not None, "network": opts.network, "name": opts.name,
-              "policy": server.job.policy})
+              "policy": server.job.policy, "peers_seen": seen, "chunk_s": round(chunk_s, 3)})
         if resuming:
             await server.restore_from_journal()
             emit({"event": "job_resumed", "chunks_kept": len(server.restored),
@@ -676,6 +691,8 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "frames": info.video.frames,
         "duration_s": round(info.duration_s, 6),
         "wall_s": round(wall_s, 3),
+        # How the chunk length was chosen: idle peers that answered mDNS before planning.
+        "peers_seen": server.peers_seen, "chunk_s": round(server.chunk_s, 3),
         "width": server.vplan.width,
         "height": server.vplan.height,
         "job_id": server.job_id,
