@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
-from chunker.plan import default_chunk_seconds, plan_chunks
+from chunker.plan import MAX_CHUNK_S, MIN_SPLIT_S, default_chunk_seconds, plan_chunks
 from chunker.probe import VideoInfo, parse_framecrc
 from profiles import Profile, builtin_names, fit_box, load_profile
 from swarm.errors import LocalProtocolError, ProfileError
@@ -51,9 +51,10 @@ def test_plan_cuts_between_keyframes_when_they_are_sparse() -> None:
 def test_plan_snaps_to_the_nearest_keyframe() -> None:
     v = _video(250, keys=(0, 40, 60, 130, 170))
     plans = plan_chunks(v, 0.0, 2.0)
-    # Keyframes within half a chunk of the ideal cut win; where none is near, any frame.
-    assert [p.first for p in plans] == [0, 40, 90, 130, 170, 220]
-    assert [p.keyframe for p in plans] == [True, True, False, True, True, False]
+    # Keyframes within half a chunk of the ideal cut (every 50 frames) win; where none is
+    # near, any frame. Ideal cuts stay on their grid: 250 frames make 5 chunks of ~50.
+    assert [p.first for p in plans] == [0, 40, 100, 130, 200]
+    assert [p.keyframe for p in plans] == [True, True, False, True, False]
 
 
 def test_plan_seek_is_relative_to_the_container_start() -> None:
@@ -67,9 +68,22 @@ def test_short_source_is_one_chunk() -> None:
 
 
 def test_default_chunk_length_bounds() -> None:
-    assert default_chunk_seconds(10, 2) == 4.0
-    assert default_chunk_seconds(3600, 2) == 30.0
+    # Four per slot while they are at least MIN_CHUNK_S long, at most MAX_CHUNK_S.
     assert default_chunk_seconds(160, 4) == 10.0
+    assert default_chunk_seconds(120, 4) == 7.5
+    assert default_chunk_seconds(3600, 2) == MAX_CHUNK_S
+    # Shorter files: as many MIN_CHUNK_S chunks as fit, a whole number per slot...
+    assert default_chunk_seconds(30, 2) == 7.5  # 5 fit, 4 taken
+    assert default_chunk_seconds(30, 3) == 10.0
+    # ...but one per slot at least, down to MIN_SPLIT_S.
+    assert default_chunk_seconds(8, 2) == 4.0
+    assert default_chunk_seconds(1.5, 2) == MIN_SPLIT_S
+    for duration in (0.5, 3, 7, 13, 29, 61, 200, 10_000):
+        for slots in (1, 2, 3, 5, 16):
+            c = default_chunk_seconds(duration, slots)
+            assert MIN_SPLIT_S <= c <= MAX_CHUNK_S
+            if duration / slots >= MIN_SPLIT_S:  # every slot can have a chunk
+                assert duration / c >= slots - 1e-9
 
 
 # -- probe parsing ----------------------------------------------------------------------

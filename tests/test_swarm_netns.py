@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from swarm_hosts import Swarm, SwarmProcess, ffmpeg_pids, processes
 
-from chunker.plan import MIN_CHUNK_S
+from chunker.plan import default_chunk_seconds
 from media import FFMPEG, decode_errors, media_info, min_psnr
 from netns import Host, lan, requires_netns
 
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, requires_netns]
 # after the start still get several chunks, while the whole file stays within minutes.
 SOURCE_S = 20
 SHORT_S = 4
-MINUTE_S = 60
+TWO_MINUTES_S = 120
 FPS = 25
 PROFILE = "480p"
 CHUNK_ARGS = ("-p", PROFILE, "--chunk-seconds", "1")
@@ -60,10 +60,10 @@ GOODBYE_IDLE_S = 5.0
 _ATTEMPT = re.compile(r"attempt=c(\d{5})a(\d{3})")
 
 
-def _make(path: Path, seconds: int, *x264: str) -> Path:
+def _make(path: Path, seconds: int, *x264: str, size: str = "640x360") -> Path:
     subprocess.run(
         [FFMPEG, "-nostdin", "-v", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}:duration={seconds}",
+         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={FPS}:duration={seconds}",
          "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
          "-c:v", "libx264", "-preset", "veryfast", *x264, "-g", str(FPS), "-bf", "2",
          "-c:a", "aac", "-shortest", str(path)],
@@ -76,7 +76,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("swarm-src")
     return {"long": _make(folder / "long.mp4", SOURCE_S),
             "short": _make(folder / "short.mp4", SHORT_S),
-            "minute": _make(folder / "minute.mp4", MINUTE_S),
+            # Long enough that the default chunk length depends on the slot count; small
+            # enough to encode in seconds.
+            "two_minutes": _make(folder / "two_minutes.mp4", TWO_MINUTES_S, size="320x180"),
             # ~10 MB: more than the socket buffers between a coordinator and a stalled peer
             # hold, so a stream to a peer that vanishes mid-chunk really backs up.
             "heavy": _make(folder / "heavy.mp4", SOURCE_S, "-preset", "ultrafast",
@@ -200,9 +202,9 @@ def test_two_joins_found_by_mdns_and_every_host_encodes(
 
 def test_the_chunk_plan_follows_the_peers_found(sources: dict[str, Path], outdir: Path
                                                 ) -> None:
-    """No --chunk-seconds: the coordinator counts the idle peers answering mDNS while it
-    probes, and plans 4 chunks per slot (each at least MIN_CHUNK_S) for them all."""
-    src, out, rep = sources["minute"], outdir / "out.mp4", outdir / "report.json"
+    """No --chunk-seconds: the coordinator counts the idle peers answering mDNS after it
+    probes, and plans 4 chunks per slot for them all."""
+    src, out, rep = sources["two_minutes"], outdir / "out.mp4", outdir / "report.json"
     with lan(3) as net, Swarm(net, _logs(outdir), BUDGET_S) as sw:
         _joined(sw, (net[1], "alpha", ()), (net[2], "beta", ()))
         enc = sw.encode(net[0], src, out, "--name", "coord", "-p", PROFILE, "--workers", "2",
@@ -210,10 +212,10 @@ def test_the_chunk_plan_follows_the_peers_found(sources: dict[str, Path], outdir
         assert enc.wait() == 0, enc.stderr()
     report = _report(rep)
     assert report["peers_seen"] == 2
-    # 2 local slots + 2 peers: 60 s / (4 x 4) = 3.75 s, raised to MIN_CHUNK_S = 4 s:
-    # 15 chunks, where the coordinator alone would plan 60 / (4 x 2) = 7.5 s, 8 chunks.
-    assert report["chunk_s"] == MIN_CHUNK_S
-    assert len(report["chunks"]) == round(MINUTE_S / MIN_CHUNK_S)
+    # 2 local slots + 2 peers: 120 s / (4 x 4) = 7.5 s, 16 chunks, where the coordinator
+    # alone would plan 120 s / (4 x 2) = 15 s, 8 chunks.
+    assert report["chunk_s"] == default_chunk_seconds(TWO_MINUTES_S, 4) == 7.5
+    assert len(report["chunks"]) == 16
     assert set(_chunks_by_peer(report)) == {"coord", "alpha", "beta"}
     _assert_frame_exact(src, out, report)
 
