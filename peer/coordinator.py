@@ -152,10 +152,11 @@ class JobServer:
         self.source_path = f"/v1/jobs/{job_id}/source"
 
     # -- hand-out ------------------------------------------------------------------------
-    def claim(self, peer: str, now: float) -> Assign | Wait | Finished:
-        action = self.job.claim(peer, now)
+    def claim(self, peer: str, now: float, prefetch: bool = False) -> Assign | Wait | Finished:
+        action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Assign):
-            self.started[action.attempt] = time.monotonic()
+            if not action.queued:  # a queued one's clock starts with its first report
+                self.started[action.attempt] = time.monotonic()
             self.last_activity = now
             if self.journal is not None:
                 self.journal.attempt_started(action.attempt, action.chunk,
@@ -166,7 +167,8 @@ class JobServer:
                        "remote": peer != self.local_key})
         return action
 
-    def claim_remote(self, node_id: str, now: float) -> AssignmentMsg | WaitMsg | JobDone:
+    def claim_remote(self, node_id: str, now: float, prefetch: bool = False
+                     ) -> AssignmentMsg | WaitMsg | JobDone:
         self.names.setdefault(node_id, f"node-{node_id[:6]}")
         if node_id not in self.job.scheduler.peers:
             # Counted as capacity from its first claim, not its invite: an invited node that
@@ -174,7 +176,7 @@ class JobServer:
             self.job.add_peer(node_id, self.scores.get(node_id), now,
                               slots=self.slots.get(node_id, 1))
         self.claimed_by.add(node_id)
-        action = self.claim(node_id, now)
+        action = self.claim(node_id, now, prefetch)
         if isinstance(action, Finished):
             return JobDone(self.job_id)
         if isinstance(action, Wait):
@@ -189,6 +191,7 @@ class JobServer:
                  ) -> bool:
         keep = self.job.progress(attempt, frames, now)
         if keep:
+            self.started.setdefault(attempt, time.monotonic())
             self.last_activity = now
             a = self.job.attempts[attempt]
             if fps is None:  # a local slot: its rate since the claim
@@ -669,6 +672,8 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
             "id": a.id, "chunk": a.chunk, "peer": server.names.get(a.peer, a.peer),
             "start_s": round(a.started - server.t0, 3), "end_s": round(end - server.t0, 3),
             "outcome": a.outcome.value, "reason": a.reason, "frames": a.frames_done,
+            # Prefetched: claimed while the peer's slot was still busy; it ran after that.
+            "queued": a.queued,
         })
     earlier: list[dict[str, Any]] = []
     if server.journal is not None:

@@ -336,7 +336,7 @@ class Node:
             body = await read_body(receive, request)
             self._check(request, body)
             claim = decode(body, ClaimRequest)
-            reply = server.claim_remote(claim.node_id, trio.current_time())
+            reply = server.claim_remote(claim.node_id, trio.current_time(), claim.prefetch)
             if isinstance(reply, AssignmentMsg | Wait | JobDone):
                 await respond_message(send, reply, request)
             return

@@ -4,6 +4,10 @@ Per slot: claim -> ffmpeg reads the source range from the coordinator's URL -> i
 streams straight into the result upload (no temp file, no chunk held whole in memory),
 while progress reports renew the lease. A cancelled attempt (ProgressAck keep=False) or a
 coordinator that stopped answering for COORDINATOR_GONE_S ends the work at once.
+
+While a chunk encodes, the slot asks for its next one (a prefetch claim): the next chunk
+then starts without a claim round trip, and an idle faster peer may steal it until it has
+started (the slot checks with a progress report before it starts a queued chunk).
 """
 
 from __future__ import annotations
@@ -89,20 +93,45 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
     """Pull and encode chunks until the job is done or its coordinator is gone."""
     last_ok = trio.current_time()
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
+    queued: list[Assignment] = []
+
+    async def prefetch(stop: trio.Event) -> None:
+        """Claim the next chunk ahead while one encodes. A request in flight is never
+        cancelled: an assignment the coordinator made must reach us."""
+        while not stop.is_set():
+            try:
+                reply = await call(client, secret, "POST", claim_path,
+                                   ClaimRequest(node_id, slot, True), (Assignment, Wait, JobDone))
+            except (httpx.HTTPError, RemoteProtocolError):
+                return  # the plain claim after this chunk will sort it out
+            if isinstance(reply, Assignment):
+                queued.append(reply)
+                return
+            if isinstance(reply, JobDone):
+                return
+            with trio.move_on_after(reply.retry_after_s):
+                await stop.wait()
+
     while True:
-        try:
-            reply = await call(client, secret, "POST", claim_path,
-                               ClaimRequest(node_id, slot, False), (Assignment, Wait, JobDone))
-            last_ok = trio.current_time()
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
-            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
-                log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
-                return
-            if trio.current_time() - last_ok > COORDINATOR_GONE_S:
-                log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
-                return
-            await trio.sleep(0.5)
-            continue
+        if queued:
+            reply: Assignment | Wait | JobDone = queued.pop()
+            if not await _still_wanted(terms, reply, client, secret):
+                continue  # stolen by a faster peer before it started
+        else:
+            try:
+                reply = await call(client, secret, "POST", claim_path,
+                                   ClaimRequest(node_id, slot, False),
+                                   (Assignment, Wait, JobDone))
+                last_ok = trio.current_time()
+            except (httpx.HTTPError, RemoteProtocolError) as exc:
+                if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
+                    log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
+                    return
+                if trio.current_time() - last_ok > COORDINATOR_GONE_S:
+                    log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
+                    return
+                await trio.sleep(0.5)
+                continue
         if isinstance(reply, JobDone):
             return
         if isinstance(reply, Wait):
@@ -110,14 +139,34 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             continue
         assert isinstance(reply, Assignment)
         on_event({"event": "chunk_start", "chunk": reply.chunk, "attempt": reply.attempt})
-        try:
-            outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
-                                     ffmpeg=ffmpeg, client=client, on_event=on_event)
-        except CoordinatorGone:
+        stop = trio.Event()
+        outcome = "gone"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prefetch, stop)
+            try:
+                outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
+                                         ffmpeg=ffmpeg, client=client, on_event=on_event)
+            except CoordinatorGone:
+                nursery.cancel_scope.cancel()
+            finally:
+                stop.set()
+        if outcome == "gone":
             log.warning("job %s: coordinator gone; dropping it", terms.job_id)
             return
         on_event({"event": "chunk_end", "chunk": reply.chunk, "outcome": outcome})
         last_ok = trio.current_time()
+
+
+async def _still_wanted(terms: JobTerms, a: Assignment, client: httpx.AsyncClient,
+                        secret: str | None) -> bool:
+    """Report a queued chunk as starting; False if it was taken over or the job ended."""
+    try:
+        ack = await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/progress",
+                         Progress(a.job_id, a.chunk, a.attempt, 0, 0.0), (ProgressAck,))
+    except (httpx.HTTPError, RemoteProtocolError):
+        return True  # let the attempt itself find out
+    assert isinstance(ack, ProgressAck)
+    return ack.keep
 
 
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,

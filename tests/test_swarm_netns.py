@@ -195,6 +195,9 @@ def test_two_joins_found_by_mdns_and_every_host_encodes(
     report = _report(rep)
     counts = _chunks_by_peer(report)
     assert set(counts) == {"coord", "alpha", "beta"}, counts
+    # Remote slots claim their next chunk while one encodes (prefetch), and run it.
+    queued = [a for a in report["attempts"] if a["queued"] and a["outcome"] == "ok"]
+    assert {a["peer"] for a in queued} == {"alpha", "beta"}, report["attempts"]
     _assert_frame_exact(src, out, report)
     assert min_psnr(src, out, report["width"], report["height"]) > MIN_FRAME_PSNR_DB
     assert sorted(p.name for p in outdir.iterdir()) == ["out.mp4", "report.json"]
