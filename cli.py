@@ -21,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown joins the hard-wrapped lines of a docstring into paragraphs that rich wraps
+    # to the terminal; otherwise each source line is kept and an 80-column help is ragged.
+    rich_markup_mode="markdown",
 )
 
 EXIT_USAGE = 2
