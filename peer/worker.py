@@ -115,7 +115,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
     while True:
         if queued:
             reply: Assignment | Wait | JobDone = queued.pop()
-            if not await _still_wanted(terms, reply, client, secret):
+            if not await _still_wanted(reply, client, secret):
                 continue  # stolen by a faster peer before it started
         else:
             try:
@@ -157,8 +157,8 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
         last_ok = trio.current_time()
 
 
-async def _still_wanted(terms: JobTerms, a: Assignment, client: httpx.AsyncClient,
-                        secret: str | None) -> bool:
+async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | None
+                        ) -> bool:
     """Report a queued chunk as starting; False if it was taken over or the job ended."""
     try:
         ack = await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/progress",
