@@ -71,6 +71,8 @@ class _Plain:
             typer.echo(f"swarm: peer {e['peer']} joined ({e['address']})", err=True)
         elif kind == "peer_left":
             typer.echo(f"swarm: peer {e['peer']} left", err=True)
+        elif kind == "audio_done":
+            typer.echo(f"swarm: audio encoded ({e['encode_s']:.1f} s)", err=True)
         elif kind == "merge":
             typer.echo("swarm: merging chunks and audio, verifying output", err=True)
 

@@ -608,9 +608,11 @@ async def _audio_when_idle(server: JobServer, out: str) -> None:
     """Encode the audio beside the chunks once a core is free, so that the merge after the
     last chunk only copies (on one node the tail leaves a core idle for about a chunk)."""
     await server.core_idle.wait()
+    server.emit({"event": "audio_start"})
     t = time.monotonic()
     await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, out)
     server.audio_s = time.monotonic() - t
+    server.emit({"event": "audio_done", "encode_s": round(server.audio_s, 3)})
 
 
 async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str, int] | None:

@@ -205,6 +205,10 @@ class JobView:
             self._log(now, f"chunk {e['chunk']} from {e['peer']}: already done, dropped")
         elif kind == "listening":
             self._log(now, f"serving peers on port {e['port']}")
+        elif kind == "audio_start":
+            self._log(now, "encoding the audio beside the chunks")
+        elif kind == "audio_done":
+            self._log(now, f"audio encoded in {e['encode_s']:.1f} s")
         elif kind == "merge":
             self.phase = "merging"
             for row in self.peers.values():

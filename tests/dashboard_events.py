@@ -44,4 +44,6 @@ def job_events(chunks: int = 24) -> list[tuple[float, Event]]:
                                   "frames_done": 100 * (c + 1)}))
         t += 0.3
     out.append((t, {"event": "peer_left", "peer": "charlie-with-a-very-long-hostname"}))
+    out.append((t + 0.1, {"event": "audio_start"}))
+    out.append((t + 1.4, {"event": "audio_done", "encode_s": 1.3}))
     return out

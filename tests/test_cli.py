@@ -99,6 +99,9 @@ def test_encode_writes_default_output_and_report(tmp_path: Path,
     assert {c["peer"] for c in report["chunks"]} == {"alpha"}
     assert media_info(tmp_path / "clip.hd.mp4").video.frames == 120
     assert sorted(os.listdir(tmp_path)) == ["clip.hd.mp4", "clip.mp4", "r.json"]
+    # AAC: encoded beside the chunks, said on stderr, timed in the report.
+    assert "swarm: audio encoded (" in res.stderr
+    assert report["audio_encode_s"] > 0
 
 
 def test_quiet_prints_only_the_output_path(tmp_path: Path, corpus: dict[str, Path]) -> None:

@@ -67,7 +67,8 @@ def test_job_dashboard_shows_peers_map_and_progress(width: int, height: int) -> 
     assert "chunks 13/24 done  failures 2  retries 2" in text
     # The map reads without colour: letter = peer, case = running/done, x = requeued.
     assert "aabcaabcaabxaaBxAA......" in text
-    assert "left" in text.splitlines()[-1]
+    # The newest event last: the audio, encoded beside the chunks.
+    assert "audio encoded in 1.3 s" in text.splitlines()[-1]
 
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
