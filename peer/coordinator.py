@@ -54,6 +54,8 @@ TICK_S = 0.5
 STALL_S = 60.0
 SOURCE_PIECE = 256 * 1024
 RESPONSE_GRACE_S = 0.3
+# Encoded output is written to the chunk file in pieces of this size (see _encode_local).
+WRITE_BATCH = 1 << 20
 
 Event = dict[str, Any]
 
@@ -633,8 +635,19 @@ async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str
             # Through a pipe, not straight into the file: if we are SIGKILLed the encoder
             # dies of SIGPIPE at its next write instead of running on as an orphan.
             async with await trio.open_file(name, "wb") as fh:
-                await run_ffmpeg(argv, stdout_sink=fh.write, on_progress=progress,
+                pending = bytearray()
+
+                async def sink(data: bytes) -> None:
+                    # ffmpeg writes a packet at a time (a few KiB): one thread hop per
+                    # write cost the coordinator 0.4 s of CPU per job; batch them.
+                    pending.extend(data)
+                    if len(pending) >= WRITE_BATCH:
+                        await fh.write(bytes(pending))
+                        pending.clear()
+
+                await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
                                  what=f"chunk {a.chunk}")
+                await fh.write(bytes(pending))
         except EncodeError as exc:
             log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
             server.fail(a.attempt, str(exc))
