@@ -169,18 +169,17 @@ def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
     ``video_offset_s`` is how much later the video starts than the source's first stream.
     """
     argv = [ffmpeg, *_QUIET]
-    if audio_file is not None:
+    if audio_file is not None and audio_channels is not None:
         # Each input's own start would otherwise be subtracted: the audio file's first
         # timestamp is its offset from the video (and its priming), which must stay.
         argv += ["-copyts"]
     if video_offset_s > 0:
         argv += ["-itsoffset", f"{video_offset_s:.6f}"]
     argv += ["-f", "concat", "-safe", "0", "-i", concat_list]
-    if audio_file is not None:
-        argv += ["-i", audio_file, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "copy"]
-    elif audio_channels is not None:
-        argv += ["-i", source, "-map", "0:v:0", "-map", "1:a:0",
-                 *_audio_args(profile, audio_channels)]
+    if audio_channels is not None:
+        audio_in, codec = ((audio_file, ["-c:a", "copy"]) if audio_file is not None
+                           else (source, _audio_args(profile, audio_channels)))
+        argv += ["-i", audio_in, "-map", "0:v:0", "-map", "1:a:0", *codec]
     else:
         argv += ["-map", "0:v:0"]
     argv += ["-c:v", "copy"]

@@ -312,7 +312,7 @@ async def _run_stage(argv: list[str], what: str, *, give_up_at: float,
 
         def on_progress(frames: int) -> None:
             now = trio.current_time()
-            if frames > 0 and not any(n > 0 for _, n in samples):
+            if frames > 0 and (not samples or samples[-1][1] == 0):
                 # Output has begun: the rest of the budget is ours, and at least a window.
                 window = now + WARMUP_S + MIN_WINDOW_S + 2 * SAMPLE_PERIOD_S
                 scope.deadline = min(hard_end, max(stop_at, window))

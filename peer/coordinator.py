@@ -642,12 +642,12 @@ async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str
                     # write cost the coordinator 0.4 s of CPU per job; batch them.
                     pending.extend(data)
                     if len(pending) >= WRITE_BATCH:
-                        await fh.write(bytes(pending))
+                        await fh.write(pending)
                         pending.clear()
 
                 await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
                                  what=f"chunk {a.chunk}")
-                await fh.write(bytes(pending))
+                await fh.write(pending)
         except EncodeError as exc:
             log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
             server.fail(a.attempt, str(exc))

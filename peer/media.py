@@ -72,7 +72,7 @@ async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
     await run_ffmpeg(
         merge_argv(ffmpeg.path, concat, source.path, profile, channels,
                    source.video.start_s - first_stream, source.video.time_base, out,
-                   container, audio_file if channels is not None else None),
+                   container, audio_file),
         what="merge",
     )
 

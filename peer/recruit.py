@@ -86,6 +86,10 @@ def parse_peer(spec: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _our_fingerprint(opts: EncodeOptions) -> str:
+    return auth.fingerprint(opts.secret) if opts.secret else ""
+
+
 # How long the coordinator listens for mDNS answers before it plans the chunks (while it
 # probes the input). Three peers in network namespaces all answered within 0.1 s
 # (tests/netns.py LAN, `find_peers` at 0.1-1 s found all three every time).
@@ -99,7 +103,7 @@ async def census(opts: EncodeOptions) -> int:
     A network without multicast, or any other failure, counts none."""
     from .discovery import find_peers
 
-    fp = auth.fingerprint(opts.secret) if opts.secret else ""
+    fp = _our_fingerprint(opts)
     try:
         records = await find_peers(CENSUS_S, interfaces=opts.interfaces)
     except Exception as exc:  # only a sizing hint: it must never stop a job
@@ -116,7 +120,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
     for spec in opts.peers:
         host, port = parse_peer(spec)
         candidates[f"{host}:{port}"] = _Candidate(host, port)
-    our_fp = auth.fingerprint(opts.secret) if opts.secret else ""
+    our_fp = _our_fingerprint(opts)
 
     def hello(host: str, port: int) -> None:
         c = candidates.setdefault(f"{host}:{port}", _Candidate(host, port))
