@@ -15,6 +15,8 @@ import ffmpeg as ffmpeg_py
 
 from profiles import Profile, fit_box
 
+from .tools import FFmpeg
+
 __all__ = [
     "AUDIO_COPY_EXACT",
     "CHUNK_FORMAT",
@@ -116,12 +118,19 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     return [argv[0], *_QUIET, "-copyts", *extra, *argv[1:]]
 
 
-def verify_chunk_argv(ffmpeg: str, path: str) -> list[str]:
-    """Decode a chunk fully and list every frame's timestamp (framecrc on stdout)."""
+def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:
+    """Decode a chunk fully and list every frame's timestamp (framecrc on stdout).
+
+    The frames keep the demuxer's time base, which each ffmpeg spells its own way (5.1: -1,
+    8.0 on: demux): ``ffmpeg_info`` found which one this binary accepts.
+    """
+    if ffmpeg.demux_time_base is None:
+        raise ValueError(f"{ffmpeg.describe()} cannot list frames in the demuxer's time base")
     # wrapped_avframe: the frames are decoded in full but not copied out and checksummed;
     # only their timestamps are read (20 % less CPU than rawvideo, measured on 720p).
-    return [ffmpeg, *_QUIET, "-copyts", "-i", path, "-map", "0:v:0", "-fps_mode", "passthrough",
-            "-enc_time_base:v", "demux", "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
+    return [ffmpeg.path, *_QUIET, "-copyts", "-i", path, "-map", "0:v:0",
+            "-fps_mode", "passthrough", "-enc_time_base:v", ffmpeg.demux_time_base,
+            "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
 
 
 def _audio_args(profile: Profile, channels: int) -> list[str]:

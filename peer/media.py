@@ -38,7 +38,7 @@ async def probe(ffmpeg: FFmpeg, path: str) -> MediaInfo:
 async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
                        frames: int) -> None:
     """Decode the chunk fully; raises VerifyError unless frames and times are as planned."""
-    res = await run_ffmpeg(verify_chunk_argv(ffmpeg.path, path), check=False, what="verify")
+    res = await run_ffmpeg(verify_chunk_argv(ffmpeg, path), check=False, what="verify")
     if res.returncode != 0:
         raise VerifyError(f"chunk does not decode: {res.stderr.strip()[-200:]}")
     check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
