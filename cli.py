@@ -12,11 +12,77 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
 from swarm.errors import SwarmError, UsageError
 
-app = typer.Typer(
+# The order `swarm --help` lists the commands in: the everyday ones first, then the tools.
+# A command not named here follows, in the order it was defined.
+COMMAND_ORDER = ("encode", "demo", "join", "peers", "jobs", "profiles", "bench", "pack")
+
+
+def _name_values(params: list[Any]) -> list[Any]:
+    """Give each parameter without a metavar the one _Command's docstring describes."""
+    for p in params:
+        if p is None or p.metavar is not None or p.name is None:
+            continue
+        if isinstance(p, TyperArgument):
+            p.metavar = p.name.upper()
+        elif isinstance(p, TyperOption):
+            numeric = p.type_descriptor.annotation in (int, float)
+            p.metavar = "" if p.is_flag else "N" if numeric else p.name.upper()
+    return params
+
+
+class _Commands(TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _name_values([super().get_help_option(ctx)])[0]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
+class _Command(TyperCommand):
+    """Help in the usual Unix shape: `--force`, `--peer HOST:PORT`, `encode [OPTIONS] INPUT`.
+
+    Left alone, typer shows Python types as values (`--force <bool>`, `--peer <list[str]>`)
+    and a required argument in braces (`{input}`). So a flag shows no value, any other
+    option without its own metavar a short name (N for numbers), and an argument its name
+    in capitals.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_values(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _name_values([super().get_help_option(ctx)])[0]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = p.metavar or (p.name or "").upper()
+                name = name if p.required else f"[{name}]"
+                pieces.append(name + ("..." if p.nargs != 1 else ""))
+            else:
+                pieces.extend(p.get_usage_pieces(ctx))
+        return pieces
+
+
+class _App(typer.Typer):
+    """typer.Typer whose commands all get _Command's help conventions."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(
     name="swarm",
+    cls=_Commands,
     help="Turn the idle computers on one LAN into a single video encoder.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,8 +98,38 @@ EXIT_INTERRUPTED = 130
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"swarm: error: {message}", err=True)
+    _tolerating_dead_pipes(typer.echo, f"swarm: error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _tolerating_dead_pipes(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``fn`` (something that prints); if the reader of stdout or stderr went away
+    (`swarm encode --json | head`, a closed terminal), silence that stream and carry on.
+
+    A job writes a file, and a dead pipe must not kill it: the output is still written and
+    the exit code says how the job went. A pipe whose reader is gone polls as POLLERR, a
+    hung-up terminal as POLLHUP (writes fail with EPIPE and EIO); pointing the descriptor at
+    /dev/null makes every later write (and Python's last flush at exit) succeed unseen.
+    """
+    import errno
+    import select
+
+    try:
+        fn(*args, **kwargs)
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.EIO):
+            raise
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                fd = stream.fileno()
+            except (OSError, ValueError):  # not a real file (CliRunner's capture)
+                continue
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
 
 
 def _default_output(input_path: str, profile: str) -> str:
@@ -242,7 +338,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
             typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
                        "LAN may take part", err=True)
         if sink is not None:
-            sink(e)
+            _tolerating_dead_pipes(sink, e)
 
     try:
         result = _until_signal(run_encode, opts, emit)
@@ -261,23 +357,30 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
 
         Path(report_html).write_text(build_html(result, summary), encoding="utf-8")
     if isinstance(sink, _JsonLines):
-        sink.finish(summary)
+        _tolerating_dead_pipes(sink.finish, summary)
     elif human:
-        from rich.console import Console
-
-        from peer.dashboard import summary_table
-
-        Console(stderr=True, highlight=False).print(summary_table(summary))
-        typer.echo(f"swarm: done in {result['wall_s']:.1f} s", err=True)
+        _tolerating_dead_pipes(_print_summary, summary, result["wall_s"])
     return out
 
 
+def _print_summary(summary: dict[str, Any], wall_s: float) -> None:
+    from rich.console import Console
+
+    from peer.dashboard import summary_table
+
+    Console(stderr=True, highlight=False).print(summary_table(summary))
+    typer.echo(f"swarm: done in {wall_s:.1f} s", err=True)
+
+
 def _until_signal(fn: Any, *args: Any) -> Any:
-    """Run ``fn`` under trio; SIGINT/SIGTERM cancel it (cleanly) and raise KeyboardInterrupt.
+    """Run ``fn`` under trio; SIGINT/SIGTERM/SIGHUP cancel it (cleanly) and raise
+    KeyboardInterrupt.
 
     Listening for the signals ourselves, rather than relying on trio's KeyboardInterrupt
     delivery, makes cancellation run every cleanup (ffmpeg children killed, work directory
     removed, mDNS goodbye) even while library code (hypercorn, zeroconf threads) is running.
+    SIGHUP (the terminal was closed) is a request to stop like the others: by default it
+    would kill the process on the spot and leave the journal of a crash.
     """
     import signal
 
@@ -286,7 +389,7 @@ def _until_signal(fn: Any, *args: Any) -> Any:
     async def main() -> tuple[bool, Any]:
         result: Any = None
         interrupted = False
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def body() -> None:
@@ -338,13 +441,16 @@ def _guarded(fn: Any, *args: Any) -> Any:
 
 @app.command()
 def encode(
-    input: Annotated[str, typer.Argument(help="The video to encode.")],
+    input: Annotated[Path, typer.Argument(help="The video to encode.")],
     profile: Annotated[str, typer.Option(
         "--profile", "-p", help="Built-in profile name (see `swarm profiles`) or a .toml file."
     )] = "hd",
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="Output file (.mp4, .mov, .mkv). Default: <stem>.<profile>.mp4 "
-        "beside the input.")] = None,
+        "--output", "-o", metavar="FILE", help="Output file (.mp4, .mov, .mkv). Default: "
+        "`<stem>.<profile>.mp4` beside the input.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the output if it exists (without it, an existing file is "
+        "left alone and the command fails).")] = False,
     report: Annotated[str | None, typer.Option(
         "--report", help="Write a JSON report of the job (chunks, peers, every attempt "
         "with its timing and outcome) here.")] = None,
@@ -353,8 +459,9 @@ def encode(
         "attempts per peer, summary) here.")] = None,
     chunk_seconds: Annotated[float | None, typer.Option(
         "--chunk-seconds", min=0.5, max=600,
-        help="Target chunk length; cuts snap to source keyframes. Default: 4 chunks per "
-        "worker, 4-30 s each.")] = None,
+        help="Target chunk length; cuts snap to source keyframes. Default: "
+        f"{CHUNKS_PER_SLOT} chunks per encoder (local workers and peers), "
+        f"{MIN_CHUNK_S:g}-{MAX_CHUNK_S:g} s each; fewer on a short file.")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", "-w", min=0, max=64,
         help="Local encoder processes. 0: one per two cores, at least 2.")] = 0,
@@ -369,8 +476,8 @@ def encode(
         "nothing else there; the last line is job_end with the output path and summary. "
         "Errors stay on stderr.")] = False,
     peer: Annotated[list[str] | None, typer.Option(
-        "--peer", help="A peer to invite as HOST:PORT, for networks mDNS does not reach "
-        "(other subnets, VPNs, phones). Repeatable.")] = None,
+        "--peer", metavar="HOST:PORT", help="A peer to invite as HOST:PORT, for networks "
+        "mDNS does not reach (other subnets, VPNs, phones). Repeatable.")] = None,
     no_local: Annotated[bool, typer.Option(
         "--no-local", help="Do not encode on this device; only coordinate peers.")] = False,
     local_only: Annotated[bool, typer.Option(
@@ -400,12 +507,13 @@ def encode(
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
     out = _guarded(partial(
-        _run_encode, input, profile, output, report, quiet, chunk_seconds=chunk_seconds,
+        _run_encode, str(input), profile, output, report, quiet, chunk_seconds=chunk_seconds,
         workers=workers, name=name or socket.gethostname(), upscale=upscale,
         no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
-        secret=secret, port=port, as_json=as_json, report_html=report_html, fresh=fresh))
+        secret=secret, port=port, as_json=as_json, report_html=report_html, fresh=fresh,
+        force=force))
     if not as_json:
-        typer.echo(out)
+        _tolerating_dead_pipes(typer.echo, out)
 
 
 @app.command()
@@ -461,7 +569,8 @@ def demo(
 ) -> None:
     """Make a short test clip with audio here (swarm-demo.mp4) and encode it.
 
-    Needs no input file: the clip is synthesised with ffmpeg's lavfi sources.
+    Needs no input file: the clip is synthesised with ffmpeg's lavfi sources. Both files
+    have fixed names that belong to the demo: a rerun replaces those of the last one.
     """
     from chunker.testsrc import make_demo_clip
     from chunker.tools import find_ffmpeg
@@ -477,7 +586,7 @@ def demo(
 
     _guarded(make)
     out = _guarded(partial(_run_encode, src, profile, None, None, False, workers=workers,
-                           name=socket.gethostname()))
+                           name=socket.gethostname(), force=True))
     typer.echo(f"swarm: demo output: {out}", err=True)
     typer.echo(out)
 
@@ -494,22 +603,30 @@ def profiles_cmd(
         typer.echo(json.dumps([p.to_wire() | {"description": p.description} for p in profs],
                               indent=2))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    # Four columns without vertical rules fit 80 columns with every value whole (the longest
+    # rows are 75); narrower terminals wrap the video and audio cells instead of cutting them.
     wide = console.width >= 140
-    table = Table(title="swarm profiles (box is a bound: aspect kept, never upscaled)")
-    for col in ("name", "box", "video", "level", "preset", "audio"):
-        table.add_column(col, no_wrap=True)
+    table = Table(title="swarm profiles (box is a bound: aspect kept, never upscaled)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("box", no_wrap=True)
+    table.add_column("video")
+    table.add_column("audio")
     if wide:
         table.add_column("description")
     for p in profs:
         v, a = p.video, p.audio
+        codec = v.codec.removeprefix("lib")
+        level = f"@{v.level}" if v.level else ""
+        preset = f"preset {v.preset}" if v.preset.isdigit() else v.preset  # SVT-AV1's 0-13
+        video = f"{codec} {v.profile}{level} {preset} {p.rate_label}".replace("  ", " ")
         table.add_row(
-            p.name, f"{v.width}x{v.height}",
-            f"{v.codec.removeprefix('lib')} {v.profile} {p.rate_label}".replace("  ", " "),
-            v.level or "-", v.preset,
+            p.name, f"{v.width}x{v.height}", video.strip(),
             f"{a.codec.removeprefix('lib')} {a.bitrate_k}k {a.sample_rate / 1000:g} kHz "
             f"{a.channels} ch", *([p.description] if wide else []),
         )
@@ -529,8 +646,8 @@ def join(
     slots: Annotated[int, typer.Option(
         "--slots", min=1, max=16, help="Chunks this node encodes at once.")] = 1,
     peer: Annotated[list[str] | None, typer.Option(
-        "--peer", help="A coordinator's HOST:PORT to announce this node to, where mDNS does "
-        "not reach (other subnets, VPNs). Repeatable.")] = None,
+        "--peer", metavar="HOST:PORT", help="A coordinator's HOST:PORT to announce this "
+        "node to, where mDNS does not reach (other subnets, VPNs). Repeatable.")] = None,
     no_bench: Annotated[bool, typer.Option(
         "--no-bench", help="Do not benchmark on first start (scores stay unknown).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
@@ -540,14 +657,16 @@ def join(
 ) -> None:
     """Make this device an encoder peer: advertise it on the LAN and encode what it is given.
 
-    Runs until Ctrl-C or SIGTERM, then leaves cleanly: unregisters from mDNS, stops its
-    ffmpeg, and the coordinator re-queues what it held. Coordinators on other subnets can
-    name this node with `swarm encode --peer HOST:PORT`.
+    Runs until Ctrl-C, SIGTERM or SIGHUP (its terminal closed), then leaves cleanly:
+    unregisters from mDNS, stops its ffmpeg, and the coordinator re-queues what it held.
+    Coordinators on other subnets can name this node with `swarm encode --peer HOST:PORT`.
     """
 
+    from peer.node import NodeConfig, check_port
     from peer.recruit import parse_peer
 
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
+    _guarded(check_port, NodeConfig().host, port)  # before the benchmark: it takes seconds
     mode = _output_mode(quiet, as_json)
     sink: Any = None
 

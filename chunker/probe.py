@@ -176,6 +176,24 @@ def parse_framecrc(text: str) -> dict[int, _Stream]:
     return streams
 
 
+_FORMAT = re.compile(r"Input #0, (.+?), from '")
+# Demuxers of single pictures: image2 (a file named .jpg, .bmp, .tiff ...), *_pipe (probed by
+# content: png_pipe, jpeg_pipe, webp_pipe ...).
+_IMAGE_FORMATS = ("image2",)
+
+
+def _still_image(path: str, codec: str, err: str) -> str:
+    """Why a one-frame input is refused: a photo, or a video of one frame, gives nothing to
+    split and a 1-frame "video" nobody wanted. An animated GIF, APNG or an MJPEG camera clip
+    has many frames and is a video like any other."""
+    m = _FORMAT.search(err)
+    fmt = m.group(1) if m else ""
+    if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
+        kind = {"mjpeg": "jpeg"}.get(codec, codec)
+        return f"{path}: a still image ({kind}), not a video"
+    return f"{path}: only one video frame ({codec}); a still image is not a video to encode"
+
+
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
 _START = re.compile(r"Duration: [^,]+, start: (-?[\d.]+)")
 _CHANNELS = re.compile(r"Audio: .*?, \d+ Hz, ([^,]+),")
@@ -244,6 +262,8 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
     if video.width <= 0 or video.height <= 0:
         raise ProbeError(f"{path}: video stream has no picture size")
     packets = sorted(video.packets)
+    if len(packets) == 1:
+        raise ProbeError(_still_image(path, video.codec, err))
     pts = tuple(p for p, _, _ in packets)
     if len(set(pts)) != len(pts):
         raise ProbeError(f"{path}: video frames with duplicate timestamps are not supported")

@@ -37,7 +37,16 @@ from swarm.protocol import Wait as WaitMsg
 
 from . import media
 from .http import HTTPError, Receive, Request, Send, iter_body, respond
-from .journal import InputIdentity, Journal, file_digest, input_identity, work_dir_for
+from .journal import (
+    MERGED_KEY,
+    InputIdentity,
+    Journal,
+    file_digest,
+    input_identity,
+    output_is_ours,
+    output_stamp,
+    work_dir_for,
+)
 from .node import Node, NodeConfig
 from .proc import run_ffmpeg
 from .recruit import census, free_port, recruit
@@ -94,6 +103,7 @@ class EncodeOptions:
     lease_s: float = LEASE_S
     policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
     fresh: bool = False  # ignore a journal left by a crashed run of the same job
+    force: bool = False  # replace an existing output (see _refuse_overwrite)
 
 
 @dataclass(slots=True)
@@ -415,11 +425,30 @@ def _check_paths(opts: EncodeOptions) -> tuple[str, str]:
     return container, str(outdir)
 
 
+def _refuse_overwrite(opts: EncodeOptions, ours: str | None = None) -> str | None:
+    """An existing output is replaced only with --force, or if a crashed run of this job
+    renamed it there (then a rerun finishes that job). Checked at the start, so a mistake
+    costs nothing, and again just before the rename (``ours``: what the first check
+    returned, the stamp of the file it allowed), for a file that appeared meanwhile."""
+    if os.path.isdir(opts.output):
+        raise UsageError(f"{opts.output} is a directory")
+    if not os.path.lexists(opts.output) or opts.force:
+        return None
+    try:
+        stamp = output_stamp(opts.output)
+    except OSError:  # a dangling symlink
+        stamp = None
+    if stamp is None or (stamp != ours and not output_is_ours(opts.output)):
+        raise UsageError(f"{opts.output} exists; use --force to replace it")
+    return stamp
+
+
 async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda e: None
                      ) -> dict[str, Any]:
     """Encode one file; returns the report. Raises SwarmError subclasses on failure."""
     t_start = time.monotonic()
     container, outdir = _check_paths(opts)
+    ours = _refuse_overwrite(opts)
     if opts.no_local and not opts.network:
         raise UsageError("--no-local needs peers: leave networking on")
     need = [opts.profile.video.codec, opts.profile.audio.codec]
@@ -510,6 +539,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                           [p.span_s for p in plans], info, opts.profile, tmp_out, container,
                           audio_file)
         await media.verify_output(ffmpeg, tmp_out, info)
+        _refuse_overwrite(opts, ours)
+        journal.set(MERGED_KEY, output_stamp(tmp_out))
         os.replace(tmp_out, opts.output)
         report = _report(server, time.monotonic() - t_start)
         emit({"event": "job_end", "output": opts.output, "wall_s": report["wall_s"]})

@@ -33,11 +33,15 @@ __all__ = [
     "file_digest",
     "find_journals",
     "input_identity",
+    "output_is_ours",
+    "output_stamp",
     "summarize",
     "work_dir_for",
 ]
 
 JOURNAL_NAME = "journal.sqlite"
+# Meta key: the merged output's stamp (see output_stamp), written just before the rename.
+MERGED_KEY = "merged_stamp"
 SCHEMA_VERSION = 1
 # Head and tail digests catch an input rewritten in place with the same size and mtime
 # (an editor's save, a re-download); 1 MiB each is read in milliseconds.
@@ -99,6 +103,33 @@ def work_dir_for(output: str) -> Path:
     """The job's work directory: a fixed name beside the output, so a rerun finds it."""
     out = Path(output).resolve()
     return out.parent / f".{out.name}.swarm"
+
+
+def output_stamp(path: str) -> str:
+    """Device, inode, size and mtime: a rename keeps all four, any rewrite changes one."""
+    st = os.stat(path)
+    return json.dumps([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
+
+
+def output_is_ours(output: str) -> bool:
+    """Whether the file at ``output`` is the one a run of this job renamed there.
+
+    A run renames its verified output last and removes its journal right after; a crash in
+    between leaves both. The journal recorded the merged file's stamp before the rename, so
+    a rerun can tell that file (ours: it may be replaced) from one a user put there.
+    """
+    journal = work_dir_for(output) / JOURNAL_NAME
+    if not journal.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (MERGED_KEY,)).fetchone()
+        finally:
+            db.close()
+        return row is not None and row[0] == output_stamp(output)
+    except (sqlite3.Error, OSError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from hypercorn.trio import serve
 
 from chunker.tools import FFmpeg
 from swarm import auth
-from swarm.errors import ProfileError, RemoteProtocolError
+from swarm.errors import ProfileError, RemoteProtocolError, UsageError
 from swarm.presence import PeerRecord
 from swarm.protocol import (
     PROTOCOL_VERSION,
@@ -62,7 +62,7 @@ from .worker import accept_invite, work_slot
 if TYPE_CHECKING:
     from .coordinator import JobServer
 
-__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "Node", "NodeConfig"]
+__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "Node", "NodeConfig", "check_port"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,27 @@ class _HyperConfig(HyperConfig):
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, option, int(self.peer_gone_s * 1000))
         return sockets
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds, before anything slow runs (join's benchmark).
+
+    Bound as hypercorn binds (SO_REUSEADDR), so a socket left in TIME_WAIT by the last run
+    does not count as taken; the socket is closed again at once.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except PermissionError as exc:
+            raise UsageError(f"port {port}: permission denied (below 1024 needs root); "
+                             "choose another with --port") from exc
+        except OSError as exc:
+            raise UsageError(f"port {port} is in use (another `swarm join` on this host?); "
+                             "choose another with --port, or --port 0 for any free one"
+                             ) from exc
 
 
 @dataclass(slots=True)

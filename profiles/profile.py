@@ -9,6 +9,8 @@ the allow-lists and ranges below. A bad field raises ProfileError naming the fie
 from __future__ import annotations
 
 import math
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -34,6 +36,9 @@ SAMPLE_RATES = (22050, 32000, 44100, 48000)
 # AC-3 allows at most 5.1 and these rates (ATSC A/52); Opus resamples to 48 kHz internally.
 AC3_RATES = (32000, 44100, 48000)
 MAX_BOX = 8192  # 8K; larger boxes are almost certainly typos
+# The built-in profiles are about 400 bytes; 64 KiB leaves room for any amount of comments,
+# and a file larger than that (a video passed as -p by mistake) is refused unread.
+MAX_PROFILE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,14 +221,45 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
+def _read_profile_file(spec: str) -> str:
+    """The text of a profile file: a regular file of at most MAX_PROFILE_BYTES, in UTF-8.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or a device
+    (``-p /dev/zero``) is refused instead of read forever, whatever the path pointed to
+    when it was named.
+    """
+    try:
+        fd = os.open(spec, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProfileError(f"profile {spec}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProfileError(f"profile {spec}: not a regular file")
+        data = b""
+        while len(data) <= MAX_PROFILE_BYTES:
+            block = os.read(fd, MAX_PROFILE_BYTES + 1 - len(data))
+            if not block:
+                break
+            data += block
+    except OSError as exc:
+        raise ProfileError(f"profile {spec}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"profile {spec}: larger than {MAX_PROFILE_BYTES // 1024} KiB; "
+                           "a profile is a short TOML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {spec}: not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                           f"at offset {exc.start})") from exc
+
+
 def load_profile(spec: str) -> Profile:
     """A built-in name (``hd``) or a path to a TOML file (``./mine.toml``)."""
     if spec.endswith(".toml") or "/" in spec:
         path = Path(spec)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ProfileError(f"profile {spec}: {exc.strerror or exc}") from exc
+        text = _read_profile_file(spec)
         source = str(path)
     else:
         if spec not in builtin_names():

@@ -111,6 +111,8 @@ def test_quiet_prints_only_the_output_path(tmp_path: Path, corpus: dict[str, Pat
 
 
 def test_demo_needs_no_input(tmp_path: Path) -> None:
+    # The demo's files have fixed names: a rerun replaces what the last demo left.
+    (tmp_path / "swarm-demo.hd.mp4").write_bytes(b"an earlier demo's output")
     res = swarm("demo", cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     out = Path(res.stdout.strip())
