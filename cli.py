@@ -344,7 +344,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         result = _until_signal(run_encode, opts, emit)
     finally:
         if sink is not None:
-            sink.close()
+            _tolerating_dead_pipes(sink.close)
     summary: dict[str, Any] = {}
     if mode != "quiet" or report_html is not None:
         from peer.dashboard import summarize
@@ -380,16 +380,21 @@ def _until_signal(fn: Any, *args: Any) -> Any:
     delivery, makes cancellation run every cleanup (ffmpeg children killed, work directory
     removed, mDNS goodbye) even while library code (hypercorn, zeroconf threads) is running.
     SIGHUP (the terminal was closed) is a request to stop like the others: by default it
-    would kill the process on the spot and leave the journal of a crash.
+    would kill the process on the spot and leave the journal of a crash. Unless it was
+    ignored when we started (`nohup swarm join &`): that is a request to outlive the terminal.
     """
     import signal
 
     import trio
 
+    stops = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stops.append(signal.SIGHUP)
+
     async def main() -> tuple[bool, Any]:
         result: Any = None
         interrupted = False
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*stops) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def body() -> None:
@@ -701,7 +706,7 @@ def join(
             pass  # Ctrl-C / SIGTERM is how a node is meant to leave
         finally:
             if sink is not None:
-                sink.close()
+                _tolerating_dead_pipes(sink.close)  # SIGHUP: the terminal may be gone
 
     _guarded(run)
     if mode in ("live", "plain"):

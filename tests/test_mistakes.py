@@ -226,7 +226,11 @@ def _controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-@pytest.mark.parametrize("how", ["terminal-closed", "kill-hup"])
+def _hup_ignored() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does before exec
+
+
+@pytest.mark.parametrize("how", ["terminal-closed", "kill-hup", "nohup"])
 def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
     _clip(tmp_path / "long.mp4", seconds=20, extra=("-s", "1280x720"))
     argv = [*SWARM, "encode", "long.mp4", "-o", "out.mp4", "-p", "fhd-crf", "-w", "2",
@@ -239,7 +243,8 @@ def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
         os.close(slave)
     else:
         proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=_hup_ignored if how == "nohup" else None)
     wd = work_dir_for(str(tmp_path / "out.mp4"))
     try:
         deadline = time.monotonic() + 60
@@ -260,6 +265,10 @@ def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
             master = -1
         else:
             os.kill(proc.pid, signal.SIGHUP)
+        if how == "nohup":  # asked to outlive the terminal: it goes on until told to stop
+            time.sleep(2)
+            assert proc.poll() is None and wd.exists()
+            os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
         if master >= 0:
@@ -271,9 +280,9 @@ def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
     assert not wd.exists()
     assert sorted(os.listdir(tmp_path)) == ["long.mp4"]
     assert not [k for k in kids if _alive(k)]
-    if how == "kill-hup":
-        assert proc.returncode == 130
-        assert proc.stderr is not None and "interrupted" in proc.stderr.read()
+    assert proc.returncode == 130  # interrupted, whether or not a terminal is left to say so
+    if proc.stderr is not None:
+        assert "interrupted" in proc.stderr.read()
 
 
 # -- a closed stdout ---------------------------------------------------------------------------
