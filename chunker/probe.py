@@ -183,9 +183,10 @@ _IMAGE_FORMATS = ("image2",)
 
 
 def _still_image(path: str, codec: str, err: str) -> str:
-    """Why a one-frame input is refused: a photo, or a video of one frame, gives nothing to
-    split and a 1-frame "video" nobody wanted. An animated GIF, APNG or an MJPEG camera clip
-    has many frames and is a video like any other."""
+    """Why a one-frame input without sound is refused: a photo, or a video of one frame,
+    gives nothing to split and a 1-frame "video" nobody wanted. One picture over a sound
+    track (some music videos) is kept: its sound is worth encoding. An animated GIF, APNG or
+    an MJPEG camera clip has many frames and is a video like any other."""
     m = _FORMAT.search(err)
     fmt = m.group(1) if m else ""
     if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
@@ -262,7 +263,8 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
     if video.width <= 0 or video.height <= 0:
         raise ProbeError(f"{path}: video stream has no picture size")
     packets = sorted(video.packets)
-    if len(packets) == 1:
+    audio = next((s for s in streams.values() if s.media_type == "audio"), None)
+    if len(packets) == 1 and (audio is None or not audio.packets):
         raise ProbeError(_still_image(path, video.codec, err))
     pts = tuple(p for p, _, _ in packets)
     if len(set(pts)) != len(pts):
@@ -284,7 +286,6 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
         last_duration=packets[-1][1],
     )
     ainfo = None
-    audio = next((s for s in streams.values() if s.media_type == "audio"), None)
     if audio is not None and audio.packets:
         channels = audio.channels
         if not channels:

@@ -176,6 +176,18 @@ def test_animations_and_mjpeg_video_are_encoded(tmp_path: Path, name: str,
     assert decode_errors(tmp_path / "out.mp4") == ""
 
 
+def test_one_picture_over_sound_is_kept(tmp_path: Path) -> None:
+    """A single video frame with a sound track (some music uploads) is not a still image."""
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=1", "-f", "lavfi", "-i",
+                    "sine=duration=1", "-frames:v", "1", "-c:v", "libx264", "-c:a", "aac",
+                    str(tmp_path / "song.mp4")], check=True, timeout=60)
+    res = swarm("encode", "song.mp4", "-o", "out.mp4", "--local-only", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = media_info(tmp_path / "out.mp4")
+    assert out.video.frames == 1 and out.audio is not None
+
+
 # -- profile files -----------------------------------------------------------------------
 
 def test_bad_profile_files_get_one_line_and_exit_2(tmp_path: Path) -> None:
