@@ -178,10 +178,14 @@ def test_animations_and_mjpeg_video_are_encoded(tmp_path: Path, name: str,
 
 def test_one_picture_over_sound_is_kept(tmp_path: Path) -> None:
     """A single video frame with a sound track (some music uploads) is not a still image."""
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=size=320x240:rate=25:duration=1", "-f", "lavfi", "-i",
-                    "sine=duration=1", "-frames:v", "1", "-c:v", "libx264", "-c:a", "aac",
-                    str(tmp_path / "song.mp4")], check=True, timeout=60)
+    pic = _picture(tmp_path, "pic.mp4", "-frames:v", "1", "-c:v", "libx264")
+    tone = tmp_path / "tone.m4a"
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
+                    "-c:a", "aac", str(tone)], check=True, timeout=60)
+    # Muxed by copying, so every audio packet is kept whatever -frames would stop early.
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(pic), "-i", str(tone), "-map", "0",
+                    "-map", "1", "-c", "copy", str(tmp_path / "song.mp4")], check=True,
+                   timeout=60)
     res = swarm("encode", "song.mp4", "-o", "out.mp4", "--local-only", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     out = media_info(tmp_path / "out.mp4")
