@@ -18,7 +18,8 @@ from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
 from swarm.errors import SwarmError, UsageError
 
 # The order `swarm --help` lists the commands in: the everyday ones first, then the tools.
-# A command not named here follows, in the order it was defined.
+# typer (0.29, its vendored click too) lists them as registered, i.e. in source order; a
+# command not named here follows, in that order.
 COMMAND_ORDER = ("encode", "demo", "join", "peers", "jobs", "profiles", "bench", "pack")
 
 
@@ -30,7 +31,9 @@ def _name_values(params: list[Any]) -> list[Any]:
         if isinstance(p, TyperArgument):
             p.metavar = p.name.upper()
         elif isinstance(p, TyperOption):
-            numeric = p.type_descriptor.annotation in (int, float)
+            # type_descriptor: typer >= 0.2x; an older typer's options are click's (no N).
+            desc = getattr(p, "type_descriptor", None)
+            numeric = getattr(desc, "annotation", None) in (int, float)
             p.metavar = "" if p.is_flag else "N" if numeric else p.name.upper()
     return params
 
@@ -613,8 +616,8 @@ def profiles_cmd(
     from rich.table import Table
 
     console = Console()
-    # Four columns without vertical rules fit 80 columns with every value whole (the longest
-    # rows are 75); narrower terminals wrap the video and audio cells instead of cutting them.
+    # Four columns without vertical rules fit 80 columns with every value whole (the table is
+    # 78 wide); narrower terminals wrap the video and audio cells instead of cutting them.
     wide = console.width >= 140
     table = Table(title="swarm profiles (box is a bound: aspect kept, never upscaled)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
@@ -662,9 +665,10 @@ def join(
 ) -> None:
     """Make this device an encoder peer: advertise it on the LAN and encode what it is given.
 
-    Runs until Ctrl-C, SIGTERM or SIGHUP (its terminal closed), then leaves cleanly:
-    unregisters from mDNS, stops its ffmpeg, and the coordinator re-queues what it held.
-    Coordinators on other subnets can name this node with `swarm encode --peer HOST:PORT`.
+    Runs until Ctrl-C, SIGTERM or SIGHUP (its terminal closed; not under nohup), then
+    leaves cleanly: unregisters from mDNS, stops its ffmpeg, and the coordinator re-queues
+    what it held. Coordinators on other subnets can name this node with
+    `swarm encode --peer HOST:PORT`.
     """
 
     from peer.node import NodeConfig, check_port
