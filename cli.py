@@ -164,8 +164,17 @@ class _Plain:
                 self.last_pct = pct
                 typer.echo(f"swarm: {pct}% ({self.frames}/{self.total} frames)", err=True)
         elif kind == "chunk_failed":
+            fate = e.get("fate") or ("requeued" if e["requeued"] else "dropped")
             typer.echo(f"swarm: chunk {e['chunk']} failed on {e['peer']} ({e['reason']}); "
-                       f"{'requeued' if e['requeued'] else 'dropped'}", err=True)
+                       f"{fate}", err=True)
+        elif kind == "chunk_requeued":
+            typer.echo(f"swarm: chunk {e['chunk']} requeued from {e['peer']} "
+                       f"({e['reason']})", err=True)
+        elif kind == "peer_benched":
+            typer.echo(f"swarm: {e['reason']}", err=True)
+        elif kind == "peer_unreachable":
+            typer.echo(f"swarm: peer {e['peer']} unreachable ({e['why']}); still trying",
+                       err=True)
         elif kind == "peer_joined":
             typer.echo(f"swarm: peer {e['peer']} joined ({e['address']})", err=True)
         elif kind == "peer_left":

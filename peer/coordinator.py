@@ -34,6 +34,7 @@ from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
 from swarm.protocol import Assignment as AssignmentMsg
 from swarm.protocol import JobDone
 from swarm.protocol import Wait as WaitMsg
+from swarm.verdict import BENCH_GRACE_S, hopeless_chunk, left_out, nobody_left
 
 from . import media
 from .http import HTTPError, Receive, Request, Send, iter_body, respond
@@ -146,6 +147,12 @@ class JobServer:
         self.scores: dict[str, float] = {}  # benchmark work/s per slot, from /v1/info
         self.slots: dict[str, int] = {}
         self.claimed_by: set[str] = set()
+        self.invited_at: dict[str, float] = {}  # node id -> when its invite was accepted
+        # Why the job cannot succeed (set by ``fail``; ``_watch`` raises it), and the peers
+        # benched for failing, by name, with the reason (shown and reported).
+        self.fatal: str | None = None
+        self.left_out: dict[str, str] = {}
+        self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
         self.records = [_ChunkRecord(p) for p in plans]
         self.names: dict[str, str] = {local_key: opts.name}
         self.served: dict[str, int] = {}
@@ -222,12 +229,37 @@ class JobServer:
 
     def fail(self, attempt: str, reason: str) -> None:
         a = self.job.attempts.get(attempt)
-        requeued = self.job.failed(attempt, trio.current_time(), reason)
+        if a is None or not a.running:
+            # Already ended (its peer left, its lease expired, another attempt won): that
+            # was said when it happened, and the chunk's fate does not change now.
+            return
+        now = trio.current_time()
+        requeued = self.job.failed(attempt, now, reason)
         self._journal_ended(attempt)
-        if a is not None:
-            self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
-                       "peer": self.names.get(a.peer, a.peer), "reason": reason,
-                       "requeued": bool(requeued), "benched": a.peer in self.job.benched})
+        name = self.names.get(a.peer, a.peer)
+        chunk = self.job.chunks[a.chunk]
+        if requeued:
+            fate = "requeued"
+        elif any(self.job.attempts[x].running for x in chunk.attempts):
+            fate = "another attempt continues"
+        else:
+            fate = "already done"
+        self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
+                   "peer": name, "reason": reason, "requeued": bool(requeued),
+                   "fate": fate, "benched": a.peer in self.job.benched})
+        if a.peer in self.job.benched and name not in self.left_out:
+            why = left_out(self.job, a.peer, self.names)
+            self.left_out[name] = why
+            self.emit({"event": "peer_benched", "peer": name, "reason": why})
+        verdict = hopeless_chunk(self.job, a.chunk, now, self.awaited(now))
+        if verdict is not None and self.fatal is None:
+            self.fatal = verdict
+            self.finished.set()  # wakes ``_watch``, which raises it
+
+    def awaited(self, now: float) -> set[str]:
+        """Peers invited within a lease that have not claimed yet: they may still try."""
+        return {p for p, t in self.invited_at.items()
+                if p not in self.claimed_by and now - t < self.opts.lease_s}
 
     def _journal_ended(self, *attempts: str) -> None:
         if self.journal is None:
@@ -600,9 +632,17 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
 async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
     """Tick leases until the job is done; fail it if nothing can make progress any more."""
     job = server.job
-    while not server.finished.is_set():
+    # With no way for another encoder to come (no network, or no mDNS and no --peer), end
+    # as soon as the last one is out.
+    grace = BENCH_GRACE_S if opts.network and (opts.discover or opts.peers) else 0.0
+    while not server.finished.is_set() or server.fatal is not None:
+        if server.fatal is not None:
+            raise EncodeError(server.fatal)
         now = trio.current_time()
         server.tick(now)
+        why = nobody_left(job, now, server.names, grace)
+        if why is not None:
+            raise EncodeError(why)
         local_alive = workers > 0 and server.local_key not in job.benched
         if not job.running() and not local_alive:
             if not opts.network:
@@ -758,6 +798,9 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "audio_encode_s": None if server.audio_s is None else round(server.audio_s, 3),
         # Chunks kept from a crashed earlier run of this job (their files re-verified).
         "resumed_chunks": sorted(server.restored),
+        # Peers given no more work after repeated failures, and named peers never reached.
+        "left_out": [{"peer": p, "reason": why} for p, why in server.left_out.items()],
+        "unreachable": [{"peer": p, "reason": why} for p, why in server.unreachable.items()],
         "journal": _journal_stats(server.journal),
     }
 

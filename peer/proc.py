@@ -11,6 +11,7 @@ trio's thread cache does after 10 s idle: it killed every encode older than 10 s
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -108,6 +109,20 @@ async def run_ffmpeg(
                     await stream.aclose()
     result = FFmpegResult(proc.returncode, bytes(captured), "\n".join(tail))
     if check and proc.returncode != 0:
-        detail = tail[-1] if tail else f"exit status {proc.returncode}"
+        detail = _cause(tail) if tail else f"exit status {proc.returncode}"
         raise EncodeError(f"{what} failed: {detail}")
     return result
+
+
+# ffmpeg's "[vost#0:0/libx265 @ 0x55e5d7b0e180] " context prefixes: an address that
+# differs on every run and says nothing to a user.
+_CONTEXT = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+
+
+def _cause(tail: Sequence[str]) -> str:
+    """The line that explains a failure. ffmpeg prints the cause first and its consequences
+    after it ("x265 [error]: picture dimensions are out of range for specified level", then
+    "Cannot open libx265 encoder", ..., "Nothing was written into output file"), so the
+    first kept line, unless the tail overflowed and the first line is an arbitrary one."""
+    line = tail[0] if len(tail) < STDERR_KEEP_LINES else tail[-1]
+    return _CONTEXT.sub("", line)

@@ -51,6 +51,8 @@ class _Candidate:
     next_try: float = 0.0
     busy: bool = False
     invites: int = 0
+    named: bool = False  # given as --peer: the user expects it, so say if it cannot be had
+    reported: bool = False
 
     @property
     def base(self) -> str:
@@ -119,7 +121,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
     candidates: dict[str, _Candidate] = {}
     for spec in opts.peers:
         host, port = parse_peer(spec)
-        candidates[f"{host}:{port}"] = _Candidate(host, port)
+        candidates[f"{host}:{port}"] = _Candidate(host, port, named=True)
     our_fp = _our_fingerprint(opts)
 
     def hello(host: str, port: int) -> None:
@@ -164,6 +166,13 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             info = await fetch_info(client, c.base)
         except (httpx.HTTPError, RemoteProtocolError) as exc:
             log.debug("peer %s unreachable: %s", c.base, exc)
+            if c.named and not c.reported:
+                # Once: it is retried every few seconds, and may still come up.
+                c.reported = True
+                why = str(exc) or type(exc).__name__
+                spec = f"{c.host}:{c.port}"
+                server.unreachable[spec] = why
+                emit({"event": "peer_unreachable", "peer": spec, "why": why})
             return
         if info.node_id == node.node_id:
             c.unusable = "ourselves"
@@ -199,6 +208,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         if ack.accepted and not c.invited:
             c.invited = True
             server.names[info.node_id] = info.name
+            server.invited_at[info.node_id] = trio.current_time()
+            server.unreachable.pop(f"{c.host}:{c.port}", None)  # it came up after all
             score = info.scores.get(opts.profile.name)
             if score and score > 0:
                 server.scores[info.node_id] = score

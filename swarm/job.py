@@ -165,6 +165,7 @@ class Job:
         self.attempts: dict[str, Attempt] = {}
         self.failures: dict[str, int] = {}
         self.benched: set[str] = set()
+        self.benched_at: dict[str, float] = {}  # when each benched peer was benched
         self.scheduler: Scheduler = make_scheduler(
             policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s)
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
@@ -302,8 +303,9 @@ class Job:
             return []
         self._end(a, AttemptOutcome.FAILED, now, reason)
         self.failures[a.peer] = self.failures.get(a.peer, 0) + 1
-        if self.failures[a.peer] >= self.max_failures:
+        if self.failures[a.peer] >= self.max_failures and a.peer not in self.benched:
             self.benched.add(a.peer)
+            self.benched_at[a.peer] = now
             self.scheduler.bench(a.peer, now)
         return self._requeue(a, reason, gone=a.peer in self.benched)
 

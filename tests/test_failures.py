@@ -1,0 +1,92 @@
+"""Failures that repeat end a job at once with their reason (a real encoder, a real process).
+
+The failure is genuine: H.265 level 3.0 allows at most 552,960 luma samples a picture
+(ITU-T H.265 table A.8), so a profile with that level cannot hold a 1280x720 source, and
+x265 refuses every chunk with "picture dimensions are out of range for specified level".
+Before the job judged its failures, it waited for other peers for 60 s (STALL_S) and then
+blamed "none found, or all failed".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from media import FFMPEG
+
+REPO = Path(__file__).resolve().parent.parent
+SWARM = [sys.executable, "-c", "import cli; cli.main()"]
+X265_ERROR = "x265 [error]: picture dimensions are out of range for specified level"
+PROFILE = """description = "H.265 at level 3.0: too small a level for 720p"
+[video]
+codec = "libx265"
+width = 1280
+height = 720
+profile = "main"
+level = "3.0"
+preset = "ultrafast"
+crf = 28
+[audio]
+codec = "aac"
+bitrate_k = 64
+sample_rate = 48000
+channels = 2
+"""
+# The same failure took 60 s before; a few seconds leave room for a loaded machine.
+QUICK_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("fail")
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=25:duration=2", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-g", "25", str(d / "src.mp4")],
+                   check=True, timeout=60)
+    (d / "level3.toml").write_text(PROFILE, encoding="utf-8")
+    return d
+
+
+def _encode(d: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    t = time.monotonic()
+    # Networking on (the default) without mDNS or --peer: a coordinator that could be
+    # waiting for peers, as a user's would be.
+    res = subprocess.run([*SWARM, "encode", "src.mp4", "-p", "level3.toml", "-o", "out.mp4",
+                          "--no-mdns", "--chunk-seconds", "1", "--name", "alpha", *args],
+                         cwd=d, capture_output=True, text=True, timeout=120, env=env)
+    return res, time.monotonic() - t
+
+
+def _error_lines(res: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("swarm: error:")]
+
+
+def test_a_chunk_failing_the_same_way_every_time_ends_the_job_with_its_reason(job: Path
+                                                                              ) -> None:
+    res, took = _encode(job, "-w", "1")
+    assert res.returncode == 1, res.stderr
+    assert took < QUICK_S, (took, res.stderr)
+    assert _error_lines(res) == [
+        f"swarm: error: chunk 0 failed on all 3 attempts: {X265_ERROR}"], res.stderr
+    assert res.stderr.splitlines()[-1].startswith("swarm: error:")
+    assert not (job / "out.mp4").exists() and not list(job.glob(".*.swarm"))
+
+
+def test_a_peer_failing_every_chunk_is_named_with_why_it_was_left_out(job: Path) -> None:
+    # Two slots fail two chunks at once: no chunk reaches three failures before this
+    # device is benched (three failures in all), so it is the peer that is given up.
+    res, took = _encode(job, "-w", "2")
+    assert res.returncode == 1, res.stderr
+    assert took < QUICK_S, (took, res.stderr)
+    shown = [ln for ln in res.stderr.splitlines() if ln.startswith("swarm: alpha left out")]
+    assert len(shown) == 1 and X265_ERROR in shown[0], res.stderr
+    (err,) = _error_lines(res)
+    assert X265_ERROR in err, err
+    assert ("alpha left out after" in err and "all the same way; 0 chunks done" in err) or (
+        err.startswith("swarm: error: chunk ") and "failed on all" in err), err
