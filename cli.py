@@ -157,12 +157,21 @@ class _Plain:
                 f"swarm: {e['input']} -> {e['output']} ({e['profile']}, "
                 f"{e['width']}x{e['height']}, {e['frames']} frames in {e['chunks']} chunks, "
                 f"{e['workers']} local worker(s))", err=True)
+        elif kind == "job_resumed":
+            self.frames = e["frames_done"]
+            typer.echo(f"swarm: resumed: {e['chunks_kept']} of {e.get('of', '?')} chunks kept "
+                       f"({self.frames} frames)", err=True)
         elif kind == "chunk_done":
             self.frames = e["frames_done"]
-            pct = 100 * self.frames // max(1, self.total)
-            if pct // 10 != self.last_pct // 10:
+            # 100 % is said once the merged output verified (job_end), not when the last
+            # chunk is in: the merge and its check still take a while.
+            pct = min(99, 100 * self.frames // max(1, self.total))
+            if pct // 10 != self.last_pct // 10 and self.frames < self.total:
                 self.last_pct = pct
                 typer.echo(f"swarm: {pct}% ({self.frames}/{self.total} frames)", err=True)
+        elif kind == "job_end":
+            typer.echo(f"swarm: 100% ({self.total}/{self.total} frames), output verified",
+                       err=True)
         elif kind == "chunk_failed":
             fate = e.get("fate") or ("requeued" if e["requeued"] else "dropped")
             typer.echo(f"swarm: chunk {e['chunk']} failed on {e['peer']} ({e['reason']}); "
@@ -359,9 +368,11 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
             _tolerating_dead_pipes(sink.close)
     summary: dict[str, Any] = {}
     if mode != "quiet" or report_html is not None:
+        from peer.coordinator import default_workers
         from peer.dashboard import summarize
 
-        summary = summarize(result, score)
+        summary = summarize(result, score, local_slots=opts.workers or default_workers(),
+                            box=(prof.video.width, prof.video.height))
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if report_html is not None:
@@ -571,6 +582,8 @@ def jobs(
         return
     for r in rows:
         what = "removed" if r["removed"] else r["state"]
+        if what == "crashed":
+            what = "crashed (run the same swarm encode to resume)"
         typer.echo(f"{r['output']}  {what}  {r['done']}/{r['chunks']} chunks  "
                    f"(from {r['input']})")
 

@@ -533,6 +533,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         if resuming:
             await server.restore_from_journal()
             emit({"event": "job_resumed", "chunks_kept": len(server.restored),
+                  "chunks": sorted(server.restored), "of": len(plans),
                   "frames_done": server.job.frames_done})
         audio_file = None
         if (info.audio is not None

@@ -38,6 +38,14 @@ _FIXED_LINES = 7
 EVENTS_SHOWN = 4
 # A score is output pixels per second (peer.benchmark); shown in millions.
 MPX = 1e6
+# The ETA divides what is left by the rate of the last few seconds: the rate since the start
+# counts the probe and every encoder's start-up, and at 3 s of a 9 s job said "ETA 0:17".
+ETA_WINDOW_S = 5.0
+# A rate over less than this is mostly the granularity of progress reports (every 0.5-1 s).
+ETA_MIN_SPAN_S = 1.0
+# A benchmark at the profile's box says nothing about a much smaller output: per-frame
+# costs weigh more there, and a 320x240 job ran far below the 720p pixel rate.
+SPEEDUP_MIN_BOX_SHARE = 0.5
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -104,8 +112,10 @@ class JobView:
         self.chunk_peer: list[str] = []
         self.chunk_frames: list[int] = []
         self.frames_done = 0
+        self.kept = self.kept_frames = 0  # what a resumed job kept from its crashed run
         self.failures = 0
         self.retries = 0
+        self.rate_samples: deque[tuple[float, int]] = deque()  # (time, live frames)
         self.peers: dict[str, PeerRow] = {}
         self.events: deque[str] = deque(maxlen=EVENTS_SHOWN)
 
@@ -150,6 +160,18 @@ class JobView:
             self._log(now, f"{e['peer']} left")
         elif kind == "peer_foreign":
             self._log(now, f"{e['peer']} not used: {e['why']}")
+        elif kind == "peer_unreachable":
+            self._log(now, f"{e['peer']} unreachable: {e['why']}")
+        elif kind == "peer_benched":
+            self.peer(e["peer"]).benched = True
+            self._log(now, e["reason"])
+        elif kind == "job_resumed":
+            for c in e.get("chunks", []):
+                if c < len(self.chunk_state):
+                    self.chunk_state[c] = "kept"
+            self.kept = e["chunks_kept"]
+            self.frames_done = self.kept_frames = e["frames_done"]
+            self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
         elif kind == "chunk_start":
             c = e["chunk"]
             row = self.peer(e["peer"])
@@ -197,10 +219,9 @@ class JobView:
                     self.retries += 1
                     self.chunk_state[c], self.chunk_peer[c] = "retry", ""
                 self.chunk_frames[c] = 0
-            self._log(now, f"chunk {c} {'failed' if kind == 'chunk_failed' else 'requeued'} "
-                           f"on {e.get('peer', '?')}: {e.get('reason', '')}")
-            if row is not None and row.benched and kind == "chunk_failed":
-                self._log(now, f"{row.name} benched after repeated failures")
+            fate = e.get("fate", "requeued") if kind == "chunk_failed" else "requeued"
+            self._log(now, f"chunk {c} {'failed' if kind == 'chunk_failed' else 'lost'} "
+                           f"on {e.get('peer', '?')}: {e.get('reason', '')}; {fate}")
         elif kind == "chunk_duplicate":
             self._log(now, f"chunk {e['chunk']} from {e['peer']}: already done, dropped")
         elif kind == "listening":
@@ -217,6 +238,13 @@ class JobView:
         elif kind == "job_end":
             self.phase = "done"
             self.ended = now
+        if kind in ("chunk_progress", "chunk_done", "job_resumed"):
+            self._sample(now)
+
+    def _sample(self, now: float) -> None:
+        self.rate_samples.append((now, self.live_frames()))
+        while len(self.rate_samples) > 2 and now - self.rate_samples[1][0] >= ETA_WINDOW_S:
+            self.rate_samples.popleft()
 
     def _log(self, now: float, text: str) -> None:
         t = now - self.started if self.started is not None else 0.0
@@ -233,26 +261,34 @@ class JobView:
 
     def fps(self, now: float) -> float:
         t = self.elapsed(now)
-        return self.live_frames() / t if t > 0.5 else 0.0
+        return (self.live_frames() - self.kept_frames) / t if t > 0.5 else 0.0
+
+    def recent_fps(self) -> float | None:
+        """Frames per second over the last ``ETA_WINDOW_S``; None until a rate is known."""
+        if len(self.rate_samples) < 2:
+            return None
+        (t0, f0), (t1, f1) = self.rate_samples[0], self.rate_samples[-1]
+        if t1 - t0 < ETA_MIN_SPAN_S or f1 <= f0:
+            return None
+        return (f1 - f0) / (t1 - t0)
 
     def eta(self, now: float) -> float | None:
-        fps = self.fps(now)
-        if self.phase != "encoding" or fps <= 0:
+        fps = self.recent_fps()
+        if self.phase != "encoding" or fps is None:
             return None
         return (self.frames - self.live_frames()) / fps
 
-    def speedup(self, now: float) -> float | None:
-        """Pixels per second so far over what this device alone does (its benchmark)."""
-        if not self.local_score or not self.width:
-            return None
-        rate = self.fps(now) * self.width * self.height
-        return rate / self.local_score if rate > 0 else None
+    def shown_frames(self) -> int:
+        """What the bar shows: one frame short of all until the merged output verified,
+        since encoded frames still have to be checked and merged."""
+        live = self.live_frames()
+        return live if self.phase == "done" else min(live, max(0, self.frames - 1))
 
     # -- rendering ----------------------------------------------------------------------
     def render(self, now: float, width: int, height: int = 24) -> RenderableType:
         width = max(40, width)
-        pct = 100 * self.live_frames() / self.frames if self.frames else 0.0
-        speed = self.speedup(now)
+        shown = self.shown_frames()
+        pct = 100 * shown / self.frames if self.frames else 0.0
         head1 = Text(no_wrap=True, overflow="ellipsis")
         head1.append("swarm ", style="bold")
         head1.append(f"{self.input} -> {self.output}", style="bold")
@@ -261,15 +297,14 @@ class JobView:
         head2.append(f"{self.phase:<9}", style="bold green" if self.phase == "done" else "")
         head2.append(f" elapsed {fmt_duration(self.elapsed(now))}"
                      f"  ETA {fmt_duration(self.eta(now))}"
-                     f"  {self.fps(now):.1f} fps"
-                     f"  speedup {f'{speed:.1f}x' if speed else '-'}")
+                     f"  {self.fps(now):.1f} fps")
         bar = Table.grid(padding=(0, 1))
         bar.add_column(no_wrap=True)
         bar.add_column(ratio=1)
         bar.add_column(no_wrap=True)
         bar.add_row(f"{pct:5.1f}%",
-                    ProgressBar(total=max(1, self.frames), completed=self.live_frames()),
-                    f"{self.live_frames()}/{self.frames} fr")
+                    ProgressBar(total=max(1, self.frames), completed=shown),
+                    f"{shown}/{self.frames} fr")
 
         map_lines = max(1, math.ceil(len(self.chunk_state) / width))
         free = height - _FIXED_LINES - EVENTS_SHOWN - 1
@@ -313,7 +348,7 @@ class JobView:
         return t
 
     def _chunk_map(self, width: int, lines: int) -> list[RenderableType]:
-        done = sum(s == "done" for s in self.chunk_state)
+        done = sum(s in ("done", "kept") for s in self.chunk_state)
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(f"chunks {done}/{len(self.chunk_state)} done", style="bold")
         title.append(f"  failures {self.failures}  retries {self.retries}")
@@ -331,6 +366,8 @@ class JobView:
                 cells.append(row.letter.lower(), style=row.colour)
             elif state == "retry":
                 cells.append("x", style="bold red")
+            elif state == "kept":
+                cells.append("=", style="green")
             else:
                 cells.append(".", style="dim")
             if (i + 1) % width == 0 and i + 1 < len(states):
@@ -341,6 +378,8 @@ class JobView:
         legend.append(". pending  A held by peer A  a done by A  ")
         legend.append("x", style="bold red")
         legend.append(" requeued")
+        if self.kept:
+            legend.append("  = kept")
         return [title, cells, legend]
 
 
@@ -387,6 +426,7 @@ class JoinView:
             self.running[e["chunk"]] = (e["frames"], float(e.get("fps", 0.0)))
         elif kind == "chunk_end":
             frames, _ = self.running.pop(e["chunk"], (0, 0.0))
+            frames = e.get("frames", frames)  # the chunk's own count, not the last report
             if e["outcome"] == "done":
                 self.done += 1
                 self.frames += frames
@@ -424,16 +464,32 @@ class JoinView:
 
 
 # -- end of job -----------------------------------------------------------------------------
-def summarize(report: dict[str, Any], local_score: float | None) -> dict[str, Any]:
+def summarize(report: dict[str, Any], local_score: float | None, *, local_slots: int = 1,
+              box: tuple[int, int] | None = None) -> dict[str, Any]:
     """Per-peer totals from a job report's attempts, and the speedup over this device alone.
 
     Busy time is the sum of a peer's attempt durations (all outcomes: time it spent for
-    us); chunks and frames count only the results we kept.
+    us); chunks and frames count only the results we kept. Chunks a resumed job kept from
+    its crashed run are counted apart ("kept"): nobody was busy with them in this run.
+
+    Speedup: this device's benchmarked time for the work of this run (frames x output
+    pixels over ``local_score`` x ``local_slots``, the slots it would use alone) against
+    the wall time. None without a score, or when the output is less than
+    ``SPEEDUP_MIN_BOX_SHARE`` of the profile's ``box``, where the benchmark does not apply.
     """
+    kept_idx = set(report.get("resumed_chunks", []))
+    kept_chunks = [c for c in report.get("chunks", []) if c.get("index") in kept_idx]
+    kept_by: dict[str, tuple[int, int]] = {}
+    for c in kept_chunks:
+        n, f = kept_by.get(c.get("peer", ""), (0, 0))
+        kept_by[c.get("peer", "")] = (n + 1, f + c.get("frames", 0))
     peers: dict[str, dict[str, Any]] = {}
     for p in report.get("peers", []):
-        peers[p["name"]] = {"name": p["name"], "chunks": p["chunks"], "frames": p["frames"],
-                            "busy_s": 0.0, "attempts": 0, "failed": 0}
+        n, f = kept_by.get(p["name"], (0, 0))
+        if p["chunks"] - n > 0:
+            peers[p["name"]] = {"name": p["name"], "chunks": p["chunks"] - n,
+                                "frames": p["frames"] - f, "busy_s": 0.0, "attempts": 0,
+                                "failed": 0}
     for a in report.get("attempts", []):
         p = peers.setdefault(a["peer"], {"name": a["peer"], "chunks": 0, "frames": 0,
                                          "busy_s": 0.0, "attempts": 0, "failed": 0})
@@ -446,13 +502,22 @@ def summarize(report: dict[str, Any], local_score: float | None) -> dict[str, An
         p["mean_fps"] = round(p["frames"] / p["busy_s"], 2) if p["busy_s"] > 0 else 0.0
         p["share"] = round(p["frames"] / total, 4)
     wall = report.get("wall_s", 0.0)
+    kept_frames = sum(c.get("frames", 0) for c in kept_chunks)
+    pixels = report.get("width", 0) * report.get("height", 0)
     speedup = None
-    if local_score and wall > 0:
-        alone_s = report["frames"] * report["width"] * report["height"] / local_score
+    applies = box is None or pixels >= SPEEDUP_MIN_BOX_SHARE * box[0] * box[1]
+    work = (report.get("frames", 0) - kept_frames) * pixels
+    if local_score and wall > 0 and applies and work > 0:
+        alone_s = work / (local_score * max(1, local_slots))
         speedup = round(alone_s / wall, 2)
     return {"peers": sorted(peers.values(), key=lambda p: -p["frames"]), "wall_s": wall,
             "speedup": speedup, "retries": report.get("retries", 0),
-            "duplicates": report.get("duplicates", 0)}
+            "duplicates": report.get("duplicates", 0),
+            "kept": {"chunks": len(kept_chunks), "frames": kept_frames,
+                     "of": len(report.get("chunks", [])),
+                     "share": round(kept_frames / total, 4)},
+            "left_out": report.get("left_out", []),
+            "unreachable": report.get("unreachable", [])}
 
 
 def summary_table(summary: dict[str, Any]) -> RenderableType:
@@ -463,8 +528,16 @@ def summary_table(summary: dict[str, Any]) -> RenderableType:
     for p in summary["peers"]:
         t.add_row(p["name"], str(p["chunks"]), str(p["frames"]), f"{p['busy_s']:.1f}s",
                   f"{p['mean_fps']:.1f}", f"{100 * p['share']:.0f}%")
+    kept = summary.get("kept") or {}
+    if kept.get("chunks"):
+        t.add_row(Text("kept (earlier run)", style="dim"), str(kept["chunks"]),
+                  str(kept["frames"]), "-", "-", f"{100 * kept['share']:.0f}%")
     sp = summary["speedup"]
-    foot = Text(f"wall {summary['wall_s']:.1f}s  speedup over this device alone "
-                f"{f'{sp:.1f}x' if sp else '-'}  retries {summary['retries']}  "
-                f"duplicates {summary['duplicates']}")
-    return Group(t, foot)
+    lines = [f"wall {summary['wall_s']:.1f}s  "
+             + (f"speedup over this device alone {sp:.1f}x  " if sp else "")
+             + f"retries {summary['retries']}  duplicates {summary['duplicates']}"]
+    if kept.get("chunks"):
+        lines.append(f"resumed: {kept['chunks']} of {kept['of']} chunks kept")
+    lines += [f"left out: {x['reason']}" for x in summary.get("left_out", [])]
+    lines += [f"unreachable: {x['peer']} ({x['reason']})" for x in summary.get("unreachable", [])]
+    return Group(t, *(Text(line) for line in lines))

@@ -268,10 +268,17 @@ def summarize(journal_path: Path) -> JournalSummary | None:
             except BlockingIOError:
                 locked = True
     ident = meta.get("input")
+    state = meta.get("state", "unknown")
+    if locked:
+        state = "running"
+    elif state in ("encoding", "merging"):
+        # Every live encode holds the lock (flock dies with its process): a journal that
+        # says it is at work but that nobody holds was left by a crash, and can resume.
+        state = "crashed"
     return JournalSummary(
         path=str(journal_path), output=meta.get("output", ""),
         input=InputIdentity.from_json(ident).path if ident else "",
-        state="running" if locked else meta.get("state", "unknown"), chunks=int(total or 0),
+        state=state, chunks=int(total or 0),
         done=int(done or 0), updated=journal_path.stat().st_mtime, locked=locked)
 
 

@@ -1,6 +1,7 @@
 """`swarm encode --report-html`: one self-contained page picturing a finished job.
 
-The page is a timeline (one row per peer, one bar per chunk attempt, coloured by outcome)
+The page is a timeline (one row per peer, split into one lane per slot when a peer ran
+attempts at the same time; one bar per chunk attempt, coloured by outcome)
 and the per-peer summary, as inline SVG and CSS: no network, no external file, so it can be
 mailed or opened from a USB stick. Built from the JSON report (``run_encode``'s return
 value) and ``peer.dashboard.summarize``; only ``cli.py`` imports this module.
@@ -44,6 +45,26 @@ def _ticks(span: float) -> list[float]:
     return [i * step for i in range(int(span / step) + 1)]
 
 
+def lanes(attempts: list[dict[str, Any]]) -> list[int]:
+    """A lane for each attempt (in order given) so that no two in a lane overlap in time.
+
+    Greedy by start time into the first lane free by then: as many lanes as attempts ever
+    ran at once on that peer, which is its slots in use (a 2-slot peer's bars drawn in one
+    row covered each other)."""
+    order = sorted(range(len(attempts)), key=lambda i: (attempts[i]["start_s"], i))
+    free_at: list[float] = []
+    out = [0] * len(attempts)
+    for i in order:
+        a = attempts[i]
+        lane = next((k for k, t in enumerate(free_at) if t <= a["start_s"]), len(free_at))
+        if lane == len(free_at):
+            free_at.append(a["end_s"])
+        else:
+            free_at[lane] = a["end_s"]
+        out[i] = lane
+    return out
+
+
 def _timeline(report: dict[str, Any]) -> str:
     attempts = report.get("attempts", [])
     peers: list[str] = []
@@ -52,8 +73,11 @@ def _timeline(report: dict[str, Any]) -> str:
             peers.append(a["peer"])
     span = max([report.get("wall_s", 0.0), *(a["end_s"] for a in attempts)], default=0.0)
     span = max(span, 1e-3)
+    per_peer = {p: [a for a in attempts if a["peer"] == p] for p in peers}
+    lane_of = {p: lanes(per_peer[p]) for p in peers}
+    rows = {p: 1 + max(lane_of[p], default=0) for p in peers}
     width = LABEL_W + PLOT_W + 10
-    height = AXIS_H + ROW_H * max(1, len(peers)) + 4
+    height = AXIS_H + ROW_H * max(1, sum(rows.values())) + 4
 
     def x(t: float) -> float:
         return LABEL_W + PLOT_W * max(0.0, t) / span
@@ -66,24 +90,28 @@ def _timeline(report: dict[str, Any]) -> str:
         out.append(f'<line class="grid" x1="{x(t):.1f}" y1="{AXIS_H - 6}" x2="{x(t):.1f}" '
                    f'y2="{height}"/><text class="tick" x="{x(t):.1f}" y="{AXIS_H - 10}">'
                    f'{t:g}s</text>')
-    for row, peer in enumerate(peers):
-        y = AXIS_H + row * ROW_H
-        out.append(f'<text class="peer" x="{LABEL_W - 8}" y="{y + ROW_H / 2 + 4:.1f}">'
+    row = 0
+    for peer in peers:
+        top = AXIS_H + row * ROW_H
+        out.append(f'<text class="peer" x="{LABEL_W - 8}" y="{top + ROW_H / 2 + 4:.1f}">'
                    f'{_esc(peer)}</text>')
-        for a in (a for a in attempts if a["peer"] == peer):
+        for a, lane in zip(per_peer[peer], lane_of[peer], strict=True):
+            y = top + lane * ROW_H
             x0, x1 = x(a["start_s"]), x(a["end_s"])
             colour = OUTCOME_COLOURS.get(a["outcome"], "#444444")
             why = f" ({a['reason']})" if a.get("reason") else ""
             tip = (f"chunk {a['chunk']} on {peer}: {a['outcome']}{why}, "
                    f"{a['start_s']:.2f}-{a['end_s']:.2f} s")
             out.append(
-                f'<g class="bar" data-outcome="{_esc(a["outcome"])}" data-chunk="{a["chunk"]}">'
+                f'<g class="bar" data-outcome="{_esc(a["outcome"])}" data-chunk="{a["chunk"]}" '
+                f'data-lane="{lane}">'
                 f'<rect x="{x0:.1f}" y="{y + (ROW_H - BAR_H) / 2:.1f}" '
                 f'width="{max(1.5, x1 - x0):.1f}" height="{BAR_H}" rx="3" fill="{colour}">'
                 f'<title>{_esc(tip)}</title></rect>'
                 + (f'<text class="chunk" x="{(x0 + x1) / 2:.1f}" y="{y + ROW_H / 2 + 4:.1f}">'
                    f'{a["chunk"]}</text>' if x1 - x0 > 18 else "")
                 + "</g>")
+        row += rows[peer]
     out.append("</svg>")
     return "".join(out)
 
@@ -94,13 +122,20 @@ def _summary(summary: dict[str, Any]) -> str:
         f"<td>{p['busy_s']:.1f} s</td><td>{p['mean_fps']:.1f}</td>"
         f"<td>{100 * p['share']:.0f}%</td></tr>" for p in summary["peers"])
     sp = summary.get("speedup")
+    kept = summary.get("kept") or {}
+    notes = "".join(f"<p>{_esc(line)}</p>" for line in (
+        ([f"resumed: {kept['chunks']} of {kept['of']} chunks kept"] if kept.get("chunks")
+         else [])
+        + [f"left out: {x['reason']}" for x in summary.get("left_out", [])]
+        + [f"unreachable: {x['peer']} ({x['reason']})" for x in summary.get("unreachable", [])]))
     return (
         '<table id="summary"><thead><tr><th>peer</th><th>chunks</th><th>frames</th>'
         f"<th>busy</th><th>mean fps</th><th>share</th></tr></thead><tbody>{rows}</tbody>"
         "</table>"
-        f'<p class="totals">wall time {summary["wall_s"]:.1f} s &middot; speedup over this '
-        f"device alone {f'{sp:.1f}x' if sp else '-'} &middot; retries "
-        f'{summary["retries"]} &middot; duplicates {summary["duplicates"]}</p>')
+        f'<p class="totals">wall time {summary["wall_s"]:.1f} s &middot; '
+        + (f"speedup over this device alone {sp:.1f}x &middot; " if sp else "")
+        + f'retries {summary["retries"]} &middot; duplicates {summary["duplicates"]}</p>'
+        + notes)
 
 
 _CSS = """

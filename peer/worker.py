@@ -153,7 +153,10 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
         if outcome == "gone":
             log.warning("job %s: coordinator gone; dropping it", terms.job_id)
             return
-        on_event({"event": "chunk_end", "chunk": reply.chunk, "outcome": outcome})
+        # The chunk's frames: progress reports come every second, so the last one may have
+        # counted a third of a short chunk.
+        on_event({"event": "chunk_end", "chunk": reply.chunk, "outcome": outcome,
+                  "frames": reply.frames})
         last_ok = trio.current_time()
 
 

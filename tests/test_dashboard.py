@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from rich.console import Console
 
 from media import FFMPEG
 from peer.dashboard import JobView, JoinView, summarize, summary_table
-from peer.report_html import OUTCOME_COLOURS, build_html
+from peer.report_html import OUTCOME_COLOURS, build_html, lanes
 
 REPO = Path(__file__).resolve().parent.parent
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -58,7 +59,9 @@ def test_job_dashboard_shows_peers_map_and_progress(width: int, height: int) -> 
     text = _render(view.render(now, width, height), width, height)
     _fits(text, width, height)
     assert "holiday-2024-final-cut.mov -> " in text
-    assert "ETA" in text and "fps" in text and "speedup" in text
+    assert "ETA" in text and "fps" in text
+    # No live speedup: it is defined over the whole job's wall time (see summarize).
+    assert "speedup" not in text
     assert "1550/2400" in text and "64.6%" in text
     for peer, state in (("alpha (here)", "encoding"), ("bravo", "encoding"), ("charlie", "gone")):
         line = next(x for x in text.splitlines() if peer in x)
@@ -151,6 +154,97 @@ def test_summary_per_peer_and_speedup() -> None:
     text = _render(summary_table(s), 80, 24)
     _fits(text, 80, 24)
     assert "alpha" in text and "40%" in text and "retries 2" in text and "duplicates 1" in text
+
+
+def _start(view: JobView, chunks: int, frames: int, now: float = 0.0) -> None:
+    view.feed({"event": "job_start", "input": "a.mp4", "output": "b.mp4", "profile": "hd",
+               "frames": frames, "chunks": chunks, "width": 1280, "height": 720,
+               "workers": 2, "name": "alpha"}, now)
+
+
+def test_a_resumed_job_shows_its_kept_chunks_as_done() -> None:
+    view = JobView()
+    _start(view, 4, 400)
+    view.feed({"event": "job_resumed", "chunks_kept": 3, "chunks": [0, 1, 3], "of": 4,
+               "frames_done": 300}, 0.1)
+    text = _render(view.render(1.0, 80, 24), 80, 24)
+    assert "chunks 3/4 done" in text and "==.=" in text, text
+    assert "resumed: 3 of 4 chunks kept" in text and "300/400" in text, text
+    report = _report([{"id": "c2a1", "chunk": 2, "peer": "alpha", "start_s": 0.5,
+                       "end_s": 2.5, "outcome": "ok", "reason": "", "frames": 100}])
+    report.update(frames=400, resumed_chunks=[0, 1, 3],
+                  chunks=[{"index": i, "peer": "alpha", "frames": 100} for i in range(4)],
+                  peers=[{"name": "alpha", "chunks": 4, "frames": 400, "encode_s": 2.0}])
+    s = summarize(report, None)
+    [alpha] = s["peers"]
+    assert (alpha["chunks"], alpha["frames"], alpha["busy_s"]) == (1, 100, 2.0)
+    text = _render(summary_table(s), 80, 24)
+    assert "resumed: 3 of 4 chunks kept" in text and "kept (earlier run)" in text, text
+    assert "0.0s" not in text
+
+
+def test_speedup_is_the_benchmarked_time_alone_over_the_wall_time() -> None:
+    report = _report(_attempts())  # 1000 frames of 1280x720 in 12 s of wall time
+    score = 1280 * 720 * 50.0  # per slot: 50 fps
+    # Alone this device runs 2 slots: 1000 frames at 100 fps take 10 s, against 12 s.
+    s = summarize(report, score, local_slots=2, box=(1280, 720))
+    assert s["speedup"] == round(10 / 12, 2)
+    # Output a quarter of the benchmarked box: the 1080p score says nothing about it.
+    assert summarize(report, score, local_slots=2, box=(2560, 1440))["speedup"] is None
+    text = _render(summary_table(summarize(report, None)), 80, 24)
+    assert "speedup" not in text  # unknown: not shown, never as "-" or a guess
+
+
+def test_eta_follows_the_recent_rate_and_100_percent_waits_for_the_verified_output() -> None:
+    view = JobView()
+    _start(view, 3, 900)
+    # Start-up (probe, ffmpeg launch) takes 1.5 s; then 100 fps, so the job's encode ends
+    # at 10.5 s.
+    view.feed({"event": "chunk_start", "chunk": 0, "attempt": "a0", "peer": "alpha",
+               "frames": 900, "remote": False}, 1.5)
+    for t in (2.0, 2.5, 3.0):
+        view.feed({"event": "chunk_progress", "chunk": 0, "frames": round((t - 1.5) * 100),
+                   "attempt": "a0", "peer": "alpha", "fps": 100.0}, t)
+    eta = view.eta(3.0)
+    assert eta is not None and abs(eta - 7.5) < 0.5, eta  # the rate since 0 said 15 s
+    view.feed({"event": "chunk_progress", "chunk": 0, "frames": 900, "attempt": "a0",
+               "peer": "alpha", "fps": 100.0}, 10.5)
+    assert "100.0%" not in _render(view.render(10.6, 80, 24), 80, 24)  # still checked
+    view.feed({"event": "chunk_done", "chunk": 0, "attempt": "a0", "peer": "alpha",
+               "encode_s": 9.0, "frames": 900, "frames_done": 900}, 10.8)
+    view.feed({"event": "merge"}, 10.9)
+    assert "100.0%" not in _render(view.render(11.0, 80, 24), 80, 24)  # merging
+    view.feed({"event": "job_end", "output": "b.mp4", "wall_s": 11.5}, 11.5)
+    assert "100.0%" in _render(view.render(11.6, 80, 24), 80, 24)
+
+
+def test_join_totals_count_each_chunk_by_its_frames() -> None:
+    view = JoinView(address="10.0.0.7:7800")
+    view.feed({"event": "node_up", "port": 7800, "name": "bravo", "node_id": "ab12"}, 0.0)
+    for c in range(4):
+        view.feed({"event": "chunk_start", "chunk": c, "attempt": f"c{c}a1"}, 1.0 + c)
+        # The last progress report came a third of the way through the 50-frame chunk.
+        view.feed({"event": "chunk_progress", "chunk": c, "frames": 16, "fps": 30.0}, 1.5 + c)
+        view.feed({"event": "chunk_end", "chunk": c, "outcome": "done", "frames": 50},
+                  2.0 + c)
+    text = _render(view.render(9.0, 80, 24), 80, 24)
+    assert "4 chunk(s), 200 frames" in text, text
+
+
+def test_html_timeline_gives_attempts_running_at_once_on_one_peer_their_own_lanes() -> None:
+    atts = [{"id": f"a{i}", "chunk": i, "peer": "alpha", "start_s": s, "end_s": e,
+             "outcome": "ok", "reason": "", "frames": 100}
+            for i, (s, e) in enumerate([(0.0, 2.0), (0.1, 2.2), (2.0, 4.0), (2.3, 4.1)])]
+    assert lanes(atts) == [0, 1, 0, 1]
+    atts.append({"id": "b0", "chunk": 4, "peer": "bravo", "start_s": 0.0, "end_s": 3.0,
+                 "outcome": "ok", "reason": "", "frames": 100})
+    report = _report(atts)
+    page = build_html(report, summarize(report, None))
+    ys = {}
+    for m in re.finditer(r'data-chunk="(\d+)" data-lane="(\d)"><rect x="[^"]+" '
+                                       r'y="([^"]+)"', page):
+        ys[int(m.group(1))] = float(m.group(3))
+    assert ys[0] == ys[2] < ys[1] == ys[3] < ys[4], ys  # bravo's row below alpha's two
 
 
 # -- the HTML report in a real browser ------------------------------------------------------
