@@ -14,6 +14,7 @@ import pty
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -346,8 +347,31 @@ def test_plain_mode_prints_progress_lines_and_summary(tmp_path: Path, clip: Path
     err = res.stderr
     assert "\x1b[" not in err  # no terminal codes in a pipe
     assert "swarm: 100% (75/75 frames)" in err and "merging" in err
+    # 100 % is said once the merged output verified, never while chunks are checked.
+    assert err.index("merging") < err.index("swarm: 100%"), err
     assert "job summary" in err and "alpha" in err and "100%" in err
     assert "retries 0" in err and "done in" in err.splitlines()[-1]
+
+
+def test_an_unreachable_peer_is_reported_once_on_screen_and_in_the_report(
+        tmp_path: Path, clip: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = _swarm("encode", str(clip), "-o", "o.mp4", "--json", "--report", "r.json",
+                 "--no-mdns", "--peer", f"127.0.0.1:{port}", "--chunk-seconds", "1",
+                 "-w", "2", "--name", "alpha", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    said = [e for e in events if e["event"] == "peer_unreachable"]
+    assert len(said) == 1 and said[0]["peer"] == f"127.0.0.1:{port}", said
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [u["peer"] for u in report["unreachable"]] == [f"127.0.0.1:{port}"]
+    res = _swarm("encode", str(clip), "-o", "p.mp4", "--no-mdns", "--peer",
+                 f"127.0.0.1:{port}", "--chunk-seconds", "1", "-w", "2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count(f"peer 127.0.0.1:{port} unreachable") == 1, res.stderr
+    assert f"unreachable: 127.0.0.1:{port}" in res.stderr  # in the summary too
 
 
 def test_quiet_mode_prints_the_output_path_only(tmp_path: Path, clip: Path) -> None:

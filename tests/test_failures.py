@@ -13,11 +13,21 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import trio
 
+from chunker.commands import VideoPlan
+from chunker.plan import plan_chunks
+from chunker.probe import VideoInfo
+from cli import _Plain
 from media import FFMPEG
+from peer.coordinator import EncodeOptions, JobServer
+from profiles import load_profile
+from swarm.job import Assign
 
 REPO = Path(__file__).resolve().parent.parent
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -90,3 +100,47 @@ def test_a_peer_failing_every_chunk_is_named_with_why_it_was_left_out(job: Path)
     assert X265_ERROR in err, err
     assert ("alpha left out after" in err and "all the same way; 0 chunks done" in err) or (
         err.startswith("swarm: error: chunk ") and "failed on all" in err), err
+
+
+# -- what is said about a chunk whose attempt ended -------------------------------------------
+def _server(events: list[dict[str, Any]]) -> JobServer:
+    tb = Fraction(1, 25 * 512)
+    video = VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
+                      time_base=tb, pts=tuple(i * 512 for i in range(100)),
+                      keyframes=tuple(range(0, 100, 25)), last_duration=512)
+    opts = EncodeOptions(input="in.mp4", output="out.mp4", profile=load_profile("hd"),
+                         name="alpha", policy="fifo")
+    # Only the job's bookkeeping runs here: no file is read, no ffmpeg started.
+    return JobServer(job_id="j", opts=opts, ffmpeg=cast(Any, None), info=cast(Any, None),
+                     plans=plan_chunks(video, 0.0, 1.0), vplan=VideoPlan(640, 360, 50),
+                     workdir="/nonexistent", emit=events.append, local_key="local")
+
+
+def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    events: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        server = _server(events)
+        now = trio.current_time()
+        server.names["n1"] = "bravo"
+        server.job.add_peer("n1", None, now)
+        server.job.add_peer("local", None, now)
+        a = server.claim("n1", now)
+        assert isinstance(a, Assign) and a.chunk == 0
+        server.peer_left("n1", now)  # chunk 0 goes back to the queue
+        server.fail(a.attempt, "upload: body ended early")  # its upload then broke
+        b = server.claim("local", now)
+        assert isinstance(b, Assign) and b.chunk == 0  # re-encoded here
+        server.fail(b.attempt, "chunk 0 failed: killed")
+
+    trio.run(main)
+    plain = _Plain()
+    for e in events:
+        plain(e)
+    err = capsys.readouterr().err
+    assert "dropped" not in err, err
+    assert "chunk 0 requeued from bravo (peer left)" in err, err
+    assert "chunk 0 failed on alpha (chunk 0 failed: killed); requeued" in err, err
+    failed = [e for e in events if e["event"] == "chunk_failed"]
+    assert [e["peer"] for e in failed] == ["alpha"]

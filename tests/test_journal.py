@@ -105,14 +105,22 @@ def test_sigkill_mid_encode_then_rerun_keeps_every_verified_chunk(tmp_path: Path
     _encode_until(tmp_path, "chunk_done", 5)
     wd = work_dir_for(str(tmp_path / "out.mp4"))
     [summary] = find_journals(str(tmp_path))
-    assert summary.state == "encoding" and not summary.locked and summary.done >= 5
+    # Nobody holds its lock: crashed, told apart from a running job ("running").
+    assert summary.state == "crashed" and not summary.locked and summary.done >= 5
     kept_before = summary.done
     listed = subprocess.run([*SWARM, "jobs", "--json"], cwd=tmp_path, env=ENV,
                             capture_output=True, text=True, timeout=60)
     assert json.loads(listed.stdout)[0]["done"] == kept_before
+    assert json.loads(listed.stdout)[0]["state"] == "crashed"
+    listed = subprocess.run([*SWARM, "jobs"], cwd=tmp_path, env=ENV, capture_output=True,
+                            text=True, timeout=60)
+    assert "crashed (run the same swarm encode to resume)" in listed.stdout, listed.stdout
     report, events = _rerun(tmp_path)
     # Every chunk the journal had verified is reused; only the rest is encoded again.
     assert len(report["resumed_chunks"]) == kept_before
+    [resumed] = [e for e in events if e["event"] == "job_resumed"]
+    assert resumed["chunks"] == report["resumed_chunks"] and resumed["of"] == len(
+        report["chunks"])
     started = {e["chunk"] for e in events if e["event"] == "chunk_start"}
     assert not started & set(report["resumed_chunks"])
     assert started | set(report["resumed_chunks"]) == set(range(len(report["chunks"])))
