@@ -32,6 +32,7 @@ from swarm.errors import ProfileError, RemoteProtocolError, UsageError
 from swarm.presence import PeerRecord
 from swarm.protocol import (
     PROTOCOL_VERSION,
+    AttemptFailed,
     ClaimRequest,
     Hello,
     Invite,
@@ -368,6 +369,16 @@ class Node:
             keep = server.progress_remote(prog.attempt, prog.chunk, prog.frames_done,
                                           prog.fps, trio.current_time())
             await respond_message(send, ProgressAck(keep), request)
+            return
+        if rest == "/failed" and method == "POST":
+            body = await read_body(receive, request)
+            self._check(request, body)
+            failed = decode(body, AttemptFailed)
+            known = server.running_attempt(failed.attempt, failed.chunk)
+            if known:
+                server.fail(failed.attempt, failed.reason)
+            await respond_message(send, ResultAck(known, "" if known else "not running"),
+                                  request)
             return
         if rest == "/source" and method in ("GET", "HEAD"):
             attempt = request.query.get("attempt", "")

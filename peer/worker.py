@@ -27,7 +27,9 @@ from profiles.profile import MAX_BOX
 from swarm import auth
 from swarm.errors import EncodeError, ProfileError, RemoteProtocolError
 from swarm.protocol import (
+    MAX_REASON,
     Assignment,
+    AttemptFailed,
     ClaimRequest,
     Invite,
     JobDone,
@@ -172,6 +174,22 @@ async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | 
     return ack.keep
 
 
+# Saying why an attempt failed is a courtesy: the broken upload tells the coordinator anyway.
+TELL_FAILED_S = 3.0
+
+
+async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignment,
+                       reason: str) -> None:
+    """Tell the coordinator why the encoder failed, before the upload is cut off."""
+    text = "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON] or "failed"
+    with trio.move_on_after(TELL_FAILED_S):
+        try:
+            await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/failed",
+                       AttemptFailed(a.job_id, a.chunk, a.attempt, text), (ResultAck,))
+        except (httpx.HTTPError, RemoteProtocolError) as exc:
+            log.debug("chunk %d: could not report the failure: %s", a.chunk, exc)
+
+
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[dict[str, object]], None]) -> str:
@@ -254,6 +272,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
             # body rather than a complete-looking short chunk.
             log.warning("chunk %d: %s", a.chunk, exc)
             outcome = "failed"
+            await _tell_failed(client, secret, a, str(exc))
             nursery.cancel_scope.cancel()
         else:
             await send.aclose()

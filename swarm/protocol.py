@@ -44,6 +44,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Assignment",
+    "AttemptFailed",
     "ClaimRequest",
     "Hello",
     "Invite",
@@ -446,6 +447,21 @@ class Progress(Message):
     attempt: Annotated[str, _token]
     frames_done: Annotated[int, _int(0, MAX_FRAMES)]
     fps: Annotated[float, _float(0.0, MAX_FPS)]
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class AttemptFailed(Message):
+    """``POST /v1/jobs/{id}/failed``: the peer's encoder failed, and why (its first error
+    line), so the coordinator can tell a chunk that fails everywhere from a broken peer
+    instead of seeing only an aborted upload. Answered with a ``ResultAck``; a coordinator
+    without the route (404) learns of the failure from the broken upload as before."""
+
+    TYPE: ClassVar[str] = "attempt_failed"
+    job_id: Annotated[str, _token]
+    chunk: Annotated[int, _chunk]
+    attempt: Annotated[str, _token]
+    reason: Annotated[str, _text(1, MAX_REASON)]
 
 
 @_message

@@ -9,7 +9,9 @@ blamed "none found, or all failed".
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,8 +64,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _encode(d: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+def _encode(d: Path, *args: str, env: dict[str, str] | None = None
+            ) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = env or os.environ | {"PYTHONPATH": str(REPO)}
     t = time.monotonic()
     # Networking on (the default) without mDNS or --peer: a coordinator that could be
     # waiting for peers, as a user's would be.
@@ -100,6 +103,34 @@ def test_a_peer_failing_every_chunk_is_named_with_why_it_was_left_out(job: Path)
     assert X265_ERROR in err, err
     assert ("alpha left out after" in err and "all the same way; 0 chunks done" in err) or (
         err.startswith("swarm: error: chunk ") and "failed on all" in err), err
+
+
+def test_a_chunk_failing_the_same_way_here_and_on_a_peer_ends_the_job(job: Path) -> None:
+    """The peer says why its encoder failed, so its failure and ours are seen as one."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "SWARM_SECRET": "failures-test-secret"}
+    events = job / "join.jsonl"  # a file, not a pipe nobody drains
+    with open(events, "w") as out:
+        peer = subprocess.Popen([*SWARM, "join", "--no-bench", "--port", "0", "--name",
+                                 "bravo", "--json"], cwd=job, env=env, stdout=out,
+                                stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not events.read_text():
+            assert time.monotonic() < deadline and peer.poll() is None, "join did not start"
+            time.sleep(0.1)
+        up = json.loads(events.read_text().splitlines()[0])
+        assert up["event"] == "node_up", up
+        res, took = _encode(job, "-w", "1", "--peer", f"127.0.0.1:{up['port']}",
+                            env=env)
+    finally:
+        peer.terminate()
+        peer.wait(timeout=30)
+    assert res.returncode == 1, res.stderr
+    assert took < QUICK_S, (took, res.stderr)
+    assert f"chunk 0 failed on bravo (chunk 0 failed: {X265_ERROR})" in res.stderr
+    (err,) = _error_lines(res)
+    assert re.fullmatch(rf"swarm: error: chunk 0 failed on all [4-9] attempts: "
+                        rf"{re.escape(X265_ERROR)}", err), err
 
 
 # -- what is said about a chunk whose attempt ended -------------------------------------------

@@ -335,7 +335,7 @@ _attempt_like = st.builds("c{:05d}a{:03d}".format, st.integers(0, 40), st.intege
 _attempts = _attempt_like | _tokens | st.text(max_size=80) | st.just("")
 
 _ROUTES = ["/v1/info", "/v1/invite", f"/v1/jobs/{JOB}", f"/v1/jobs/{JOB}/claim",
-           f"/v1/jobs/{JOB}/progress", f"/v1/jobs/{JOB}/source",
+           f"/v1/jobs/{JOB}/progress", f"/v1/jobs/{JOB}/failed", f"/v1/jobs/{JOB}/source",
            f"/v1/jobs/{JOB}/chunks/0/result", f"/v1/jobs/{JOB}/chunks/999999/result",
            "/v1/jobs/someOtherJob42/claim", "/v1/jobs/short/claim", "/", "/v1", "/v2/info"]
 _TRAVERSALS = [
@@ -461,7 +461,7 @@ _pieces = st.lists(st.integers(0, 4096), max_size=6)
 
 
 # -- what the protocol says ----------------------------------------------------------------------
-_JOB_PATH = re.compile(r"/v1/jobs/([A-Za-z0-9_-]{8,64})(/claim|/progress|/source"
+_JOB_PATH = re.compile(r"/v1/jobs/([A-Za-z0-9_-]{8,64})(/claim|/progress|/failed|/source"
                        r"|/chunks/[0-9]{1,6}/result)?", re.ASCII)
 
 
@@ -481,7 +481,8 @@ def _may_succeed(node: FuzzedNode, method: str, target: bytes) -> bool:
     rest = m.group(2) or ""
     if rest == "":
         return method == "DELETE"
-    allowed = {"/claim": ("POST",), "/progress": ("POST",), "/source": ("GET", "HEAD")}
+    allowed = {"/claim": ("POST",), "/progress": ("POST",), "/failed": ("POST",),
+               "/source": ("GET", "HEAD")}
     return m.group(1) == JOB and method in allowed.get(rest, ("PUT",))
 
 

@@ -16,6 +16,7 @@ from swarm.protocol import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Assignment,
+    AttemptFailed,
     ClaimRequest,
     Hello,
     Invite,
@@ -79,6 +80,8 @@ SAMPLES: list[Message] = [
     Progress(job_id=JOB, chunk=0, attempt=ATTEMPT, frames_done=120, fps=48.5),
     ProgressAck(keep=False),
     ResultAck(accepted=False, reason="frame count 239, planned 240"),
+    AttemptFailed(job_id=JOB, chunk=3, attempt=ATTEMPT,
+                  reason="chunk 3 failed: x265 [error]: frame rate is out of range"),
 ]
 BY_TYPE: dict[type[Message], Message] = {type(m): m for m in SAMPLES}
 
