@@ -114,8 +114,9 @@ def left_out(job: Job, peer: str, names: Mapping[str, str] | None = None) -> str
     top, n = keys.most_common(1)[0]
     example = next(a.reason for a in reversed(failed) if reason_key(a.reason) == top)
     how = "all the same way" if n == len(failed) else f"{n} of them the same way"
-    return (f"{name} left out after {len(failed)} failed attempts ({how}; {done} chunks "
-            f"done): {example}")
+    chunks = "1 chunk" if done == 1 else f"{done} chunks"
+    return (f"{name} left out after {len(failed)} failed attempts ({how}; {chunks} done): "
+            f"{example}")
 
 
 def nobody_left(job: Job, now: float, names: Mapping[str, str] | None = None,

@@ -89,7 +89,7 @@ def test_a_benched_peer_is_named_with_its_reason_and_an_empty_swarm_ends_after_g
                                   "are out of range for specified level")
     assert "n1" in job.benched and job.benched_at["n1"] == 4.5
     why = left_out(job, "n1", {"n1": "bravo"})
-    assert why == ("bravo left out after 3 failed attempts (all the same way; 1 chunks "
+    assert why == ("bravo left out after 3 failed attempts (all the same way; 1 chunk "
                    "done): chunk 3 failed: x265 [error]: picture dimensions are out of "
                    "range for specified level")
     assert nobody_left(job, 5.0) is None  # a peer invited meanwhile may still claim
