@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,6 +97,20 @@ app = _App(
 )
 
 EXIT_USAGE = 2
+
+
+class AudioMode(StrEnum):
+    """``encode --audio``: which audio tracks the output keeps (chunker.tracks)."""
+
+    all = "all"
+    first = "first"
+    none = "none"
+
+
+class SubtitleMode(StrEnum):
+    copy = "copy"
+    none = "none"
+
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -358,6 +373,11 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         if e["event"] == "job_start" and opts.network and opts.secret is None and human:
             typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
                        "LAN may take part", err=True)
+        if e["event"] == "tracks" and human:
+            # What the user did not ask to lose; what an option dropped is in the report.
+            for d in e["dropped"]:
+                if not d["chosen"]:
+                    typer.echo(f"swarm: {d['message']}", err=True)
         if sink is not None:
             _tolerating_dead_pipes(sink, e)
 
@@ -522,6 +542,15 @@ def encode(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over even if a crashed run of this job left its journal.")
     ] = False,
+    audio: Annotated[AudioMode, typer.Option(
+        "--audio",
+        help="Audio tracks to keep, each encoded once over the whole file with its "
+        "language, title and default flag.")] = AudioMode.all,
+    subtitles: Annotated[SubtitleMode, typer.Option(
+        "--subtitles",
+        help="copy: keep subtitle tracks the output container can hold (text ones become "
+        "mov_text in .mp4/.mov; image ones need .mkv). Anything left out is named.")
+    ] = SubtitleMode.copy,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -539,7 +568,7 @@ def encode(
         workers=workers, name=name or socket.gethostname(), upscale=upscale,
         no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
         secret=secret, port=port, as_json=as_json, report_html=report_html, fresh=fresh,
-        force=force))
+        force=force, audio=audio.value, subtitles=subtitles.value))
     if not as_json:
         _tolerating_dead_pipes(typer.echo, out)
 

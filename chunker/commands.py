@@ -8,6 +8,7 @@ string from the network reaches the argv except that URL, which the caller check
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -15,7 +16,9 @@ import ffmpeg as ffmpeg_py
 
 from profiles import Profile, fit_box
 
+from .streams import StreamInfo
 from .tools import FFmpeg
+from .tracks import Kept, TrackPlan
 
 __all__ = [
     "AUDIO_COPY_EXACT",
@@ -40,6 +43,11 @@ _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 # not qualify: the copy loses the end trim of its last, partial frame (up to 31 ms more
 # audio), so it is still encoded inside the merge.
 AUDIO_COPY_EXACT = frozenset({"aac", "libopus"})
+# Dispositions a kept track carries into the output; the others describe what the source
+# was (a cover picture, a dependent stream), not what it is in the output.
+_OUTPUT_DISPOSITIONS = frozenset({"default", "dub", "original", "comment", "lyrics",
+                                  "karaoke", "forced", "hearing_impaired", "visual_impaired",
+                                  "captions", "descriptions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,21 +141,24 @@ def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:
             "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
 
 
-def _audio_args(profile: Profile, channels: int) -> list[str]:
+def _audio_args(profile: Profile, tracks: Sequence[Kept]) -> list[str]:
     a = profile.audio
-    return ["-c:a", a.codec, "-b:a", f"{a.bitrate_k}k", "-ar", str(a.sample_rate),
-            "-ac", str(channels)]
+    argv = ["-c:a", a.codec, "-b:a", f"{a.bitrate_k}k", "-ar", str(a.sample_rate)]
+    for i, k in enumerate(tracks):
+        argv += [f"-ac:a:{i}", str(k.channels)]
+    return argv
 
 
-def audio_argv(ffmpeg: str, source: str, profile: Profile, channels: int, out: str
+def audio_argv(ffmpeg: str, source: str, profile: Profile, tracks: Sequence[Kept], out: str
                ) -> list[str]:
-    """Encode the source's first audio stream once, whole, into an mp4 for the merge to copy.
+    """Encode the kept audio tracks once, whole, into one mp4 for the merge to copy.
 
     Without -copyts the audio keeps its offset from the source's first stream, and the mp4
     records the encoder's priming in its edit list; the merge reads both back unchanged.
     """
-    return [ffmpeg, *_QUIET, "-y", "-i", source, "-map", "0:a:0",
-            *_audio_args(profile, channels), "-f", "mp4", out]
+    maps = [x for k in tracks for x in ("-map", f"0:a:{k.track}")]
+    return [ffmpeg, *_QUIET, "-y", "-i", source, *maps, *_audio_args(profile, tracks),
+            "-f", "mp4", out]
 
 
 def write_concat_list(path: str, chunk_files: list[str], spans: list[float | None]) -> None:
@@ -164,34 +175,89 @@ def write_concat_list(path: str, chunk_files: list[str], spans: list[float | Non
         fh.write("\n".join(lines) + "\n")
 
 
+def _stream_tags(spec: str, k: Kept | StreamInfo) -> list[str]:
+    """Language, title and dispositions of one output stream, as the source had them."""
+    argv = []
+    if k.language and k.language != "und":
+        argv += [f"-metadata:s:{spec}", f"language={k.language}"]
+    if k.title:
+        argv += [f"-metadata:s:{spec}", f"title={k.title}"]
+    if isinstance(k, Kept):
+        # Set even when empty: a muxer otherwise marks the first track of a kind default.
+        flags = [d for d in k.dispositions if d in _OUTPUT_DISPOSITIONS]
+        argv += [f"-disposition:{spec}", "+".join(flags) or "0"]
+    return argv
+
+
 def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
-               audio_channels: int | None, video_offset_s: float, time_base: Fraction,
-               out: str, container: str = "mp4", audio_file: str | None = None
-               ) -> list[str]:
-    """Concatenate the chunks (copied) and encode the source's audio once, in one process;
-    or, given ``audio_file`` (made by ``audio_argv``), copy that audio instead.
+               tracks: TrackPlan, video_offset_s: float, time_base: Fraction, out: str,
+               container: str = "mp4", audio_file: str | None = None, *,
+               source_start_s: float = 0.0, metadata_file: str | None = None,
+               video: StreamInfo | None = None) -> list[str]:
+    """Concatenate the chunks (copied) and encode the source's kept audio tracks once, in
+    one process; or, given ``audio_file`` (made by ``audio_argv``), copy them from it.
+    Subtitles and attachments the plan keeps come from the source; chapters and global
+    tags from ``metadata_file`` (``ffmetadata_text``).
 
     Encoding the audio here, beside the video it is muxed with, gives it exactly the timing
     a single-process encode would: the source's own offset between audio and video, and the
     encoder's priming hidden by the muxer. (Muxing a separately encoded audio file with
     -itsoffset left the priming frame audible as 23 ms of extra silence: measured.)
-    ``video_offset_s`` is how much later the video starts than the source's first stream.
+    ``video_offset_s`` is how much later the video starts than the source's first stream;
+    ``source_start_s`` is the source's start time, which a merge without -copyts subtracts
+    from what it reads there.
     """
     argv = [ffmpeg, *_QUIET]
-    if audio_file is not None and audio_channels is not None:
+    copyts = audio_file is not None and bool(tracks.audio)
+    if copyts:
         # Each input's own start would otherwise be subtracted: the audio file's first
         # timestamp is its offset from the video (and its priming), which must stay.
         argv += ["-copyts"]
     if video_offset_s > 0:
         argv += ["-itsoffset", f"{video_offset_s:.6f}"]
     argv += ["-f", "concat", "-safe", "0", "-i", concat_list]
-    if audio_channels is not None:
-        audio_in, codec = ((audio_file, ["-c:a", "copy"]) if audio_file is not None
-                           else (source, _audio_args(profile, audio_channels)))
-        argv += ["-i", audio_in, "-map", "0:v:0", "-map", "1:a:0", *codec]
-    else:
-        argv += ["-map", "0:v:0"]
+    n_inputs = 1
+    audio_in = src_in = meta_in = None
+    if copyts:
+        assert audio_file is not None
+        argv += ["-i", audio_file]
+        audio_in, n_inputs = n_inputs, n_inputs + 1
+    if tracks.needs_source or (tracks.audio and not copyts):
+        if copyts and source_start_s:
+            # What the merge would subtract without -copyts, as the audio file had it.
+            argv += ["-itsoffset", f"{-source_start_s:.6f}"]
+        argv += ["-i", source]
+        src_in, n_inputs = n_inputs, n_inputs + 1
+    if metadata_file is not None:
+        argv += ["-f", "ffmetadata", "-i", metadata_file]
+        meta_in = n_inputs
+    argv += ["-map", "0:v:0"]
+    for i, k in enumerate(tracks.audio):
+        argv += ["-map", f"{audio_in}:a:{i}" if audio_in is not None else f"{src_in}:a:{k.track}"]
+    for k in tracks.subtitles:
+        argv += ["-map", f"{src_in}:s:{k.track}"]
+    for k in tracks.attachments:
+        argv += ["-map", f"{src_in}:t:{k.track}"]
     argv += ["-c:v", "copy"]
+    if tracks.audio:
+        argv += ["-c:a", "copy"] if copyts else _audio_args(profile, tracks.audio)
+    for j, k in enumerate(tracks.subtitles):
+        argv += [f"-c:s:{j}", k.codec]
+    if tracks.attachments:
+        argv += ["-c:t", "copy"]
+    if video is not None:
+        argv += _stream_tags("v:0", video)
+    for i, k in enumerate(tracks.audio):
+        argv += _stream_tags(f"a:{i}", k)
+        if copyts:
+            # Tags the audio file's own mp4 muxer made up; Matroska would keep them as such.
+            argv += [f"-metadata:s:a:{i}", "name=", f"-metadata:s:a:{i}", "handler_name="]
+    for j, k in enumerate(tracks.subtitles):
+        argv += _stream_tags(f"s:{j}", k)
+    if meta_in is not None:
+        argv += ["-map_metadata", str(meta_in), "-map_chapters", str(meta_in)]
+    else:
+        argv += ["-map_chapters", "-1"]
     if time_base.numerator == 1 and 1000 <= time_base.denominator <= 1 << 30:
         # Keep the source's clock so every timestamp survives exactly.
         argv += ["-video_track_timescale", str(time_base.denominator)]

@@ -14,16 +14,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from swarm.errors import ProbeError
 
+from .streams import StreamDump, StreamInfo, parse_stream_dump
 from .tools import FFmpeg
 
 __all__ = [
     "AudioInfo",
     "MediaInfo",
+    "StreamInfo",
     "VideoInfo",
     "check_probe_run",
     "input_size",
@@ -82,6 +84,7 @@ class VideoInfo:
 
 @dataclass(frozen=True, slots=True)
 class AudioInfo:
+    track: int  # which audio track of the file (ffmpeg's 0:a:N)
     codec: str
     channels: int
     sample_rate: int
@@ -108,11 +111,22 @@ class MediaInfo:
     size: int
     format_start_s: float  # the container's start time, which ffmpeg's -ss is relative to
     video: VideoInfo
-    audio: AudioInfo | None
+    audio: AudioInfo | None  # the first audio track
+    audios: tuple[AudioInfo, ...] = ()  # every audio track that holds packets, in order
+    dump: StreamDump = field(default_factory=StreamDump)  # every stream, chapter and global tag
 
     @property
     def duration_s(self) -> float:
         return self.video.end_s - self.video.start_s
+
+    @property
+    def streams(self) -> tuple[StreamInfo, ...]:
+        return self.dump.streams
+
+    def audio_stream(self, audio: AudioInfo) -> StreamInfo | None:
+        """The stream (language, title, dispositions) an audio track was read from."""
+        tracks = self.dump.of_kind("audio")
+        return tracks[audio.track] if audio.track < len(tracks) else None
 
 
 @dataclass(slots=True)
@@ -202,10 +216,11 @@ _CHANNELS = re.compile(r"Audio: .*?, \d+ Hz, ([^,]+),")
 
 def probe_argv(ffmpeg: FFmpeg, path: str, *, audio: bool = True) -> list[str]:
     """The demux-only pass: packet timestamps and flags, no decoding."""
-    # Capital V: a cover picture in an audio file is not a video stream.
+    # Capital V: a cover picture in an audio file is not a video stream. Every audio track
+    # is listed: each is kept, and its span is checked, on its own.
     return [
         ffmpeg.path, "-nostdin", "-hide_banner", "-loglevel", "level+info",
-        "-i", path, "-map", "0:V:0?", *(["-map", "0:a:0?"] if audio else []),
+        "-i", path, "-map", "0:V:0?", *(["-map", "0:a?"] if audio else []),
         "-c", "copy", "-f", "framecrc", "-",
     ]
 
@@ -285,17 +300,27 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
         rotation=rotation, time_base=video.tb, pts=pts, keyframes=keyframes,
         last_duration=packets[-1][1],
     )
-    ainfo = None
-    if audio is not None and audio.packets:
+    dump = parse_stream_dump(err)
+    layouts = [st.layout for st in dump.of_kind("audio")]
+    # The framecrc lists the video, then the audio tracks in the file's order.
+    audios: list[AudioInfo] = []
+    tracks = [st for _, st in sorted(streams.items()) if st.media_type == "audio"]
+    for track, audio in enumerate(tracks):
+        if not audio.packets:
+            continue
         channels = audio.channels
         if not channels:
-            m = _CHANNELS.search(err)
-            channels = _LAYOUT_CHANNELS.get(m.group(1).strip(), 2) if m else 2
+            layout = layouts[track] if track < len(layouts) else ""
+            if not layout:
+                m = _CHANNELS.search(err)
+                layout = m.group(1).strip() if m else ""
+            channels = _LAYOUT_CHANNELS.get(layout, 2)
         apk = sorted(audio.packets)
-        ainfo = AudioInfo(
-            codec=audio.codec, channels=channels, sample_rate=audio.sample_rate,
+        audios.append(AudioInfo(
+            track=track, codec=audio.codec, channels=channels, sample_rate=audio.sample_rate,
             # A negative first pts is encoder priming that players skip, not early audio.
             time_base=audio.tb, start=max(apk[0][0], 0),
             end=apk[-1][0] + apk[-1][1],
-        )
-    return MediaInfo(path=path, size=size, format_start_s=format_start, video=vinfo, audio=ainfo)
+        ))
+    return MediaInfo(path=path, size=size, format_start_s=format_start, video=vinfo,
+                     audio=audios[0] if audios else None, audios=tuple(audios), dump=dump)

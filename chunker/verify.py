@@ -11,6 +11,7 @@ from fractions import Fraction
 from swarm.errors import VerifyError
 
 from .probe import MediaInfo, parse_framecrc
+from .tracks import TrackPlan
 
 __all__ = ["TIMESTAMP_TOLERANCE_S", "check_chunk_listing", "check_output"]
 
@@ -47,12 +48,27 @@ def check_chunk_listing(listing: str, stderr: str, source: MediaInfo, first: int
     _compare([float((g - got[0]) * tb) for g in got], want, "chunk")
 
 
-def check_output(out: MediaInfo, source: MediaInfo) -> None:
-    """The merged output has exactly the source's frames at the source's times."""
+def check_output(out: MediaInfo, source: MediaInfo, tracks: TrackPlan | None = None) -> None:
+    """The merged output has exactly the source's frames at the source's times, and every
+    track the plan kept (without a plan: audio iff the source had it)."""
     v, o = source.video, out.video
     base, obase = v.seconds(0), o.seconds(0)
     want = [v.seconds(i) - base for i in range(v.frames)]
     got = [o.seconds(i) - obase for i in range(o.frames)]
     _compare(got, want, "output")
-    if (out.audio is None) != (source.audio is None):
-        raise VerifyError("output lost or gained an audio track")
+    if tracks is None:
+        if (out.audio is None) != (source.audio is None):
+            raise VerifyError("output lost or gained an audio track")
+        return
+    kinds = [("video", 1), ("audio", len(tracks.audio)), ("subtitle", len(tracks.subtitles)),
+             ("attachment", len(tracks.attachments))]
+    for kind, want in kinds:
+        got = len([s for s in out.dump.of_kind(kind) if not s.cover])
+        if got != want:
+            raise VerifyError(f"output has {got} {kind} track(s), expected {want}")
+    if len(out.audios) != len(tracks.audio):
+        raise VerifyError(f"output has {len(out.audios)} audio track(s) with sound, "
+                          f"expected {len(tracks.audio)}")
+    if len(out.dump.chapters) != tracks.chapters:
+        raise VerifyError(f"output has {len(out.dump.chapters)} chapter(s), "
+                          f"expected {tracks.chapters}")

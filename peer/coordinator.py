@@ -28,6 +28,7 @@ from chunker.commands import AUDIO_COPY_EXACT, VideoPlan, encode_chunk_argv, vid
 from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_from_cuts
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
+from chunker.tracks import AUDIO_MODES, SUBTITLE_MODES, TrackPlan, plan_tracks
 from profiles import Profile
 from swarm.errors import EncodeError, UsageError, VerifyError
 from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
@@ -105,6 +106,8 @@ class EncodeOptions:
     policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
     fresh: bool = False  # ignore a journal left by a crashed run of the same job
     force: bool = False  # replace an existing output (see _refuse_overwrite)
+    audio: str = "all"  # audio tracks kept: "all", "first" or "none" (chunker.tracks)
+    subtitles: str = "copy"  # "copy" where the container can hold them, or "none"
 
 
 @dataclass(slots=True)
@@ -130,7 +133,7 @@ class JobServer:
     def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
                  plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
                  emit: Callable[[Event], None], local_key: str,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, tracks: TrackPlan | None = None) -> None:
         self.job_id = job_id
         self.opts = opts
         self.ffmpeg = ffmpeg
@@ -143,6 +146,7 @@ class JobServer:
         self.job = Job([p.frames for p in plans], lease_s=opts.lease_s,
                        pixels=vplan.width * vplan.height, policy=opts.policy)
         self.journal = journal
+        self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
         self.scores: dict[str, float] = {}  # benchmark work/s per slot, from /v1/info
         self.slots: dict[str, int] = {}
@@ -483,6 +487,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     ours = _refuse_overwrite(opts)
     if opts.no_local and not opts.network:
         raise UsageError("--no-local needs peers: leave networking on")
+    if opts.audio not in AUDIO_MODES or opts.subtitles not in SUBTITLE_MODES:
+        raise UsageError(f"--audio {opts.audio} --subtitles {opts.subtitles}: use "
+                         f"{'|'.join(AUDIO_MODES)} and {'|'.join(SUBTITLE_MODES)}")
     need = [opts.profile.video.codec, opts.profile.audio.codec]
     seen = 0
 
@@ -506,6 +513,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
     vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale)
+    tracks = plan_tracks(info, container, opts.profile.audio.channels,
+                         opts.profile.audio.codec, opts.audio, opts.subtitles,
+                         mkv_name=Path(opts.output).with_suffix(".mkv").name)
     workdir_path = work_dir_for(opts.output)
     try:
         identity = await trio.to_thread.run_sync(input_identity, opts.input)
@@ -519,7 +529,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                                                    workdir)
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
                            vplan=vplan, workdir=workdir, emit=emit, local_key="local",
-                           journal=journal)
+                           journal=journal, tracks=tracks)
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
@@ -530,14 +540,15 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
               "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
               "secret": opts.secret is not None, "network": opts.network, "name": opts.name,
               "policy": server.job.policy, "peers_seen": seen, "chunk_s": round(chunk_s, 3)})
+        # What the output will hold besides the video, and what it cannot (said once).
+        emit({"event": "tracks", **tracks.as_dict()})
         if resuming:
             await server.restore_from_journal()
             emit({"event": "job_resumed", "chunks_kept": len(server.restored),
                   "chunks": sorted(server.restored), "of": len(plans),
                   "frames_done": server.job.frames_done})
         audio_file = None
-        if (info.audio is not None
-                and opts.profile.audio.codec in AUDIO_COPY_EXACT):
+        if tracks.audio and opts.profile.audio.codec in AUDIO_COPY_EXACT:
             audio_file = os.path.join(workdir, "audio.mp4")
         async with trio.open_nursery() as audio_nursery:
             if audio_file is not None:
@@ -569,9 +580,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         emit({"event": "merge"})
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
         await media.merge(ffmpeg, workdir, [r.file for r in server.records],
-                          [p.span_s for p in plans], info, opts.profile, tmp_out, container,
-                          audio_file)
-        await media.verify_output(ffmpeg, tmp_out, info)
+                          [p.span_s for p in plans], info, opts.profile, tracks, tmp_out,
+                          container, audio_file)
+        await media.verify_output(ffmpeg, tmp_out, info, tracks)
         _refuse_overwrite(opts, ours)
         journal.set(MERGED_KEY, output_stamp(tmp_out))
         os.replace(tmp_out, opts.output)
@@ -603,7 +614,10 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
                      ) -> tuple[list[ChunkPlan], str, bool]:
     """Resume the journalled job if it is this one (same input file, same settings), else
     start the journal afresh. Returns the plan, the job id and whether we resume."""
-    settings = json.dumps(opts.profile.to_wire() | {"upscale": opts.upscale}, sort_keys=True)
+    settings = json.dumps(opts.profile.to_wire() | {"upscale": opts.upscale,
+                                                     "audio": opts.audio,
+                                                     "subtitles": opts.subtitles},
+                          sort_keys=True)
     old = journal.get("input")
     if (not opts.fresh and old is not None and journal.get("settings") == settings
             and InputIdentity.from_json(old).same_file(identity)):
@@ -684,7 +698,8 @@ async def _audio_when_idle(server: JobServer, out: str) -> None:
     await server.core_idle.wait()
     server.emit({"event": "audio_start"})
     t = time.monotonic()
-    await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, out)
+    await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, server.tracks,
+                             out)
     server.audio_s = time.monotonic() - t
     server.emit({"event": "audio_done", "encode_s": round(server.audio_s, 3)})
 
@@ -802,6 +817,8 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         # Peers given no more work after repeated failures, and named peers never reached.
         "left_out": [{"peer": p, "reason": why} for p, why in server.left_out.items()],
         "unreachable": [{"peer": p, "reason": why} for p, why in server.unreachable.items()],
+        # Every track of the output besides the video, and what was left out and why.
+        "tracks": server.tracks.as_dict(),
         "journal": _journal_stats(server.journal),
     }
 

@@ -6,20 +6,25 @@ The argv builders and the checks are pure (chunker/); this module only runs them
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import trio
 
 from chunker.commands import audio_argv, merge_argv, verify_chunk_argv, write_concat_list
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
 from chunker.tools import FFmpeg
+from chunker.tracks import TrackPlan, ffmetadata_text
 from chunker.verify import check_chunk_listing, check_output
 from profiles import Profile
 from swarm.errors import ProbeError, VerifyError
 
 from .proc import run_ffmpeg
 
+# The probe's stderr is its stream dump: a few lines per stream and chapter. A file with
+# hundreds of chapters or tags still fits; what a bigger one loses is its dump's tail.
+PROBE_STDERR_LINES = 20_000
+
 __all__ = [
-    "audio_channels",
     "encode_audio",
     "merge",
     "probe",
@@ -30,7 +35,8 @@ __all__ = [
 
 async def probe(ffmpeg: FFmpeg, path: str) -> MediaInfo:
     size = input_size(path)
-    res = await run_ffmpeg(probe_argv(ffmpeg, path), check=False, what="probe")
+    res = await run_ffmpeg(probe_argv(ffmpeg, path), check=False, what="probe",
+                           stderr_lines=PROBE_STDERR_LINES)
     check_probe_run(path, res.returncode, res.stderr)
     return interpret_probe(path, size, res.stdout.decode("utf-8", "replace"), res.stderr)
 
@@ -44,44 +50,45 @@ async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
     check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
 
 
-def audio_channels(source: MediaInfo, profile: Profile) -> int | None:
-    """Never upmix: the profile's channel count is a bound."""
-    return (min(source.audio.channels, profile.audio.channels)
-            if source.audio is not None else None)
-
-
-async def encode_audio(ffmpeg: FFmpeg, source: MediaInfo, profile: Profile, out: str) -> None:
-    """Encode the whole audio track into ``out`` for ``merge(audio_file=out)``."""
-    channels = audio_channels(source, profile)
-    if channels is None:
-        raise ValueError("the source has no audio")
-    await run_ffmpeg(audio_argv(ffmpeg.path, source.path, profile, channels, out),
+async def encode_audio(ffmpeg: FFmpeg, source: MediaInfo, profile: Profile,
+                       tracks: TrackPlan, out: str) -> None:
+    """Encode every kept audio track into ``out`` for ``merge(audio_file=out)``."""
+    if not tracks.audio:
+        raise ValueError("no audio track to encode")
+    await run_ffmpeg(audio_argv(ffmpeg.path, source.path, profile, tracks.audio, out),
                      what="audio")
 
 
 async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
-                spans: list[float | None], source: MediaInfo, profile: Profile, out: str,
-                container: str, audio_file: str | None = None) -> None:
-    """Concatenate verified chunks with the audio, into ``out``: the audio is encoded here
-    unless ``audio_file`` holds it already."""
+                spans: list[float | None], source: MediaInfo, profile: Profile,
+                tracks: TrackPlan, out: str, container: str,
+                audio_file: str | None = None) -> None:
+    """Concatenate verified chunks with the kept tracks, into ``out``: the audio is encoded
+    here unless ``audio_file`` holds it already."""
     concat = os.path.join(workdir, "chunks.ffconcat")
     await trio.to_thread.run_sync(write_concat_list, concat, chunk_files, spans)
-    channels = audio_channels(source, profile)
-    first_stream = min(source.video.start_s,
-                       source.audio.start_s if source.audio else source.video.start_s)
+    first_stream = min([source.video.start_s, *(a.start_s for a in source.audios)])
+    meta = None
+    if tracks.tags or tracks.chapters:
+        meta = os.path.join(workdir, "tags.ffmeta")
+        text = ffmetadata_text(source, tracks, source.format_start_s)
+        await trio.to_thread.run_sync(Path(meta).write_text, text, "utf-8")
+    videos = [s for s in source.dump.of_kind("video") if not s.cover]
     await run_ffmpeg(
-        merge_argv(ffmpeg.path, concat, source.path, profile, channels,
+        merge_argv(ffmpeg.path, concat, source.path, profile, tracks,
                    source.video.start_s - first_stream, source.video.time_base, out,
-                   container, audio_file),
+                   container, audio_file, source_start_s=source.format_start_s,
+                   metadata_file=meta, video=videos[0] if videos else None),
         what="merge",
     )
 
 
-async def verify_output(ffmpeg: FFmpeg, path: str, source: MediaInfo) -> MediaInfo:
-    """Frame count and timestamps equal the source's; audio present iff the source had it."""
+async def verify_output(ffmpeg: FFmpeg, path: str, source: MediaInfo,
+                        tracks: TrackPlan) -> MediaInfo:
+    """Frame count and timestamps equal the source's; every kept track is there."""
     try:
         out = await probe(ffmpeg, path)
     except ProbeError as exc:
         raise VerifyError(f"merged output unreadable: {exc}") from exc
-    check_output(out, source)
+    check_output(out, source, tracks)
     return out

@@ -47,11 +47,13 @@ async def run_ffmpeg(
     on_progress: Callable[[int], None] | None = None,
     check: bool = True,
     what: str = "ffmpeg",
+    stderr_lines: int = STDERR_KEEP_LINES,
 ) -> FFmpegResult:
     """Run one ffmpeg; its stdout goes to ``stdout`` (a file), ``stdout_sink``, or memory.
 
     ``on_progress`` receives the frame count from ``-progress pipe:2`` lines.
-    Raises EncodeError on a non-zero exit when ``check``.
+    Raises EncodeError on a non-zero exit when ``check``. ``stderr_lines`` is how much of
+    stderr's end is kept (the probe reads its whole stream dump from there).
     """
     piped = stdout is None
     proc = await trio.lowlevel.open_process(
@@ -60,7 +62,7 @@ async def run_ffmpeg(
         stdout=subprocess.PIPE if piped else stdout,
         stderr=subprocess.PIPE,
     )
-    tail: deque[str] = deque(maxlen=STDERR_KEEP_LINES)
+    tail: deque[str] = deque(maxlen=stderr_lines)
     captured = bytearray()
 
     async def pump_stderr() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
+from chunker.tracks import Kept, TrackPlan
 from chunker.plan import MAX_CHUNK_S, MIN_SPLIT_S, default_chunk_seconds, plan_chunks
 from chunker.probe import VideoInfo, parse_framecrc
 from profiles import Profile, builtin_names, fit_box, load_profile
@@ -207,11 +208,12 @@ def test_merge_argv_and_concat_list(tmp_path: Path) -> None:
                                "duration 2.000000\nfile 'chunk_00001.nut'\n")
     with pytest.raises(ValueError):
         write_concat_list(str(lst), ["a'b.nut"], [None])
-    argv = merge_argv("ff", str(lst), "src.mp4", load_profile("hd"), 2, 0.5,
-                      Fraction(1, 15360), "out.mp4")
+    stereo = Kept("audio", 0, 1, "aac", "eng", "", ("default",), channels=2)
+    argv = merge_argv("ff", str(lst), "src.mp4", load_profile("hd"), TrackPlan((stereo,)),
+                      0.5, Fraction(1, 15360), "out.mp4")
     assert argv[argv.index("-itsoffset") + 1] == "0.500000"
     assert argv[argv.index("-video_track_timescale") + 1] == "15360"
-    assert argv[argv.index("-ac") + 1] == "2" and argv[argv.index("-c:v") + 1] == "copy"
+    assert argv[argv.index("-ac:a:0") + 1] == "2" and argv[argv.index("-c:v") + 1] == "copy"
 
 
 # -- the job state table ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import trio
 
 from chunker.commands import AUDIO_COPY_EXACT, encode_chunk_argv, video_plan
 from chunker.tools import find_ffmpeg
+from chunker.tracks import plan_tracks
 from media import FFMPEG, SOURCES, decode_errors, media_info, min_psnr, sound_span
 from peer import media as steps
 from peer.coordinator import EncodeOptions, run_encode
@@ -167,10 +168,11 @@ async def test_audio_encoded_beside_the_chunks_is_what_the_merge_would_encode(
         await run_ffmpeg(encode_chunk_argv(ffmpeg.path, profile, vplan, info.path, None, None,
                                            info.video.frames, progress=False), stdout=fh)
     in_merge, copied, audio = (tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "au.mp4")
-    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile,
+    tracks = plan_tracks(info, "mp4", profile.audio.channels, codec)
+    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile, tracks,
                       str(in_merge), "mp4")
-    await steps.encode_audio(ffmpeg, info, profile, str(audio))
-    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile,
+    await steps.encode_audio(ffmpeg, info, profile, tracks, str(audio))
+    await steps.merge(ffmpeg, str(tmp_path), [str(chunk)], [None], info, profile, tracks,
                       str(copied), "mp4", str(audio))
     packets = await _listing(in_merge, "-c", "copy")
     assert packets.count("\n") > 20
