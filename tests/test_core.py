@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
-from chunker.tracks import Kept, TrackPlan
 from chunker.plan import MAX_CHUNK_S, MIN_SPLIT_S, default_chunk_seconds, plan_chunks
 from chunker.probe import VideoInfo, parse_framecrc
+from chunker.tracks import Kept, TrackPlan
 from profiles import Profile, builtin_names, fit_box, load_profile
 from swarm.errors import LocalProtocolError, ProfileError
 from swarm.job import Assign, AttemptOutcome, ChunkState, Finished, Job, Wait

@@ -58,8 +58,10 @@ async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
     assert o.video.width <= dw and o.video.height <= dh
     assert o.video.sar in (0, 1)
     assert abs(o.video.width / o.video.height - dw / dh) < 0.02
-    # Audio: present iff in the source, heard at the same moments, never upmixed.
-    assert (o.audio is None) == (s.audio is None)
+    # Audio: every track of the source, heard at the same moments, never upmixed.
+    assert len(o.audios) == len(s.audios)
+    assert [(x.language or "und", x.title) for x in o.dump.of_kind("audio")] == [
+        (x.language or "und", x.title) for x in s.dump.of_kind("audio")]
     if s.audio is not None and o.audio is not None:
         frame_s = 1024 / o.audio.sample_rate
         (s_on, s_off), (o_on, o_off) = sound_span(src), sound_span(out)
@@ -147,12 +149,12 @@ async def _listing(path: Path, *args: str) -> str:
 
 
 @pytest.mark.parametrize("codec", sorted(AUDIO_COPY_EXACT))
-@pytest.mark.parametrize("name", ["audio_late", "video_late", "surround", "vfr"])
+@pytest.mark.parametrize("name", ["audio_late", "video_late", "surround", "vfr", "two_audio"])
 async def test_audio_encoded_beside_the_chunks_is_what_the_merge_would_encode(
         codec: str, name: str, corpus: dict[str, Path], tmp_path: Path) -> None:
     """The coordinator encodes AAC/Opus while chunks encode and the merge copies it: the
     output must carry the very packets, and decode to the very samples (priming and end
-    trim included), that encoding inside the merge gives."""
+    trim included), that encoding inside the merge gives; for every audio track."""
     if codec == "aac":
         profile = load_profile("hd")
     else:
@@ -176,6 +178,9 @@ async def test_audio_encoded_beside_the_chunks_is_what_the_merge_would_encode(
                       str(copied), "mp4", str(audio))
     packets = await _listing(in_merge, "-c", "copy")
     assert packets.count("\n") > 20
+    # The listing holds every audio track (framecrc numbers them); all of them are there.
+    assert {ln.split(",")[0] for ln in packets.splitlines() if not ln.startswith("#")} == {
+        str(i) for i in range(len(info.audios))}
     assert await _listing(copied, "-c", "copy") == packets
     assert await _listing(copied) == await _listing(in_merge)
     # And the video track is untouched by the different merge.
