@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 from tracks_media import AUDIO, CREATION, TITLE, make_tracks_source
 
 from chunker.plan import plan_chunks
-from media import decode_errors, media_info
+from chunker.probe import MediaInfo, probe
+from chunker.tools import ffmpeg_info
+from media import decode_errors
 from peer.coordinator import EncodeOptions, _open_plan
 from peer.journal import Journal, input_identity
 from profiles import load_profile
@@ -23,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
 PGS_DROPPED = ("subtitle track 2 (hdmv_pgs_subtitle, ger) dropped: mp4 cannot hold image "
                "subtitles; use -o out.mkv to keep it, or --subtitles none to silence this")
+# Outputs are read back with the bundled ffmpeg whichever one encoded: 5.1 writes an mp4
+# track's title but does not read it back.
+CHECK = ffmpeg_info(imageio_ffmpeg.get_ffmpeg_exe())
 FONT_DROPPED = ("attachment track 1 (ttf) dropped: mp4 cannot hold attachments (font.ttf); "
                 "use -o out.mkv to keep it")
 
@@ -40,6 +46,10 @@ def _encode(src: Path, tmp: Path, out: str, *extra: str) -> tuple[dict, str]:
         timeout=180, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     return json.loads((tmp / "r.json").read_text()), res.stderr
+
+
+def media_info(path: Path) -> MediaInfo:
+    return probe(CHECK, str(path))
 
 
 def _dropped_lines(stderr: str) -> list[str]:
@@ -134,3 +144,24 @@ async def test_resume_needs_the_same_track_options(source: Path, tmp_path: Path)
     finally:
         journal.close()
     assert resumed == [False, True, False, True, False]
+
+
+def _first_cue_s(path: Path) -> float:
+    srt = subprocess.run([CHECK.path, "-v", "error", "-i", str(path), "-map", "0:s:0", "-f",
+                          "srt", "-"], capture_output=True, text=True, timeout=60).stdout
+    h, m, s = srt.splitlines()[1].split(" --> ")[0].replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+@pytest.mark.parametrize("profile", ["hd", "fhd"], ids=["aac-copied", "ac3-in-merge"])
+def test_subtitles_keep_their_time_when_the_source_starts_late(
+        source: Path, tmp_path: Path, profile: str) -> None:
+    late = tmp_path / "late.mkv"
+    subprocess.run([CHECK.path, "-v", "error", "-i", str(source), "-map", "0:v", "-map",
+                    "0:a", "-map", "0:s:0", "-c", "copy", "-output_ts_offset", "2", str(late)],
+                   check=True, timeout=60)
+    _encode(late, tmp_path, "out.mp4", "-p", profile)
+    # The first cue shows 0.5 s after the first frame, in the source and in the output.
+    # (5.1 puts an mkv's start at its AAC priming, 23 ms early, and moves all audio and
+    # subtitles by that: a tolerance of one AAC frame.)
+    assert abs(_first_cue_s(tmp_path / "out.mp4") - 0.5) <= 1024 / 44100 + 0.001
