@@ -156,6 +156,8 @@ def plan_tracks(info: MediaInfo, container: str, profile_channels: int, audio_co
             drop(st, "audio", n, "--audio first", "--audio all keeps it", chosen=True)
         elif a is None:
             drop(st, "audio", n, "it holds no audio")
+        elif st.codec == "none":
+            drop(st, "audio", n, "ffmpeg cannot decode it")
         else:
             kept_audio.append(_kept(st, "audio", n, audio_codec,
                                     min(a.channels, profile_channels)))
