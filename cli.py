@@ -556,7 +556,8 @@ def encode(
 
     Peers running `swarm join` on this LAN are found with mDNS and invited; this device
     encodes too unless --no-local. The output has exactly the source's frames and
-    timestamps, and the audio (encoded once over the whole file) keeps its offset. It is
+    timestamps, and every audio track (encoded once over the whole file) keeps its offset;
+    subtitles, chapters and tags are copied where the container holds them. It is
     written under a temporary name and renamed only after it verified; on any failure or
     Ctrl-C nothing is left behind. After a crash (power loss, SIGKILL) running the same
     command again resumes: chunks whose files still verify are kept (see `swarm jobs`).
