@@ -60,12 +60,15 @@ def check_output(out: MediaInfo, source: MediaInfo, tracks: TrackPlan | None = N
         if (out.audio is None) != (source.audio is None):
             raise VerifyError("output lost or gained an audio track")
         return
+    if not out.dump.streams:
+        # The counts below would all read 0; say what really went wrong.
+        raise VerifyError("ffmpeg's stream list of the output could not be read")
     kinds = [("video", 1), ("audio", len(tracks.audio)), ("subtitle", len(tracks.subtitles)),
              ("attachment", len(tracks.attachments))]
-    for kind, want in kinds:
-        got = len([s for s in out.dump.of_kind(kind) if not s.cover])
-        if got != want:
-            raise VerifyError(f"output has {got} {kind} track(s), expected {want}")
+    for kind, expected in kinds:
+        found = len([s for s in out.dump.of_kind(kind) if not s.cover])
+        if found != expected:
+            raise VerifyError(f"output has {found} {kind} track(s), expected {expected}")
     if len(out.audios) != len(tracks.audio):
         raise VerifyError(f"output has {len(out.audios)} audio track(s) with sound, "
                           f"expected {len(tracks.audio)}")

@@ -9,6 +9,7 @@ rotation; an MPEG-TS file (a program).
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from chunker.commands import merge_argv
 from chunker.probe import AudioInfo, MediaInfo, VideoInfo
-from chunker.streams import parse_stream_dump
+from chunker.streams import StreamDump, parse_stream_dump
 from chunker.tracks import ffmetadata_text, plan_tracks
 from chunker.verify import check_output
 from profiles import load_profile
@@ -192,3 +193,5 @@ def test_output_check_counts_every_kept_track() -> None:
     with pytest.raises(VerifyError, match="2 audio track"):
         check_output(_info("9.0-mp4"), source,
                      plan_tracks(source, "mp4", 2, "aac", audio="first"))
+    with pytest.raises(VerifyError, match="could not be read"):
+        check_output(dataclasses.replace(_info("9.0-mp4"), dump=StreamDump()), source, plan)
