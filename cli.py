@@ -97,6 +97,8 @@ app = _App(
 )
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 class AudioMode(StrEnum):
@@ -108,11 +110,10 @@ class AudioMode(StrEnum):
 
 
 class SubtitleMode(StrEnum):
+    """``encode --subtitles``: copy where the output container can hold them, or none."""
+
     copy = "copy"
     none = "none"
-
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 def _fail(message: str, code: int) -> typer.Exit:
