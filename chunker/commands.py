@@ -57,6 +57,9 @@ class VideoPlan:
     width: int
     height: int
     gop_frames: int
+    # The source's video time base, which every chunk is encoded in (None: ffmpeg's default,
+    # for synthetic sources such as the benchmark's). See encode_chunk_argv.
+    time_base: Fraction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +69,10 @@ class AudioPlan:
 
 
 def video_plan(profile: Profile, display_w: float, display_h: float, fps: float,
-               upscale: bool) -> VideoPlan:
+               upscale: bool, time_base: Fraction | None = None) -> VideoPlan:
     w, h = fit_box(display_w, display_h, profile.video.width, profile.video.height, upscale)
-    return VideoPlan(width=w, height=h, gop_frames=max(1, round(profile.video.gop_s * fps)))
+    return VideoPlan(width=w, height=h, gop_frames=max(1, round(profile.video.gop_s * fps)),
+                     time_base=time_base)
 
 
 def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, str | int]:
@@ -116,8 +120,17 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     if trim_s is not None:
         video = video.filter("trim", start=f"{trim_s:.6f}")
     video = video.filter("scale", plan.width, plan.height, flags="bicubic").filter("setsar", 1)
+    timing: dict[str, str] = {}
+    if plan.time_base is not None:
+        # Unless told, ffmpeg encodes in 1/(the stream's frame rate), and that rate is guessed
+        # from the first seconds of the file: a phone clip that switches from 24 to 30 fps
+        # had every later chunk's frames rounded onto the 1/24 s grid. The source's own time
+        # base holds every source timestamp exactly, whatever the timing. An explicit ratio
+        # is spelled the same from ffmpeg 5.1 to 9 (the "demuxer's" keyword is not).
+        tb = plan.time_base
+        timing["enc_time_base:v"] = f"{tb.numerator}/{tb.denominator}"
     out = ffmpeg_py.output(
-        video, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough",
+        video, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough", **timing,
         **{"frames:v": frames}, **_codec_args(profile, plan, threads),
     )
     argv: list[str] = out.compile(cmd=ffmpeg)

@@ -45,6 +45,9 @@ MAX_CHUNK_S = 30.0
 # How far past a keyframe's time a seek aims: above the 1 us rounding of -ss and of the
 # container start ffmpeg prints, far below any frame interval.
 _SEEK_PAST_S = 0.0005
+# How far before a keyframe's decode time a bisecting seek aims: the -ss value's and the
+# container start's 1 us rounding, with room to spare; a frame or two of extra demuxing.
+_SEEK_BEFORE_S = 0.05
 # Enough chunks per encoder slot that a slow slot's last chunk is a small part of the job.
 CHUNKS_PER_SLOT = 4
 
@@ -55,7 +58,9 @@ class ChunkPlan:
     first: int  # index of the first frame (presentation order)
     frames: int
     seek_s: float | None  # value for -ss (relative to the container start); None = no seek
-    trim_s: float | None  # drop decoded frames before this source time (absolute seconds)
+    # Drop decoded frames before this source time (the stream's own timestamps, as -copyts
+    # passes them: the container start plus the probe's time).
+    trim_s: float | None
     start_s: float  # first frame's time, relative to the first frame of the source
     span_s: float | None  # time from this chunk's first frame to the next chunk's; None last
     keyframe: bool  # the cut falls on a source keyframe (no extra decoding before it)
@@ -105,20 +110,30 @@ def _cut_points(video: VideoInfo, chunk_s: float) -> list[int]:
     return cuts
 
 
-def plan_chunks(video: VideoInfo, format_start_s: float, chunk_s: float) -> list[ChunkPlan]:
+def plan_chunks(video: VideoInfo, format_start_s: float, chunk_s: float, *,
+                keyframe_seek: bool = True) -> list[ChunkPlan]:
     if chunk_s <= 0:
         raise ValueError("chunk length must be positive")
-    return plans_from_cuts(video, format_start_s, _cut_points(video, chunk_s))
+    return plans_from_cuts(video, format_start_s, _cut_points(video, chunk_s),
+                           keyframe_seek=keyframe_seek)
 
 
-def plans_from_cuts(video: VideoInfo, format_start_s: float, cuts: list[int]
-                    ) -> list[ChunkPlan]:
+def plans_from_cuts(video: VideoInfo, format_start_s: float, cuts: list[int], *,
+                    keyframe_seek: bool = True) -> list[ChunkPlan]:
     """Chunks starting at the given frame indices (ascending, the first 0): how a resumed
-    job rebuilds exactly the plan its journal recorded."""
+    job rebuilds exactly the plan its journal recorded.
+
+    ``keyframe_seek`` is MediaInfo's: False for containers (MPEG-TS) where -ss lands on
+    whatever frame bisecting the timestamps finds, and the decoder then waits for the next
+    keyframe. There each seek aims at the decode time of the keyframe before the cut, so it
+    lands at or before that keyframe; aiming at the cut skipped to the keyframe after it.
+    """
     ascending = all(b > a for a, b in itertools.pairwise(cuts))
     if not cuts or cuts[0] != 0 or not ascending or cuts[-1] >= video.frames:
         raise ValueError("cut points must start at 0, ascend and stay inside the video")
     keyset = set(video.keyframes)
+    keys = list(video.keyframes)
+    reorder_s = float(video.reorder * video.time_base)
     t0 = video.seconds(0)
     plans = []
     for n, first in enumerate(cuts):
@@ -126,12 +141,22 @@ def plans_from_cuts(video: VideoInfo, format_start_s: float, cuts: list[int]
         if first == 0:
             seek = trim = None
         else:
-            trim = (video.seconds(first - 1) + video.seconds(first)) / 2
+            mid = (video.seconds(first - 1) + video.seconds(first)) / 2
             at = video.seconds(first)
             # Past the keyframe by less than a quarter frame: still before the next frame.
-            target = at + min(_SEEK_PAST_S, (video.seconds(first + 1) - at) / 4) if (
-                first in keyset and first + 1 < video.frames) else trim
-            seek = max(0.0, target - format_start_s)
+            if not keyframe_seek:
+                key = keys[bisect.bisect_right(keys, first) - 1]
+                target = video.seconds(key) - reorder_s - _SEEK_BEFORE_S
+            elif first in keyset and first + 1 < video.frames:
+                target = at + min(_SEEK_PAST_S, (video.seconds(first + 1) - at) / 4)
+            else:
+                target = mid
+            # The probe's times already count from the container start (ffmpeg subtracts
+            # it), as -ss does. But the encode runs with -copyts, so its trim sees the
+            # source's own timestamps. Both were off by the start for MPEG-TS (1.4 s, or
+            # negative once the 33-bit clock wraps): chunks began early, or came out empty.
+            seek = max(0.0, target)
+            trim = mid + format_start_s
         span = video.seconds(last) - video.seconds(first) if last < video.frames else None
         plans.append(ChunkPlan(
             index=n, first=first, frames=last - first, seek_s=seek, trim_s=trim,

@@ -58,6 +58,7 @@ class VideoInfo:
     pts: tuple[int, ...]  # every frame, in presentation order, in time_base units
     keyframes: tuple[int, ...]  # indices into pts of frames flagged as keyframes
     last_duration: int  # duration of the last frame in time_base units (0 if unknown)
+    reorder: int = 0  # most that a frame's pts runs ahead of its dts (B-frames), time_base units
 
     @property
     def frames(self) -> int:
@@ -114,6 +115,9 @@ class MediaInfo:
     audio: AudioInfo | None  # the first audio track
     audios: tuple[AudioInfo, ...] = ()  # every audio track that holds packets, in order
     dump: StreamDump = field(default_factory=StreamDump)  # every stream, chapter and global tag
+    # -ss lands on the keyframe at or before its target (the container has a keyframe index);
+    # otherwise it lands on any frame, by bisecting timestamps. See chunker/plan.py.
+    keyframe_seek: bool = True
 
     @property
     def duration_s(self) -> float:
@@ -140,12 +144,19 @@ class _Stream:
     sample_rate: int = 0
     channels: int = 0
     packets: list[tuple[int, int, bool]] | None = None  # (pts, duration, key)
+    reorder: int = 0  # max(pts - dts) over the packets
 
 
 def _fraction(text: str) -> Fraction:
     num, _, den = text.strip().partition("/")
     n, d = int(num), int(den or 1)
     return Fraction(n, d) if d else Fraction(0)
+
+
+# AV_PKT_FLAG_DISCARD: the decoder drops the frame after decoding it.
+_DISCARD = 0x4
+# A timestamp this far from zero is AV_NOPTS_VALUE (-2^63) printed as a number.
+_NOPTS_LIMIT = 1 << 62
 
 
 def parse_framecrc(text: str) -> dict[int, _Stream]:
@@ -183,10 +194,18 @@ def parse_framecrc(text: str) -> dict[int, _Stream]:
             continue
         st = streams.setdefault(int(fields[0]), _Stream(packets=[]))
         # Flags are printed only when they differ from "keyframe" (F=0x1).
-        flags = next((f for f in fields[6:] if f.startswith("F=")), "F=0x1")
-        key = bool(int(flags[2:], 16) & 1)
+        flags = int(next((f for f in fields[6:] if f.startswith("F=")), "F=0x1")[2:], 16)
+        if flags & _DISCARD and st.media_type == "video":
+            # Decoded only as a reference and never shown: frames before an mp4 edit list's
+            # start (a stream-copy cut inside a GOP). Counting them planned frames that no
+            # chunk can produce, and put the hidden frames into the output.
+            continue
+        key = bool(flags & 1)
         assert st.packets is not None
-        st.packets.append((int(fields[2]), int(fields[3]), key))
+        dts, pts = int(fields[1]), int(fields[2])
+        if abs(dts) < _NOPTS_LIMIT and abs(pts) < _NOPTS_LIMIT:
+            st.reorder = max(st.reorder, pts - dts)
+        st.packets.append((pts, int(fields[3]), key))
     return streams
 
 
@@ -210,6 +229,11 @@ def _still_image(path: str, codec: str, err: str) -> str:
 
 
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_FORMAT = re.compile(r"Input #0, (.+?), from '")
+# Demuxers whose seek uses an index of real keyframes (mov/mp4 sync samples, Matroska cues
+# or clusters, NUT syncpoints, AVI idx1). MPEG-TS and PS bisect on timestamps and mark every
+# packet a keyframe in the index they build ("FIXME keyframe?" in libavformat/mpegts.c).
+_KEYFRAME_SEEK = frozenset({"mov", "matroska", "nut", "avi"})
 _START = re.compile(r"Duration: [^,]+, start: (-?[\d.]+)")
 _CHANNELS = re.compile(r"Audio: .*?, \d+ Hz, ([^,]+),")
 
@@ -294,11 +318,14 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
     if rotation not in (0, 90, 180, 270):
         rotation = 0
     m = _START.search(err)
-    format_start = float(m.group(1)) if m else float(pts[0] * video.tb)
+    # Without a start time ffmpeg subtracts nothing, from the probe's timestamps or from -ss.
+    format_start = float(m.group(1)) if m else 0.0
+    m = _FORMAT.search(err)
+    keyframe_seek = m is not None and m.group(1).split(",")[0] in _KEYFRAME_SEEK
     vinfo = VideoInfo(
         codec=video.codec, width=video.width, height=video.height, sar=video.sar or Fraction(1),
         rotation=rotation, time_base=video.tb, pts=pts, keyframes=keyframes,
-        last_duration=packets[-1][1],
+        last_duration=packets[-1][1], reorder=video.reorder,
     )
     dump = parse_stream_dump(err)
     layouts = [st.layout for st in dump.of_kind("audio")]
@@ -323,4 +350,5 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
             end=apk[-1][0] + apk[-1][1],
         ))
     return MediaInfo(path=path, size=size, format_start_s=format_start, video=vinfo,
-                     audio=audios[0] if audios else None, audios=tuple(audios), dump=dump)
+                     audio=audios[0] if audios else None, audios=tuple(audios), dump=dump,
+                     keyframe_seek=keyframe_seek)

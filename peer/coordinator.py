@@ -431,6 +431,9 @@ class JobServer:
         fields = self.opts.profile.to_wire()
         fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,
                        "out_gop": self.vplan.gop_frames})
+        if self.vplan.time_base is not None:
+            tb = self.vplan.time_base
+            fields["out_time_base"] = f"{tb.numerator}/{tb.denominator}"
         return fields
 
 
@@ -508,11 +511,12 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
     # Peers count one slot each (a `join` node's default); named ones count too.
     slots = max(2, workers + seen + len(opts.peers))
     chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, slots)
-    plans = plan_chunks(info.video, info.format_start_s, chunk_s)
+    plans = plan_chunks(info.video, info.format_start_s, chunk_s,
+                        keyframe_seek=info.keyframe_seek)
     frames = info.video.frames
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
-    vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale)
+    vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale, info.video.time_base)
     tracks = plan_tracks(info, container, opts.profile.audio.channels,
                          opts.profile.audio.codec, opts.audio, opts.subtitles,
                          mkv_name=Path(opts.output).with_suffix(".mkv").name)
@@ -623,7 +627,8 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
             and InputIdentity.from_json(old).same_file(identity)):
         cuts = [first for first, _ in journal.plan()]
         try:
-            resumed = plans_from_cuts(info.video, info.format_start_s, cuts)
+            resumed = plans_from_cuts(info.video, info.format_start_s, cuts,
+                                      keyframe_seek=info.keyframe_seek)
         except ValueError:
             resumed = []
         job_id = journal.get("job_id") or ""

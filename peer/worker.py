@@ -13,9 +13,11 @@ started (the slot checks with a progress report before it starts a queued chunk)
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import httpx
 import trio
@@ -54,6 +56,8 @@ PROGRESS_EVERY_S = 1.0
 # Bytes of ffmpeg output buffered between the encoder and the upload (a few pipe reads).
 UPLOAD_QUEUE = 16
 MAX_GOP = 1200
+# A time base as the coordinator writes it ("1/90000"); ffmpeg keeps both terms in an int.
+_TIME_BASE = re.compile(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})")
 
 
 class CoordinatorGone(Exception):
@@ -83,10 +87,17 @@ def accept_invite(invite: Invite) -> JobTerms:
             raise ProfileError(f"invite: {name} must be an integer from 1 to {hi}")
     if w % 2 or h % 2:
         raise ProfileError("invite: output sides must be even")
+    time_base = None
+    if "out_time_base" in fields:
+        text = fields.pop("out_time_base")
+        m = _TIME_BASE.fullmatch(text) if isinstance(text, str) else None
+        if m is None:
+            raise ProfileError("invite: out_time_base must look like 1/90000")
+        time_base = Fraction(int(m.group(1)), int(m.group(2)))
     profile = Profile.from_mapping(fields, "invite")
     assert isinstance(w, int) and isinstance(h, int) and isinstance(gop, int)
     return JobTerms(invite.job_id, invite.coordinator_url.rstrip("/"), profile,
-                    VideoPlan(w, h, gop))
+                    VideoPlan(w, h, gop, time_base))
 
 
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
 from chunker.plan import MAX_CHUNK_S, MIN_SPLIT_S, default_chunk_seconds, plan_chunks
-from chunker.probe import VideoInfo, parse_framecrc
+from chunker.probe import VideoInfo, interpret_probe, parse_framecrc
 from chunker.tracks import Kept, TrackPlan
 from profiles import Profile, builtin_names, fit_box, load_profile
 from swarm.errors import LocalProtocolError, ProfileError
@@ -58,10 +59,28 @@ def test_plan_snaps_to_the_nearest_keyframe() -> None:
     assert [p.keyframe for p in plans] == [True, True, False, True, False]
 
 
-def test_plan_seek_is_relative_to_the_container_start() -> None:
+@pytest.mark.parametrize("start", [1.456778, -1.340911])  # MPEG-TS; its clock wrapped
+def test_plan_seeks_from_the_container_start_and_trims_in_source_time(start: float) -> None:
+    # The probe's times count from the container start, as -ss does; the trim runs under
+    # -copyts and sees the source's own timestamps.
     v = _video(100)
-    plans = plan_chunks(v, 1.0, 1.0)
-    assert plans[1].seek_s == pytest.approx(v.seconds(25) - 1.0 + 0.0005)
+    plans = plan_chunks(v, start, 1.0)
+    assert plans[1].seek_s == pytest.approx(v.seconds(25) + 0.0005)
+    assert plans[1].trim_s == pytest.approx(start + (v.seconds(24) + v.seconds(25)) / 2)
+
+
+def test_plan_seeks_before_the_keyframe_where_seeks_land_on_any_frame() -> None:
+    # MPEG-TS: -ss bisects on decode timestamps and lands on any frame; the decoder then
+    # waits for the next keyframe. Aim at the decode time of the keyframe before the cut.
+    v = replace(_video(250, keys=(0, 40, 120, 170)), reorder=1024)  # 2 frames of B delay
+    plans = plan_chunks(v, 1.4, 2.0, keyframe_seek=False)
+    for p in plans[1:]:
+        key = max(k for k in v.keyframes if k <= p.first)
+        assert p.seek_s is not None
+        assert v.seconds(key) - 0.08 - 0.1 <= p.seek_s <= v.seconds(key) - 0.08
+        assert p.trim_s == pytest.approx(1.4 + (v.seconds(p.first - 1) + v.seconds(p.first)) / 2)
+    # Indexed containers keep seeking just past the keyframe (no extra GOP decoded).
+    assert [p.seek_s for p in plan_chunks(v, 1.4, 2.0)] != [p.seek_s for p in plans]
 
 
 def test_short_source_is_one_chunk() -> None:
@@ -112,6 +131,30 @@ def test_parse_framecrc() -> None:
     assert s[0].packets == [(0, 512, True), (1536, 512, False), (512, 512, False)]
     assert s[1].channels == 6 and s[1].sample_rate == 48000
     assert s[1].packets == [(-1024, 1024, True)]
+
+
+@pytest.mark.parametrize(("header", "indexed"), [
+    ("Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'a.mp4':", True),
+    ("Input #0, matroska,webm, from 'a.mkv':", True),
+    ("Input #0, mpegts, from 'a.ts':", False),
+    ("Input #0, mpeg, from 'a.vob':", False),
+])
+def test_probe_knows_where_seeks_land_on_keyframes(header: str, indexed: bool) -> None:
+    err = f"[info] {header}\n[info]   Duration: 00:00:01.00, start: 1.400000, bitrate: 1 kb/s\n"
+    info = interpret_probe("a", 1, FRAMECRC, err)
+    assert info.keyframe_seek is indexed and info.format_start_s == 1.4
+    assert info.video.reorder == 2048  # pts 1536 decoded at dts -512: four frames early
+
+
+def test_parse_framecrc_skips_video_frames_the_decoder_discards() -> None:
+    # A stream-copy cut inside a GOP: the mp4 edit list hides the frames before the cut,
+    # which ffmpeg flags discard (0x4); they are decoded as references, never shown.
+    text = FRAMECRC.replace("#codec_id 0: h264\n", "#codec_id 0: h264\n"
+                            "0,      -2048,      -1024,      512,     4929, 0x1, F=0x5\n"
+                            "0,      -1536,      -512,      512,     4929, 0x1, F=0x4\n")
+    s = parse_framecrc(text)
+    assert s[0].packets == [(0, 512, True), (1536, 512, False), (512, 512, False)]
+    assert s[1].packets == [(-1024, 1024, True)]  # audio keeps its priming packet
 
 
 # -- geometry and profiles --------------------------------------------------------------
@@ -199,6 +242,15 @@ def test_chunk_argv_is_built_from_profile_fields_only() -> None:
                         ("-bufsize", "4000k"), ("-preset", "medium"), ("-f", "nut")]:
         assert argv[argv.index(flag) + 1] == value
     assert argv[-1] == "pipe:1" and "-copyts" in argv
+    assert "-enc_time_base:v" not in argv  # a synthetic source: ffmpeg's default
+
+
+def test_chunk_argv_encodes_in_the_source_time_base() -> None:
+    # Not 1/(the frame rate ffmpeg guesses from the first seconds): the rate may change.
+    plan = VideoPlan(1280, 720, 60, Fraction(1, 90000))
+    argv = encode_chunk_argv("/bin/ffmpeg", load_profile("hd"), plan, "in.mp4", None, None, 9)
+    assert argv[argv.index("-enc_time_base:v") + 1] == "1/90000"
+    assert argv[argv.index("-fps_mode") + 1] == "passthrough"
 
 
 def test_merge_argv_and_concat_list(tmp_path: Path) -> None:

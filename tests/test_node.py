@@ -6,6 +6,7 @@ The multi-host versions (mDNS, namespaces, SIGKILL) are in test_swarm_netns.py.
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -14,12 +15,14 @@ import pytest
 import trio
 
 from chunker.tools import find_ffmpeg
+from chunker.verify import check_output
 from media import decode_errors, media_info
 from peer.coordinator import EncodeOptions, run_encode
 from peer.node import Node, NodeConfig
-from peer.worker import COORDINATOR_GONE_S
+from peer.worker import COORDINATOR_GONE_S, accept_invite
 from profiles import load_profile
 from swarm import auth
+from swarm.errors import ProfileError
 from swarm.protocol import Invite, NodeInfo, ResultAck, decode, encode
 
 
@@ -46,7 +49,10 @@ async def test_info_answers_msgpack_and_json() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_remote_peers_encode_frame_exact(corpus: dict[str, Path],
+# rate_switch: the peers learn the source's time base from the invite; mpegts_wrap: they
+# seek and trim an MPEG-TS whose clock wraps, over HTTP.
+@pytest.mark.parametrize("name", ["open_gop", "rate_switch", "mpegts_wrap"])
+async def test_remote_peers_encode_frame_exact(name: str, corpus: dict[str, Path],
                                                tmp_path: Path) -> None:
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
@@ -54,14 +60,15 @@ async def test_remote_peers_encode_frame_exact(corpus: dict[str, Path],
             b = await _start_peer(nursery, "peer-b", secret="k")
             out = tmp_path / "out.mp4"
             opts = EncodeOptions(
-                str(corpus["open_gop"]), str(out), load_profile("hd"), chunk_seconds=0.5,
+                str(corpus[name]), str(out), load_profile("hd"), chunk_seconds=0.5,
                 name="coord", no_local=True, network=True, discover=False,
                 peers=[f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], secret="k")
             report = await run_encode(opts)
             nursery.cancel_scope.cancel()
     assert {c["peer"] for c in report["chunks"]} == {"peer-a", "peer-b"}
     assert all(c["bytes_in"] > 0 for c in report["chunks"])
-    assert media_info(out).video.frames == media_info(corpus["open_gop"]).video.frames
+    check_output(media_info(out), media_info(corpus[name]))  # every frame, every timestamp
+    assert all(c["attempts"] == 1 for c in report["chunks"])
     assert decode_errors(out) == ""
     assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["out.mp4"]
 
@@ -146,3 +153,16 @@ async def test_unknown_routes_get_4xx(path: str) -> None:
                 r = await client.get(f"http://127.0.0.1:{node.port}/v1/info")
                 assert r.status_code == 200
             nursery.cancel_scope.cancel()
+
+
+def test_invite_carries_the_source_time_base() -> None:
+    fields = load_profile("hd").to_wire() | {"out_width": 640, "out_height": 360,
+                                             "out_gop": 50}
+    terms = accept_invite(Invite("tbjob123", "http://127.0.0.1:9",
+                                 fields | {"out_time_base": "1/90000"}))
+    assert terms.plan.time_base == Fraction(1, 90000)
+    assert accept_invite(Invite("tbjob123", "http://127.0.0.1:9", fields)).plan.time_base is None
+    for bad in ("0/1", "1/0", "-1/25", "1/90000 ", "1/9999999999", 25):
+        with pytest.raises(ProfileError, match="out_time_base"):
+            accept_invite(Invite("tbjob123", "http://127.0.0.1:9",
+                                 fields | {"out_time_base": bad}))
