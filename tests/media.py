@@ -7,7 +7,9 @@ covers one of the hard cases the output promises hold for.
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,10 @@ class Source:
     inputs: list[str]
     args: list[str]
     ext: str = ".mp4"
+    # A second pass, stream copy of the first pass's file with these input options (a cut).
+    recut: list[str] | None = None
+    # Edits the finished file in place, for what no ffmpeg from 5.1 to 9 spells alike.
+    patch: Callable[[Path], None] | None = None
 
 
 def _lavfi(graph: str) -> list[str]:
@@ -35,6 +41,30 @@ def _lavfi(graph: str) -> list[str]:
 def _tone(seconds: float, layout: str = "stereo") -> list[str]:
     return _lavfi(f"sine=frequency=440:duration={seconds},aformat=channel_layouts={layout}")
 
+
+def _tkhd_matrix(path: Path, matrix: tuple[int, ...]) -> None:
+    """Set the video track header's display matrix (the first trak is the video here)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd")
+    version = data[at + 4]
+    # After the size/type, version+flags, times, track id, reserved, duration, reserved,
+    # layer, group, volume, reserved: 40 bytes into the payload (52 for version 1).
+    struct.pack_into(">9i", data, at + 4 + (52 if version == 1 else 40), *matrix)
+    path.write_bytes(bytes(data))
+
+
+def _portrait(path: Path) -> None:
+    # What a phone held upright writes: landscape pixels, turned 90 degrees clockwise on
+    # display (ffmpeg reports "rotation of -90.00 degrees").
+    _tkhd_matrix(path, (0, 1 << 16, 0, -(1 << 16), 0, 0, 240 << 16, 0, 1 << 30))
+
+
+# 24 fps for 4 s (longer than ffmpeg's frame-rate guess reads, so it guesses 24), then 30 fps,
+# then 15 fps: a phone switching modes. concat keeps each segment's own spacing.
+_RATE_SWITCH = ("testsrc2=size=320x240:rate=24:duration=4[a];"
+                "testsrc2=size=320x240:rate=30:duration=1[b];"
+                "testsrc2=size=320x240:rate=15:duration=1[c];"
+                "[a][b][c]concat=n=3:v=1:a=0")
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("closed_gop", "closed GOP, B-frames, stereo AAC",
@@ -81,14 +111,54 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("anamorphic", "non-square pixels (SAR 4:3) and sparse keyframes",
            [*_lavfi("testsrc2=size=240x240:rate=25:duration=4,setsar=4/3"), *_tone(4)],
            [*_X264, "-g", "250", "-c:a", "aac", "-shortest"]),
+    Source("rate_switch", "24 fps, then 30, then 15, keyframes at the switches (phone modes)",
+           [*_lavfi(_RATE_SWITCH), *_tone(6)],
+           [*_X264, "-bf", "2", "-g", "30", "-force_key_frames", "4,5",
+            "-fps_mode", "passthrough", "-enc_time_base:v", "1/90000", "-c:a", "aac"]),
+    # MPEG-TS seeks land on any frame, not on keyframes: GOPs longer than the tests' 1 s
+    # chunks put cuts between keyframes, where that matters.
+    Source("mpegts", "MPEG-TS as the seed platform records it (timestamps from 1.4 s)",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=3"), *_tone(3)],
+           [*_X264, "-bf", "2", "-g", "50", "-c:a", "aac", "-f", "mpegts"], ".ts"),
+    Source("mpegts_wrap", "MPEG-TS whose 33-bit timestamps wrap 1.3 s in",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=3"), *_tone(3)],
+           [*_X264, "-bf", "2", "-g", "40", "-c:a", "aac",
+            "-output_ts_offset", "95441", "-f", "mpegts"], ".ts"),
+    Source("edit_cut", "a stream-copy cut: the edit list starts 0.3 s into a GOP",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=4"), *_tone(4)],
+           [*_X264, "-bf", "2", "-g", "50", "-c:a", "aac"], recut=["-ss", "1.3"]),
+    Source("neg_cts", "B-pyramid with negative composition offsets (ctts v1, no edit "
+           "list); audio 1 s longer than the video",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=3"), *_tone(4)],
+           [*_X264, "-bf", "3", "-x264-params", "b-pyramid=normal", "-g", "25",
+            "-c:a", "aac", "-movflags", "+negative_cts_offsets"]),
+    Source("audio_short", "B-pyramid; the audio ends 1.5 s before the video",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=4"), *_tone(2.5)],
+           [*_X264, "-bf", "3", "-x264-params", "b-pyramid=normal", "-g", "25",
+            "-c:a", "aac"]),
+    Source("hi422p10", "10-bit 4:2:2 H.264 (High 4:2:2)",
+           [*_lavfi("testsrc2=size=320x240:rate=25:duration=3,format=yuv422p10le"),
+            *_tone(3)],
+           [*_X264, "-profile:v", "high422", "-bf", "2", "-g", "25", "-c:a", "aac",
+            "-shortest"]),
+    Source("portrait", "a phone held upright: 320x240 pixels shown turned 90 degrees",
+           [*_lavfi("testsrc2=size=320x240:rate=30:duration=3"), *_tone(3)],
+           [*_X264, "-bf", "2", "-g", "30", "-c:a", "aac", "-shortest"], patch=_portrait),
 ]}
 
 
 def make_source(name: str, folder: Path) -> Path:
     s = SOURCES[name]
     out = folder / f"{name}{s.ext}"
-    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-y", *s.inputs, *s.args, str(out)],
-                   check=True, timeout=120)
+    first = out if s.recut is None else folder / f"{name}.full{s.ext}"
+    run = [FFMPEG, "-nostdin", "-v", "error", "-y"]
+    subprocess.run([*run, *s.inputs, *s.args, str(first)], check=True, timeout=120)
+    if s.recut is not None:
+        subprocess.run([*run, *s.recut, "-i", str(first), "-map", "0", "-c", "copy", str(out)],
+                       check=True, timeout=120)
+        first.unlink()
+    if s.patch is not None:
+        s.patch(out)
     return out
 
 
@@ -97,10 +167,34 @@ def media_info(path: Path) -> MediaInfo:
 
 
 def decode_errors(path: Path) -> str:
-    """What `ffmpeg -v error -i OUT -f null -` prints: the promise is nothing."""
-    res = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+    """What `ffmpeg -v error -i OUT -f null -` prints: the promise is nothing.
+
+    The frames are passed through in the file's own time base: by default ffmpeg would
+    round them onto 1/(guessed frame rate), and a file whose rate changes (rate_switch, the
+    source as much as the output) then draws "non monotonically increasing dts" from the
+    null muxer, a complaint about that rounding and not about the file.
+    """
+    tb = media_info(path).video.time_base
+    res = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path),
+                          "-fps_mode", "passthrough",
+                          "-enc_time_base:v", f"{tb.numerator}/{tb.denominator}",
+                          "-f", "null", "-"],
                          capture_output=True, text=True, timeout=120)
     return res.stderr + ("" if res.returncode == 0 else f"exit {res.returncode}")
+
+
+def decoded_times(path: Path) -> list[float]:
+    """Every frame the decoder shows, in seconds from the first: what a player presents,
+    found without the probe (which lists packets, and which the outputs are checked by)."""
+    tb = media_info(path).video.time_base
+    res = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0",
+         "-fps_mode", "passthrough", "-enc_time_base:v", f"{tb.numerator}/{tb.denominator}",
+         "-c:v", "wrapped_avframe", "-f", "framecrc", "-"],
+        capture_output=True, text=True, timeout=120, check=True)
+    pts = sorted(int(line.split(",")[2]) for line in res.stdout.splitlines()
+                 if line and not line.startswith("#"))
+    return [float((p - pts[0]) * tb) for p in pts]
 
 
 def min_psnr(source: Path, output: Path, width: int, height: int) -> float:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,15 @@ import trio
 from chunker.commands import AUDIO_COPY_EXACT, encode_chunk_argv, video_plan
 from chunker.tools import find_ffmpeg
 from chunker.tracks import plan_tracks
-from media import FFMPEG, SOURCES, decode_errors, media_info, min_psnr, sound_span
+from media import (
+    FFMPEG,
+    SOURCES,
+    decode_errors,
+    decoded_times,
+    media_info,
+    min_psnr,
+    sound_span,
+)
 from peer import media as steps
 from peer.coordinator import EncodeOptions, run_encode
 from peer.proc import run_ffmpeg
@@ -39,9 +50,13 @@ async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
     report = await _encode(src, out)
     s, o = media_info(src), media_info(out)
 
+    # The probe lists the frames a decoder shows (not, say, those an edit list hides).
+    shown = decoded_times(src)
+    assert len(shown) == s.video.frames
+    s0, o0 = s.video.seconds(0), o.video.seconds(0)
+    assert max(abs(s.video.seconds(i) - s0 - t) for i, t in enumerate(shown)) <= 1 * MS
     # Exactly the source's frames, at the source's times relative to the first frame.
     assert o.video.frames == s.video.frames
-    s0, o0 = s.video.seconds(0), o.video.seconds(0)
     worst = max(abs((o.video.seconds(i) - o0) - (s.video.seconds(i) - s0))
                 for i in range(s.video.frames))
     assert worst <= 1 * MS, f"timestamp off by {worst * 1000:.3f} ms"
@@ -52,7 +67,9 @@ async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
     # Several chunks were really cut and merged.
     assert len(report["chunks"]) >= 3
     assert sum(c["frames"] for c in report["chunks"]) == s.video.frames
-    # Square pixels, even sides, never larger than the source.
+    # Upright pixels (a phone's rotation applied, none left for the player), square, even
+    # sides, never larger than the source.
+    assert o.video.rotation == 0
     dw, dh = s.video.display_size
     assert o.video.width % 2 == 0 and o.video.height % 2 == 0
     assert o.video.width <= dw and o.video.height <= dh
@@ -73,6 +90,20 @@ async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
         assert abs(o_offset - s_offset) <= frame_s + MS
     # Nothing left beside the output but the output.
     assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+
+
+def test_rate_switch_source_has_three_frame_spacings(corpus: dict[str, Path]) -> None:
+    """The source really changes rate (24, 30, 15 fps), and ffmpeg's frame-rate guess sees
+    only the first: the trap the chunk encode must not fall into."""
+    v = media_info(corpus["rate_switch"]).video
+    gaps = [float((b - a) * v.time_base) for a, b in zip(v.pts, v.pts[1:], strict=False)]
+    runs = [(round(1 / g), len(list(n))) for g, n in itertools.groupby(gaps)]
+    assert runs == [(24, 96), (30, 30), (15, 14)]
+    keys = {round(v.seconds(k), 3) for k in v.keyframes}
+    assert {4.0, 5.0} <= keys  # at the switches
+    res = subprocess.run([FFMPEG, "-hide_banner", "-i", str(corpus["rate_switch"])],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert re.search(r"Video: .* 24 tbr", res.stderr)
 
 
 async def test_surround_kept_with_a_six_channel_profile(corpus: dict[str, Path],
