@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -251,6 +252,15 @@ def probe_argv(ffmpeg: FFmpeg, path: str, *, audio: bool = True) -> list[str]:
 
 def check_probe_run(path: str, returncode: int, stderr: str) -> None:
     """Turn a failed or noisy probe run into one clear ProbeError line."""
+    if returncode < 0:
+        # Killed by a signal: the binary's fault, not the file's. imageio-ffmpeg's static
+        # 7.0.2 dies so on opening any MPEG-TS (in reading its service table, the SDT).
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        raise ProbeError(f"{path}: ffmpeg crashed reading it ({name}); another ffmpeg build "
+                         "may read it (set SWARM_FFMPEG)")
     if returncode != 0:
         raise ProbeError(f"{path}: not a readable video ({_first_error(stderr)})")
     errors = [ln for ln in stderr.splitlines() if "[error]" in ln or "[fatal]" in ln]

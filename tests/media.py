@@ -166,6 +166,14 @@ def media_info(path: Path) -> MediaInfo:
     return probe(find_ffmpeg(), str(path))
 
 
+def crashes_on(ffmpeg: str, path: Path) -> bool:
+    """Whether this ffmpeg build dies on opening the file (imageio-ffmpeg's static 7.0.2
+    does on any MPEG-TS): a fault of the binary, which swarm reports but cannot mend."""
+    res = subprocess.run([ffmpeg, "-nostdin", "-v", "quiet", "-i", str(path)],
+                         capture_output=True, timeout=60, check=False)
+    return res.returncode < 0
+
+
 def decode_errors(path: Path) -> str:
     """What `ffmpeg -v error -i OUT -f null -` prints: the promise is nothing.
 

@@ -10,10 +10,10 @@ import pytest
 
 from chunker.commands import VideoPlan, encode_chunk_argv, merge_argv, write_concat_list
 from chunker.plan import MAX_CHUNK_S, MIN_SPLIT_S, default_chunk_seconds, plan_chunks
-from chunker.probe import VideoInfo, interpret_probe, parse_framecrc
+from chunker.probe import VideoInfo, check_probe_run, interpret_probe, parse_framecrc
 from chunker.tracks import Kept, TrackPlan
 from profiles import Profile, builtin_names, fit_box, load_profile
-from swarm.errors import LocalProtocolError, ProfileError
+from swarm.errors import LocalProtocolError, ProbeError, ProfileError
 from swarm.job import Assign, AttemptOutcome, ChunkState, Finished, Job, Wait
 
 
@@ -144,6 +144,14 @@ def test_probe_knows_where_seeks_land_on_keyframes(header: str, indexed: bool) -
     info = interpret_probe("a", 1, FRAMECRC, err)
     assert info.keyframe_seek is indexed and info.format_start_s == 1.4
     assert info.video.reorder == 2048  # pts 1536 decoded at dts -512: four frames early
+
+
+def test_a_probe_that_crashed_blames_ffmpeg_not_the_file() -> None:
+    with pytest.raises(ProbeError, match=r"a.ts: ffmpeg crashed reading it \(SIGSEGV\); "
+                       r"another ffmpeg build may read it \(set SWARM_FFMPEG\)"):
+        check_probe_run("a.ts", -11, "")
+    with pytest.raises(ProbeError, match="not a readable video"):
+        check_probe_run("a.ts", 1, "[error] Invalid data found when processing input")
 
 
 def test_parse_framecrc_skips_video_frames_the_decoder_discards() -> None:
