@@ -71,7 +71,6 @@ async def test_remote_peers_encode_frame_exact(name: str, corpus: dict[str, Path
     assert {c["peer"] for c in report["chunks"]} == {"peer-a", "peer-b"}
     assert all(c["bytes_in"] > 0 for c in report["chunks"])
     check_output(media_info(out), media_info(corpus[name]))  # every frame, every timestamp
-    assert all(c["attempts"] == 1 for c in report["chunks"])
     assert decode_errors(out) == ""
     assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["out.mp4"]
 
