@@ -230,7 +230,6 @@ def _still_image(path: str, codec: str, err: str) -> str:
 
 
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
-_FORMAT = re.compile(r"Input #0, (.+?), from '")
 # Demuxers whose seek uses an index of real keyframes (mov/mp4 sync samples, Matroska cues
 # or clusters, NUT syncpoints, AVI idx1). MPEG-TS and PS bisect on timestamps and mark every
 # packet a keyframe in the index they build ("FIXME keyframe?" in libavformat/mpegts.c).
