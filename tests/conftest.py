@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from media import SOURCES, make_source
+from chunker.tools import find_ffmpeg
+from media import SOURCES, crashes_on, make_source
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +13,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every hard-case source, made once per run with lavfi (a few seconds in all)."""
     folder = tmp_path_factory.mktemp("corpus")
     return {name: make_source(name, folder) for name in SOURCES}
+
+
+@pytest.fixture
+def source(name: str, corpus: dict[str, Path]) -> Path:
+    """The corpus file a test is parametrized with (``name``), skipped with the reason if the
+    ffmpeg under test crashes opening it (a sync fixture: a skip raised inside a trio test
+    loses its message)."""
+    ffmpeg = find_ffmpeg()
+    if crashes_on(ffmpeg.path, corpus[name]):
+        pytest.skip(f"ffmpeg {ffmpeg.version} crashes opening {corpus[name].name}")
+    return corpus[name]

@@ -17,7 +17,6 @@ from chunker.tracks import plan_tracks
 from media import (
     FFMPEG,
     SOURCES,
-    crashes_on,
     decode_errors,
     decoded_times,
     media_info,
@@ -44,12 +43,8 @@ async def _encode(src: Path, out: Path, profile: str = "hd", chunk_s: float = 1.
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
-async def test_output_keeps_every_promise(name: str, corpus: dict[str, Path],
-                                          tmp_path: Path) -> None:
-    src = corpus[name]
-    ffmpeg = find_ffmpeg()
-    if crashes_on(ffmpeg.path, src):
-        pytest.skip(f"ffmpeg {ffmpeg.version} crashes opening {src.name}")
+async def test_output_keeps_every_promise(name: str, source: Path, tmp_path: Path) -> None:
+    src = source
     out = tmp_path / "out.mp4"
     report = await _encode(src, out)
     s, o = media_info(src), media_info(out)
