@@ -204,6 +204,9 @@ class _Plain:
             typer.echo(f"swarm: peer {e['peer']} joined ({e['address']})", err=True)
         elif kind == "peer_left":
             typer.echo(f"swarm: peer {e['peer']} left", err=True)
+        elif kind == "no_peers":
+            typer.echo(f"swarm: no peers yet; to add a device, run there:  {e['bootstrap']}"
+                       f"  # sha256 {e['sha256']}", err=True)
         elif kind == "audio_done":
             typer.echo(f"swarm: audio encoded ({e['encode_s']:.1f} s)", err=True)
         elif kind == "merge":
@@ -748,8 +751,7 @@ def join(
                 from peer.dashboard import JoinView
 
                 prof, score = _shown_score(scores)
-                sink = _Live(JoinView(address=f"{_lan_address()}:{port}", score=score,
-                                      score_profile=prof))
+                sink = _Live(JoinView(score=score, score_profile=prof))
             elif mode == "json":
                 sink = _JsonLines()
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
@@ -784,24 +786,17 @@ def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:
     return "", None
 
 
-def _lan_address() -> str:
-    """This host's address on its default route (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
-            return str(s.getsockname()[0])
-        except OSError:
-            return socket.gethostname()
-
-
 def _join_plain(quiet: bool) -> Any:
     def show(e: dict[str, Any]) -> None:
         if quiet:
             return
         kind = e["event"]
         if kind == "node_up":
-            typer.echo(f"swarm: {e['name']} ready on port {e['port']} (node {e['node_id']})",
-                       err=True)
+            typer.echo(f"swarm: {e['name']} ready on port {e['port']} at {e['address']} "
+                       f"(node {e['node_id']})", err=True)
+        elif kind == "pyz_ready":
+            typer.echo(f"swarm: another device joins with:\n{e['bootstrap']}\n"
+                       f"# sha256 {e['sha256']}", err=True)
         elif kind == "job_joined":
             typer.echo(f"swarm: working for {e['coordinator']} (job {e['job_id']})", err=True)
         elif kind == "chunk_end":
@@ -902,6 +897,38 @@ def bench(
     for prof, score in sorted(scores.items()):
         typer.echo(f"{prof:10s} {score / 1e6:8.2f} Mpx/s")
     typer.echo(f"({'from the cache' if cached else 'measured now'})", err=True)
+
+
+@app.command()
+def pack(
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="Where to write the archive.")] = "swarm.pyz",
+) -> None:
+    """Write swarm as one file: an executable zip of the program and its pure-Python
+    dependencies (no ffmpeg), for any device with Python 3.11 or newer.
+
+    Run it there with `python3 swarm.pyz join`. The same program always packs to the same
+    bytes, which every running node also serves at `http://HOST:7800/swarm.pyz`.
+    """
+    from peer import pyz
+
+    def run() -> pyz.Pyz:
+        _check_writable("--output", output)
+        built = pyz.build()
+        tmp = f"{output}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(built.data)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, output)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return built
+
+    built = _guarded(run)
+    typer.echo(f"swarm: wrote {output} ({built.size / 1e6:.1f} MB)", err=True)
+    typer.echo(f"{built.sha256}  {output}")
 
 
 def main() -> None:

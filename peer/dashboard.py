@@ -118,6 +118,7 @@ class JobView:
         self.rate_samples: deque[tuple[float, int]] = deque()  # (time, live frames)
         self.peers: dict[str, PeerRow] = {}
         self.events: deque[str] = deque(maxlen=EVENTS_SHOWN)
+        self.bootstrap = ""  # shown while no peer has joined: how to add a device
 
     # -- state --------------------------------------------------------------------------
     def peer(self, name: str) -> PeerRow:
@@ -172,6 +173,8 @@ class JobView:
             self.kept = e["chunks_kept"]
             self.frames_done = self.kept_frames = e["frames_done"]
             self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
+        elif kind == "no_peers":
+            self.bootstrap = f"{e['bootstrap']}  # sha256 {e['sha256']}"
         elif kind == "chunk_start":
             c = e["chunk"]
             row = self.peer(e["peer"])
@@ -313,6 +316,10 @@ class JobView:
         peer_rows = max(1, free - map_lines)
         parts: list[RenderableType] = [head1, head2, bar, self._peers_table(width, peer_rows)]
         parts += self._chunk_map(width, map_lines)
+        if self.bootstrap and not any(r.remote for r in self.peers.values()):
+            # Folded, never cut: the line is meant to be pasted on another device.
+            parts += [Text("no peers yet; to add a device, run there:", style="bold"),
+                      Text(self.bootstrap, overflow="fold")]
         parts.append(Text("events: " if self.events else "", style="dim", no_wrap=True))
         parts += [Text(line, no_wrap=True, overflow="ellipsis") for line in self.events]
         return Group(*parts)
@@ -399,6 +406,7 @@ class JoinView:
         self.jobs = self.done = self.failed = self.frames = 0
         self.last_frames: dict[int, int] = {}
         self.events: deque[str] = deque(maxlen=EVENTS_SHOWN)
+        self.bootstrap = self.pyz_sha256 = ""  # how another device joins (GET /swarm.pyz)
 
     @property
     def state(self) -> str:
@@ -413,9 +421,13 @@ class JoinView:
         if kind == "node_up":
             self.started = now
             self.name, self.node_id = e["name"], e["node_id"]
-            if not self.address or self.address.endswith(":0"):
+            if e.get("address"):
+                self.address = e["address"]
+            elif not self.address or self.address.endswith(":0"):
                 self.address = f"{self.address.rpartition(':')[0] or '?'}:{e['port']}"
             self._log(now, f"ready on port {e['port']}")
+        elif kind == "pyz_ready":
+            self.bootstrap, self.pyz_sha256 = e["bootstrap"], e["sha256"]
         elif kind == "job_joined":
             self.coordinator, self.job_id = e["coordinator"], e["job_id"]
             self.jobs += 1
@@ -458,8 +470,15 @@ class JoinView:
         t.add_row("totals", f"{self.jobs} job(s), {self.done} chunk(s), {self.frames} frames, "
                             f"{self.failed} failed")
         parts: list[RenderableType] = [Text("swarm join", style="bold"), t]
+        shown = height - 9
+        if self.bootstrap:
+            # Folded, never cut: the line is meant to be typed or pasted on another device.
+            parts += [Text("another device joins with:", style="bold"),
+                      Text(self.bootstrap, overflow="fold"),
+                      Text(f"# sha256 {self.pyz_sha256}", overflow="fold")]
+            shown -= 3
         parts += [Text(line, no_wrap=True, overflow="ellipsis")
-                  for line in list(self.events)[-max(0, height - 9):]]
+                  for line in list(self.events)[-max(0, shown):]]
         return Group(*parts)
 
 

@@ -46,6 +46,7 @@ from swarm.protocol import (
 )
 from swarm.protocol import Assignment as AssignmentMsg
 
+from . import pyz as pyz_mod
 from .client import call
 from .http import (
     HTTPError,
@@ -58,6 +59,7 @@ from .http import (
     respond,
     respond_message,
 )
+from .lan import lan_address
 from .worker import accept_invite, work_slot
 
 if TYPE_CHECKING:
@@ -82,6 +84,11 @@ GREET_TIMEOUT_S = 2.0
 # A connection whose peer acknowledged nothing (or kept its window shut) this long is dead:
 # twice the coordinator's default lease, by which time its chunk went to someone else.
 PEER_GONE_S = 30.0
+# GET /swarm.pyz: the archive goes out in pieces of this size (hypercorn buffers each one),
+# and a request that comes while it is being built waits this long for it.
+PYZ_PIECE = 256 * 1024
+PYZ_WAIT_S = 60.0
+PYZ_DIGEST_HEADER = "x-swarm-pyz-sha256"
 
 
 class _HyperConfig(HyperConfig):
@@ -141,6 +148,7 @@ class NodeConfig:
     interfaces: list[str] | None = None  # IPv4 addresses for mDNS; None: all
     peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
     peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
+    serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
 
 
 @dataclass(slots=True)
@@ -173,6 +181,8 @@ class Node:
         self._advertiser: Any = None
         # Where a coordinating node passes on nodes that said hello (see /v1/hello).
         self.hello_sink: Callable[[str, int], None] | None = None
+        self.pyz: pyz_mod.Pyz | None = None
+        self._pyz_tried = trio.Event()
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -189,6 +199,7 @@ class Node:
             encoders=tuple(e for e in ADVERTISED_ENCODERS if e in self.ffmpeg.encoders),
             scores=self.scores, state=self.state, job_id=job,
             slots=max(1, min(64, self.config.slots)),
+            pyz_sha256=self.pyz.sha256 if self.pyz is not None else None,
         )
 
     def record(self) -> PeerRecord:
@@ -223,11 +234,54 @@ class Node:
                 except Exception as exc:  # no multicast-capable interface: --peer still works
                     log.warning("not advertising on mDNS: %s", exc)
             self.on_event({"event": "node_up", "port": self.port, "name": self.config.name,
-                           "node_id": self.node_id})
+                           "node_id": self.node_id, "address": self.address})
+            if self.config.serve_pyz:
+                nursery.start_soon(self._build_pyz)
             if self.config.peers:
                 nursery.start_soon(self._greet)
             task_status.started(self)
             await trio.sleep_forever()
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT as other devices on the LAN reach this node (an address, never a name)."""
+        return f"{lan_address()}:{self.port}"
+
+    async def _build_pyz(self) -> None:
+        """Build swarm.pyz once (in a thread: ~1 s of CPU) and say how to fetch it."""
+        try:
+            self.pyz = await trio.to_thread.run_sync(pyz_mod.get, abandon_on_cancel=True)
+        except Exception as exc:  # e.g. a dependency installed without its file list
+            log.warning("not serving %s: %s", pyz_mod.BOOTSTRAP_NAME, exc)
+            return
+        finally:
+            self._pyz_tried.set()
+        self.on_event({"event": "pyz_ready", "sha256": self.pyz.sha256, "size": self.pyz.size,
+                       "address": self.address,
+                       "bootstrap": pyz_mod.bootstrap_line(self.address)})
+
+    async def _serve_pyz(self, send: Send, head: bool) -> None:
+        if self.config.serve_pyz and not self._pyz_tried.is_set():
+            with trio.move_on_after(PYZ_WAIT_S):
+                await self._pyz_tried.wait()
+        built = self.pyz
+        if built is None:
+            raise HTTPError(f"{pyz_mod.BOOTSTRAP_NAME} is not available from this node",
+                            status_code=503)
+        headers = [(b"content-type", b"application/zip"),
+                   (b"content-length", str(built.size).encode()),
+                   (b"content-disposition",
+                    f'attachment; filename="{pyz_mod.BOOTSTRAP_NAME}"'.encode()),
+                   (PYZ_DIGEST_HEADER.encode(), built.sha256.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        view = memoryview(built.data)
+        for offset in range(0, built.size, PYZ_PIECE):
+            await send({"type": "http.response.body",
+                        "body": bytes(view[offset:offset + PYZ_PIECE]),
+                        "more_body": offset + PYZ_PIECE < built.size})
 
     async def _greet(self) -> None:
         """While idle, tell each --peer node we exist, so a coordinator there invites us."""
@@ -322,6 +376,13 @@ class Node:
             if method != "GET":
                 raise HTTPError("use GET", status_code=405)
             await respond_message(send, self.info(), request)
+            return
+        if path == f"/{pyz_mod.BOOTSTRAP_NAME}":
+            # Unsigned, like /v1/info: a device that has no swarm yet has no secret either,
+            # and the program holds none.
+            if method not in ("GET", "HEAD"):
+                raise HTTPError("use GET", status_code=405)
+            await self._serve_pyz(send, method == "HEAD")
             return
         if path == "/v1/invite":
             if method != "POST":

@@ -25,6 +25,7 @@ from swarm.protocol import PROTOCOL_VERSION, Invite, ResultAck
 
 from .client import call, fetch_info
 from .node import Node
+from .pyz import bootstrap_line
 
 if TYPE_CHECKING:
     from .coordinator import EncodeOptions, JobServer
@@ -34,6 +35,9 @@ __all__ = ["CENSUS_S", "census", "free_port", "parse_peer", "recruit"]
 log = logging.getLogger(__name__)
 
 RECRUIT_EVERY_S = 1.0
+# A job with no peer after this long says how to add one (the line that fetches swarm.pyz
+# from us): long enough for mDNS answers and --peer hellos, short enough to be read early.
+NO_PEER_HINT_S = 5.0
 RECHECK_INVITED_S = 5.0
 MAX_FRUITLESS_INVITES = 3
 
@@ -218,6 +222,17 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                   "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
                       opts.profile.name, 0.0)})
 
+    hint_at: float | None = trio.current_time() + NO_PEER_HINT_S
+
+    def maybe_hint(now: float) -> None:
+        nonlocal hint_at
+        if any(c.invited for c in candidates.values()):
+            hint_at = None  # a peer took part: the hint is moot for the rest of the job
+        elif hint_at is not None and now >= hint_at and node.pyz is not None:
+            hint_at = None
+            emit({"event": "no_peers", "after_s": NO_PEER_HINT_S, "address": node.address,
+                  "bootstrap": bootstrap_line(node.address), "sha256": node.pyz.sha256})
+
     async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
         try:
             async with trio.open_nursery() as nursery:
@@ -225,6 +240,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                     nursery.start_soon(watch_mdns)
                 while True:
                     now = trio.current_time()
+                    maybe_hint(now)
                     for c in list(candidates.values()):
                         if c.unusable or c.next_try > now:
                             continue

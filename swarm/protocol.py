@@ -69,7 +69,7 @@ MAX_CONTROL_BODY: Final = 64 * 1024
 
 # Bounds handed to msgpack so that no length prefix can make it allocate more than this.
 # 256 is the longest string field (coordinator_url, source_path); 64 the longest array
-# (encoders) and map (scores; a top-level message has at most 13 keys, a profile 48).
+# (encoders) and map (scores; a top-level message has at most 14 keys, a profile 48).
 _MAX_WIRE_STR: Final = 256
 _MAX_WIRE_ITEMS: Final = 64
 
@@ -94,6 +94,7 @@ _NODE_ID = re.compile(r"[0-9a-f]{8,64}")  # lower-case hex only, so one id has o
 _VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,32}")  # PEP 440 and semver both fit
 _ARCH = re.compile(r"[A-Za-z0-9._-]{1,32}")  # platform.machine(): x86_64, aarch64, armv7l
 _VISIBLE = re.compile(r"[\x21-\x7e]{1,64}")  # ffmpeg version strings vary wildly; no spaces
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a hex SHA-256 digest, lower case: one spelling
 _ENCODER = re.compile(r"[a-z0-9_-]{1,32}")  # ffmpeg encoder names: libx264, h264_nvenc
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # profile names come from file names
 _PROFILE_KEY = re.compile(r"[a-z0-9_]{1,32}")
@@ -349,6 +350,8 @@ class NodeInfo(Message):
     state: Annotated[str, _choice("idle", "busy", "leaving")]
     job_id: Annotated[str | None, _optional(_token)]
     slots: Annotated[int, _int(1, MAX_SLOTS)]
+    # SHA-256 of the swarm.pyz this node serves at GET /swarm.pyz; None until it is built.
+    pyz_sha256: Annotated[str | None, _optional(_str(_SHA256, "a lower-case hex SHA-256"))]
 
 
 @_message

@@ -1,0 +1,332 @@
+"""``swarm.pyz``: the program and its pure-Python dependencies in one executable zip.
+
+A new device bootstraps from any running node (``GET /swarm.pyz``) with nothing but a stock
+Python >= 3.11 and an ffmpeg. The archive holds the program's own modules and, for every
+distribution it depends on (computed from its requirements, for Linux and CPython 3.11+),
+the files that distribution installed, less anything compiled: zipimport never loads
+extension modules, so msgpack and zeroconf run their pure-Python code, and none of our
+dependencies may need a compiled one (pyproject.toml pins what would, such as typer 0.29's
+pydantic-core). No ffmpeg binary either: the device uses its own.
+
+The sources are the running interpreter's own: the program's files where its modules were
+imported from, the dependencies' files as their RECORD lists them in site-packages. Entries
+are sorted and carry a fixed timestamp, so the same files give the same bytes and the
+SHA-256 names a build. A process running from a pyz serves that file as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import re
+import threading
+import zipfile
+import zipimport
+from contextlib import suppress
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["BOOTSTRAP_NAME", "Pyz", "bootstrap_line", "build", "get", "running_archive"]
+
+BOOTSTRAP_NAME = "swarm.pyz"
+ROOT_DIST = "swarm-encode"
+# The program's top-level modules and packages (pyproject.toml's py-modules and packages).
+PROGRAM = ("cli", "swarm", "peer", "chunker", "profiles")
+PROGRAM_DATA = (".py", ".toml")  # profiles/*.toml are package data
+SHEBANG = b"#!/usr/bin/env python3\n"
+# Checked before anything else is imported, in syntax any Python 3 (and 2) parses, so an old
+# interpreter prints one line instead of a SyntaxError from deep inside a dependency.
+MAIN = b'''\
+import sys
+if sys.version_info < (3, 11):
+    sys.stderr.write("swarm: error: swarm.pyz needs Python 3.11 or newer; this is Python %s\\n"
+                     % sys.version.split()[0])
+    sys.exit(2)
+import cli
+cli.main()
+'''
+# The DOS epoch: zip's earliest timestamp, the same for every build.
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Never packed: compiled code and what builds it, byte code, type stubs.
+_SKIP_SUFFIXES = (".so", ".pyd", ".dll", ".dylib", ".exe", ".pyc", ".pyo", ".pxd", ".pyx",
+                  ".c", ".h", ".cpp", ".pyi")
+# Executable formats by magic (ELF, PE, Mach-O 32/64 and fat): imageio-ffmpeg's bundled ffmpeg.
+_BINARY_MAGIC = (b"\x7fELF", b"MZ", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                 b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+# Kept from each .dist-info: METADATA (importlib.metadata.version works from the zip) and the
+# licence texts, which redistribution must carry.
+_LICENSE = re.compile(r"(?i)(licen[cs]e|copying|notice|authors)")
+# Markers are evaluated for the devices a pyz is for: Linux (Termux too), CPython 3.11 and up.
+_TARGET_PYTHONS = ("3.11", "3.12", "3.13", "3.14")
+_TARGET_MACHINES = ("x86_64", "aarch64", "armv7l")
+
+
+@dataclass(frozen=True, slots=True)
+class Pyz:
+    data: bytes
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# -- requirement markers (PEP 508), just enough for dependency metadata --------------------
+_TOKEN = re.compile(r"\s*(?:(?P<str>'[^']*'|\"[^\"]*\")|(?P<op>===|==|!=|<=|>=|~=|<|>|\(|\))"
+                    r"|(?P<word>[A-Za-z_][A-Za-z0-9_.]*))")
+
+
+def _tokens(marker: str) -> list[str]:
+    out, pos = [], 0
+    while pos < len(marker.rstrip()):
+        m = _TOKEN.match(marker, pos)
+        if m is None:
+            raise ValueError(f"cannot parse requirement marker {marker!r}")
+        out.append(m.group().strip())
+        pos = m.end()
+    return out
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def _compare(left: str, op: str, right: str, versions: bool) -> bool:
+    if op in ("in", "not in"):
+        return (left in right) == (op == "in")
+    a: object
+    b: object
+    a, b = (_version(left), _version(right)) if versions else (left, right)
+    if op == "~=":
+        return _version(left) >= _version(right) and \
+            _version(left)[: len(_version(right)) - 1] == _version(right)[:-1]
+    return {"==": a == b, "===": a == b, "!=": a != b, "<": a < b, "<=": a <= b,  # type: ignore[operator]
+            ">": a > b, ">=": a >= b}[op]  # type: ignore[operator]
+
+
+def _evaluate(marker: str, env: dict[str, str]) -> bool:
+    toks = _tokens(marker)
+    pos = 0
+
+    def value() -> tuple[str, bool]:
+        nonlocal pos
+        tok = toks[pos]
+        pos += 1
+        if tok[0] in "'\"":
+            return tok[1:-1], False
+        if tok not in env:
+            raise ValueError(f"unknown marker variable {tok!r} in {marker!r}")
+        return env[tok], tok in ("python_version", "python_full_version")
+
+    def atom() -> bool:
+        nonlocal pos
+        if toks[pos] == "(":
+            pos += 1
+            result = disjunction()
+            pos += 1  # ")"
+            return result
+        left, lv = value()
+        op = toks[pos]
+        pos += 1
+        if op == "not":
+            op, pos = "not in", pos + 1
+        right, rv = value()
+        if left == "\0extra" or right == "\0extra":
+            return False  # extras are never wanted in the pyz
+        return _compare(left, op, right, lv or rv)
+
+    def conjunction() -> bool:
+        nonlocal pos
+        result = atom()
+        while pos < len(toks) and toks[pos] == "and":
+            pos += 1
+            result = atom() and result
+        return result
+
+    def disjunction() -> bool:
+        nonlocal pos
+        result = conjunction()
+        while pos < len(toks) and toks[pos] == "or":
+            pos += 1
+            result = conjunction() or result
+        return result
+
+    return disjunction()
+
+
+def _wanted(requirement: str) -> str | None:
+    """The distribution a requirement names, if some target device needs it."""
+    name_part, _, marker = requirement.partition(";")
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", name_part)
+    if name is None:
+        raise ValueError(f"cannot parse requirement {requirement!r}")
+    if marker.strip():
+        envs = [{"python_version": py, "python_full_version": py + ".0", "os_name": "posix",
+                 "sys_platform": "linux", "platform_system": "Linux", "platform_machine": m,
+                 "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                 "extra": "\0extra"} for py in _TARGET_PYTHONS for m in _TARGET_MACHINES]
+        if not any(_evaluate(marker, env) for env in envs):
+            return None
+    return name.group(1)
+
+
+def _root_requirements(program_dir: Path) -> list[str]:
+    """The program's own requirements: from pyproject.toml in a source checkout (an editable
+    install's metadata may be stale), else from the installed distribution's metadata."""
+    pyproject = program_dir / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        return list(tomllib.loads(pyproject.read_text("utf-8"))["project"]["dependencies"])
+    return list(metadata.distribution(ROOT_DIST).requires or [])
+
+
+def _dependencies(program_dir: Path) -> list[metadata.Distribution]:
+    found: dict[str, metadata.Distribution] = {}
+    todo = list(_root_requirements(program_dir))
+    while todo:
+        name = _wanted(todo.pop())
+        if name is None or _norm(name) in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as exc:
+            raise RuntimeError(f"cannot pack: dependency {name} is not installed") from exc
+        found[_norm(name)] = dist
+        todo.extend(dist.requires or [])
+    return [found[k] for k in sorted(found)]
+
+
+# -- files ---------------------------------------------------------------------------------
+def _packable(rel: str, data: bytes) -> bool:
+    parts = rel.split("/")
+    if "__pycache__" in parts or rel.endswith(_SKIP_SUFFIXES):
+        return False
+    return not data.startswith(_BINARY_MAGIC)
+
+
+def _dist_files(dist: metadata.Distribution) -> dict[str, bytes]:
+    if dist.files is None:
+        raise RuntimeError(f"cannot pack: {dist.metadata['Name']} lists no files (no RECORD)")
+    out: dict[str, bytes] = {}
+    for f in dist.files:
+        rel = f.as_posix()
+        if rel.startswith("../") or rel.startswith("/"):  # console scripts, data outside
+            continue
+        top, _, rest = rel.partition("/")
+        if top.endswith(".dist-info"):
+            if rest != "METADATA" and not _LICENSE.search(rest):
+                continue
+        path = Path(str(f.locate()))
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if _packable(rel, data):
+            out[rel] = data
+    return out
+
+
+def _program_files() -> tuple[dict[str, bytes], Path]:
+    out: dict[str, bytes] = {}
+    base: Path | None = None
+    for name in PROGRAM:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"cannot pack: module {name} not found")
+        origin = Path(spec.origin)
+        if spec.submodule_search_locations is None:
+            out[origin.name] = origin.read_bytes()
+            base = origin.parent
+            continue
+        pkg = origin.parent
+        for path in sorted(pkg.rglob("*")):
+            rel = path.relative_to(pkg.parent).as_posix()
+            if path.is_file() and path.suffix in PROGRAM_DATA and _packable(rel, b""):
+                out[rel] = path.read_bytes()
+    assert base is not None
+    return out, base
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    buf.write(SHEBANG)
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.create_system = 3  # Unix, wherever it was built
+            info.external_attr = 0o100644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, files[name], compresslevel=9)
+    return buf.getvalue()
+
+
+def running_archive() -> str | None:
+    """The pyz this process runs from, or None when it runs from installed files."""
+    spec = importlib.util.find_spec("cli")
+    loader = spec.loader if spec is not None else None
+    return loader.archive if isinstance(loader, zipimport.zipimporter) else None
+
+
+def build() -> Pyz:
+    """Pack the running program (blocking: ~1 s of CPU; run it in a thread)."""
+    archive = running_archive()
+    if archive is not None:
+        data = Path(archive).read_bytes()
+    else:
+        files, base = _program_files()
+        clash = [n for n in files if n == "__main__.py"]
+        if clash:
+            raise RuntimeError("cannot pack: the program has a top-level __main__.py")
+        for dist in _dependencies(base):
+            for rel, blob in _dist_files(dist).items():
+                if rel in files:
+                    raise RuntimeError(f"cannot pack: {rel} is in two distributions")
+                files[rel] = blob
+        files["__main__.py"] = MAIN
+        data = _zip(files)
+    return Pyz(data, hashlib.sha256(data).hexdigest())
+
+
+_lock = threading.Lock()
+_built: Pyz | None = None
+
+
+def get() -> Pyz:
+    """This process's pyz, built on first use (thread-safe; blocking).
+
+    The build runs in a thread of its own at the lowest CPU priority (Linux nice is per
+    thread), so packing never slows the chunks a node encodes meanwhile.
+    """
+    global _built
+    with _lock:
+        if _built is None:
+            result: list[Pyz | BaseException] = []
+
+            def work() -> None:
+                with suppress(AttributeError, OSError):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                try:
+                    result.append(build())
+                except BaseException as exc:
+                    result.append(exc)
+
+            thread = threading.Thread(target=work, name="swarm-pyz", daemon=True)
+            thread.start()
+            thread.join()
+            if isinstance(result[0], BaseException):
+                raise result[0]
+            _built = result[0]
+        return _built
+
+
+def bootstrap_line(address: str) -> str:
+    """The one command that makes another device a peer, fetching the pyz from ``address``."""
+    return f"curl -O http://{address}/{BOOTSTRAP_NAME} && python3 {BOOTSTRAP_NAME} join"
+
