@@ -1,0 +1,268 @@
+"""swarm.pyz: one deterministic file that runs on a Python with nothing installed, served by
+every node, and the bootstrap line that names this node by its LAN address.
+
+"Nothing installed" is `python -S -E`: no site-packages, no PYTHONPATH, only the standard
+library and the archive. The multi-host parts run in network-namespace hosts, which have no
+default route (tests/netns.py), as an isolated LAN has none.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from swarm_hosts import Swarm
+
+from chunker.tools import find_ffmpeg
+from chunker.verify import check_output
+from media import FFMPEG, decode_errors, media_info
+from netns import lan, requires_netns
+from peer import pyz
+from peer.dashboard import JobView, JoinView
+from peer.node import PYZ_DIGEST_HEADER, PYZ_PIECE, Node, NodeConfig
+from swarm.protocol import NodeInfo, decode
+
+REPO = Path(__file__).resolve().parent.parent
+SWARM = [sys.executable, "-c", "import cli; cli.main()"]
+LINE = re.compile(r"curl -O http://(\S+)/swarm\.pyz && python3 swarm\.pyz join")
+DIGEST = re.compile(r"# sha256 ([0-9a-f]{64})")
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    # HOME: the benchmark cache and such stay in the test's folder.
+    return os.environ | {"PYTHONPATH": str(REPO), "HOME": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`swarm pack`, run as a user runs it."""
+    folder = tmp_path_factory.mktemp("pyz")
+    out = folder / "swarm.pyz"
+    res = subprocess.run([*SWARM, "pack", "-o", str(out)], capture_output=True, text=True,
+                         timeout=120, env=_env(folder), cwd=folder, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{hashlib.sha256(out.read_bytes()).hexdigest()}  {out}\n"
+    return out
+
+
+def _bare(pyz_path: Path, *args: str, cwd: Path, timeout: float = 120
+          ) -> subprocess.CompletedProcess[str]:
+    """Run the pyz as a device with a stock Python and nothing else would."""
+    return subprocess.run([sys.executable, "-S", "-E", str(pyz_path), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=_env(cwd) | {"COLUMNS": "120"}, check=False)
+
+
+# -- the file ------------------------------------------------------------------------------
+def test_pack_is_deterministic_and_holds_no_compiled_code(packed: Path, tmp_path: Path
+                                                          ) -> None:
+    again = tmp_path / "again.pyz"
+    res = subprocess.run([*SWARM, "pack", "-o", str(again)], capture_output=True, text=True,
+                         timeout=120, env=_env(tmp_path), cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stderr
+    assert again.read_bytes() == packed.read_bytes()  # so its SHA-256 names the build
+    assert os.access(packed, os.X_OK)
+    data = packed.read_bytes()
+    assert data.startswith(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        assert names == sorted(names)
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        for want in ("__main__.py", "cli.py", "swarm/protocol.py", "peer/pyz.py",
+                     "chunker/tools.py", "profiles/hd.toml", "msgpack/fallback.py",
+                     "zeroconf/_dns.py", "trio/__init__.py", "typer/main.py"):
+            assert want in names, want
+        for name in names:
+            assert not name.endswith((".so", ".pyd", ".pyc", ".dylib")), name
+            assert not zf.read(name).startswith(b"\x7fELF"), name  # no ffmpeg, no modules
+        assert not any("__pycache__" in n or n.startswith("imageio_ffmpeg/binaries/ffmpeg")
+                       for n in names)
+        assert not any(n.startswith(("pydantic", "pytest", "hypothesis")) for n in names)
+    assert len(data) < 8_000_000
+
+
+def test_every_command_runs_from_the_pyz_on_a_bare_python(packed: Path, tmp_path: Path
+                                                          ) -> None:
+    # Only the standard library and the archive: the pure fallbacks are what runs.
+    probe = subprocess.run(
+        [sys.executable, "-S", "-E", "-c",
+         f"import sys; sys.path.insert(0, {str(packed)!r}); import cli, peer.coordinator, "
+         "peer.discovery, msgpack, zeroconf._dns as d; "
+         "print(msgpack.Packer.__module__, d.__file__.endswith('.py'), "
+         "sorted({m.split('.')[0] for m, v in list(sys.modules.items()) "
+         "if getattr(v, '__file__', None) and not v.__file__.startswith("
+         f"({str(packed)!r}, sys.base_prefix))}}))"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert probe.stdout.split(maxsplit=2) == ["msgpack.fallback", "True", "[]\n"], probe
+
+    for command in ("encode", "jobs", "demo", "profiles", "join", "peers", "bench", "pack"):
+        res = _bare(packed, command, "--help", cwd=tmp_path)
+        assert res.returncode == 0 and "Usage" in res.stdout, (command, res.stderr)
+    res = _bare(packed, "profiles", cwd=tmp_path)
+    assert res.returncode == 0 and "hd-crf" in res.stdout, res.stderr
+    res = _bare(packed, "profiles", "--json", cwd=tmp_path)
+    assert {p["name"] for p in json.loads(res.stdout)} >= {"hd", "480p", "fhd"}
+    res = _bare(packed, "jobs", "--json", cwd=tmp_path)
+    assert res.returncode == 0 and json.loads(res.stdout) == [], res.stderr
+    res = _bare(packed, "peers", "--wait", "0.5", "--json", cwd=tmp_path)
+    assert res.returncode == 0 and isinstance(json.loads(res.stdout), list), res.stderr
+    res = _bare(packed, "pack", "-o", str(tmp_path / "self.pyz"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "self.pyz").read_bytes() == packed.read_bytes()
+    # A real encode, all the way to a verified output, with the ffmpeg it finds.
+    res = _bare(packed, "demo", "-p", "480p", "-w", "1", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = Path(res.stdout.strip())
+    check_output(media_info(out), media_info(tmp_path / "swarm-demo.mp4"))
+    assert decode_errors(out) == ""
+    res = _bare(packed, "encode", str(tmp_path / "missing.mp4"), cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("swarm: error: "), res.stderr
+
+
+def _older_pythons() -> list[str]:
+    found = []
+    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/*/bin/python3"))
+                       + [f"/usr/bin/python3.{m}" for m in range(6, 11)]):
+        if not os.access(path, os.X_OK):
+            continue
+        ver = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2] < (3, 11))"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        if ver.stdout.strip() == "True":
+            found.append(path)
+    return found
+
+
+def test_an_older_python_is_told_in_one_line(packed: Path, tmp_path: Path) -> None:
+    olds = _older_pythons()
+    if not olds:
+        pytest.skip("no Python older than 3.11 here (pyenv or /usr/bin)")
+    for python in olds:
+        res = subprocess.run([python, "-S", "-E", str(packed), "join"], capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path, check=False)
+        assert res.returncode == 2, (python, res.stderr)
+        assert res.stdout == ""
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and "needs Python 3.11 or newer" in lines[0], (python, lines)
+
+
+# -- served by every node ------------------------------------------------------------------
+async def test_a_node_serves_its_pyz_with_the_digest_in_a_header_and_info() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(NodeConfig(name="server", port=0, host="127.0.0.1", advertise=False),
+                        find_ffmpeg())
+            await nursery.start(node.run)
+            base = f"http://127.0.0.1:{node.port}"
+            async with httpx.AsyncClient(timeout=30) as client:
+                # Asked while it may still be building: the answer waits, the loop does not.
+                got = await client.get(f"{base}/swarm.pyz")
+                assert got.status_code == 200
+                digest = hashlib.sha256(got.content).hexdigest()
+                assert got.headers[PYZ_DIGEST_HEADER] == digest
+                assert got.content == (await trio.to_thread.run_sync(pyz.get)).data
+                info = decode((await client.get(f"{base}/v1/info")).content, NodeInfo)
+                assert info.pyz_sha256 == digest
+                head = await client.head(f"{base}/swarm.pyz")
+                assert head.status_code == 200 and head.content == b""
+                assert head.headers["content-length"] == str(len(got.content))
+                assert head.headers[PYZ_DIGEST_HEADER] == digest
+                assert (await client.post(f"{base}/swarm.pyz")).status_code == 405
+                # Streamed in bounded pieces, not one 4 MB body.
+                async with client.stream("GET", f"{base}/swarm.pyz") as stream:
+                    sizes = [len(p) async for p in stream.aiter_raw()]
+                assert sum(sizes) == len(got.content) and max(sizes) <= PYZ_PIECE
+            nursery.cancel_scope.cancel()
+
+
+async def test_building_the_pyz_does_not_block_the_node() -> None:
+    pyz._built = None  # this process's cache: make the node build it now
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(NodeConfig(name="busy", port=0, host="127.0.0.1", advertise=False),
+                        find_ffmpeg())
+            await nursery.start(node.run)
+            base = f"http://127.0.0.1:{node.port}"
+            answered_while_building = 0
+            async with httpx.AsyncClient(timeout=30) as client:
+                while node.pyz is None:
+                    with trio.fail_after(0.5):  # a blocked loop would not answer at all
+                        r = await client.get(f"{base}/v1/info")
+                    answered_while_building += node.pyz is None and r.status_code == 200
+                assert answered_while_building > 0
+            nursery.cancel_scope.cancel()
+
+
+# -- the bootstrap line, by LAN address --------------------------------------------------------
+def _fetch(url: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read(), r.headers[PYZ_DIGEST_HEADER]
+
+
+@requires_netns
+@pytest.mark.netns
+def test_join_and_a_lonely_encode_print_the_line_with_the_lan_address(tmp_path: Path) -> None:
+    src = tmp_path / "src.mp4"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=25:duration=2", "-c:v", "libx264", str(src)],
+                   check=True, timeout=60)
+    with lan(2) as net, Swarm(net, tmp_path, budget_s=120) as sw:
+        a, b = net.hosts  # no default route in either: the address comes from eth0
+        join = sw.join(a, "alpha")
+        join.wait_for("# sha256 ")
+        text = join.stderr()
+        assert f"ready on port 7800 at {a.address}:7800" in text
+        assert LINE.search(text) and LINE.search(text).group(1) == f"{a.address}:7800"
+        assert f"curl -O http://{a.address}:7800/swarm.pyz && python3 swarm.pyz join\n" in text
+        digest = DIGEST.search(text).group(1)  # type: ignore[union-attr]
+        body, header = b.run([sys.executable, "-c", "import sys, urllib.request as u; "
+                              "r = u.urlopen(sys.argv[1], timeout=30); "
+                              "d = r.read(); print(len(d), r.headers['x-swarm-pyz-sha256'])",
+                              f"http://{a.address}:7800/swarm.pyz"], timeout=60
+                             ).stdout.split()
+        assert header == digest and int(body) > 1_000_000
+        assert join.stop() == 0
+
+        # A coordinator that finds nobody says, once, how to add a device: from its own copy.
+        enc = sw.encode(b, src, tmp_path / "out.mp4", "--no-local")
+        enc.wait_for("no peers yet")
+        line = next(x for x in enc.stderr().splitlines() if "no peers yet" in x)
+        assert LINE.search(line).group(1) == f"{b.address}:7800"  # type: ignore[union-attr]
+        assert DIGEST.search(line).group(1) == digest  # type: ignore[union-attr]
+        assert enc.stop() == 130
+        assert enc.stderr().count("no peers yet") == 1
+
+
+def test_dashboards_show_the_whole_line() -> None:
+    line = "curl -O http://10.77.0.10:7800/swarm.pyz && python3 swarm.pyz join"
+    sha = "ab" * 32
+    from rich.console import Console
+
+    def render(view: JoinView | JobView, width: int) -> str:
+        con = Console(record=True, width=width, height=40, file=io.StringIO())
+        con.print(view.render(5.0, width, 40))
+        return "".join(con.export_text().split("\n"))  # folded lines joined back
+
+    join = JoinView()
+    join.feed({"event": "node_up", "port": 7800, "name": "pi", "node_id": "ab12cd34",
+               "address": "10.77.0.10:7800"}, 0.0)
+    join.feed({"event": "pyz_ready", "sha256": sha, "size": 4_000_000,
+               "address": "10.77.0.10:7800", "bootstrap": line}, 1.0)
+    for width in (60, 120):
+        text = render(join, width)
+        assert "10.77.0.10:7800" in text and line in text and f"# sha256 {sha}" in text
+    job = JobView()
+    job.feed({"event": "no_peers", "after_s": 5.0, "address": "10.77.0.10:7800",
+              "bootstrap": line, "sha256": sha}, 5.0)
+    assert line in render(job, 60)
