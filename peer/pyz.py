@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 import zipfile
 import zipimport
 from contextlib import suppress
@@ -273,7 +274,9 @@ def _byte_code(files: dict[str, bytes]) -> dict[str, bytes]:
     for name, source in files.items():
         if name.endswith(".py"):
             try:
-                code = compile(source, name, "exec", dont_inherit=True)
+                with warnings.catch_warnings():  # old escapes in dependencies: theirs to fix
+                    warnings.simplefilter("ignore")
+                    code = compile(source, name, "exec", dont_inherit=True)
             except SyntaxError:  # e.g. a module for another Python; it fails there as well
                 continue
             out[name + "c"] = _code_to_hash_pyc(code, source_hash(source), checked=False)
