@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -42,7 +43,11 @@ DIGEST = re.compile(r"# sha256 ([0-9a-f]{64})")
 
 def _env(tmp: Path) -> dict[str, str]:
     # HOME: the benchmark cache and such stay in the test's folder.
-    return os.environ | {"PYTHONPATH": str(REPO), "HOME": str(tmp)}
+    env = os.environ | {"PYTHONPATH": str(REPO), "HOME": str(tmp)}
+    if "SWARM_FFMPEG" not in env and shutil.which("ffmpeg") is None:
+        # The pyz brings no ffmpeg: a device has one of its own, here the tests' binary.
+        env["SWARM_FFMPEG"] = FFMPEG
+    return env
 
 
 @pytest.fixture(scope="module")
