@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["BOOTSTRAP_NAME", "Pyz", "bootstrap_line", "build", "get", "running_archive"]
+from swarm.errors import SwarmError
+
+__all__ = ["BOOTSTRAP_NAME", "PackError", "Pyz", "bootstrap_line", "build", "get",
+           "running_archive"]
 
 BOOTSTRAP_NAME = "swarm.pyz"
 ROOT_DIST = "swarm-encode"
@@ -67,6 +70,10 @@ _LICENSE = re.compile(r"(?i)(licen[cs]e|copying|notice|authors)")
 _TARGET_PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 _TARGET_MACHINES = ("x86_64", "aarch64", "armv7l")
 _FORMAT = 1  # bump when the archive's layout changes: the build cache's key includes it
+
+
+class PackError(SwarmError):
+    """swarm.pyz cannot be built from this installation (said in one line, exit 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +210,7 @@ def _dependencies(program_dir: Path) -> list[metadata.Distribution]:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError as exc:
-            raise RuntimeError(f"cannot pack: dependency {name} is not installed") from exc
+            raise PackError(f"cannot pack: dependency {name} is not installed") from exc
         found[_norm(name)] = dist
         todo.extend(dist.requires or [])
     return [found[k] for k in sorted(found)]
@@ -219,7 +226,7 @@ def _packable(rel: str, data: bytes) -> bool:
 
 def _dist_files(dist: metadata.Distribution) -> dict[str, bytes]:
     if dist.files is None:
-        raise RuntimeError(f"cannot pack: {dist.metadata['Name']} lists no files (no RECORD)")
+        raise PackError(f"cannot pack: {dist.metadata['Name']} lists no files (no RECORD)")
     out: dict[str, bytes] = {}
     for f in dist.files:
         rel = f.as_posix()
@@ -244,7 +251,7 @@ def _program_files() -> tuple[dict[str, bytes], Path]:
     for name in PROGRAM:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
-            raise RuntimeError(f"cannot pack: module {name} not found")
+            raise PackError(f"cannot pack: module {name} not found")
         origin = Path(spec.origin)
         if spec.submodule_search_locations is None:
             out[origin.name] = origin.read_bytes()
@@ -312,11 +319,11 @@ def build() -> Pyz:
         files, base = _program_files()
         clash = [n for n in files if n == "__main__.py"]
         if clash:
-            raise RuntimeError("cannot pack: the program has a top-level __main__.py")
+            raise PackError("cannot pack: the program has a top-level __main__.py")
         for dist in _dependencies(base):
             for rel, blob in _dist_files(dist).items():
                 if rel in files:
-                    raise RuntimeError(f"cannot pack: {rel} is in two distributions")
+                    raise PackError(f"cannot pack: {rel} is in two distributions")
                 files[rel] = blob
         files["__main__.py"] = MAIN
         data = _cached_zip(files)
@@ -341,6 +348,7 @@ def _cached_zip(files: dict[str, bytes]) -> bytes:
     with suppress(OSError):
         return cached.read_bytes()
     data = _zip(files | _byte_code(files))
+    _check_starts(data)
     with suppress(OSError):  # a cache we cannot write only costs the next start a build
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("pyz-*.pyz"):
@@ -349,6 +357,34 @@ def _cached_zip(files: dict[str, bytes]) -> bytes:
         tmp.write_bytes(data)
         os.replace(tmp, cached)
     return data
+
+
+# The start-up check imports every module a node and a coordinator load, and runs one
+# command through the CLI: typer 0.29 imports pydantic only to parse a command's options.
+_CHECK = ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "import peer.node, peer.coordinator, peer.discovery, peer.worker, cli; "
+          "sys.argv = ['swarm', 'encode', '--help']; cli.main()")
+
+
+def _check_starts(data: bytes) -> None:
+    """Refuse an archive whose program does not import on a bare Python (`-S -E`).
+
+    What breaks it is a dependency that needs compiled code (typer 0.29's pydantic-core):
+    that is found here, once per new build, not by every device that fetches the file.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, BOOTSTRAP_NAME)
+        with open(path, "wb") as f:
+            f.write(data)
+        res = subprocess.run([sys.executable, "-S", "-E", "-c", _CHECK, path],
+                             capture_output=True, text=True, timeout=300, check=False)
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines() or [f"exit {res.returncode}"]
+        raise PackError(f"the packed program does not start without compiled modules: "
+                           f"{lines[-1]} (is a dependency newer than pyproject.toml allows?)")
 
 
 _lock = threading.Lock()

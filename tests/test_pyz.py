@@ -142,6 +142,17 @@ def test_every_command_runs_from_the_pyz_on_a_bare_python(packed: Path, tmp_path
     assert res.returncode == 2 and res.stderr.startswith("swarm: error: "), res.stderr
 
 
+def test_pack_refuses_a_program_that_needs_compiled_modules() -> None:
+    # What typer 0.29 did: a command's options import pydantic, whose core is compiled and
+    # so absent from the archive. The check runs the archive on a bare Python, as devices do.
+    needs_compiled = "def main():\n    import pydantic_core._pydantic_core\n"
+    files = {"cli.py": needs_compiled.encode(), "peer/__init__.py": b""} | {
+        f"peer/{m}.py": b"" for m in ("node", "coordinator", "discovery", "worker")}
+    with pytest.raises(pyz.PackError, match="without compiled modules: ModuleNotFoundError"):
+        pyz._check_starts(pyz._zip(files))
+    pyz._check_starts(pyz._zip(files | {"cli.py": b"def main():\n    pass\n"}))
+
+
 def _older_pythons() -> list[str]:
     found = []
     for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/*/bin/python3"))
