@@ -11,6 +11,18 @@ A chunk's life, in one table (``TRANSITIONS``)::
        +---- lease expired, attempt failed, peer gone -+
 
 An attempt is one peer's try at one chunk; it ends once (ok, failed, expired, cancelled).
+
+Two clocks take work back from a peer that can no longer do it:
+
+- the **lease** (``lease_s``): an attempt not renewed by a report for that long expires;
+- **silence** (``silent_s``, off unless given; the shell uses ``SILENT_S``): a peer that
+  promised to report at least every second (``add_peer(heartbeat=True)``, the default) and
+  has not been heard from for ``silent_s`` loses *every* attempt it holds, running or
+  prefetched, at the next ``tick``. A dead peer's unstarted prefetch must not wait out the
+  whole lease while other slots idle (a 20 s job took 3-4 s more per dead peer per lease).
+  A dropped connection (``connection_lost``) ends that attempt at once and shortens the
+  peer's grace to ``DROP_GRACE_S``. While a result is being verified (``delivering``) the
+  peer owes no reports: the coordinator is the one working.
 A chunk may have several running attempts (a tail duplicate); it goes back to PENDING only
 when the last of them is lost. A chunk is DONE exactly once: the first verified result wins,
 the other attempts are cancelled at once, and a late or replaced result is refused.
@@ -84,6 +96,7 @@ class Attempt:
     first_progress: float | None = None  # "started" encoding, in scheduler terms
     last_progress: float = 0.0
     est_finish: float = 0.0  # the scheduler's current guess
+    delivered: bool = False  # its result is in hand and being verified
 
     @property
     def running(self) -> bool:
@@ -137,6 +150,12 @@ class Requeued:
 
 # A peer polls again this soon when everything is handed out but not yet done.
 RETRY_AFTER_S = 0.5
+# Silence after which a peer that reports every second (peer/worker.py PROGRESS_EVERY_S)
+# is taken for dead: three missed reports, so one late report under load is not enough.
+SILENT_S = 3.0
+# After a dropped connection a live peer is heard within a report period (its other slot
+# reports, or it claims again); a dead one never is.
+DROP_GRACE_S = 1.5
 
 
 class Job:
@@ -145,12 +164,16 @@ class Job:
     ``policy``: "swarm" (foresight, prefetch, tail duplication), or the benchmark baselines
     "fifo" and "equal" (see ``swarm.scheduler``). Work of a chunk is ``work_per_chunk[i]``,
     else frames x ``pixels``; peer speeds are in the same unit per second.
+    ``source_bytes[i]``: the bytes a peer receives for chunk ``i`` (from the plan; None: no
+    transfer cost is counted). ``silent_s``: see the module docstring (None: lease only).
     """
 
     def __init__(self, frames_per_chunk: Iterable[int], *, lease_s: float = 30.0,
                  max_failures: int = 3, work_per_chunk: Iterable[float] | None = None,
                  pixels: int = 1, policy: str = "swarm",
-                 retry_after_s: float = RETRY_AFTER_S) -> None:
+                 retry_after_s: float = RETRY_AFTER_S,
+                 source_bytes: Iterable[float] | None = None,
+                 silent_s: float | None = None) -> None:
         self.chunks = [Chunk(i, n) for i, n in enumerate(frames_per_chunk)]
         if not self.chunks:
             raise LocalProtocolError("a job needs at least one chunk")
@@ -159,6 +182,11 @@ class Job:
         if len(work) != len(self.chunks) or any(w <= 0 for w in work):
             raise LocalProtocolError("work_per_chunk: one positive value per chunk")
         self.work = work
+        if silent_s is not None and silent_s <= 0:
+            raise LocalProtocolError("silent_s must be positive")
+        self.silent_s = silent_s
+        self._unwatched: set[str] = set()  # peers exempt from the silence rule
+        self._dropped: dict[str, float] = {}  # peer -> when a connection of it dropped
         self.lease_s = lease_s
         self.max_failures = max_failures
         self.retry_after_s = retry_after_s
@@ -167,7 +195,8 @@ class Job:
         self.benched: set[str] = set()
         self.benched_at: dict[str, float] = {}  # when each benched peer was benched
         self.scheduler: Scheduler = make_scheduler(
-            policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s)
+            policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s,
+            source_bytes=list(source_bytes) if source_bytes is not None else None)
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
         self._done = 0
         self._frames_done = 0
@@ -177,9 +206,18 @@ class Job:
         return self.scheduler.policy
 
     # -- peers -------------------------------------------------------------------------
-    def add_peer(self, peer: str, speed: float | None, now: float, *, slots: int = 1) -> None:
-        """Announce a peer with its benchmark speed (work/s per slot; None: unknown)."""
+    def add_peer(self, peer: str, speed: float | None, now: float, *, slots: int = 1,
+                 heartbeat: bool = True) -> None:
+        """Announce a peer with its benchmark speed (work/s per slot; None: unknown).
+
+        ``heartbeat``: it reports at least every second while it holds work, so silence
+        means it died. False for the coordinator's own slots (they die with it, and
+        ffmpeg's first progress line may take longer than ``silent_s`` on a big seek)."""
         self.scheduler.add_peer(peer, speed, now, slots)
+        if heartbeat:
+            self._unwatched.discard(peer)
+        else:
+            self._unwatched.add(peer)
 
     def set_speed(self, peer: str, work_per_s: float, now: float = 0.0) -> None:
         """Overwrite a peer's speed estimate (e.g. a fresh benchmark)."""
@@ -189,9 +227,28 @@ class Job:
         """Fold an achieved rate into a peer's speed; ``succeeded`` already does this."""
         self.scheduler.observe(peer, work, seconds, now)
 
+    def observe_transfer(self, peer: str, nbytes: float, seconds: float, now: float = 0.0,
+                         *, saturated: bool = True) -> None:
+        """A transfer of ``nbytes`` of source to ``peer`` took ``seconds``: learn its link.
+
+        ``saturated=False`` for a source streamed into the peer's encoder (the encoder set
+        the pace, so the rate is only a floor); True for a prefetch download."""
+        self.scheduler.observe_transfer(peer, nbytes, seconds, now, saturated)
+
+    def heard(self, peer: str, now: float) -> None:
+        """Any sign of life from ``peer`` not tied to an attempt; claims and reports count
+        already."""
+        self.scheduler.heard(peer, now)
+        self._dropped.pop(peer, None)
+
     def speed(self, peer: str) -> float | None:
         ps = self.scheduler.peers.get(peer)
         return ps.speed if ps is not None else None
+
+    def link(self, peer: str) -> float | None:
+        """The peer's learnt throughput in source bytes/s (None: not measured yet)."""
+        ps = self.scheduler.peers.get(peer)
+        return ps.link if ps is not None else None
 
     # -- queries -----------------------------------------------------------------------
     @property
@@ -235,6 +292,7 @@ class Job:
             return Finished()
         if peer in self.benched:
             return Wait(self.retry_after_s)
+        self._dropped.pop(peer, None)
         pick = self.scheduler.pick(peer, now, prefetch)
         if pick is None:
             return Wait(max(self.retry_after_s, self.scheduler.hold))
@@ -270,8 +328,17 @@ class Job:
         for other in ps.attempts if ps is not None else [attempt_id]:
             self.attempts[other].lease_until = now + self.lease_s
         a.lease_until = now + self.lease_s
+        self._dropped.pop(a.peer, None)
         self.scheduler.progressed(a, now)
         return True
+
+    def delivering(self, attempt_id: str, now: float) -> None:
+        """The attempt's result has arrived whole and is being verified: until it is
+        accepted or refused, its peer owes no reports (it is waiting for the answer)."""
+        a = self.attempts.get(attempt_id)
+        if a is not None and a.running:
+            a.delivered = True
+            self.scheduler.heard(a.peer, now)
 
     def succeeded(self, attempt_id: str, now: float) -> bool:
         """A verified result arrived. False: refused (stale attempt or chunk already done).
@@ -286,6 +353,7 @@ class Job:
             self._end(a, AttemptOutcome.CANCELLED, now, "chunk already done")
             return False
         chunk.move(ChunkState.DONE)
+        self.scheduler.heard(a.peer, now)  # it is being answered now
         chunk.winner = attempt_id
         self._done += 1
         self._frames_done += chunk.frames
@@ -302,6 +370,8 @@ class Job:
         if a is None or not a.running:
             return []
         self._end(a, AttemptOutcome.FAILED, now, reason)
+        if a.delivered:
+            self.scheduler.heard(a.peer, now)  # it is being answered now
         self.failures[a.peer] = self.failures.get(a.peer, 0) + 1
         if self.failures[a.peer] >= self.max_failures and a.peer not in self.benched:
             self.benched.add(a.peer)
@@ -318,18 +388,61 @@ class Job:
         self.scheduler.remove_peer(peer, now)
         return out
 
+    def connection_lost(self, attempt_id: str, now: float) -> list[Requeued]:
+        """A connection carrying the attempt (its source or its result) broke before the
+        result was in: the attempt is lost, though not by the peer's fault (no failure is
+        counted). The peer's other attempts go too unless it is heard from within
+        DROP_GRACE_S (a SIGKILLed peer drops all its connections at once)."""
+        a = self.attempts.get(attempt_id)
+        if a is None or not a.running:
+            return []
+        self._dropped[a.peer] = now
+        self._end(a, AttemptOutcome.EXPIRED, now, "connection lost")
+        return self._requeue(a, "connection lost", gone=False)
+
     def tick(self, now: float) -> list[Requeued]:
-        """Expire leases that saw no progress in time."""
+        """Expire leases that saw no progress in time, and take the work of silent peers."""
         out: list[Requeued] = []
         for a in self.running():
             if now >= a.lease_until:
                 self._end(a, AttemptOutcome.EXPIRED, now, "lease expired")
                 out += self._requeue(a, "lease expired", gone=True)
+        for peer, deadline in self._silence_deadlines():
+            if now < deadline:
+                continue
+            ps = self.scheduler.peers[peer]
+            why = f"peer silent for {now - ps.seen:.1f} s"
+            for aid in list(ps.attempts):
+                a = self.attempts[aid]
+                if a.running:
+                    self._end(a, AttemptOutcome.EXPIRED, now, why)
+                    out += self._requeue(a, why, gone=True)
+            ps.silent = True  # not counted on by foresight until heard again
+            self._dropped.pop(peer, None)
         return out
 
     def next_deadline(self) -> float | None:
-        leases = [a.lease_until for a in self.running()]
-        return min(leases) if leases else None
+        """When ``tick`` has something to do next, at the earliest (None: nothing held)."""
+        times = [a.lease_until for a in self.running()]
+        times += [d for _, d in self._silence_deadlines()]
+        return min(times) if times else None
+
+    def _silence_deadlines(self) -> list[tuple[str, float]]:
+        """(peer, when its silence takes its attempts) for every watched peer holding work."""
+        if self.silent_s is None:
+            return []
+        out = []
+        for peer, ps in self.scheduler.peers.items():
+            if not ps.attempts or peer in self._unwatched:
+                continue
+            if any(self.attempts[x].delivered for x in ps.attempts):
+                continue
+            deadline = ps.seen + self.silent_s
+            dropped = self._dropped.get(peer)
+            if dropped is not None:
+                deadline = min(deadline, dropped + DROP_GRACE_S)
+            out.append((peer, deadline))
+        return out
 
     # -- internals ---------------------------------------------------------------------
     def _end(self, a: Attempt, outcome: AttemptOutcome, now: float, reason: str) -> None:

@@ -18,6 +18,31 @@ state and calls the hooks below whenever an attempt is handed out, reports progr
 Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
 then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
 
+**Links.** Each peer's throughput (source bytes/s) is learnt from the transfers the shell
+reports (``observe_transfer``), as its speed is from its encodes; until the first one a
+transfer is taken to cost nothing (the behaviour before links were known). A chunk's source
+size comes from the plan (``source_bytes``; none given: no transfer cost). How transfer and
+encode combine, explicitly:
+
+- a chunk claimed by an idle peer is *streamed*: its ffmpeg reads the source while it
+  encodes, so it ends at ``start + max(transfer, encode)``. That is exactly what the peer's
+  achieved speed measures (it is learnt from such chunks, and live reports slow it down at
+  once), so the estimate is ``start + work / speed``;
+- a *prefetched* chunk downloads from its claim on, while the peer encodes what it holds,
+  and its encode starts when the encoder is free (streaming whatever has not arrived yet),
+  so it ends at ``max(encoder free + work / speed, claim + transfer)``.
+
+A peer whose transfer would cost more than its encoding gains thus looks as slow as it is:
+foresight holds it back while the others can finish the pending work sooner (less work, or
+none), an idle faster peer steals its unstarted prefetch, and so the swarm is never slower
+than the peers that would otherwise wait for it.
+
+The link estimate rises at once to any faster transfer and falls (EWMA) only with slower
+*prefetch* downloads: a streamed source goes at its encoder's pace, and behind a shared
+uplink a slow transfer mostly measures the crowd of the moment, which the achieved speed
+already counts. Adding that crowd's share to streamed estimates as well made the tail
+estimates pessimistic when the uplink frees up (bench/simulate, LAN scenarios: +0.01).
+
 ``fifo`` (a RabbitMQ-style worker pool) and ``equal`` (round-robin pre-split, Docker Swarm /
 Akka style) exist only as baselines for ``bench/simulate``.
 
@@ -86,6 +111,8 @@ HOLD_SHARE = 0.1
 MAX_HOLD_S = 5.0
 # Speed for a peer that claims without announcing one: the mean of the known ones, or this.
 DEFAULT_SPEED = 1.0
+# Weight of a slower prefetch download in a peer's link estimate, as for speeds.
+LINK_ALPHA = 0.5
 
 
 class PickKind(enum.Enum):
@@ -113,6 +140,8 @@ class PeerState:
     benched: bool = False
     attempts: list[str] = field(default_factory=list)  # running, in hand-out order
     ready: float = 0.0  # expected time it finishes everything it holds
+    link: float | None = None  # source bytes/s it receives (None: not measured yet)
+    silent: bool = False  # lost its attempts to silence and not heard from since
 
 
 class Scheduler:
@@ -121,9 +150,15 @@ class Scheduler:
     policy = ""
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt]) -> None:
+                 attempts: dict[str, Attempt],
+                 source_bytes: Sequence[float] | None = None) -> None:
         self.work = list(work)
         self.frames = list(frames)
+        # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
+        self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
+            [0.0] * len(self.work))
+        if len(self.bytes) != len(self.work) or any(b < 0 for b in self.bytes):
+            raise LocalProtocolError("source_bytes: one value >= 0 per chunk")
         self.attempts = attempts  # the Job's table, read-only here
         self.peers: dict[str, PeerState] = {}
         self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
@@ -176,6 +211,37 @@ class Scheduler:
         self.set_speed(peer, EWMA_ALPHA * (work / seconds) + (1 - EWMA_ALPHA) * ps.speed, now)
         ps.observed += 1
 
+    def observe_transfer(self, peer: str, nbytes: float, seconds: float, now: float,
+                         saturated: bool = True) -> None:
+        """Fold one transfer into the peer's link estimate (EWMA).
+
+        ``saturated``: the transfer ran as fast as the network let it (a prefetch download).
+        A streamed source is paced by the encoder reading it, so its rate is only a floor:
+        it may raise the estimate, never lower it (see the module docstring).
+        """
+        if nbytes <= 0 or seconds <= 0:
+            return
+        ps = self.peer(peer, now)
+        rate = nbytes / seconds
+        if ps.link is None or rate >= ps.link:
+            ps.link = rate  # a link is at least as fast as it was seen to be
+        elif saturated:
+            ps.link = LINK_ALPHA * rate + (1 - LINK_ALPHA) * ps.link
+        else:
+            return
+        self._peer_changed(ps, now)
+
+    def transfer_s(self, ps: PeerState, chunk: int) -> float:
+        """Expected seconds for ``ps`` to receive ``chunk``'s source (0: unknown)."""
+        return self.bytes[chunk] / ps.link if ps.link else 0.0
+
+    def heard(self, peer: str, now: float) -> None:
+        """A sign of life from ``peer`` (a claim, a report, an answered request)."""
+        ps = self.peers.get(peer)
+        if ps is not None:
+            ps.seen = max(ps.seen, now)
+            ps.silent = False
+
     def bench(self, peer: str, now: float) -> None:
         ps = self.peer(peer, now)
         if not ps.benched:
@@ -200,7 +266,7 @@ class Scheduler:
     def assigned(self, a: Attempt, now: float) -> None:
         ps = self.peer(a.peer, now)
         ps.attempts.append(a.id)
-        ps.seen = now
+        ps.seen, ps.silent = now, False
         self._chunk_running.setdefault(a.chunk, []).append(a.id)
         self._peer_changed(ps, now)
 
@@ -211,7 +277,7 @@ class Scheduler:
         ps = self.peers.get(a.peer)
         if ps is None:
             return
-        ps.seen = now
+        ps.seen, ps.silent = now, False
         frames = self.frames[a.chunk]
         if a.frames_done >= PROGRESS_TRUST * frames and now > a.first_progress:
             live = a.frames_done / (now - a.first_progress) * a.work / frames
@@ -254,12 +320,13 @@ class FifoScheduler(Scheduler):
     policy = "fifo"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt]) -> None:
-        super().__init__(work, frames, attempts)
+                 attempts: dict[str, Attempt],
+                 source_bytes: Sequence[float] | None = None) -> None:
+        super().__init__(work, frames, attempts, source_bytes)
         self._pending: deque[int] = deque(range(len(self.work)))
 
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
-        self.peer(peer, now).seen = now
+        self.heard(self.peer(peer, now).name, now)
         if not self._pending:
             return None
         return Pick(self._pending.popleft(), queued=prefetch and bool(self.peers[peer].attempts))
@@ -284,8 +351,9 @@ class EqualScheduler(Scheduler):
     policy = "equal"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt]) -> None:
-        super().__init__(work, frames, attempts)
+                 attempts: dict[str, Attempt],
+                 source_bytes: Sequence[float] | None = None) -> None:
+        super().__init__(work, frames, attempts, source_bytes)
         self._shares: dict[str, deque[int]] | None = None
         self._orphans: deque[int] = deque(range(len(self.work)))
         self._deal = 0  # rotates where redistribution starts
@@ -315,7 +383,7 @@ class EqualScheduler(Scheduler):
 
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
         ps = self.peer(peer, now)
-        ps.seen = now
+        self.heard(peer, now)
         if self._shares is None:
             if self._first_claim is None:
                 self._first_claim = now
@@ -370,8 +438,9 @@ class SwarmScheduler(Scheduler):
     policy = "swarm"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt], absent_s: float = 30.0) -> None:
-        super().__init__(work, frames, attempts)
+                 attempts: dict[str, Attempt], absent_s: float = 30.0,
+                 source_bytes: Sequence[float] | None = None) -> None:
+        super().__init__(work, frames, attempts, source_bytes)
         # Requeued chunks go to the front: they are the ones already late.
         self._pending: deque[int] = deque(range(len(self.work)))
         self._pending_work = float(sum(self.work))
@@ -393,7 +462,7 @@ class SwarmScheduler(Scheduler):
 
     def pick(self, peer: str, now: float, prefetch: bool) -> Pick | None:
         ps = self.peer(peer, now)
-        ps.seen = now
+        self.heard(peer, now)
         self.hold = 0.0
         queued = prefetch and bool(ps.attempts)
         if queued and any(self.attempts[x].queued and self.attempts[x].first_progress is None
@@ -403,6 +472,8 @@ class SwarmScheduler(Scheduler):
         if self._pending:
             chunk = self._pending[0]
             finish = ready + self.work[chunk] / ps.speed
+            if queued:  # downloads from now on, encodes once the encoder is free
+                finish = max(finish, now + self.transfer_s(ps, chunk))
             # A peer never measured gets one chunk while plenty remain: its benchmark may be
             # far too low (measured on a loaded device, or a guess), and held back it would
             # never show its real speed (bench/hetero: a 0.15-CPU peer got nothing).
@@ -430,7 +501,8 @@ class SwarmScheduler(Scheduler):
         stale = now - self.absent_s
         capacity = 0
         for q in self.peers.values():
-            if q is ps or q.benched or (not q.attempts and q.seen < stale):
+            if (q is ps or q.benched or q.silent
+                    or (not q.attempts and q.seen < stale)):
                 continue
             free = max(q.ready, now) if q.attempts else now
             if free < horizon:
@@ -466,7 +538,7 @@ class SwarmScheduler(Scheduler):
         if any(a.peer == ps.name for a in running):
             return None
         if theirs is not None:
-            mine = now + self.work[chunk] / ps.speed
+            mine = now + self.work[chunk] / ps.speed  # a copy is streamed
             if mine > now + (max(theirs, now) - now) * (1 - DUP_MARGIN):
                 return None
         a = running[0]
@@ -492,6 +564,9 @@ class SwarmScheduler(Scheduler):
         ps.ready = end
 
     def _estimate(self, a: Attempt, ps: PeerState, prev_end: float) -> float:
+        """Expected finish: the encode from when it starts at the achieved speed, and for a
+        prefetch never before its source has arrived (downloaded from the claim on). Once
+        reports are trusted they say it all: they count both limits."""
         frames = self.frames[a.chunk]
         if (a.first_progress is not None and a.frames_done >= PROGRESS_TRUST * frames
                 and a.last_progress > a.first_progress):
@@ -503,7 +578,8 @@ class SwarmScheduler(Scheduler):
             start = max(a.started, prev_end)
         else:
             start = a.started
-        return start + a.work / ps.speed
+        end = start + a.work / ps.speed
+        return max(end, a.started + self.transfer_s(ps, a.chunk)) if a.queued else end
 
     def _attempt_changed(self, a: Attempt, now: float) -> None:
         self._publish(a.chunk, now)
@@ -531,11 +607,12 @@ class SwarmScheduler(Scheduler):
 
 
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
-                   attempts: dict[str, Attempt], absent_s: float = 30.0) -> Scheduler:
+                   attempts: dict[str, Attempt], absent_s: float = 30.0,
+                   source_bytes: Sequence[float] | None = None) -> Scheduler:
     if policy == "swarm":
-        return SwarmScheduler(work, frames, attempts, absent_s)
+        return SwarmScheduler(work, frames, attempts, absent_s, source_bytes)
     if policy == "fifo":
-        return FifoScheduler(work, frames, attempts)
+        return FifoScheduler(work, frames, attempts, source_bytes)
     if policy == "equal":
-        return EqualScheduler(work, frames, attempts)
+        return EqualScheduler(work, frames, attempts, source_bytes)
     raise LocalProtocolError(f"unknown scheduling policy {policy!r}; one of {POLICIES}")

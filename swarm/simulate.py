@@ -1,15 +1,39 @@
 """Many peers in virtual time over the real ``Job`` and scheduler. Pure: no clock, no I/O.
 
-A discrete-event loop plays peers that claim, download a chunk's source (at their own
-bandwidth), encode it (at their true speed, which their benchmark may misstate), report
-progress and results; they may join late, leave (``peer_left``) or die silently (their
-lease expires). Wait answers make them poll again after ``retry_after_s``. Under the
-"swarm" policy a peer also prefetches its next chunk as soon as it starts encoding.
+A discrete-event loop plays peers that claim, receive a chunk's source, encode it (at their
+true speed, which their benchmark may misstate), report progress and results; they may join
+late, leave (``peer_left``) or die silently (the silence rule or their lease catches it).
+Wait answers make them poll again after ``retry_after_s``. Under the "swarm" policy a peer
+also prefetches its next chunk as soon as it starts encoding.
 
-``lower_bound`` is the fluid bound: the time by which the peers present could do all the
-work at their sustained rates (speed, or bandwidth if that is lower), and no earlier than
-the largest chunk on the fastest peer. For a static swarm this is max(total work / total
-speed, largest chunk / fastest speed).
+The network, explicitly (the same model ``swarm.scheduler`` estimates with):
+
+- every source transfer is a flow; the coordinator's ``uplink`` (bytes/s, None: unlimited)
+  is shared by all concurrent remote flows, and each peer's ``bandwidth`` by its own flows,
+  max-min fair (water-filling; with per-peer links under one uplink, filling each peer's
+  link and then the uplink gives the exact max-min rates). A ``local`` peer (the
+  coordinator's own slots) reads its disk at ``bandwidth`` and takes no uplink;
+- a chunk claimed by an idle peer is *streamed*: its ffmpeg reads as it encodes, so the
+  flow is capped at the encoder's pace (bytes / encode time) and the encode ends when both
+  the encoder and the flow are through;
+- a *prefetched* chunk downloads at whatever rate it gets from its claim on; when the
+  encoder frees it starts, streaming what has not arrived yet;
+- a Wi-Fi link with ``jitter`` j changes every ``JITTER_S`` to bandwidth x U(1-j, 1+j);
+- the shell reports each finished transfer (``Job.observe_transfer``; a streamed one as a
+  floor), as it will once wired.
+
+``lower_bound`` counts bandwidth; it is max(F, C):
+
+- F, the fluid bound: the time by which the peers present could do all the work at their
+  sustained rates, each min(speed, link x work per byte), with the remote peers' sum capped
+  at uplink x work per byte (what the coordinator can feed them); piecewise over joins,
+  departures and link changes;
+- C, the longest chunk: no earlier than the largest chunk on the peer that would finish it
+  first from its join, max(encode, transfer at min(link, uplink)) (a transfer can start at
+  the claim at best, and the encode cannot end before the source has arrived).
+
+For the swarms without an uplink this is the bound of earlier versions, max(total work /
+total sustained speed, largest chunk / fastest sustained speed).
 
 Only wall-clock *cost* measurement needs a real clock: pass ``timer`` (``bench/simulate``
 passes ``time.perf_counter``); the simulation itself never reads one.
@@ -18,6 +42,7 @@ passes ``time.perf_counter``); the simulation itself never reads one.
 from __future__ import annotations
 
 import heapq
+import inspect
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -25,8 +50,8 @@ from dataclasses import dataclass, field
 
 from .job import Assign, Finished, Job
 
-__all__ = ["PeerSpec", "Result", "Scenario", "lower_bound", "make_scenario", "run",
-           "standard_scenarios"]
+__all__ = ["PeerSpec", "Result", "Scenario", "lan_scenarios", "lower_bound", "make_scenario",
+           "run", "standard_scenarios"]
 
 FHD = 1920 * 1080
 # A 1080p H.264 source at ~8 Mbit/s and 24 fps: about 42 kB a frame.
@@ -35,6 +60,11 @@ SOURCE_BYTES_PER_FRAME = 42_000
 TICK_S = 1.0
 # Stop a run that goes on this long past its lower bound: a policy that stalls is a result.
 STALL_FACTOR = 20.0
+# A Wi-Fi link's rate holds this long before it changes (fading, other traffic).
+JITTER_S = 5.0
+# The silence rule the shell will use (swarm.job.SILENT_S; the old Job has none).
+SILENT_S = 3.0
+MBIT = 1e6 / 8  # bytes/s
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +72,25 @@ class PeerSpec:
     name: str
     speed: float  # true work/s
     bench: float  # what its benchmark said (work/s)
-    bandwidth: float  # source bytes/s it can download
+    bandwidth: float  # source bytes/s its link carries
     join: float = 0.0
     leave: float | None = None  # says goodbye: peer_left
-    die: float | None = None  # goes silent: its lease expires
+    die: float | None = None  # goes silent: the silence rule or its lease catches it
+    jitter: float = 0.0  # share by which the link varies (Wi-Fi)
+    local: bool = False  # the coordinator's own slots: disk, not the uplink
 
     @property
     def end(self) -> float:
         return min(x for x in (self.leave, self.die, math.inf) if x is not None)
+
+    def link(self, t: float) -> float:
+        """Link rate at ``t``: constant, or piecewise over JITTER_S periods (seeded by name
+        and period, so a run and its bound see the same link)."""
+        if not self.jitter:
+            return self.bandwidth
+        k = int(t // JITTER_S)
+        return self.bandwidth * random.Random(f"{self.name}/{k}").uniform(
+            1 - self.jitter, 1 + self.jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +102,17 @@ class Scenario:
     bytes_per_frame: float = SOURCE_BYTES_PER_FRAME
     lease_s: float = 30.0
     retry_after_s: float = 0.5
-    progress_s: float = 2.0  # how often an encoding peer reports progress
+    progress_s: float = 1.0  # how often an encoding peer reports progress (as the shell)
+    uplink: float | None = None  # the coordinator's uplink, bytes/s (None: unlimited)
+    silent_s: float | None = SILENT_S
 
     @property
     def work(self) -> list[float]:
         return [float(f * self.pixels) for f in self.frames]
+
+    @property
+    def source_bytes(self) -> list[float]:
+        return [f * self.bytes_per_frame for f in self.frames]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +126,7 @@ class Result:
     duplicates: int
     steals: int
     finished: bool
+    bytes_sent: float = 0.0  # source bytes that crossed the uplink or a disk
 
     @property
     def ratio(self) -> float:
@@ -86,24 +134,70 @@ class Result:
 
 
 def lower_bound(sc: Scenario) -> float:
-    def rate(p: PeerSpec) -> float:
-        # Prefetch can hide downloads, never beat them: sustained rate is the slower one.
-        return min(p.speed, p.bandwidth * sc.pixels / sc.bytes_per_frame)
+    """max(F, C) of the module docstring."""
+    wpb = sc.pixels / sc.bytes_per_frame  # work per source byte
+    uplink = sc.uplink if sc.uplink is not None else math.inf
+
+    def rate(p: PeerSpec, t: float) -> float:
+        # Prefetch can hide transfers, never beat them: the sustained rate is the slower.
+        return min(p.speed, p.link(t) * wpb)
 
     total = sum(sc.work)
-    # Piecewise-constant capacity between joins and departures.
-    times = sorted({0.0, *(p.join for p in sc.peers),
-                    *(p.end for p in sc.peers if p.end < math.inf)})
-    done, fluid = 0.0, math.inf
-    for i, t in enumerate(times):
-        cap = sum(rate(p) for p in sc.peers if p.join <= t < p.end)
-        nxt = times[i + 1] if i + 1 < len(times) else math.inf
+    jittery = any(p.jitter for p in sc.peers)
+    cuts = sorted({0.0, *(p.join for p in sc.peers),
+                   *(p.end for p in sc.peers if p.end < math.inf)})
+    done, t, i = 0.0, 0.0, 0
+    fluid = math.inf
+    while True:
+        nxt_cut = cuts[i + 1] if i + 1 < len(cuts) else math.inf
+        nxt = min(nxt_cut, (math.floor(t / JITTER_S) + 1) * JITTER_S) if jittery else nxt_cut
+        present = [p for p in sc.peers if p.join <= t < p.end]
+        local = sum(rate(p, t) for p in present if p.local)
+        remote = min(sum(rate(p, t) for p in present if not p.local), uplink * wpb)
+        cap = local + remote
         if cap > 0 and done + cap * (nxt - t) >= total:
             fluid = t + (total - done) / cap
             break
-        done += cap * (nxt - t) if cap > 0 else 0.0
-    fastest = max(rate(p) for p in sc.peers)
-    return max(fluid, max(sc.work) / fastest)
+        if nxt == math.inf:
+            break  # nobody left: the work cannot be done (a bound of infinity)
+        done += cap * (nxt - t)
+        t = nxt
+        if t >= nxt_cut:
+            i += 1
+    big = max(range(len(sc.frames)), key=lambda c: sc.frames[c])
+    w, b = sc.work[big], sc.source_bytes[big]
+
+    def first(p: PeerSpec) -> float:
+        peak = p.bandwidth * (1 + p.jitter)
+        link = peak if p.local else min(peak, uplink)
+        return p.join + max(w / p.speed, b / link)
+
+    return max(fluid, min(first(p) for p in sc.peers))
+
+
+def _share(capacity: float, caps: Sequence[float]) -> list[float]:
+    """Max-min fair split of ``capacity`` among flows that each take at most their cap."""
+    out = [0.0] * len(caps)
+    left, n = capacity, len(caps)
+    for k, j in enumerate(sorted(range(n), key=lambda x: caps[x])):
+        give = min(caps[j], left / (n - k))
+        out[j] = give
+        left -= give
+    return out
+
+
+@dataclass(slots=True)
+class _Flow:
+    attempt: str
+    peer: int
+    nbytes: float
+    remaining: float
+    started: float
+    t: float  # when ``remaining`` was last settled
+    rate: float = 0.0
+    cap: float = math.inf  # a streamed flow goes at its encoder's pace
+    streamed: bool = False
+    version: int = 0
 
 
 @dataclass(slots=True)
@@ -111,8 +205,7 @@ class _Peer:
     spec: PeerSpec
     alive: bool = False
     queue: list[str] = field(default_factory=list)  # held attempts, in order
-    arrived: set[str] = field(default_factory=set)  # downloads complete
-    link_free: float = 0.0
+    flows: dict[str, _Flow] = field(default_factory=dict)
     encoding: str | None = None
     enc_start: float = 0.0
     enc_end: float = 0.0
@@ -120,17 +213,30 @@ class _Peer:
     finished: bool = False
 
 
+def _make_job(sc: Scenario, policy: str) -> Job:
+    """The Job of the package this module was loaded from; an older one (bench/simulate
+    --against) may not know links or silence, so only what it accepts is passed."""
+    kwargs: dict[str, object] = {"work_per_chunk": sc.work, "lease_s": sc.lease_s,
+                                 "policy": policy, "retry_after_s": sc.retry_after_s,
+                                 "source_bytes": sc.source_bytes, "silent_s": sc.silent_s}
+    known = inspect.signature(Job).parameters
+    return Job(sc.frames, **{k: v for k, v in kwargs.items() if k in known})  # type: ignore[arg-type]
+
+
 def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
         timer: Callable[[], float] | None = None) -> Result:
     """Play ``sc`` under ``policy``; returns the makespan and what the scheduler did."""
-    job = Job(sc.frames, work_per_chunk=sc.work, lease_s=sc.lease_s, policy=policy,
-              retry_after_s=sc.retry_after_s)
+    job = _make_job(sc, policy)
+    observe_transfer = getattr(job, "observe_transfer", None)
     prefetching = policy == "swarm" or baseline_prefetch
     peers = [_Peer(p) for p in sc.peers]
     events: list[tuple[float, int, str, int, str | int]] = []
     seq = 0
     claims, claim_s, duplicates, steals = 0, 0.0, 0, 0
+    sent = 0.0
     bound = lower_bound(sc)
+    uplink = sc.uplink
+    flows: dict[str, _Flow] = {}  # every live transfer, by attempt
 
     def at(t: float, kind: str, who: int, arg: str | int = "") -> None:
         nonlocal seq
@@ -142,21 +248,98 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
         p.poll_token += 1
         at(t, "poll_prefetch" if prefetch else "poll", i, p.poll_token)
 
+    # -- the network -------------------------------------------------------------------
+    def settle(f: _Flow, t: float) -> None:
+        f.remaining = max(0.0, f.remaining - f.rate * (t - f.t))
+        f.t = t
+
+    def reschedule(f: _Flow, rate: float, t: float) -> None:
+        if rate == f.rate and f.version:
+            return
+        f.rate = rate
+        f.version += 1
+        if rate > 0:
+            at(t + f.remaining / rate, "flow", f.peer, f"{f.attempt}/{f.version}")
+
+    def peer_caps(i: int, t: float) -> dict[str, float]:
+        p = peers[i]
+        fs = list(p.flows.values())
+        shares = _share(p.spec.link(t), [f.cap for f in fs])
+        return {f.attempt: r for f, r in zip(fs, shares, strict=True)}
+
+    def rebalance(i: int, t: float) -> None:
+        """Recompute rates after a change at peer ``i`` (all remote flows if the uplink is
+        shared, since every fair share moves)."""
+        if uplink is None or peers[i].spec.local:
+            for f in peers[i].flows.values():
+                settle(f, t)
+            for aid, r in peer_caps(i, t).items():
+                reschedule(peers[i].flows[aid], r, t)
+            return
+        remote = [f for f in flows.values() if not peers[f.peer].spec.local]
+        for f in remote:
+            settle(f, t)
+        caps: dict[str, float] = {}
+        for j in {f.peer for f in remote}:
+            caps.update(peer_caps(j, t))
+        for f, r in zip(remote, _share(uplink, [caps[f.attempt] for f in remote]),
+                        strict=True):
+            reschedule(f, r, t)
+
+    def open_flow(i: int, aid: str, nbytes: float, t: float) -> None:
+        f = _Flow(aid, i, nbytes, nbytes, t, t)
+        flows[aid] = f
+        peers[i].flows[aid] = f
+        rebalance(i, t)
+
+    def close_flow(aid: str, t: float) -> None:
+        """The transfer ends early: the attempt is over (the coordinator closes it)."""
+        f = flows.pop(aid, None)
+        if f is not None:
+            nonlocal sent
+            settle(f, t)
+            sent += f.nbytes - f.remaining
+            del peers[f.peer].flows[aid]
+            rebalance(f.peer, t)
+
+    # -- the peer ----------------------------------------------------------------------
+    def start(i: int, aid: str, t: float) -> None:
+        p = peers[i]
+        a = job.attempts[aid]
+        p.encoding, p.enc_start = aid, t
+        p.enc_end = t + a.work / p.spec.speed
+        f = flows.get(aid)
+        if f is not None:  # not all here yet: the encoder streams the rest
+            f.streamed = True
+            f.cap = f.nbytes / (p.enc_end - t)
+            rebalance(i, t)
+        at(p.enc_end, "encoded", i, aid)
+        at(t + sc.progress_s, "progress", i, aid)
+
+    def finish(i: int, aid: str, t: float) -> None:
+        p = peers[i]
+        job.succeeded(aid, t)
+        p.encoding = None
+        try_start(i, t)
+
     def try_start(i: int, t: float) -> None:
         p = peers[i]
-        while p.encoding is None and p.queue and p.queue[0] in p.arrived:
+        while p.encoding is None and p.queue:
             aid = p.queue.pop(0)
             if not job.progress(aid, 0, t):
+                close_flow(aid, t)
                 continue  # stolen or already done elsewhere: drop it
-            a = job.attempts[aid]
-            p.encoding, p.enc_start = aid, t
-            p.enc_end = t + a.work / p.spec.speed
-            at(p.enc_end, "done", i, aid)
-            at(t + sc.progress_s, "progress", i, aid)
+            start(i, aid, t)
             if prefetching and not p.queue:
                 poll(i, t, prefetch=True)
         if p.encoding is None and not p.queue:
             poll(i, t, prefetch=False)
+
+    def stop(i: int, t: float) -> None:
+        p = peers[i]
+        p.alive = False
+        for aid in list(p.flows):
+            close_flow(aid, t)
 
     for i, spec in enumerate(sc.peers):
         at(spec.join, "join", i)
@@ -164,6 +347,8 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
             at(spec.leave, "leave", i)
         if spec.die is not None:
             at(spec.die, "die", i)
+        if spec.jitter:
+            at((math.floor(spec.join / JITTER_S) + 1) * JITTER_S, "link", i)
     at(TICK_S, "tick", -1)
 
     now = 0.0
@@ -184,9 +369,12 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
         if not p.alive or p.finished:
             continue
         if kind in ("leave", "die"):
-            p.alive = False
+            stop(i, now)
             if kind == "leave":
                 job.peer_left(p.spec.name, now)
+        elif kind == "link":
+            rebalance(i, now)
+            at(now + JITTER_S, "link", i)
         elif kind in ("poll", "poll_prefetch"):
             if arg != p.poll_token:
                 continue  # superseded by a newer poll
@@ -202,36 +390,49 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
                 p.finished = True
             elif isinstance(action, Assign):
                 duplicates += action.duplicate
-                steals += action.replaces is not None
+                if action.replaces is not None:
+                    steals += 1
+                    close_flow(action.replaces, now)  # the victim's download is cut
                 p.queue.append(action.attempt)
-                start = max(now, p.link_free)
-                p.link_free = start + (job.chunks[action.chunk].frames * sc.bytes_per_frame
-                                       / p.spec.bandwidth)
-                at(p.link_free, "arrived", i, action.attempt)
+                open_flow(i, action.attempt, sc.source_bytes[action.chunk], now)
+                try_start(i, now)
             else:
                 poll(i, now + action.retry_after_s, prefetch)
-        elif kind == "arrived":
+        elif kind == "flow":
             assert isinstance(arg, str)
-            p.arrived.add(arg)
-            try_start(i, now)
+            aid, version = arg.rsplit("/", 1)
+            f = flows.get(aid)
+            if f is None or f.version != int(version):
+                continue
+            settle(f, now)
+            f.remaining = 0.0
+            close_flow(aid, now)
+            if observe_transfer is not None:
+                observe_transfer(p.spec.name, f.nbytes, now - f.started, now,
+                                 saturated=not f.streamed)
+            if p.encoding == aid and now >= p.enc_end:
+                finish(i, aid, now)  # the encoder was waiting for these bytes
+        elif kind == "encoded":
+            if p.encoding == arg and arg not in flows:
+                assert isinstance(arg, str)
+                finish(i, arg, now)
         elif kind == "progress":
             if p.encoding != arg or not isinstance(arg, str):
                 continue
             frames = job.chunks[job.attempts[arg].chunk].frames
-            done = int(frames * (now - p.enc_start) / (p.enc_end - p.enc_start))
-            if job.progress(arg, done, now):
+            share = (now - p.enc_start) / (p.enc_end - p.enc_start)
+            f = flows.get(arg)
+            if f is not None:
+                settle(f, now)
+                share = min(share, 1 - f.remaining / f.nbytes)
+            if job.progress(arg, int(frames * min(1.0, share)), now):
                 at(now + sc.progress_s, "progress", i, arg)
             else:
+                close_flow(arg, now)
                 p.encoding = None  # lost the race or was replaced: stop encoding
                 try_start(i, now)
-        elif kind == "done":
-            if p.encoding != arg:
-                continue
-            assert isinstance(arg, str)
-            job.succeeded(arg, now)
-            p.encoding = None
-            try_start(i, now)
-    return Result(sc.name, policy, now, bound, claims, claim_s, duplicates, steals, job.done)
+    return Result(sc.name, policy, now, bound, claims, claim_s, duplicates, steals, job.done,
+                  sent)
 
 
 def make_scenario(name: str, n_peers: int, *, chunks_per_peer: float = 8.0,
@@ -292,3 +493,36 @@ def standard_scenarios(sizes: Sequence[int] = (2, 10, 100, 1000), seed: int = 1
                                      chunks_per_peer=cpp, late=0.1, leave=0.1, die=0.1,
                                      seed=seed))
     return out
+
+
+def make_lan_scenario(name: str, n_peers: int, *, fps: tuple[float, float],
+                      links: Sequence[float], uplink: float, local_fps: float,
+                      jitter: float = 0.0, chunks_per_peer: float = 16.0,
+                      chunk_frames: int = 240, seed: int = 1) -> Scenario:
+    """The coordinator encoding too (``local_fps`` of 1080p, from its disk) and
+    ``n_peers`` remote peers, speeds log-uniform over ``fps``, links dealt round-robin
+    from ``links`` (bytes/s), all behind one ``uplink`` (bytes/s)."""
+    rng = random.Random(seed)
+    n_chunks = max(1, round((n_peers + 1) * chunks_per_peer))
+    frames = tuple(max(24, round(chunk_frames * rng.uniform(0.8, 1.2)))
+                   for _ in range(n_chunks))
+    lo, hi = fps
+    peers = [PeerSpec("local", local_fps * FHD, local_fps * FHD, 400e6, local=True)]
+    for i in range(n_peers):
+        speed = lo * (hi / lo) ** rng.random() * FHD
+        peers.append(PeerSpec(f"p{i:04d}", speed, speed * rng.uniform(0.9, 1.1),
+                              links[i % len(links)], jitter=jitter))
+    return Scenario(name, tuple(peers), frames, uplink=uplink)
+
+
+def lan_scenarios(seed: int = 1) -> list[Scenario]:
+    """Where the network, not the encoders, is the limit (issue 14): phones on Wi-Fi behind
+    a Fast Ethernet coordinator, and a hundred wired peers behind a gigabit one."""
+    return [
+        make_lan_scenario("24 Wi-Fi phones (20 Mbit/s ±50%), 100 Mbit/s up", 24,
+                          fps=(6.0, 30.0), links=[20 * MBIT], jitter=0.5,
+                          uplink=100 * MBIT, local_fps=40.0, seed=seed),
+        make_lan_scenario("100 peers (100 Mbit/1 Gbit), 1 Gbit/s up", 100,
+                          fps=(4.0, 120.0), links=[100 * MBIT, 1000 * MBIT],
+                          uplink=1000 * MBIT, local_fps=60.0, seed=seed),
+    ]
