@@ -412,7 +412,8 @@ class Job:
                 continue
             ps = self.scheduler.peers[peer]
             why = f"peer silent for {now - ps.seen:.1f} s"
-            for aid in list(ps.attempts):
+            # Latest first: each goes to the queue's front, so the held chunk leads.
+            for aid in reversed(ps.attempts[:]):
                 a = self.attempts[aid]
                 if a.running:
                     self._end(a, AttemptOutcome.EXPIRED, now, why)

@@ -236,6 +236,7 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
     sent = 0.0
     bound = lower_bound(sc)
     uplink = sc.uplink
+    source_bytes = sc.source_bytes  # a property: computed once
     flows: dict[str, _Flow] = {}  # every live transfer, by attempt
 
     def at(t: float, kind: str, who: int, arg: str | int = "") -> None:
@@ -394,7 +395,7 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
                     steals += 1
                     close_flow(action.replaces, now)  # the victim's download is cut
                 p.queue.append(action.attempt)
-                open_flow(i, action.attempt, sc.source_bytes[action.chunk], now)
+                open_flow(i, action.attempt, source_bytes[action.chunk], now)
                 try_start(i, now)
             else:
                 poll(i, now + action.retry_after_s, prefetch)
