@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from swarm.errors import LocalProtocolError
 from swarm.job import DROP_GRACE_S, SILENT_S, Assign, AttemptOutcome, Finished, Job, Wait
 from swarm.simulate import (
+    FHD,
     MBIT,
     PeerSpec,
     Scenario,
@@ -99,6 +102,7 @@ def test_foresight_stops_counting_on_a_silent_peer() -> None:
     job = Job([100] * 3, silent_s=SILENT_S, lease_s=15.0)
     job.add_peer("fast", 100.0, 0.0)
     job.add_peer("slow", 10.0, 0.0)
+    job.observe("slow", 100.0, 10.0)  # measured: no exploring chunk for it
     _assign(job.claim("fast", 0.0))
     _assign(job.claim("fast", 0.0, prefetch=True))
     assert isinstance(job.claim("slow", 0.0), Wait)  # fast would do everything first
@@ -181,3 +185,17 @@ def test_lan_scenarios_stay_near_the_bandwidth_bound() -> None:
     r = run(phones, "swarm")
     assert r.finished and r.ratio <= 1.10
     assert r.bytes_sent >= sum(phones.source_bytes)
+
+
+def test_simulated_peer_killed_after_claiming_costs_seconds_not_a_lease() -> None:
+    """The issue's case in virtual time: a peer dies 0.5 s in, holding one chunk and a
+    prefetched one; the other peer takes both over once the silence rule fires."""
+    peers = (PeerSpec("a", 60 * FHD, 60 * FHD, 100e6),
+             PeerSpec("b", 60 * FHD, 60 * FHD, 100e6, die=0.5))
+    sc = Scenario("killed", peers, frames=(60,) * 4, lease_s=15.0)
+    fast = run(sc, "swarm")
+    slow = run(dataclasses.replace(sc, silent_s=None), "swarm")  # the lease alone
+    assert fast.finished and slow.finished
+    # b's last sign of life is its claim at 0: its chunks are back at SILENT_S (+ a tick).
+    assert fast.makespan <= SILENT_S + 2 * 1.0 + 0.5
+    assert slow.makespan >= fast.makespan + 3.0
