@@ -11,6 +11,9 @@ A chunk's life, in one table (``TRANSITIONS``)::
        +---- lease expired, attempt failed, peer gone -+
 
 An attempt is one peer's try at one chunk; it ends once (ok, failed, expired, cancelled).
+A chunk may have several running attempts (a tail duplicate); it goes back to PENDING only
+when the last of them is lost. A chunk is DONE exactly once: the first verified result wins,
+the other attempts are cancelled at once, and a late or replaced result is refused.
 
 Two clocks take work back from a peer that can no longer do it:
 
@@ -19,17 +22,15 @@ Two clocks take work back from a peer that can no longer do it:
   promised to report at least every second (``add_peer(heartbeat=True)``, the default) and
   has not been heard from for ``silent_s`` loses *every* attempt it holds, running or
   prefetched, at the next ``tick``. A dead peer's unstarted prefetch must not wait out the
-  whole lease while other slots idle (a 20 s job took 3-4 s more per dead peer per lease).
+  whole lease while other slots idle (issue 14: a 3-4 s job took 20 s).
   A dropped connection (``connection_lost``) ends that attempt at once and shortens the
   peer's grace to ``DROP_GRACE_S``. While a result is being verified (``delivering``) the
   peer owes no reports: the coordinator is the one working.
-A chunk may have several running attempts (a tail duplicate); it goes back to PENDING only
-when the last of them is lost. A chunk is DONE exactly once: the first verified result wins,
-the other attempts are cancelled at once, and a late or replaced result is refused.
 
 Which chunk a claim gets is ``swarm.scheduler``'s decision (policy "swarm", or the
 benchmark baselines "fifo" and "equal"); the shell feeds it speeds with ``add_peer`` /
-``set_speed``, and ``succeeded`` teaches it what each peer really achieves.
+``set_speed``, and ``succeeded`` teaches it what each peer really achieves;
+``observe_transfer`` teaches it each peer's link, and ``source_bytes`` what a chunk weighs.
 """
 
 from __future__ import annotations

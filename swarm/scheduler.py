@@ -34,14 +34,16 @@ encode combine, explicitly:
 
 A peer whose transfer would cost more than its encoding gains thus looks as slow as it is:
 foresight holds it back while the others can finish the pending work sooner (less work, or
-none), an idle faster peer steals its unstarted prefetch, and so the swarm is never slower
-than the peers that would otherwise wait for it.
+none), and an idle faster peer steals its unstarted prefetch or copies its late chunk at the
+tail: a slow link costs the swarm at most the chunk it holds, never the job (bench/simulate
+prints each LAN swarm's makespan against the coordinator's alone).
 
 The link estimate rises at once to any faster transfer and falls (EWMA) only with slower
 *prefetch* downloads: a streamed source goes at its encoder's pace, and behind a shared
 uplink a slow transfer mostly measures the crowd of the moment, which the achieved speed
 already counts. Adding that crowd's share to streamed estimates as well made the tail
-estimates pessimistic when the uplink frees up (bench/simulate, LAN scenarios: +0.01).
+estimates pessimistic once the uplink frees up (bench/simulate, LAN scenarios: 1.069 and
+1.070 instead of 1.053 and 1.057).
 
 ``fifo`` (a RabbitMQ-style worker pool) and ``equal`` (round-robin pre-split, Docker Swarm /
 Akka style) exist only as baselines for ``bench/simulate``.
@@ -213,7 +215,7 @@ class Scheduler:
 
     def observe_transfer(self, peer: str, nbytes: float, seconds: float, now: float,
                          saturated: bool = True) -> None:
-        """Fold one transfer into the peer's link estimate (EWMA).
+        """Fold one transfer into the peer's link estimate: up at once, down by EWMA.
 
         ``saturated``: the transfer ran as fast as the network let it (a prefetch download).
         A streamed source is paced by the encoder reading it, so its rate is only a floor:
