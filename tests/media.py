@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunker.probe import MediaInfo, probe
-from chunker.tools import find_ffmpeg
+from chunker.tools import ffmpeg_info
+from ffmpegs import BUNDLED
 
-FFMPEG = find_ffmpeg(["libx264", "aac"]).path
+# Sources and the independent checks below use one fixed binary (see tests/ffmpegs.py).
+FFMPEG = BUNDLED
 
 _X264 = ["-c:v", "libx264", "-preset", "veryfast"]
 
@@ -163,7 +165,7 @@ def make_source(name: str, folder: Path) -> Path:
 
 
 def media_info(path: Path) -> MediaInfo:
-    return probe(find_ffmpeg(), str(path))
+    return probe(ffmpeg_info(FFMPEG), str(path))
 
 
 def crashes_on(ffmpeg: str, path: Path) -> bool:
@@ -174,7 +176,7 @@ def crashes_on(ffmpeg: str, path: Path) -> bool:
     return res.returncode < 0
 
 
-def decode_errors(path: Path) -> str:
+def decode_errors(path: Path, ffmpeg: str = FFMPEG) -> str:
     """What `ffmpeg -v error -i OUT -f null -` prints: the promise is nothing.
 
     The frames are passed through in the file's own time base: by default ffmpeg would
@@ -183,7 +185,7 @@ def decode_errors(path: Path) -> str:
     null muxer, a complaint about that rounding and not about the file.
     """
     tb = media_info(path).video.time_base
-    res = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path),
+    res = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", str(path),
                           "-fps_mode", "passthrough",
                           "-enc_time_base:v", f"{tb.numerator}/{tb.denominator}",
                           "-f", "null", "-"],
