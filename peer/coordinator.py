@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from chunker.commands import AUDIO_COPY_EXACT, VideoPlan, encode_chunk_argv, video_plan
+from chunker.paramsets import ENCODER_CODECS, HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
 from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_from_cuts
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
@@ -159,6 +160,14 @@ class JobServer:
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
         self.records = [_ChunkRecord(p) for p in plans]
         self.names: dict[str, str] = {local_key: opts.name}
+        # Each encoder's ffmpeg version (peers report theirs in /v1/info), for messages.
+        self.ffmpegs: dict[str, str] = {local_key: ffmpeg.short_version}
+        # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
+        # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
+        # with them is kept, before which a failed reference chunk gives way to the next.
+        self.param_sets: tuple[bytes, ...] | None = None
+        self.param_sets_from = ""
+        self.param_sets_kept = False
         self.served: dict[str, int] = {}
         self.started: dict[str, float] = {}
         self.finished = trio.Event()
@@ -231,14 +240,14 @@ class JobServer:
             return False
         return self.progress(attempt, frames, now, fps)
 
-    def fail(self, attempt: str, reason: str) -> None:
+    def fail(self, attempt: str, reason: str, *, bench: bool = False) -> None:
         a = self.job.attempts.get(attempt)
         if a is None or not a.running:
             # Already ended (its peer left, its lease expired, another attempt won): that
             # was said when it happened, and the chunk's fate does not change now.
             return
         now = trio.current_time()
-        requeued = self.job.failed(attempt, now, reason)
+        requeued = self.job.failed(attempt, now, reason, bench=bench)
         self._journal_ended(attempt)
         name = self.names.get(a.peer, a.peer)
         chunk = self.job.chunks[a.chunk]
@@ -299,11 +308,22 @@ class JobServer:
             await trio.to_thread.run_sync(_unlink, path)
             return False, "attempt no longer wanted"
         rec = self.records[a.chunk]
+        sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+        if (why := self._param_sets_mismatch(attempt, sets)) is not None:
+            await trio.to_thread.run_sync(_unlink, path)
+            peer = self.names.get(a.peer, a.peer)
+            version = self.ffmpegs.get(a.peer)
+            reason = (f"cannot join the output: {why}"
+                      f"{f' (ffmpeg {version} on {peer})' if version else ''}")
+            self.fail(attempt, reason, bench=True)
+            return False, reason
         try:
             await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
                                      rec.plan.frames)
         except VerifyError as exc:
             await trio.to_thread.run_sync(_unlink, path)
+            if self.param_sets_from == attempt and not self.param_sets_kept:
+                self.param_sets = None  # a broken chunk must not set the job's reference
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
         digest = await trio.to_thread.run_sync(file_digest, path)
@@ -314,6 +334,7 @@ class JobServer:
             return False, "chunk already done"
         final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
         os.replace(path, final)
+        self.param_sets_kept = True
         rec.peer = self.names.get(a.peer, a.peer)
         rec.encode_s = time.monotonic() - self.started.get(attempt, time.monotonic())
         rec.bytes_out = (await trio.Path(final).stat()).st_size
@@ -331,6 +352,27 @@ class JobServer:
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
         return True, ""
+
+    def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
+        """The chunk's decoding parameter sets; None if its header does not parse (the
+        verification that follows then says what is wrong with it)."""
+        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(HEADER_BYTES)
+            return parameter_sets(codec, min(nut_codec_data(head).items())[1])
+        except (OSError, ValueError):
+            return None
+
+    def _param_sets_mismatch(self, attempt: str, sets: tuple[bytes, ...] | None
+                             ) -> str | None:
+        if sets is None:
+            return None
+        if self.param_sets is None:
+            self.param_sets, self.param_sets_from = sets, attempt
+            return None
+        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        return mismatch(codec, self.param_sets, sets)
 
     def _result_limit(self, chunk: int) -> int:
         # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.
@@ -419,6 +461,9 @@ class JobServer:
                            "reason": "journalled file missing or altered"})
                 continue
             self.job.restore(idx)
+            if self.param_sets is None:
+                self.param_sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+                self.param_sets_kept = self.param_sets is not None
             r = self.records[idx]
             r.file, r.peer, r.bytes_out = path, rec["peer"], rec["bytes_out"]
             r.bytes_in, r.encode_s = rec["bytes_in"], rec["encode_s"]

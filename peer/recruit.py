@@ -218,6 +218,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             if score and score > 0:
                 server.scores[info.node_id] = score
             server.slots[info.node_id] = info.slots
+            server.ffmpegs[info.node_id] = info.ffmpeg
             emit({"event": "peer_joined", "peer": info.name, "address": c.base,
                   "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
                       opts.profile.name, 0.0)})

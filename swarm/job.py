@@ -366,7 +366,10 @@ class Job:
                           "another attempt finished first")
         return True
 
-    def failed(self, attempt_id: str, now: float, reason: str) -> list[Requeued]:
+    def failed(self, attempt_id: str, now: float, reason: str, *, bench: bool = False
+               ) -> list[Requeued]:
+        """``bench``: the peer can never succeed on this job (its encoder's output cannot
+        join the others'), so it is left out at once instead of after ``max_failures``."""
         a = self.attempts.get(attempt_id)
         if a is None or not a.running:
             return []
@@ -374,7 +377,8 @@ class Job:
         if a.delivered:
             self.scheduler.heard(a.peer, now)  # it is being answered now
         self.failures[a.peer] = self.failures.get(a.peer, 0) + 1
-        if self.failures[a.peer] >= self.max_failures and a.peer not in self.benched:
+        hopeless = bench or self.failures[a.peer] >= self.max_failures
+        if hopeless and a.peer not in self.benched:
             self.benched.add(a.peer)
             self.benched_at[a.peer] = now
             self.scheduler.bench(a.peer, now)
