@@ -860,6 +860,9 @@ def _report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "retries": sum(max(0, len(c.attempts) - 1) for c in server.job.chunks),
         "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
         "policy": server.job.policy,
+        # The ffmpeg version of each encoder that took part (peers report theirs).
+        "ffmpegs": {server.names.get(k, k): v for k, v in sorted(server.ffmpegs.items())
+                    if k in server.job.scheduler.peers},
         # Seconds of the audio encode run beside the chunks; null: encoded in the merge.
         "audio_encode_s": None if server.audio_s is None else round(server.audio_s, 3),
         # Chunks kept from a crashed earlier run of this job (their files re-verified).

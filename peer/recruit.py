@@ -220,8 +220,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             server.slots[info.node_id] = info.slots
             server.ffmpegs[info.node_id] = info.ffmpeg
             emit({"event": "peer_joined", "peer": info.name, "address": c.base,
-                  "arch": info.arch, "cpus": info.cpus, "score": info.scores.get(
-                      opts.profile.name, 0.0)})
+                  "arch": info.arch, "ffmpeg": info.ffmpeg, "cpus": info.cpus,
+                  "score": info.scores.get(opts.profile.name, 0.0)})
 
     hint_at: float | None = trio.current_time() + NO_PEER_HINT_S
 

@@ -167,9 +167,11 @@ class Swarm:
         self.started.append(sp)
         return sp
 
-    def join(self, host: Host, name: str, *args: str) -> SwarmProcess:
+    def join(self, host: Host, name: str, *args: str, env: dict[str, str] | None = None
+             ) -> SwarmProcess:
         """`swarm join` without the benchmark (many seconds), named for the report."""
-        return self.start(host, f"join-{name}", ["join", "--no-bench", "--name", name, *args])
+        return self.start(host, f"join-{name}", ["join", "--no-bench", "--name", name, *args],
+                          env)
 
     def encode(self, host: Host, src: Path, out: Path, *args: str,
                env: dict[str, str] | None = None) -> SwarmProcess:

@@ -12,7 +12,9 @@ the processes left running and the files left on disk:
 - peers of another swarm (other secret, or none) get nothing, even when named with --peer,
   and `swarm peers` shows them as foreign;
 - Ctrl-C on `encode` leaves no process and no file on any host, and the peers are idle again
-  (a second job can use them).
+  (a second job can use them);
+- one job on three ffmpeg builds (coordinator 9.x, peers on Debian's 5.1 and on 7.0.2): every
+  host encodes and the output is exact and decodes silently on each build.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Any
 import pytest
 from swarm_hosts import Swarm, SwarmProcess, ffmpeg_pids, processes
 
+import ffmpegs
 from chunker.plan import default_chunk_seconds
+from chunker.verify import check_output
 from media import FFMPEG, decode_errors, media_info, min_psnr
 from netns import Host, lan, requires_netns
 
@@ -339,3 +343,33 @@ def test_ctrl_c_on_encode_leaves_nothing_anywhere_and_peers_idle(
                           "--no-local", *CHUNK_ARGS, "--report", str(rep))
         assert again.wait() == 0, again.stderr()
         assert set(_chunks_by_peer(_report(rep))) == {"alpha", "beta"}
+
+
+def test_one_job_on_three_ffmpeg_builds(sources: dict[str, Path], outdir: Path) -> None:
+    """The devices of one LAN ship different ffmpegs: chunks from all three join one output.
+
+    x264's parameter sets are identical across these builds (tests/test_paramsets.py), so the
+    coordinator keeps every chunk; with x265 or SVT-AV1 it would leave a mismatching peer out.
+    """
+    new = ffmpegs.require(ffmpegs.BUNDLED)
+    old = ffmpegs.require(ffmpegs.DEBIAN)
+    mid = ffmpegs.require(ffmpegs.CI_CACHED_7)
+    src, out, rep = sources["long"], outdir / "out.mp4", outdir / "report.json"
+    with lan(3) as net, Swarm(net, _logs(outdir), BUDGET_S) as sw:
+        for host, name, ff in ((net[1], "debian", old), (net[2], "seven", mid)):
+            sw.join(host, name, env={"SWARM_FFMPEG": ff.path})
+        for j in sw.started:
+            j.wait_for("ready on port")
+        enc = sw.encode(net[0], src, out, "--name", "coord", "--workers", "1", *CHUNK_ARGS,
+                        "--report", str(rep), env={"SWARM_FFMPEG": new.path})
+        assert enc.wait() == 0, enc.stderr()
+        assert "cannot join" not in enc.stderr()
+    report = _report(rep)
+    counts = _chunks_by_peer(report)
+    assert set(counts) == {"coord", "debian", "seven"}, counts
+    # Each host ran its own build (as each reported it).
+    assert {k: v.split("-")[0].lstrip("n") for k, v in report["ffmpegs"].items()} == {
+        "coord": new.short_version, "debian": old.short_version, "seven": mid.short_version}
+    check_output(media_info(out), media_info(src))
+    for ff in (new, old, mid):
+        assert decode_errors(out, ff.path) == "", ff.describe()
