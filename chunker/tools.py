@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from swarm.errors import UsageError
 
-__all__ = ["BASE_FORMATS", "FFmpeg", "ffmpeg_info", "find_ffmpeg"]
+__all__ = ["BASE_FORMATS", "FFmpeg", "ffmpeg_info", "find_ffmpeg", "short_version"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,16 @@ class FFmpeg:
 
     @property
     def short_version(self) -> str:
-        """"5.1.9" of "5.1.9-0+deb12u1", "9.0.2" of "n9.0.2-17-g2a571b6068-20260930"."""
-        m = re.match(r"n?(\d+(?:\.\d+)*)", self.version)
-        return m.group(1) if m else self.version
+        return short_version(self.version)
 
     def describe(self) -> str:
         return f"ffmpeg {self.short_version} at {self.path}"
+
+
+def short_version(version: str) -> str:
+    """"5.1.9" of "5.1.9-0+deb12u1", "9.0.2" of "n9.0.2-17-g2a571b6068-20260930"."""
+    m = re.match(r"n?(\d+(?:\.\d+)*)", version)
+    return m.group(1) if m else version
 
 
 def _names(listing: str) -> frozenset[str]:

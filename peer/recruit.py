@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from chunker.tools import short_version
 from swarm import auth
 from swarm.errors import RemoteProtocolError, UsageError
 from swarm.presence import PeerEvent, classify
@@ -218,7 +219,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             if score and score > 0:
                 server.scores[info.node_id] = score
             server.slots[info.node_id] = info.slots
-            server.ffmpegs[info.node_id] = info.ffmpeg
+            server.ffmpegs[info.node_id] = short_version(info.ffmpeg)
             emit({"event": "peer_joined", "peer": info.name, "address": c.base,
                   "arch": info.arch, "ffmpeg": info.ffmpeg, "cpus": info.cpus,
                   "score": info.scores.get(opts.profile.name, 0.0)})
