@@ -24,14 +24,11 @@ DEBIAN = "/usr/bin/ffmpeg"
 CI_CACHED_7 = "/var/cache/swarm-ci/ffmpeg-7.0.2"
 
 
-def test_ffmpegs() -> list[str]:
+def under_test() -> list[str]:
     listed = os.environ.get("SWARM_TEST_FFMPEGS")
     if listed:
         return [p for p in listed.split(os.pathsep) if p]
     return [BUNDLED, DEBIAN, CI_CACHED_7]
-
-
-test_ffmpegs.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def label(path: str) -> str:
@@ -54,4 +51,4 @@ def require(path: str) -> FFmpeg:
 
 
 def params() -> list[object]:
-    return [pytest.param(p, id=label(p)) for p in test_ffmpegs()]
+    return [pytest.param(p, id=label(p)) for p in under_test()]

@@ -56,7 +56,7 @@ def _swarm(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.Comple
 
 
 def _lacking_svtav1() -> FFmpeg:
-    for path in ffmpegs.test_ffmpegs():
+    for path in ffmpegs.under_test():
         info = ffmpegs.require(path)
         if not info.has("libsvtav1"):
             return info

@@ -15,7 +15,6 @@ import trio
 import ffmpegs
 from chunker.commands import encode_chunk_argv, video_plan
 from chunker.paramsets import HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
-from chunker.tools import ffmpeg_info
 from chunker.verify import check_output
 from media import decode_errors, media_info
 from peer.coordinator import EncodeOptions, run_encode
@@ -111,8 +110,7 @@ def test_real_chunks_x264_agree_across_builds_x265_does_not(corpus: dict[str, Pa
                                                             tmp_path: Path) -> None:
     """The measurement the coordinator's check rests on: x264's SPS/PPS are the same from
     5.1, 7.0.2 and 9.0.2; x265's SPS from 5.1/7.0.2 differs from 9.0.2's (VUI)."""
-    binaries = {ffmpeg_info(ffmpegs.require(p).path).short_version: p
-                for p in ffmpegs.test_ffmpegs()}
+    binaries = {ffmpegs.require(p).short_version: p for p in ffmpegs.under_test()}
     if len(binaries) < 2:
         pytest.skip("needs two different ffmpeg builds")
     src = corpus["closed_gop"]
@@ -154,7 +152,7 @@ async def test_a_peer_whose_parameter_sets_differ_is_left_out(corpus: dict[str, 
     assert "(ffmpeg " in refused[0]["reason"]
     assert len(refused) <= 2  # at most its chunks in flight, never a loop
     check_output(media_info(out), media_info(src))
-    for path in ffmpegs.test_ffmpegs():
+    for path in ffmpegs.under_test():
         assert decode_errors(out, ffmpegs.require(path).path) == ""
 
 

@@ -348,28 +348,32 @@ def test_ctrl_c_on_encode_leaves_nothing_anywhere_and_peers_idle(
 def test_one_job_on_three_ffmpeg_builds(sources: dict[str, Path], outdir: Path) -> None:
     """The devices of one LAN ship different ffmpegs: chunks from all three join one output.
 
-    x264's parameter sets are identical across these builds (tests/test_paramsets.py), so the
-    coordinator keeps every chunk; with x265 or SVT-AV1 it would leave a mismatching peer out.
+    The coordinator runs the first build under test (the bundled 9.x), the peers the next two
+    (Debian's 5.1 and 7.0.2 in CI). x264's parameter sets are identical across these builds
+    (tests/test_paramsets.py), so the coordinator keeps every chunk; with x265 or SVT-AV1 it
+    would leave a mismatching peer out.
     """
-    new = ffmpegs.require(ffmpegs.BUNDLED)
-    old = ffmpegs.require(ffmpegs.DEBIAN)
-    mid = ffmpegs.require(ffmpegs.CI_CACHED_7)
+    builds = [ffmpegs.require(p) for p in ffmpegs.under_test()]
+    if len(builds) < 3:
+        pytest.skip("needs three ffmpeg builds under test (SWARM_TEST_FFMPEGS)")
+    coord, *peers = builds[:3]
+    names = [f"peer{ff.short_version}" for ff in peers]
     src, out, rep = sources["long"], outdir / "out.mp4", outdir / "report.json"
     with lan(3) as net, Swarm(net, _logs(outdir), BUDGET_S) as sw:
-        for host, name, ff in ((net[1], "debian", old), (net[2], "seven", mid)):
-            sw.join(host, name, env={"SWARM_FFMPEG": ff.path})
-        for j in sw.started:
+        joins = [sw.join(host, name, env={"SWARM_FFMPEG": ff.path})
+                 for host, name, ff in zip(net.hosts[1:], names, peers, strict=True)]
+        for j in joins:
             j.wait_for("ready on port")
         enc = sw.encode(net[0], src, out, "--name", "coord", "--workers", "1", *CHUNK_ARGS,
-                        "--report", str(rep), env={"SWARM_FFMPEG": new.path})
+                        "--report", str(rep), env={"SWARM_FFMPEG": coord.path})
         assert enc.wait() == 0, enc.stderr()
         assert "cannot join" not in enc.stderr()
     report = _report(rep)
     counts = _chunks_by_peer(report)
-    assert set(counts) == {"coord", "debian", "seven"}, counts
+    assert set(counts) == {"coord", *names}, counts
     # Each host ran its own build (as each reported it).
-    assert report["ffmpegs"] == {"coord": new.short_version, "debian": old.short_version,
-                                 "seven": mid.short_version}
+    assert report["ffmpegs"] == {"coord": coord.short_version} | {
+        n: ff.short_version for n, ff in zip(names, peers, strict=True)}
     check_output(media_info(out), media_info(src))
-    for ff in (new, old, mid):
+    for ff in builds:
         assert decode_errors(out, ff.path) == "", ff.describe()
