@@ -210,9 +210,10 @@ async def test_audio_encoded_beside_the_chunks_is_what_the_merge_would_encode(
         (tmp_path / "opus.toml").write_text(OPUS_PROFILE)
         profile = load_profile(str(tmp_path / "opus.toml"))
     assert profile.audio.codec == codec
-    # On the bundled binary: ffmpeg before 8.0 drops the AAC end trim even when it encodes
-    # inside the merge (measured on 5.1 and 7.0.2: 177152 samples decoded for 176400 in
-    # the source, the copy 177150), so there is no exact reference to compare with.
+    # On the bundled binary: ffmpeg before 8.0 loses the AAC end trim whichever way it
+    # encodes (5.1 and 7.0.2, 4 s source of 176400 samples: a single-process encode and the
+    # copy decode to 177150, the encode inside the merge to 177152), so there is no exact
+    # reference to compare with.
     ffmpeg = ffmpeg_info(ffmpegs.BUNDLED)
     info = await steps.probe(ffmpeg, str(corpus[name]))
     dw, dh = info.video.display_size
