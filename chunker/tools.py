@@ -118,32 +118,33 @@ def ffmpeg_info(path: str) -> FFmpeg:
     }
     out: dict[str, str] = {}
     ok: dict[str, bool] = {}
+    procs: dict[str, subprocess.Popen[str]] = {}
     try:
         # In parallel: a slow device pays one process start-up, not seven.
-        procs = {k: subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-                 for k, argv in queries.items()}
-        try:
-            for k, p in procs.items():
-                out[k], _ = p.communicate(timeout=_QUERY_TIMEOUT_S)
-                ok[k] = p.returncode == 0
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        for k, argv in queries.items():
+            procs[k] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        for k, p in procs.items():
+            out[k], _ = p.communicate(timeout=_QUERY_TIMEOUT_S)
+            ok[k] = p.returncode == 0
     except (OSError, subprocess.SubprocessError) as exc:
         raise UsageError(f"cannot run ffmpeg at {path}: {exc}") from exc
-    if not ok["version"] or not ok["encoders"]:
-        raise UsageError(f"cannot run ffmpeg at {path}: it does not answer -version")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     m = re.match(r"ffmpeg version (\S+)", out["version"])
+    if not ok["version"] or not ok["encoders"] or m is None:
+        raise UsageError(f"cannot run ffmpeg at {path}: it does not answer -version as "
+                         "ffmpeg does")
     filters = frozenset(
         line.split()[1]
         for line in out["filters"].splitlines()
         if len(line.split()) >= 3 and "->" in line.split()[2]
     )
     return FFmpeg(
-        path=path, version=m.group(1) if m else "unknown",
+        path=path, version=m.group(1),
         encoders=_names(out["encoders"]), filters=filters,
         formats=_names(out["muxers"]) | _names(out["demuxers"]),
         demux_time_base=next((s for s in _DEMUX_TIME_BASE_SPELLINGS if ok[s]), None),
