@@ -161,7 +161,7 @@ class JobServer:
         self.records = [_ChunkRecord(p) for p in plans]
         self.names: dict[str, str] = {local_key: opts.name}
         # Each encoder's ffmpeg version (peers report theirs in /v1/info), for messages.
-        self.ffmpegs: dict[str, str] = {local_key: ffmpeg.short_version}
+        self.ffmpegs: dict[str, str] = {}
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
         # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
         # with them is kept, before which a failed reference chunk gives way to the next.
@@ -581,6 +581,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                            journal=journal, tracks=tracks)
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
+            server.ffmpegs[server.local_key] = ffmpeg.short_version
             server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
                                 slots=workers)
         emit({"event": "job_start", "input": opts.input, "output": opts.output,
