@@ -274,7 +274,7 @@ def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
     if time_base.numerator == 1 and 1000 <= time_base.denominator <= 1 << 30:
         # Keep the source's clock so every timestamp survives exactly.
         argv += ["-video_track_timescale", str(time_base.denominator)]
-    if audio_channels is not None and container in ("mp4", "mov"):
+    if tracks.audio and container in ("mp4", "mov"):
         # The audio's start (its offset from the video, less its priming) is written as an
         # edit list in the movie's time scale, which ffmpeg before 8.0 fixes at 1000: the
         # copied audio then started up to 1 ms early (measured on 5.1 and 7.0). Its own
