@@ -12,12 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 import ffmpegs
 from chunker.commands import encode_chunk_argv, verify_chunk_argv, video_plan
 from chunker.probe import probe
 from chunker.tools import FFmpeg, ffmpeg_info
 from chunker.verify import check_chunk_listing
+from media import FFMPEG, min_psnr
+from peer.coordinator import EncodeOptions, run_encode
 from profiles import load_profile
 
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -89,3 +92,33 @@ def test_swarm_ffmpeg_that_lacks_the_encoder_is_one_error_before_any_chunk(
         f"swarm: error: SWARM_FFMPEG={lacking.path} (ffmpeg {lacking.short_version}) lacks "
         "libsvtav1: point it at an ffmpeg that has them, or unset it"]
     assert sorted(os.listdir(tmp_path)) == []
+
+
+
+@pytest.fixture(scope="module")
+def late_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 s of testsrc2 in Matroska whose timestamps start at 2 s."""
+    src = tmp_path_factory.mktemp("late") / "late.mkv"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=25:duration=3", "-c:v", "libx264",
+                    "-preset", "veryfast", "-g", "25", "-bf", "2", "-output_ts_offset", "2",
+                    str(src)], check=True, timeout=60)
+    return src
+
+
+async def test_a_source_that_starts_late_gets_its_own_frames_on_every_build(
+        binary: FFmpeg, late_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """The probe lists times less the source's start, as ffmpeg reads it (which builds
+    disagree on: 5.1 reads -0.023 s from Matroska with AAC priming, 9.0 reads 0); the chunk
+    encodes must see the same times, or each chunk trims at the wrong frame. A start of 2 s
+    gave every chunk the frames of the one before (18 dB) before -start_at_zero."""
+    out = tmp_path / "out.mp4"
+    monkeypatch.setenv("SWARM_FFMPEG", binary.path)
+    with trio.fail_after(120):
+        report = await run_encode(EncodeOptions(str(late_source), str(out),
+                                                load_profile("hd"), chunk_seconds=1.0,
+                                                workers=2, name="t"))
+    assert len(report["chunks"]) == 3
+    o = probe(ffmpeg_info(FFMPEG), str(out))
+    assert min_psnr(late_source, out, o.video.width, o.video.height) > 35.0
