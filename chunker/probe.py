@@ -11,6 +11,7 @@ both removes that class of mismatch and a 30+ MB dependency. The cost is one dem
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -354,8 +355,11 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
         apk = sorted(audio.packets)
         audios.append(AudioInfo(
             track=track, codec=audio.codec, channels=channels, sample_rate=audio.sample_rate,
-            # A negative first pts is encoder priming that players skip, not early audio.
-            time_base=audio.tb, start=max(apk[0][0], 0),
+            # A first pts before the file's zero is encoder priming that players skip, not
+            # early audio. That zero is the start time the listing was shifted by, which
+            # builds disagree on (5.1 and 7.0 put Matroska's at the priming, -0.023 s).
+            time_base=audio.tb,
+            start=max(apk[0][0], math.ceil(-min(format_start, 0.0) / audio.tb)),
             end=apk[-1][0] + apk[-1][1],
         ))
     return MediaInfo(path=path, size=size, format_start_s=format_start, video=vinfo,

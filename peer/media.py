@@ -71,7 +71,8 @@ async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
     meta = None
     if tracks.tags or tracks.chapters:
         meta = os.path.join(workdir, "tags.ffmeta")
-        text = ffmetadata_text(source, tracks, source.format_start_s)
+        # The output's zero is the first stream's start, in the source's own clock.
+        text = ffmetadata_text(source, tracks, source.format_start_s + first_stream)
         await trio.to_thread.run_sync(Path(meta).write_text, text, "utf-8")
     videos = [s for s in source.dump.of_kind("video") if not s.cover]
     await run_ffmpeg(
