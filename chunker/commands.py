@@ -136,11 +136,7 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     argv: list[str] = out.compile(cmd=ffmpeg)
     # Progress lines (frame=N) on stderr feed lease renewals and the dashboard.
     extra = ["-progress", "pipe:2", "-stats_period", "0.5"] if progress else []
-    # -start_at_zero: frame times less the source's start time, as the probe lists them
-    # (it reads without -copyts). Builds disagree on that start: 5.1 and 7.0 read -0.023 s
-    # (AAC priming) from a Matroska file that 9.0 reads as 0, so plain -copyts put every
-    # frame 23 ms off the plan there and the last chunk came out a frame short (measured).
-    return [argv[0], *_QUIET, "-copyts", "-start_at_zero", *extra, *argv[1:]]
+    return [argv[0], *_QUIET, "-copyts", *extra, *argv[1:]]
 
 
 def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:

@@ -303,6 +303,13 @@ def input_size(path: str) -> int:
     return size
 
 
+def _priming_end(format_start_s: float, first_duration: int, tb: Fraction) -> int:
+    """Where an audio track's priming ends in the probe's (start-shifted) time base."""
+    if 0 < -format_start_s <= float(first_duration * tb):
+        return math.ceil(-format_start_s / tb)
+    return 0
+
+
 def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
     """Build MediaInfo from the probe pass's output; raises ProbeError if it is no video."""
     streams = parse_framecrc(framecrc)
@@ -355,11 +362,12 @@ def interpret_probe(path: str, size: int, framecrc: str, err: str) -> MediaInfo:
         apk = sorted(audio.packets)
         audios.append(AudioInfo(
             track=track, codec=audio.codec, channels=channels, sample_rate=audio.sample_rate,
-            # A first pts before the file's zero is encoder priming that players skip, not
-            # early audio. That zero is the start time the listing was shifted by, which
-            # builds disagree on (5.1 and 7.0 put Matroska's at the priming, -0.023 s).
-            time_base=audio.tb,
-            start=max(apk[0][0], math.ceil(-min(format_start, 0.0) / audio.tb)),
+            # A negative first pts is encoder priming that players skip, not early audio.
+            # 5.1 and 7.0 take Matroska's start time from that priming (-0.023 s, where 9.0
+            # reads 0) and shift the listing by it: a start no earlier than one packet of
+            # this track is still its priming.
+            time_base=audio.tb, start=max(apk[0][0], _priming_end(format_start, apk[0][1],
+                                                                  audio.tb)),
             end=apk[-1][0] + apk[-1][1],
         ))
     return MediaInfo(path=path, size=size, format_start_s=format_start, video=vinfo,

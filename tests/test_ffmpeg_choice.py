@@ -109,10 +109,10 @@ def late_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_a_source_that_starts_late_gets_its_own_frames_on_every_build(
         binary: FFmpeg, late_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ) -> None:
-    """The probe lists times less the source's start, as ffmpeg reads it (which builds
-    disagree on: 5.1 reads -0.023 s from Matroska with AAC priming, 9.0 reads 0); the chunk
-    encodes must see the same times, or each chunk trims at the wrong frame. A start of 2 s
-    gave every chunk the frames of the one before (18 dB) before -start_at_zero."""
+    """Builds disagree on a file's start time (5.1 reads -0.023 s from Matroska with AAC
+    priming, 9.0 reads 0); the trim must still pick each chunk's own frames on each build.
+    Before the trim counted in source time, a 2 s start gave every chunk the frames of the
+    one before (18 dB)."""
     out = tmp_path / "out.mp4"
     monkeypatch.setenv("SWARM_FFMPEG", binary.path)
     with trio.fail_after(120):
