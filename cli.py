@@ -17,6 +17,31 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
 from swarm.errors import SwarmError, UsageError
+from swarm.events import (
+    AudioDone,
+    ChunkDone,
+    ChunkFailed,
+    ChunkRequeued,
+    Event,
+    JobEnd,
+    JobEvent,
+    JobJoined,
+    JobLeft,
+    JobResumed,
+    JobStart,
+    Merge,
+    NodeEvent,
+    NodeUp,
+    NoPeers,
+    PeerBenched,
+    PeerJoined,
+    PeerLeft,
+    PeerUnreachable,
+    PyzReady,
+    SlotEnd,
+    Tracks,
+    as_json,
+)
 
 # The order `swarm --help` lists the commands in: the everyday ones first, then the tools.
 # typer (0.29, its vendored click too) lists them as registered, i.e. in source order; a
@@ -165,52 +190,52 @@ class _Plain:
         self.total = 0
         self.last_pct = -1
 
-    def __call__(self, e: dict[str, Any]) -> None:
-        kind = e["event"]
-        if kind == "job_start":
-            self.total = e["frames"]
-            typer.echo(
-                f"swarm: {e['input']} -> {e['output']} ({e['profile']}, "
-                f"{e['width']}x{e['height']}, {e['frames']} frames in {e['chunks']} chunks, "
-                f"{e['workers']} local worker(s))", err=True)
-        elif kind == "job_resumed":
-            self.frames = e["frames_done"]
-            typer.echo(f"swarm: resumed: {e['chunks_kept']} of {e.get('of', '?')} chunks kept "
-                       f"({self.frames} frames)", err=True)
-        elif kind == "chunk_done":
-            self.frames = e["frames_done"]
-            # 100 % is said once the merged output verified (job_end), not when the last
-            # chunk is in: the merge and its check still take a while.
-            pct = min(99, 100 * self.frames // max(1, self.total))
-            if pct // 10 != self.last_pct // 10 and self.frames < self.total:
-                self.last_pct = pct
-                typer.echo(f"swarm: {pct}% ({self.frames}/{self.total} frames)", err=True)
-        elif kind == "job_end":
-            typer.echo(f"swarm: 100% ({self.total}/{self.total} frames), output verified",
-                       err=True)
-        elif kind == "chunk_failed":
-            fate = e.get("fate") or ("requeued" if e["requeued"] else "dropped")
-            typer.echo(f"swarm: chunk {e['chunk']} failed on {e['peer']} ({e['reason']}); "
-                       f"{fate}", err=True)
-        elif kind == "chunk_requeued":
-            typer.echo(f"swarm: chunk {e['chunk']} requeued from {e['peer']} "
-                       f"({e['reason']})", err=True)
-        elif kind == "peer_benched":
-            typer.echo(f"swarm: {e['reason']}", err=True)
-        elif kind == "peer_unreachable":
-            typer.echo(f"swarm: peer {e['peer']} unreachable ({e['why']}); still trying",
-                       err=True)
-        elif kind == "peer_joined":
-            typer.echo(f"swarm: peer {e['peer']} joined ({e['address']})", err=True)
-        elif kind == "peer_left":
-            typer.echo(f"swarm: peer {e['peer']} left", err=True)
-        elif kind == "no_peers":
-            typer.echo(f"swarm: no peers yet; to add a device, run there:  {e['bootstrap']}"
-                       f"  # sha256 {e['sha256']}", err=True)
-        elif kind == "audio_done":
-            typer.echo(f"swarm: audio encoded ({e['encode_s']:.1f} s)", err=True)
-        elif kind == "merge":
-            typer.echo("swarm: merging chunks and audio, verifying output", err=True)
+    def __call__(self, e: JobEvent) -> None:
+        match e:
+            case JobStart():
+                self.total = e.frames
+                typer.echo(
+                    f"swarm: {e.input} -> {e.output} ({e.profile}, {e.width}x{e.height}, "
+                    f"{e.frames} frames in {e.chunks} chunks, {e.workers} local worker(s))",
+                    err=True)
+            case JobResumed():
+                self.frames = e.frames_done
+                typer.echo(f"swarm: resumed: {e.chunks_kept} of {e.of} chunks kept "
+                           f"({self.frames} frames)", err=True)
+            case ChunkDone():
+                self.frames = e.frames_done
+                # 100 % is said once the merged output verified (job_end), not when the last
+                # chunk is in: the merge and its check still take a while.
+                pct = min(99, 100 * self.frames // max(1, self.total))
+                if pct // 10 != self.last_pct // 10 and self.frames < self.total:
+                    self.last_pct = pct
+                    typer.echo(f"swarm: {pct}% ({self.frames}/{self.total} frames)", err=True)
+            case JobEnd():
+                typer.echo(f"swarm: 100% ({self.total}/{self.total} frames), output verified",
+                           err=True)
+            case ChunkFailed():
+                fate = e.fate or ("requeued" if e.requeued else "dropped")
+                typer.echo(f"swarm: chunk {e.chunk} failed on {e.peer} ({e.reason}); {fate}",
+                           err=True)
+            case ChunkRequeued():
+                typer.echo(f"swarm: chunk {e.chunk} requeued from {e.peer} ({e.reason})",
+                           err=True)
+            case PeerBenched():
+                typer.echo(f"swarm: {e.reason}", err=True)
+            case PeerUnreachable():
+                typer.echo(f"swarm: peer {e.peer} unreachable ({e.why}); still trying",
+                           err=True)
+            case PeerJoined():
+                typer.echo(f"swarm: peer {e.peer} joined ({e.address})", err=True)
+            case PeerLeft():
+                typer.echo(f"swarm: peer {e.peer} left", err=True)
+            case NoPeers():
+                typer.echo(f"swarm: no peers yet; to add a device, run there:  {e.bootstrap}"
+                           f"  # sha256 {e.sha256}", err=True)
+            case AudioDone():
+                typer.echo(f"swarm: audio encoded ({e.encode_s:.1f} s)", err=True)
+            case Merge():
+                typer.echo("swarm: merging chunks and audio, verifying output", err=True)
 
     def close(self) -> None:
         pass
@@ -231,9 +256,9 @@ class _JsonLines:
         self.t0 = self.clock()
         self.held: dict[str, Any] | None = None
 
-    def __call__(self, e: dict[str, Any]) -> None:
-        line = {"event": e["event"], "t": round(self.clock() - self.t0, 3)} | e
-        if e["event"] == "job_end":
+    def __call__(self, e: Event) -> None:
+        line = as_json(e, round(self.clock() - self.t0, 3))
+        if isinstance(e, JobEnd):
             self.held = line
             return
         sys.stdout.write(json.dumps(line) + "\n")
@@ -283,10 +308,10 @@ class _Live:
         with self.lock:
             return self.view.render(self.clock(), w, h)
 
-    def __call__(self, e: dict[str, Any]) -> None:
+    def __call__(self, e: Event) -> None:
         with self.lock:
             self.view.feed(e, self.clock())
-        if e["event"] == "merge":
+        if isinstance(e, Merge):
             self.live.refresh()
 
     def close(self) -> None:
@@ -372,14 +397,14 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         sink = _Plain()
     else:
         sink = None
-    def emit(e: dict[str, Any]) -> None:
+    def emit(e: JobEvent) -> None:
         # Said once the job really starts, so a bad input still gets exactly one line.
-        if e["event"] == "job_start" and opts.network and opts.secret is None and human:
+        if isinstance(e, JobStart) and opts.network and opts.secret is None and human:
             typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
                        "LAN may take part", err=True)
-        if e["event"] == "tracks" and human:
+        if isinstance(e, Tracks) and human:
             # What the user did not ask to lose; what an option dropped is in the report.
-            for d in e["dropped"]:
+            for d in e.dropped:
                 if not d["chosen"]:
                     typer.echo(f"swarm: {d['message']}", err=True)
         if sink is not None:
@@ -787,22 +812,22 @@ def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:
 
 
 def _join_plain(quiet: bool) -> Any:
-    def show(e: dict[str, Any]) -> None:
+    def show(e: NodeEvent) -> None:
         if quiet:
             return
-        kind = e["event"]
-        if kind == "node_up":
-            typer.echo(f"swarm: {e['name']} ready on port {e['port']} at {e['address']} "
-                       f"(node {e['node_id']})", err=True)
-        elif kind == "pyz_ready":
-            typer.echo(f"swarm: another device joins with:\n{e['bootstrap']}\n"
-                       f"# sha256 {e['sha256']}", err=True)
-        elif kind == "job_joined":
-            typer.echo(f"swarm: working for {e['coordinator']} (job {e['job_id']})", err=True)
-        elif kind == "chunk_end":
-            typer.echo(f"swarm: chunk {e['chunk']}: {e['outcome']}", err=True)
-        elif kind == "job_left":
-            typer.echo(f"swarm: job {e['job_id']} over; idle", err=True)
+        match e:
+            case NodeUp():
+                typer.echo(f"swarm: {e.name} ready on port {e.port} at {e.address} "
+                           f"(node {e.node_id})", err=True)
+            case PyzReady():
+                typer.echo(f"swarm: another device joins with:\n{e.bootstrap}\n"
+                           f"# sha256 {e.sha256}", err=True)
+            case JobJoined():
+                typer.echo(f"swarm: working for {e.coordinator} (job {e.job_id})", err=True)
+            case SlotEnd():
+                typer.echo(f"swarm: chunk {e.chunk}: {e.outcome}", err=True)
+            case JobLeft():
+                typer.echo(f"swarm: job {e.job_id} over; idle", err=True)
 
     return show
 

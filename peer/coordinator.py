@@ -32,6 +32,26 @@ from chunker.tools import FFmpeg, find_ffmpeg
 from chunker.tracks import AUDIO_MODES, SUBTITLE_MODES, TrackPlan, plan_tracks
 from profiles import Profile
 from swarm.errors import EncodeError, UsageError, VerifyError
+from swarm.events import (
+    AudioDone,
+    AudioStart,
+    ChunkDone,
+    ChunkDuplicate,
+    ChunkFailed,
+    ChunkLost,
+    ChunkProgress,
+    ChunkRequeued,
+    ChunkStart,
+    ChunkUpload,
+    JobEnd,
+    JobEvent,
+    JobResumed,
+    JobStart,
+    Listening,
+    Merge,
+    PeerBenched,
+    Tracks,
+)
 from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
 from swarm.protocol import Assignment as AssignmentMsg
 from swarm.protocol import JobDone
@@ -69,7 +89,12 @@ RESPONSE_GRACE_S = 0.3
 # Encoded output is written to the chunk file in pieces of this size (see _encode_local).
 WRITE_BATCH = 1 << 20
 
-Event = dict[str, Any]
+def tracks_event(t: TrackPlan) -> Tracks:
+    return Tracks(audio=tuple(k.as_dict() for k in t.audio),
+                  subtitles=tuple(k.as_dict() for k in t.subtitles),
+                  attachments=tuple(k.as_dict() for k in t.attachments),
+                  chapters=t.chapters, tags=dict(t.tags),
+                  dropped=tuple(d.as_dict() for d in t.dropped))
 
 
 def output_container(path: str) -> str:
@@ -133,7 +158,7 @@ class JobServer:
 
     def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
                  plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
-                 emit: Callable[[Event], None], local_key: str,
+                 emit: Callable[[JobEvent], None], local_key: str,
                  journal: Journal | None = None, tracks: TrackPlan | None = None) -> None:
         self.job_id = job_id
         self.opts = opts
@@ -193,10 +218,8 @@ class JobServer:
             if self.journal is not None:
                 self.journal.attempt_started(action.attempt, action.chunk,
                                              self.names.get(peer, peer), now - self.t0)
-            self.emit({"event": "chunk_start", "chunk": action.chunk,
-                       "attempt": action.attempt, "peer": self.names.get(peer, peer),
-                       "frames": self.plans[action.chunk].frames,
-                       "remote": peer != self.local_key})
+            self.emit(ChunkStart(action.chunk, action.attempt, self.names.get(peer, peer),
+                                 self.plans[action.chunk].frames, peer != self.local_key))
         return action
 
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
@@ -228,9 +251,8 @@ class JobServer:
             a = self.job.attempts[attempt]
             if fps is None:  # a local slot: its rate since the claim
                 fps = a.frames_done / max(1e-3, time.monotonic() - self.started[attempt])
-            self.emit({"event": "chunk_progress", "chunk": a.chunk, "frames": a.frames_done,
-                       "attempt": attempt, "peer": self.names.get(a.peer, a.peer),
-                       "fps": round(fps, 2)})
+            self.emit(ChunkProgress(a.chunk, a.frames_done, attempt,
+                                    self.names.get(a.peer, a.peer), round(fps, 2)))
         return keep
 
     def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
@@ -257,13 +279,12 @@ class JobServer:
             fate = "another attempt continues"
         else:
             fate = "already done"
-        self.emit({"event": "chunk_failed", "chunk": a.chunk, "attempt": attempt,
-                   "peer": name, "reason": reason, "requeued": bool(requeued),
-                   "fate": fate, "benched": a.peer in self.job.benched})
+        self.emit(ChunkFailed(a.chunk, attempt, name, reason, bool(requeued), fate,
+                              a.peer in self.job.benched))
         if a.peer in self.job.benched and name not in self.left_out:
             why = left_out(self.job, a.peer, self.names)
             self.left_out[name] = why
-            self.emit({"event": "peer_benched", "peer": name, "reason": why})
+            self.emit(PeerBenched(name, why))
         verdict = hopeless_chunk(self.job, a.chunk, now, self.awaited(now))
         if verdict is not None and self.fatal is None:
             self.fatal = verdict
@@ -286,14 +307,14 @@ class JobServer:
         for r in self.job.tick(now):
             self._journal_ended(r.attempt)
             a = self.job.attempts[r.attempt]
-            self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
-                       "peer": self.names.get(a.peer, a.peer), "reason": r.reason})
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(a.peer, a.peer),
+                                    r.reason))
 
     def peer_left(self, peer: str, now: float) -> None:
         for r in self.job.peer_left(peer, now):
             self._journal_ended(r.attempt)
-            self.emit({"event": "chunk_requeued", "chunk": r.chunk, "attempt": r.attempt,
-                       "peer": self.names.get(peer, peer), "reason": r.reason})
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(peer, peer),
+                                    r.reason))
 
     def running_attempt(self, attempt: str, chunk: int | None = None) -> bool:
         a = self.job.attempts.get(attempt)
@@ -329,8 +350,7 @@ class JobServer:
         digest = await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(_unlink, path)
-            self.emit({"event": "chunk_duplicate", "chunk": a.chunk, "attempt": attempt,
-                       "peer": self.names.get(a.peer, a.peer)})
+            self.emit(ChunkDuplicate(a.chunk, attempt, self.names.get(a.peer, a.peer)))
             return False, "chunk already done"
         final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
         os.replace(path, final)
@@ -345,9 +365,8 @@ class JobServer:
             self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in, rec.peer,
                                     rec.encode_s)
             self._journal_ended(*self.job.chunks[a.chunk].attempts)
-        self.emit({"event": "chunk_done", "chunk": a.chunk, "attempt": attempt,
-                   "peer": rec.peer, "encode_s": rec.encode_s, "frames": rec.plan.frames,
-                   "frames_done": self.job.frames_done})
+        self.emit(ChunkDone(a.chunk, attempt, rec.peer, rec.encode_s, rec.plan.frames,
+                            self.job.frames_done))
         if self.job.done:
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
@@ -386,8 +405,7 @@ class JobServer:
         # The attempt id is one of ours (checked above), so it is safe in a file name.
         path = os.path.join(self.workdir, f"recv_{attempt}.nut")
         a = self.job.attempts[attempt]
-        self.emit({"event": "chunk_upload", "chunk": chunk, "attempt": attempt,
-                   "peer": self.names.get(a.peer, a.peer)})
+        self.emit(ChunkUpload(chunk, attempt, self.names.get(a.peer, a.peer)))
         try:
             async with await trio.open_file(path, "wb") as fh:
                 async for piece in iter_body(receive, self._result_limit(chunk)):
@@ -457,8 +475,7 @@ class JobServer:
             if not ok:
                 self.journal.chunk_lost(idx)
                 await trio.to_thread.run_sync(_unlink, path)
-                self.emit({"event": "chunk_lost", "chunk": idx,
-                           "reason": "journalled file missing or altered"})
+                self.emit(ChunkLost(idx, "journalled file missing or altered"))
                 continue
             self.job.restore(idx)
             if self.param_sets is None:
@@ -527,7 +544,7 @@ def _refuse_overwrite(opts: EncodeOptions, ours: str | None = None) -> str | Non
     return stamp
 
 
-async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda e: None
+async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lambda e: None
                      ) -> dict[str, Any]:
     """Encode one file; returns the report. Raises SwarmError subclasses on failure."""
     t_start = time.monotonic()
@@ -584,19 +601,18 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
             server.ffmpegs[server.local_key] = ffmpeg.short_version
             server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
                                 slots=workers)
-        emit({"event": "job_start", "input": opts.input, "output": opts.output,
-              "profile": opts.profile.name, "frames": frames, "chunks": len(plans),
-              "duration_s": info.duration_s, "width": vplan.width, "height": vplan.height,
-              "workers": workers, "ffmpeg": ffmpeg.version, "job_id": job_id,
-              "secret": opts.secret is not None, "network": opts.network, "name": opts.name,
-              "policy": server.job.policy, "peers_seen": seen, "chunk_s": round(chunk_s, 3)})
+        emit(JobStart(input=opts.input, output=opts.output, profile=opts.profile.name,
+                      frames=frames, chunks=len(plans), duration_s=info.duration_s,
+                      width=vplan.width, height=vplan.height, workers=workers,
+                      ffmpeg=ffmpeg.version, job_id=job_id, secret=opts.secret is not None,
+                      network=opts.network, name=opts.name, policy=server.job.policy,
+                      peers_seen=seen, chunk_s=round(chunk_s, 3)))
         # What the output will hold besides the video, and what it cannot (said once).
-        emit({"event": "tracks", **tracks.as_dict()})
+        emit(tracks_event(tracks))
         if resuming:
             await server.restore_from_journal()
-            emit({"event": "job_resumed", "chunks_kept": len(server.restored),
-                  "chunks": sorted(server.restored), "of": len(plans),
-                  "frames_done": server.job.frames_done})
+            emit(JobResumed(len(server.restored), tuple(sorted(server.restored)), len(plans),
+                            server.job.frames_done))
         audio_file = None
         if tracks.audio and opts.profile.audio.codec in AUDIO_COPY_EXACT:
             audio_file = os.path.join(workdir, "audio.mp4")
@@ -615,7 +631,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
                                 ffmpeg, coordinator=True)
                     await nursery.start(node.run)
                     node.jobs[job_id] = server
-                    emit({"event": "listening", "port": node.port})
+                    emit(Listening(node.port))
                     nursery.start_soon(recruit, server, node, opts, emit)
                 for slot in range(workers):
                     nursery.start_soon(_local_worker, server, slot, threads)
@@ -627,7 +643,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
             # Whatever is still to do (the audio) now has the machine to itself.
             server.core_idle.set()
         journal.set("state", "merging")
-        emit({"event": "merge"})
+        emit(Merge())
         tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
         await media.merge(ffmpeg, workdir, [r.file for r in server.records],
                           [p.span_s for p in plans], info, opts.profile, tracks, tmp_out,
@@ -637,7 +653,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[Event], None] = lambda
         journal.set(MERGED_KEY, output_stamp(tmp_out))
         os.replace(tmp_out, opts.output)
         report = _report(server, time.monotonic() - t_start)
-        emit({"event": "job_end", "output": opts.output, "wall_s": report["wall_s"]})
+        emit(JobEnd(opts.output, report["wall_s"]))
         return report
     finally:
         # Success, failure and Ctrl-C all end here and leave nothing; only a crash (SIGKILL,
@@ -747,12 +763,12 @@ async def _audio_when_idle(server: JobServer, out: str) -> None:
     """Encode the audio beside the chunks once a core is free, so that the merge after the
     last chunk only copies (on one node the tail leaves a core idle for about a chunk)."""
     await server.core_idle.wait()
-    server.emit({"event": "audio_start"})
+    server.emit(AudioStart())
     t = time.monotonic()
     await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, server.tracks,
                              out)
     server.audio_s = time.monotonic() - t
-    server.emit({"event": "audio_done", "encode_s": round(server.audio_s, 3)})
+    server.emit(AudioDone(round(server.audio_s, 3)))
 
 
 async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str, int] | None:

@@ -23,9 +23,41 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["JobView", "JoinView", "fmt_duration", "summarize", "summary_table"]
+from swarm.events import (
+    AudioDone,
+    AudioStart,
+    ChunkDone,
+    ChunkDuplicate,
+    ChunkFailed,
+    ChunkLost,
+    ChunkProgress,
+    ChunkRequeued,
+    ChunkStart,
+    ChunkUpload,
+    JobEnd,
+    JobEvent,
+    JobJoined,
+    JobLeft,
+    JobResumed,
+    JobStart,
+    Listening,
+    Merge,
+    NodeEvent,
+    NodeUp,
+    NoPeers,
+    PeerBenched,
+    PeerForeign,
+    PeerJoined,
+    PeerLeft,
+    PeerUnreachable,
+    PyzReady,
+    SlotEnd,
+    SlotProgress,
+    SlotStart,
+    Tracks,
+)
 
-Event = dict[str, Any]
+__all__ = ["JobView", "JoinView", "fmt_duration", "summarize", "summary_table"]
 
 # Peers get a letter (chunk map) and a colour in order of appearance; the 27th peer on
 # wraps around, which only costs the map its colour distinction, never the letter's.
@@ -130,119 +162,121 @@ class JobView:
             self.peers[name] = row
         return row
 
-    def _release(self, e: Event) -> PeerRow | None:
-        row = self.peers.get(e.get("peer", ""))
+    def _release(self, peer: str, attempt: str) -> PeerRow | None:
+        row = self.peers.get(peer)
         if row is not None:
-            row.running.pop(e.get("attempt", ""), None)
+            row.running.pop(attempt, None)
         return row
 
-    def feed(self, e: Event, now: float) -> None:
-        kind = e["event"]
-        if kind == "job_start":
-            self.started = now
-            self.phase = "encoding"
-            self.input, self.output, self.profile = e["input"], e["output"], e["profile"]
-            self.frames, self.width, self.height = e["frames"], e["width"], e["height"]
-            n = e["chunks"]
-            self.chunk_state, self.chunk_peer = ["pending"] * n, [""] * n
-            self.chunk_frames = [0] * n
-            if e.get("workers", 0) > 0:
-                me = self.peer(e.get("name") or "this device")
-                me.local, me.remote = True, False
-                me.arch, me.score = self.local_arch, self.local_score
-        elif kind == "peer_joined":
-            row = self.peer(e["peer"])
-            row.gone = False
-            row.arch, row.score = e.get("arch", ""), e.get("score") or None
-            self._log(now, f"{e['peer']} joined ({e.get('address', '?')})")
-        elif kind == "peer_left":
-            if e["peer"] in self.peers:
-                self.peers[e["peer"]].gone = True
-            self._log(now, f"{e['peer']} left")
-        elif kind == "peer_foreign":
-            self._log(now, f"{e['peer']} not used: {e['why']}")
-        elif kind == "peer_unreachable":
-            self._log(now, f"{e['peer']} unreachable: {e['why']}")
-        elif kind == "peer_benched":
-            self.peer(e["peer"]).benched = True
-            self._log(now, e["reason"])
-        elif kind == "job_resumed":
-            for c in e.get("chunks", []):
+    def feed(self, e: JobEvent, now: float) -> None:
+        match e:
+            case JobStart():
+                self.started = now
+                self.phase = "encoding"
+                self.input, self.output, self.profile = e.input, e.output, e.profile
+                self.frames, self.width, self.height = e.frames, e.width, e.height
+                n = e.chunks
+                self.chunk_state, self.chunk_peer = ["pending"] * n, [""] * n
+                self.chunk_frames = [0] * n
+                if e.workers > 0:
+                    me = self.peer(e.name or "this device")
+                    me.local, me.remote = True, False
+                    me.arch, me.score = self.local_arch, self.local_score
+            case PeerJoined():
+                row = self.peer(e.peer)
+                row.gone = False
+                row.arch, row.score = e.arch, e.score or None
+                self._log(now, f"{e.peer} joined ({e.address})")
+            case PeerLeft():
+                if e.peer in self.peers:
+                    self.peers[e.peer].gone = True
+                self._log(now, f"{e.peer} left")
+            case PeerForeign():
+                self._log(now, f"{e.peer} not used: {e.why}")
+            case PeerUnreachable():
+                self._log(now, f"{e.peer} unreachable: {e.why}")
+            case PeerBenched():
+                self.peer(e.peer).benched = True
+                self._log(now, e.reason)
+            case NoPeers():
+                self.bootstrap = f"{e.bootstrap}  # sha256 {e.sha256}"
+            case JobResumed():
+                for c in e.chunks:
+                    if c < len(self.chunk_state):
+                        self.chunk_state[c] = "kept"
+                self.kept = e.chunks_kept
+                self.frames_done = self.kept_frames = e.frames_done
+                self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
+            case ChunkStart(chunk=c):
+                row = self.peer(e.peer)
+                row.remote = e.remote
+                # A remote peer's ffmpeg fetches the source first; its first progress report
+                # says it is encoding.
+                row.running[e.attempt] = (c, 0, 0.0,
+                                          "downloading" if row.remote else "encoding")
                 if c < len(self.chunk_state):
-                    self.chunk_state[c] = "kept"
-            self.kept = e["chunks_kept"]
-            self.frames_done = self.kept_frames = e["frames_done"]
-            self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
-        elif kind == "no_peers":
-            self.bootstrap = f"{e['bootstrap']}  # sha256 {e['sha256']}"
-        elif kind == "chunk_start":
-            c = e["chunk"]
-            row = self.peer(e["peer"])
-            if "remote" in e:
-                row.remote = bool(e["remote"])
-            # A remote peer's ffmpeg fetches the source first; its first progress report
-            # says it is encoding.
-            row.running[e["attempt"]] = (c, 0, 0.0,
-                                         "downloading" if row.remote else "encoding")
-            if c < len(self.chunk_state):
-                self.chunk_state[c], self.chunk_peer[c] = "running", e["peer"]
-                self.chunk_frames[c] = 0
-        elif kind == "chunk_progress":
-            c = e["chunk"]
-            if c < len(self.chunk_frames) and self.chunk_state[c] == "running":
-                self.chunk_frames[c] = e["frames"]
-            row = self.peers.get(e.get("peer", ""))
-            if row is not None and e.get("attempt") in row.running:
-                row.running[e["attempt"]] = (c, e["frames"], float(e.get("fps", 0.0)),
-                                             "encoding")
-        elif kind == "chunk_upload":
-            row = self.peers.get(e["peer"])
-            if row is not None and e["attempt"] in row.running:
-                c, f, _, _ = row.running[e["attempt"]]
-                row.running[e["attempt"]] = (c, f, 0.0, "uploading")
-        elif kind == "chunk_done":
-            c = e["chunk"]
-            row = self._release(e)
-            if row is not None:
-                row.done += 1
-                row.frames += e.get("frames", 0)
-            if c < len(self.chunk_state):
-                self.chunk_state[c], self.chunk_peer[c] = "done", e["peer"]
-                self.chunk_frames[c] = 0
-            self.frames_done = e["frames_done"]
-        elif kind in ("chunk_failed", "chunk_requeued"):
-            c = e["chunk"]
-            row = self._release(e)
-            self.failures += kind == "chunk_failed"
-            if row is not None:
-                row.failed += kind == "chunk_failed"
-                row.benched = row.benched or bool(e.get("benched"))
-            if c < len(self.chunk_state) and self.chunk_state[c] != "done":
-                if kind == "chunk_requeued" or e.get("requeued"):
-                    self.retries += 1
-                    self.chunk_state[c], self.chunk_peer[c] = "retry", ""
-                self.chunk_frames[c] = 0
-            fate = e.get("fate", "requeued") if kind == "chunk_failed" else "requeued"
-            self._log(now, f"chunk {c} {'failed' if kind == 'chunk_failed' else 'lost'} "
-                           f"on {e.get('peer', '?')}: {e.get('reason', '')}; {fate}")
-        elif kind == "chunk_duplicate":
-            self._log(now, f"chunk {e['chunk']} from {e['peer']}: already done, dropped")
-        elif kind == "listening":
-            self._log(now, f"serving peers on port {e['port']}")
-        elif kind == "audio_start":
-            self._log(now, "encoding the audio beside the chunks")
-        elif kind == "audio_done":
-            self._log(now, f"audio encoded in {e['encode_s']:.1f} s")
-        elif kind == "merge":
-            self.phase = "merging"
-            for row in self.peers.values():
-                row.running.clear()
-            self._log(now, "all chunks in; merging and verifying")
-        elif kind == "job_end":
-            self.phase = "done"
-            self.ended = now
-        if kind in ("chunk_progress", "chunk_done", "job_resumed"):
+                    self.chunk_state[c], self.chunk_peer[c] = "running", e.peer
+                    self.chunk_frames[c] = 0
+            case ChunkProgress(chunk=c):
+                if c < len(self.chunk_frames) and self.chunk_state[c] == "running":
+                    self.chunk_frames[c] = e.frames
+                row = self.peers.get(e.peer)
+                if row is not None and e.attempt in row.running:
+                    row.running[e.attempt] = (c, e.frames, e.fps, "encoding")
+            case ChunkUpload():
+                row = self.peers.get(e.peer)
+                if row is not None and e.attempt in row.running:
+                    c, f, _, _ = row.running[e.attempt]
+                    row.running[e.attempt] = (c, f, 0.0, "uploading")
+            case ChunkDone(chunk=c):
+                row = self._release(e.peer, e.attempt)
+                if row is not None:
+                    row.done += 1
+                    row.frames += e.frames
+                if c < len(self.chunk_state):
+                    self.chunk_state[c], self.chunk_peer[c] = "done", e.peer
+                    self.chunk_frames[c] = 0
+                self.frames_done = e.frames_done
+            case ChunkFailed(chunk=c):
+                row = self._release(e.peer, e.attempt)
+                self.failures += 1
+                if row is not None:
+                    row.failed += 1
+                    row.benched = row.benched or e.benched
+                self._lost(c, e.requeued)
+                self._log(now, f"chunk {c} failed on {e.peer}: {e.reason}; {e.fate}")
+            case ChunkRequeued(chunk=c):
+                self._release(e.peer, e.attempt)
+                self._lost(c, True)
+                self._log(now, f"chunk {c} lost on {e.peer}: {e.reason}; requeued")
+            case ChunkDuplicate():
+                self._log(now, f"chunk {e.chunk} from {e.peer}: already done, dropped")
+            case Listening():
+                self._log(now, f"serving peers on port {e.port}")
+            case AudioStart():
+                self._log(now, "encoding the audio beside the chunks")
+            case AudioDone():
+                self._log(now, f"audio encoded in {e.encode_s:.1f} s")
+            case Merge():
+                self.phase = "merging"
+                for row in self.peers.values():
+                    row.running.clear()
+                self._log(now, "all chunks in; merging and verifying")
+            case JobEnd():
+                self.phase = "done"
+                self.ended = now
+            case Tracks() | ChunkLost():
+                pass
+        if isinstance(e, ChunkProgress | ChunkDone | JobResumed):
             self._sample(now)
+
+    def _lost(self, c: int, requeued: bool) -> None:
+        """Chunk ``c``'s attempt ended without a result; ``requeued``: it waits again."""
+        if c < len(self.chunk_state) and self.chunk_state[c] != "done":
+            if requeued:
+                self.retries += 1
+                self.chunk_state[c], self.chunk_peer[c] = "retry", ""
+            self.chunk_frames[c] = 0
 
     def _sample(self, now: float) -> None:
         self.rate_samples.append((now, self.live_frames()))
@@ -416,39 +450,38 @@ class JoinView:
             return "encoding"
         return "working" if self.coordinator else "idle"
 
-    def feed(self, e: Event, now: float) -> None:
-        kind = e["event"]
-        if kind == "node_up":
-            self.started = now
-            self.name, self.node_id = e["name"], e["node_id"]
-            if e.get("address"):
-                self.address = e["address"]
-            elif not self.address or self.address.endswith(":0"):
-                self.address = f"{self.address.rpartition(':')[0] or '?'}:{e['port']}"
-            self._log(now, f"ready on port {e['port']}")
-        elif kind == "pyz_ready":
-            self.bootstrap, self.pyz_sha256 = e["bootstrap"], e["sha256"]
-        elif kind == "job_joined":
-            self.coordinator, self.job_id = e["coordinator"], e["job_id"]
-            self.jobs += 1
-            self._log(now, f"working for {e['coordinator']}")
-        elif kind == "chunk_start":
-            self.running[e["chunk"]] = (0, 0.0)
-        elif kind == "chunk_progress":
-            self.running[e["chunk"]] = (e["frames"], float(e.get("fps", 0.0)))
-        elif kind == "chunk_end":
-            frames, _ = self.running.pop(e["chunk"], (0, 0.0))
-            frames = e.get("frames", frames)  # the chunk's own count, not the last report
-            if e["outcome"] == "done":
-                self.done += 1
-                self.frames += frames
-            else:
-                self.failed += 1
-            self._log(now, f"chunk {e['chunk']}: {e['outcome']}")
-        elif kind == "job_left":
-            self.coordinator = ""
-            self.running.clear()
-            self._log(now, "job over; idle")
+    def feed(self, e: NodeEvent, now: float) -> None:
+        match e:
+            case NodeUp():
+                self.started = now
+                self.name, self.node_id = e.name, e.node_id
+                if e.address:
+                    self.address = e.address
+                elif not self.address or self.address.endswith(":0"):
+                    self.address = f"{self.address.rpartition(':')[0] or '?'}:{e.port}"
+                self._log(now, f"ready on port {e.port}")
+            case PyzReady():
+                self.bootstrap, self.pyz_sha256 = e.bootstrap, e.sha256
+            case JobJoined():
+                self.coordinator, self.job_id = e.coordinator, e.job_id
+                self.jobs += 1
+                self._log(now, f"working for {e.coordinator}")
+            case SlotStart():
+                self.running[e.chunk] = (0, 0.0)
+            case SlotProgress():
+                self.running[e.chunk] = (e.frames, e.fps)
+            case SlotEnd():
+                self.running.pop(e.chunk, None)
+                if e.outcome == "done":
+                    self.done += 1
+                    self.frames += e.frames  # the chunk's own count, not the last report
+                else:
+                    self.failed += 1
+                self._log(now, f"chunk {e.chunk}: {e.outcome}")
+            case JobLeft():
+                self.coordinator = ""
+                self.running.clear()
+                self._log(now, "job over; idle")
 
     def _log(self, now: float, text: str) -> None:
         t = now - self.started if self.started is not None else 0.0

@@ -29,6 +29,16 @@ from hypercorn.trio import serve
 from chunker.tools import FFmpeg
 from swarm import auth
 from swarm.errors import ProfileError, RemoteProtocolError, UsageError
+from swarm.events import (
+    JobJoined,
+    JobLeft,
+    NodeEvent,
+    NodeUp,
+    PyzReady,
+    SlotEnd,
+    SlotProgress,
+    SlotStart,
+)
 from swarm.presence import PeerRecord
 from swarm.protocol import (
     PROTOCOL_VERSION,
@@ -167,7 +177,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, ffmpeg: FFmpeg, scores: dict[str, float] | None = None,
                  *, coordinator: bool = False,
-                 on_event: Callable[[dict[str, Any]], None] = lambda e: None) -> None:
+                 on_event: Callable[[NodeEvent], None] = lambda e: None) -> None:
         self.config = config
         self.ffmpeg = ffmpeg
         self.scores = dict(scores or {})
@@ -233,8 +243,7 @@ class Node:
                         advertise, self.record(), interfaces=self.config.interfaces))
                 except Exception as exc:  # no multicast-capable interface: --peer still works
                     log.warning("not advertising on mDNS: %s", exc)
-            self.on_event({"event": "node_up", "port": self.port, "name": self.config.name,
-                           "node_id": self.node_id, "address": self.address})
+            self.on_event(NodeUp(self.port, self.config.name, self.node_id, self.address))
             if self.config.serve_pyz:
                 nursery.start_soon(self._build_pyz)
             if self.config.peers:
@@ -256,9 +265,8 @@ class Node:
             return
         finally:
             self._pyz_tried.set()
-        self.on_event({"event": "pyz_ready", "sha256": self.pyz.sha256, "size": self.pyz.size,
-                       "address": self.address,
-                       "bootstrap": pyz_mod.bootstrap_line(self.address)})
+        self.on_event(PyzReady(self.pyz.sha256, self.pyz.size, self.address,
+                               pyz_mod.bootstrap_line(self.address)))
 
     async def _serve_pyz(self, send: Send, head: bool) -> None:
         if self.config.serve_pyz and not self._pyz_tried.is_set():
@@ -308,8 +316,7 @@ class Node:
     async def _work(self, invite: Invite, terms: Any) -> None:
         assert self.work is not None
         work = self.work
-        self.on_event({"event": "job_joined", "job_id": invite.job_id,
-                       "coordinator": invite.coordinator_url})
+        self.on_event(JobJoined(invite.job_id, invite.coordinator_url))
         await self._announce()
         try:
             with work.scope:
@@ -323,19 +330,20 @@ class Node:
                                 on_event=self._slot_event))
         finally:
             self.work = None
-            self.on_event({"event": "job_left", "job_id": invite.job_id})
+            self.on_event(JobLeft(invite.job_id))
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 await self._announce()
 
-    def _slot_event(self, e: dict[str, Any]) -> None:
+    def _slot_event(self, e: NodeEvent) -> None:
         if self.work is not None:
-            if e["event"] == "chunk_start":
-                self.work.chunk, self.work.frames, self.work.fps = e["chunk"], 0, 0.0
-            elif e["event"] == "chunk_progress":
-                self.work.frames, self.work.fps = e["frames"], e["fps"]
-            elif e["event"] == "chunk_end":
-                self.work.chunk = None
-                self.work.done += e["outcome"] == "done"
+            match e:
+                case SlotStart(chunk=chunk):
+                    self.work.chunk, self.work.frames, self.work.fps = chunk, 0, 0.0
+                case SlotProgress(frames=frames, fps=fps):
+                    self.work.frames, self.work.fps = frames, fps
+                case SlotEnd(outcome=outcome):
+                    self.work.chunk = None
+                    self.work.done += outcome == "done"
         self.on_event(e)
 
     # -- HTTP ----------------------------------------------------------------------------

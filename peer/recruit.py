@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -21,6 +21,7 @@ import trio
 from chunker.tools import short_version
 from swarm import auth
 from swarm.errors import RemoteProtocolError, UsageError
+from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
 from swarm.presence import PeerEvent, classify
 from swarm.protocol import PROTOCOL_VERSION, Invite, ResultAck
 
@@ -41,9 +42,6 @@ RECRUIT_EVERY_S = 1.0
 NO_PEER_HINT_S = 5.0
 RECHECK_INVITED_S = 5.0
 MAX_FRUITLESS_INVITES = 3
-
-Event = dict[str, Any]
-
 
 @dataclass(slots=True)
 class _Candidate:
@@ -121,7 +119,7 @@ async def census(opts: EncodeOptions) -> int:
 
 
 async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
-                   emit: Callable[[Event], None]) -> None:
+                   emit: Callable[[JobEvent], None]) -> None:
     """Find peers (mDNS, --peer), invite them, re-invite ones that dropped the job."""
     candidates: dict[str, _Candidate] = {}
     for spec in opts.peers:
@@ -151,12 +149,12 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                     server.peer_left(rec.node_id, trio.current_time())
                     if key in candidates:
                         candidates.pop(key)
-                        emit({"event": "peer_left", "peer": rec.name})
+                        emit(PeerLeft(rec.name))
                     continue
                 verdict = classify(rec, our_fp, PROTOCOL_VERSION)
                 if verdict != "ok":
                     if key not in candidates:
-                        emit({"event": "peer_foreign", "peer": rec.name, "why": verdict})
+                        emit(PeerForeign(rec.name, verdict))
                         candidates[key] = _Candidate(rec.host, rec.port, rec.node_id,
                                                      rec.name, unusable=verdict)
                     continue
@@ -177,7 +175,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 why = str(exc) or type(exc).__name__
                 spec = f"{c.host}:{c.port}"
                 server.unreachable[spec] = why
-                emit({"event": "peer_unreachable", "peer": spec, "why": why})
+                emit(PeerUnreachable(spec, why))
             return
         if info.node_id == node.node_id:
             c.unusable = "ourselves"
@@ -187,7 +185,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             return
         if opts.profile.video.codec not in info.encoders:
             c.unusable = f"lacks {opts.profile.video.codec}"
-            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
+            emit(PeerForeign(info.name, c.unusable))
             return
         c.busy = info.state != "idle" and info.job_id != server.job_id
         if c.busy:
@@ -196,7 +194,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             # It accepts invites but never claims: typically an open node asked by a
             # coordinator with a secret (its unsigned claims get 401). Stop asking.
             c.unusable = "accepts invites but never claims (another secret?)"
-            emit({"event": "peer_foreign", "peer": info.name, "why": c.unusable})
+            emit(PeerForeign(info.name, c.unusable))
             return
         c.invites += 1
         url = f"http://{_local_ip_for(c.host)}:{node.port}"
@@ -207,7 +205,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         except (httpx.HTTPError, RemoteProtocolError) as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
                 c.unusable = str(exc)
-                emit({"event": "peer_foreign", "peer": info.name, "why": str(exc)})
+                emit(PeerForeign(info.name, str(exc)))
             return
         assert isinstance(ack, ResultAck)
         if ack.accepted and not c.invited:
@@ -220,9 +218,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 server.scores[info.node_id] = score
             server.slots[info.node_id] = info.slots
             server.ffmpegs[info.node_id] = short_version(info.ffmpeg)
-            emit({"event": "peer_joined", "peer": info.name, "address": c.base,
-                  "arch": info.arch, "ffmpeg": info.ffmpeg, "cpus": info.cpus,
-                  "score": info.scores.get(opts.profile.name, 0.0)})
+            emit(PeerJoined(info.name, c.base, info.arch, info.ffmpeg, info.cpus,
+                            info.scores.get(opts.profile.name, 0.0)))
 
     hint_at: float | None = trio.current_time() + NO_PEER_HINT_S
 
@@ -232,8 +229,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             hint_at = None  # a peer took part: the hint is moot for the rest of the job
         elif hint_at is not None and now >= hint_at and node.pyz is not None:
             hint_at = None
-            emit({"event": "no_peers", "after_s": NO_PEER_HINT_S, "address": node.address,
-                  "bootstrap": bootstrap_line(node.address), "sha256": node.pyz.sha256})
+            emit(NoPeers(NO_PEER_HINT_S, node.address, bootstrap_line(node.address),
+                         node.pyz.sha256))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
         try:

@@ -28,6 +28,7 @@ from profiles import Profile
 from profiles.profile import MAX_BOX
 from swarm import auth
 from swarm.errors import EncodeError, ProfileError, RemoteProtocolError
+from swarm.events import NodeEvent, SlotEnd, SlotProgress, SlotStart
 from swarm.protocol import (
     MAX_REASON,
     Assignment,
@@ -102,7 +103,7 @@ def accept_invite(invite: Invite) -> JobTerms:
 
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                    on_event: Callable[[dict[str, object]], None] = lambda e: None) -> None:
+                    on_event: Callable[[NodeEvent], None] = lambda e: None) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone."""
     last_ok = trio.current_time()
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
@@ -151,7 +152,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             await trio.sleep(reply.retry_after_s)
             continue
         assert isinstance(reply, Assignment)
-        on_event({"event": "chunk_start", "chunk": reply.chunk, "attempt": reply.attempt})
+        on_event(SlotStart(reply.chunk, reply.attempt))
         stop = trio.Event()
         outcome = "gone"
         async with trio.open_nursery() as nursery:
@@ -168,8 +169,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             return
         # The chunk's frames: progress reports come every second, so the last one may have
         # counted a third of a short chunk.
-        on_event({"event": "chunk_end", "chunk": reply.chunk, "outcome": outcome,
-                  "frames": reply.frames})
+        on_event(SlotEnd(reply.chunk, outcome, reply.frames))
         last_ok = trio.current_time()
 
 
@@ -203,7 +203,7 @@ async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignm
 
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                   on_event: Callable[[dict[str, object]], None]) -> str:
+                   on_event: Callable[[NodeEvent], None]) -> str:
     token = auth.url_token(secret, a.source_path, a.attempt)
     source = f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
     argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, source, a.seek_s,
@@ -259,8 +259,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
                     attempt_scope.cancel()
                     return
                 continue
-            on_event({"event": "chunk_progress", "chunk": a.chunk, "frames": frames,
-                      "fps": frames / elapsed})
+            on_event(SlotProgress(a.chunk, frames, frames / elapsed))
             assert isinstance(ack, ProgressAck)
             if not ack.keep:
                 attempt_scope.cancel()  # replaced or the job is over: stop encoding now

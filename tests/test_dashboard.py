@@ -21,16 +21,76 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_events import job_events
 from rich.console import Console
 
 from media import FFMPEG
 from peer.dashboard import JobView, JoinView, summarize, summary_table
 from peer.report_html import OUTCOME_COLOURS, build_html, lanes
+from swarm.events import (
+    AudioDone,
+    AudioStart,
+    ChunkDone,
+    ChunkFailed,
+    ChunkProgress,
+    ChunkStart,
+    ChunkUpload,
+    JobEnd,
+    JobEvent,
+    JobJoined,
+    JobResumed,
+    JobStart,
+    Listening,
+    Merge,
+    NodeUp,
+    PeerJoined,
+    PeerLeft,
+    SlotEnd,
+    SlotProgress,
+    SlotStart,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
 SIZES = [(80, 24), (160, 40)]
+
+
+def _job_start(*, input: str = "a.mp4", output: str = "b.mp4", frames: int, chunks: int,
+               workers: int, name: str = "alpha") -> JobStart:
+    return JobStart(input=input, output=output, profile="hd", frames=frames, chunks=chunks,
+                    duration_s=chunks * 4.0, width=1280, height=720, workers=workers,
+                    ffmpeg="7.0", job_id="j1", secret=True, network=True, name=name,
+                    policy="swarm", peers_seen=0, chunk_s=4.0)
+
+
+def job_events(chunks: int = 24) -> list[tuple[float, JobEvent]]:
+    """A three-peer job as its producers report it (times in seconds): alpha (this
+    device, 2 slots), bravo and charlie (remote; charlie fails and leaves)."""
+    out: list[tuple[float, JobEvent]] = [(0.0, _job_start(
+        input="holiday-2024-final-cut.mov", output="holiday-2024-final-cut.hd.mp4",
+        frames=chunks * 100, chunks=chunks, workers=2))]
+    out.append((0.1, Listening(7800)))
+    out.append((0.5, PeerJoined("bravo", "http://10.0.0.2:7800", "aarch64", "7.0", 8, 41e6)))
+    out.append((0.6, PeerJoined("charlie-with-a-very-long-hostname", "http://10.0.0.3:7800",
+                                "x86_64", "7.0", 4, 0.0)))
+    peers = ["alpha", "alpha", "bravo", "charlie-with-a-very-long-hostname"]
+    t = 1.0
+    for c in range(chunks - 6):
+        peer = peers[c % len(peers)]
+        att = f"c{c:05d}a001"
+        out.append((t, ChunkStart(c, att, peer, 100, peer != "alpha")))
+        out.append((t + 0.5, ChunkProgress(c, 50, att, peer, 100.0)))
+        if peer.startswith("charlie") and c > 8:
+            out.append((t + 0.7, ChunkFailed(c, att, peer, "ffmpeg exited 1", True,
+                                             "requeued", c > 12)))
+        elif c < chunks - 10:
+            if peer == "bravo":
+                out.append((t + 0.8, ChunkUpload(c, att, peer)))
+            out.append((t + 1.0, ChunkDone(c, att, peer, 1.0, 100, 100 * (c + 1))))
+        t += 0.3
+    out.append((t, PeerLeft("charlie-with-a-very-long-hostname")))
+    out.append((t + 0.1, AudioStart()))
+    out.append((t + 1.4, AudioDone(1.3)))
+    return out
 
 
 def _render(renderable: Any, width: int, height: int) -> str:
@@ -84,14 +144,10 @@ def test_every_intermediate_state_renders_within_the_terminal(width: int, height
 
 def test_many_peers_and_chunks_still_fit_24_lines() -> None:
     view = JobView()
-    view.feed({"event": "job_start", "input": "a.mp4", "output": "b.mp4", "profile": "hd",
-               "frames": 100000, "chunks": 1000, "width": 1280, "height": 720, "workers": 0},
-              0.0)
+    view.feed(_job_start(frames=100000, chunks=1000, workers=0), 0.0)
     for i in range(30):
-        view.feed({"event": "peer_joined", "peer": f"node{i:02d}", "address": "x",
-                   "arch": "arm64", "score": 1e7}, 0.1)
-        view.feed({"event": "chunk_start", "chunk": i, "attempt": f"a{i}",
-                   "peer": f"node{i:02d}", "remote": True}, 0.2)
+        view.feed(PeerJoined(f"node{i:02d}", "x", "arm64", "7.0", 4, 1e7), 0.1)
+        view.feed(ChunkStart(i, f"a{i}", f"node{i:02d}", 100, True), 0.2)
     text = _render(view.render(5.0, 80, 24), 80, 24)
     _fits(text, 80, 24)
     assert "more" in text and "…" in text  # peers and chunk map both clipped, not wrapped
@@ -101,13 +157,13 @@ def test_many_peers_and_chunks_still_fit_24_lines() -> None:
 def test_join_dashboard() -> None:
     view = JoinView(address="10.0.0.7:0", score=42e6, score_profile="hd")
     for t, e in enumerate([
-            {"event": "node_up", "port": 7800, "name": "bravo", "node_id": "ab12cd34"},
-            {"event": "job_joined", "job_id": "j1", "coordinator": "http://10.0.0.1:7800"},
-            {"event": "chunk_start", "chunk": 3, "attempt": "c00003a001"},
-            {"event": "chunk_progress", "chunk": 3, "frames": 40, "fps": 81.5},
-            {"event": "chunk_end", "chunk": 3, "outcome": "done"},
-            {"event": "chunk_start", "chunk": 7, "attempt": "c00007a001"},
-            {"event": "chunk_progress", "chunk": 7, "frames": 12, "fps": 60.0}]):
+            NodeUp(7800, "bravo", "ab12cd34", ""),  # no address: the view keeps its own
+            JobJoined("j1", "http://10.0.0.1:7800"),
+            SlotStart(3, "c00003a001"),
+            SlotProgress(3, 40, 81.5),
+            SlotEnd(3, "done", 40),
+            SlotStart(7, "c00007a001"),
+            SlotProgress(7, 12, 60.0)]):
         view.feed(e, float(t))
     for width, height in SIZES:
         text = _render(view.render(10.0, width, height), width, height)
@@ -158,16 +214,13 @@ def test_summary_per_peer_and_speedup() -> None:
 
 
 def _start(view: JobView, chunks: int, frames: int, now: float = 0.0) -> None:
-    view.feed({"event": "job_start", "input": "a.mp4", "output": "b.mp4", "profile": "hd",
-               "frames": frames, "chunks": chunks, "width": 1280, "height": 720,
-               "workers": 2, "name": "alpha"}, now)
+    view.feed(_job_start(frames=frames, chunks=chunks, workers=2), now)
 
 
 def test_a_resumed_job_shows_its_kept_chunks_as_done() -> None:
     view = JobView()
     _start(view, 4, 400)
-    view.feed({"event": "job_resumed", "chunks_kept": 3, "chunks": [0, 1, 3], "of": 4,
-               "frames_done": 300}, 0.1)
+    view.feed(JobResumed(3, (0, 1, 3), 4, 300), 0.1)
     text = _render(view.render(1.0, 80, 24), 80, 24)
     assert "chunks 3/4 done" in text and "==.=" in text, text
     assert "resumed: 3 of 4 chunks kept" in text and "300/400" in text, text
@@ -201,33 +254,28 @@ def test_eta_follows_the_recent_rate_and_100_percent_waits_for_the_verified_outp
     _start(view, 3, 900)
     # Start-up (probe, ffmpeg launch) takes 1.5 s; then 100 fps, so the job's encode ends
     # at 10.5 s.
-    view.feed({"event": "chunk_start", "chunk": 0, "attempt": "a0", "peer": "alpha",
-               "frames": 900, "remote": False}, 1.5)
+    view.feed(ChunkStart(0, "a0", "alpha", 900, False), 1.5)
     for t in (2.0, 2.5, 3.0):
-        view.feed({"event": "chunk_progress", "chunk": 0, "frames": round((t - 1.5) * 100),
-                   "attempt": "a0", "peer": "alpha", "fps": 100.0}, t)
+        view.feed(ChunkProgress(0, round((t - 1.5) * 100), "a0", "alpha", 100.0), t)
     eta = view.eta(3.0)
     assert eta is not None and abs(eta - 7.5) < 0.5, eta  # the rate since 0 said 15 s
-    view.feed({"event": "chunk_progress", "chunk": 0, "frames": 900, "attempt": "a0",
-               "peer": "alpha", "fps": 100.0}, 10.5)
+    view.feed(ChunkProgress(0, 900, "a0", "alpha", 100.0), 10.5)
     assert "100.0%" not in _render(view.render(10.6, 80, 24), 80, 24)  # still checked
-    view.feed({"event": "chunk_done", "chunk": 0, "attempt": "a0", "peer": "alpha",
-               "encode_s": 9.0, "frames": 900, "frames_done": 900}, 10.8)
-    view.feed({"event": "merge"}, 10.9)
+    view.feed(ChunkDone(0, "a0", "alpha", 9.0, 900, 900), 10.8)
+    view.feed(Merge(), 10.9)
     assert "100.0%" not in _render(view.render(11.0, 80, 24), 80, 24)  # merging
-    view.feed({"event": "job_end", "output": "b.mp4", "wall_s": 11.5}, 11.5)
+    view.feed(JobEnd("b.mp4", 11.5), 11.5)
     assert "100.0%" in _render(view.render(11.6, 80, 24), 80, 24)
 
 
 def test_join_totals_count_each_chunk_by_its_frames() -> None:
     view = JoinView(address="10.0.0.7:7800")
-    view.feed({"event": "node_up", "port": 7800, "name": "bravo", "node_id": "ab12"}, 0.0)
+    view.feed(NodeUp(7800, "bravo", "ab12", "10.0.0.7:7800"), 0.0)
     for c in range(4):
-        view.feed({"event": "chunk_start", "chunk": c, "attempt": f"c{c}a1"}, 1.0 + c)
+        view.feed(SlotStart(c, f"c{c}a1"), 1.0 + c)
         # The last progress report came a third of the way through the 50-frame chunk.
-        view.feed({"event": "chunk_progress", "chunk": c, "frames": 16, "fps": 30.0}, 1.5 + c)
-        view.feed({"event": "chunk_end", "chunk": c, "outcome": "done", "frames": 50},
-                  2.0 + c)
+        view.feed(SlotProgress(c, 16, 30.0), 1.5 + c)
+        view.feed(SlotEnd(c, "done", 50), 2.0 + c)
     text = _render(view.render(9.0, 80, 24), 80, 24)
     assert "4 chunk(s), 200 frames" in text, text
 

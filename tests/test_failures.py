@@ -29,6 +29,7 @@ from cli import _Plain
 from media import FFMPEG
 from peer.coordinator import EncodeOptions, JobServer
 from profiles import load_profile
+from swarm.events import ChunkFailed, JobEvent
 from swarm.job import Assign
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ def test_a_chunk_failing_the_same_way_here_and_on_a_peer_ends_the_job(job: Path)
 
 
 # -- what is said about a chunk whose attempt ended -------------------------------------------
-def _server(events: list[dict[str, Any]]) -> JobServer:
+def _server(events: list[JobEvent]) -> JobServer:
     tb = Fraction(1, 25 * 512)
     video = VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
                       time_base=tb, pts=tuple(i * 512 for i in range(100)),
@@ -149,7 +150,7 @@ def _server(events: list[dict[str, Any]]) -> JobServer:
 
 def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
         capsys: pytest.CaptureFixture[str]) -> None:
-    events: list[dict[str, Any]] = []
+    events: list[JobEvent] = []
 
     async def main() -> None:
         server = _server(events)
@@ -173,5 +174,5 @@ def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
     assert "dropped" not in err, err
     assert "chunk 0 requeued from bravo (peer left)" in err, err
     assert "chunk 0 failed on alpha (chunk 0 failed: killed); requeued" in err, err
-    failed = [e for e in events if e["event"] == "chunk_failed"]
-    assert [e["peer"] for e in failed] == ["alpha"]
+    failed = [e for e in events if isinstance(e, ChunkFailed)]
+    assert [e.peer for e in failed] == ["alpha"]

@@ -33,6 +33,7 @@ from netns import lan, requires_netns
 from peer import pyz
 from peer.dashboard import JobView, JoinView
 from peer.node import PYZ_DIGEST_HEADER, PYZ_PIECE, Node, NodeConfig
+from swarm.events import NodeUp, NoPeers, PyzReady
 from swarm.protocol import NodeInfo, decode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,14 +280,11 @@ def test_dashboards_show_the_whole_line() -> None:
         return "".join(con.export_text().split("\n"))  # folded lines joined back
 
     join = JoinView()
-    join.feed({"event": "node_up", "port": 7800, "name": "pi", "node_id": "ab12cd34",
-               "address": "10.77.0.10:7800"}, 0.0)
-    join.feed({"event": "pyz_ready", "sha256": sha, "size": 4_000_000,
-               "address": "10.77.0.10:7800", "bootstrap": line}, 1.0)
+    join.feed(NodeUp(7800, "pi", "ab12cd34", "10.77.0.10:7800"), 0.0)
+    join.feed(PyzReady(sha, 4_000_000, "10.77.0.10:7800", line), 1.0)
     for width in (60, 120):
         text = render(join, width)
         assert "10.77.0.10:7800" in text and line in text and f"# sha256 {sha}" in text
     job = JobView()
-    job.feed({"event": "no_peers", "after_s": 5.0, "address": "10.77.0.10:7800",
-              "bootstrap": line, "sha256": sha}, 5.0)
+    job.feed(NoPeers(5.0, "10.77.0.10:7800", line, sha), 5.0)
     assert line in render(job, 60)

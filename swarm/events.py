@@ -1,0 +1,320 @@
+"""What a job and a node report as they run: one frozen dataclass per kind of event.
+
+Producers (``peer.jobserver``, ``peer.encode``, ``peer.recruit``, ``peer.node``,
+``peer.worker``) build these; consumers (the dashboards, the plain and JSON sinks of
+``cli.py``) ``match`` on them. ``kind`` is the name the JSON lines of ``--json`` carry as
+``"event"``; ``as_json`` gives exactly the fields, in the order, that those lines always had.
+
+A coordinator and a peer both report a chunk starting and progressing, with what each
+knows: the coordinator knows who holds it (``ChunkStart``, ``ChunkProgress``), a peer's
+slot only its own work (``SlotStart``, ``SlotProgress``, ``SlotEnd``). They share the
+``kind`` names of the JSON lines but are different events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+__all__ = [
+    "AudioDone", "AudioStart", "ChunkDone", "ChunkDuplicate", "ChunkFailed", "ChunkLost",
+    "ChunkProgress", "ChunkRequeued", "ChunkStart", "ChunkUpload", "JobEnd", "JobEvent",
+    "JobJoined", "JobLeft", "JobResumed", "JobStart", "Listening", "Merge", "NoPeers",
+    "NodeEvent", "NodeUp", "PeerBenched", "PeerForeign", "PeerJoined", "PeerLeft",
+    "PeerUnreachable", "PyzReady",
+    "SlotEnd", "SlotProgress", "SlotStart", "Tracks", "as_json",
+]
+
+# A track as ``chunker.tracks`` describes it for the report (plain JSON values).
+TrackFields = dict[str, object]
+
+
+# -- a job, as its coordinator sees it -----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class JobStart:
+    kind: ClassVar[str] = "job_start"
+    input: str
+    output: str
+    profile: str
+    frames: int
+    chunks: int
+    duration_s: float
+    width: int
+    height: int
+    workers: int  # local encoder slots
+    ffmpeg: str  # its version
+    job_id: str
+    secret: bool  # whether the swarm is closed
+    network: bool
+    name: str  # this device's name
+    policy: str
+    peers_seen: int  # idle peers that answered mDNS before the plan
+    chunk_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tracks:
+    """Every track of the output besides the video, and what is left out (``TrackPlan``)."""
+
+    kind: ClassVar[str] = "tracks"
+    audio: tuple[TrackFields, ...]
+    subtitles: tuple[TrackFields, ...]
+    attachments: tuple[TrackFields, ...]
+    chapters: int
+    tags: dict[str, str]
+    dropped: tuple[TrackFields, ...]  # each with "chosen" and "message"
+
+
+@dataclass(frozen=True, slots=True)
+class JobResumed:
+    kind: ClassVar[str] = "job_resumed"
+    chunks_kept: int
+    chunks: tuple[int, ...]  # the kept ones
+    of: int
+    frames_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    kind: ClassVar[str] = "listening"
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStart:
+    """A chunk handed to an encoder (a local slot, or a peer when ``remote``)."""
+
+    kind: ClassVar[str] = "chunk_start"
+    chunk: int
+    attempt: str
+    peer: str
+    frames: int
+    remote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkProgress:
+    kind: ClassVar[str] = "chunk_progress"
+    chunk: int
+    frames: int  # encoded so far
+    attempt: str
+    peer: str
+    fps: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUpload:
+    """A peer started sending the encoded chunk back."""
+
+    kind: ClassVar[str] = "chunk_upload"
+    chunk: int
+    attempt: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """A chunk verified and kept."""
+
+    kind: ClassVar[str] = "chunk_done"
+    chunk: int
+    attempt: str
+    peer: str
+    encode_s: float
+    frames: int
+    frames_done: int  # in the whole job
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFailed:
+    kind: ClassVar[str] = "chunk_failed"
+    chunk: int
+    attempt: str
+    peer: str
+    reason: str
+    requeued: bool
+    fate: str  # "requeued", "another attempt continues" or "already done"
+    benched: bool  # the peer gets no more work
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequeued:
+    """An attempt lost (lease expired, its peer left): the chunk goes back to the queue."""
+
+    kind: ClassVar[str] = "chunk_requeued"
+    chunk: int
+    attempt: str
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDuplicate:
+    """A valid result for a chunk another attempt already delivered: dropped."""
+
+    kind: ClassVar[str] = "chunk_duplicate"
+    chunk: int
+    attempt: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLost:
+    """A journalled chunk of a crashed run whose file no longer verifies: encoded again."""
+
+    kind: ClassVar[str] = "chunk_lost"
+    chunk: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBenched:
+    kind: ClassVar[str] = "peer_benched"
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJoined:
+    kind: ClassVar[str] = "peer_joined"
+    peer: str
+    address: str
+    arch: str
+    ffmpeg: str  # its version, as its /v1/info says
+    cpus: int
+    score: float  # for the job's profile; 0.0: not benchmarked
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLeft:
+    kind: ClassVar[str] = "peer_left"
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerForeign:
+    """A peer seen but not used (another swarm, lacks the codec, never claims...)."""
+
+    kind: ClassVar[str] = "peer_foreign"
+    peer: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """A ``--peer HOST:PORT`` that did not answer (said once; it is still tried)."""
+
+    kind: ClassVar[str] = "peer_unreachable"
+    peer: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStart:
+    kind: ClassVar[str] = "audio_start"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    kind: ClassVar[str] = "audio_done"
+    encode_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    kind: ClassVar[str] = "merge"
+
+
+@dataclass(frozen=True, slots=True)
+class NoPeers:
+    """No peer took part after ``after_s``: how to add a device (fetch swarm.pyz from us)."""
+
+    kind: ClassVar[str] = "no_peers"
+    after_s: float
+    address: str  # HOST:PORT of this node on the LAN
+    bootstrap: str  # the command line to run on the other device
+    sha256: str  # of the swarm.pyz it fetches
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnd:
+    """The merged output verified and in place."""
+
+    kind: ClassVar[str] = "job_end"
+    output: str
+    wall_s: float
+
+
+JobEvent = (JobStart | Tracks | JobResumed | Listening | ChunkStart | ChunkProgress
+            | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkDuplicate
+            | ChunkLost | PeerBenched | PeerJoined | PeerLeft | PeerForeign | PeerUnreachable
+            | NoPeers | AudioStart | AudioDone | Merge | JobEnd)
+
+
+# -- a node, as `swarm join` sees it --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeUp:
+    kind: ClassVar[str] = "node_up"
+    port: int
+    name: str
+    node_id: str
+    address: str  # HOST:PORT as other devices on the LAN reach it
+
+
+@dataclass(frozen=True, slots=True)
+class PyzReady:
+    """This node serves swarm.pyz (GET /swarm.pyz): how another device joins."""
+
+    kind: ClassVar[str] = "pyz_ready"
+    sha256: str
+    size: int
+    address: str
+    bootstrap: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobJoined:
+    kind: ClassVar[str] = "job_joined"
+    job_id: str
+    coordinator: str  # its URL
+
+
+@dataclass(frozen=True, slots=True)
+class JobLeft:
+    kind: ClassVar[str] = "job_left"
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStart:
+    """One of this node's slots started a chunk."""
+
+    kind: ClassVar[str] = "chunk_start"
+    chunk: int
+    attempt: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotProgress:
+    kind: ClassVar[str] = "chunk_progress"
+    chunk: int
+    frames: int
+    fps: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlotEnd:
+    kind: ClassVar[str] = "chunk_end"
+    chunk: int
+    outcome: str  # "done", "failed", "cancelled", "refused: ...", "upload failed: ..."
+    frames: int  # the chunk's own count (the last progress report may be older)
+
+
+NodeEvent = NodeUp | PyzReady | JobJoined | JobLeft | SlotStart | SlotProgress | SlotEnd
+
+Event = JobEvent | NodeEvent
+
+
+def as_json(event: Event, t: float) -> dict[str, object]:
+    """The JSON line of ``--json``: ``event`` (the kind), ``t``, then the fields in order."""
+    return {"event": event.kind, "t": t} | asdict(event)
