@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
+from swarm.config import Environment
 from swarm.errors import SwarmError, UsageError
 from swarm.events import (
     AudioDone,
@@ -371,15 +372,10 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     _check_writable("--report-html", report_html)
     for spec in options.get("peers", []):
         parse_peer(spec)
-    # Not an option: users never need it. Multi-host tests shorten the lease (15 s) so a
-    # peer cut off mid-chunk gives its chunk back within their time budget.
-    if lease := os.environ.get("SWARM_LEASE_S"):
-        options["lease_s"] = float(lease)
-    # Benchmarks compare our scheduler with the baselines; users keep the default.
-    policy = os.environ.get("SWARM_SCHEDULER", "swarm")
-    if policy not in ("swarm", "fifo", "equal"):
-        raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
-    options["policy"] = policy
+    # The one place the SWARM_* settings of an encode are read (see swarm.config).
+    env = Environment.from_environ(os.environ)
+    options["policy"] = env.scheduler
+    options["timings"] = env.timings()
     opts = EncodeOptions(input=input, output=out, profile=prof, **options)
     mode = _output_mode(quiet, as_json)
     human = mode in ("live", "plain")
@@ -417,8 +413,8 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
             _tolerating_dead_pipes(sink.close)
     summary: dict[str, Any] = {}
     if mode != "quiet" or report_html is not None:
-        from peer.coordinator import default_workers
         from peer.dashboard import summarize
+        from peer.host import default_workers
 
         summary = summarize(result, score, local_slots=opts.workers or default_workers(),
                             box=(prof.video.width, prof.video.height))

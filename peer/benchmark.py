@@ -56,7 +56,7 @@ from chunker.tools import FFmpeg
 from profiles import Profile
 from swarm.errors import EncodeError, UsageError
 
-from .coordinator import default_workers
+from .host import default_workers
 from .proc import run_ffmpeg
 
 __all__ = [

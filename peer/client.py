@@ -1,23 +1,37 @@
 """Signed msgpack calls from one node to another, over httpx.
 
 Every request but ``GET /v1/info`` is signed when the swarm has a secret (swarm.auth);
-every reply is decoded and validated (swarm.protocol) before anyone acts on it.
+every reply is decoded and validated (swarm.protocol) before anyone acts on it. This is
+where httpx's errors become ``swarm.errors.TransportError``: callers catch ``PeerError``
+(the network or the other node failed us) and never import httpx's exceptions.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import httpx
 
 from swarm import auth
-from swarm.errors import RemoteProtocolError
+from swarm.errors import RemoteProtocolError, TransportError
 from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, NodeInfo, decode, encode
 
-__all__ = ["call", "fetch_info", "signed_headers"]
+__all__ = ["call", "fetch_info", "signed_headers", "transport_errors"]
 
 M = TypeVar("M", bound=Message)
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Map httpx's errors (connect, read, write, timeouts, a broken stream) into ours,
+    keeping the message and chaining the original."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise TransportError(str(exc) or type(exc).__name__) from exc
 
 
 def signed_headers(secret: str | None, method: str, target: str, digest: str
@@ -28,7 +42,7 @@ def signed_headers(secret: str | None, method: str, target: str, digest: str
 async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
                msg: Message | None, expected: tuple[type[Message], ...], base: str = ""
                ) -> Message:
-    """One control request; raises httpx errors (network) or RemoteProtocolError (reply).
+    """One control request; raises TransportError (network) or RemoteProtocolError (reply).
 
     ``target`` is the path (and query) that is signed; ``base`` the scheme and authority,
     when the client has no base URL of its own.
@@ -36,7 +50,8 @@ async def call(client: httpx.AsyncClient, secret: str | None, method: str, targe
     body = encode(msg) if msg is not None else b""
     headers = signed_headers(secret, method, target, auth.body_digest(body))
     headers["content-type"] = CONTENT_TYPE
-    resp = await client.request(method, base + target, content=body, headers=headers)
+    with transport_errors():
+        resp = await client.request(method, base + target, content=body, headers=headers)
     if resp.status_code >= 300:
         raise RemoteProtocolError(
             f"{method} {target.split('?')[0]}: {resp.status_code} {resp.text[:120].strip()}",
@@ -47,7 +62,8 @@ async def call(client: httpx.AsyncClient, secret: str | None, method: str, targe
 
 
 async def fetch_info(client: httpx.AsyncClient, base_url: str) -> NodeInfo:
-    resp = await client.get(f"{base_url}/v1/info")
+    with transport_errors():
+        resp = await client.get(f"{base_url}/v1/info")
     if resp.status_code != 200:
         raise RemoteProtocolError(f"{base_url}: /v1/info answered {resp.status_code}")
     return decode(resp.content, NodeInfo)

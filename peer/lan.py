@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 
-__all__ = ["lan_address", "up_ipv4_addresses"]
+__all__ = ["lan_address", "route_address", "up_ipv4_addresses"]
 
 # TEST-NET-1: a UDP connect there picks the default route's source address and sends nothing.
 _PROBE = ("192.0.2.1", 9)
@@ -60,3 +60,14 @@ def lan_address() -> str:
             pass
     found = up_ipv4_addresses()
     return found[0] if found else "127.0.0.1"
+
+
+def route_address(toward: str, *, fallback: str = "127.0.0.1") -> str:
+    """Our address on the route to ``toward`` (what an invite tells that peer to call
+    back), or ``fallback`` with no route there. A UDP connect sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((toward, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return fallback

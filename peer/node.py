@@ -2,7 +2,7 @@
 
 A node serves every caller ``GET /v1/info``; takes invites and works for one coordinator at
 a time (peer role); and, while it coordinates a job, serves that job's claims, source,
-progress and results (coordinator role, state in ``peer.coordinator.JobServer``). Every
+progress and results (coordinator role, state in ``peer.jobserver.JobServer``). Every
 request other than /v1/info is signed when the swarm has a secret; every body is bounded;
 a bad request gets a 4xx and the node carries on.
 """
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -28,7 +28,8 @@ from hypercorn.trio import serve
 
 from chunker.tools import FFmpeg
 from swarm import auth
-from swarm.errors import ProfileError, RemoteProtocolError, UsageError
+from swarm.config import Timings
+from swarm.errors import PeerError, ProfileError, RemoteProtocolError, UsageError
 from swarm.events import (
     JobJoined,
     JobLeft,
@@ -72,10 +73,7 @@ from .http import (
 from .lan import lan_address
 from .worker import accept_invite, work_slot
 
-if TYPE_CHECKING:
-    from .coordinator import JobServer
-
-__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "Node", "NodeConfig", "check_port"]
+__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "check_port"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +157,28 @@ class NodeConfig:
     peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
     peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
     serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
+    timings: Timings = field(default_factory=Timings)  # how long a coordinator may be silent
+
+
+class JobEndpoints(Protocol):
+    """What the routes under /v1/jobs/ID/ need of a job this node coordinates
+    (``peer.jobserver.JobServer``). Each answers a peer's request; ``now`` is trio's clock."""
+
+    def claim_remote(self, node_id: str, now: float, prefetch: bool = False
+                     ) -> AssignmentMsg | Wait | JobDone: ...
+
+    def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
+                        now: float) -> bool: ...
+
+    def running_attempt(self, attempt: str, chunk: int | None = None) -> bool: ...
+
+    def fail(self, attempt: str, reason: str) -> None: ...
+
+    async def serve_source(self, attempt: str, request: Request, send: Send,
+                           head: bool) -> None: ...
+
+    async def receive_result(self, attempt: str, chunk: int, request: Request,
+                             receive: Receive) -> tuple[bool, str]: ...
 
 
 @dataclass(slots=True)
@@ -183,7 +203,7 @@ class Node:
         self.scores = dict(scores or {})
         self.node_id = secrets.token_hex(8)
         self.coordinator = coordinator
-        self.jobs: dict[str, JobServer] = {}
+        self.jobs: dict[str, JobEndpoints] = {}
         self.work: _Work | None = None
         self.port = 0
         self.on_event = on_event
@@ -301,7 +321,7 @@ class Node:
                             await call(client, self.config.secret, "POST", "/v1/hello",
                                        Hello(self.node_id, self.port), (ResultAck,),
                                        base=f"http://{host}:{port}")
-                        except (httpx.HTTPError, RemoteProtocolError) as exc:
+                        except PeerError as exc:
                             log.debug("hello to %s:%d: %s", host, port, exc)
                 await trio.sleep(GREET_EVERY_S)
 
@@ -327,7 +347,7 @@ class Node:
                             slots.start_soon(partial(
                                 work_slot, terms, node_id=self.node_id, slot=slot,
                                 secret=self.config.secret, ffmpeg=self.ffmpeg, client=client,
-                                on_event=self._slot_event))
+                                on_event=self._slot_event, timings=self.config.timings))
         finally:
             self.work = None
             self.on_event(JobLeft(invite.job_id))
@@ -369,7 +389,7 @@ class Node:
             await self._route(request, receive, send)
         except RemoteProtocolError as exc:
             await respond(send, exc.status_code, (str(exc)[:300] + "\n").encode())
-        except (ProfileError, ValueError) as exc:
+        except ProfileError as exc:  # an invite whose profile we cannot encode
             await respond(send, 422, (str(exc)[:300] + "\n").encode())
 
     def _check(self, request: Request, body: bytes | None = None, digest: str | None = None
@@ -428,8 +448,7 @@ class Node:
             self._check(request, body)
             claim = decode(body, ClaimRequest)
             reply = server.claim_remote(claim.node_id, trio.current_time(), claim.prefetch)
-            if isinstance(reply, AssignmentMsg | Wait | JobDone):
-                await respond_message(send, reply, request)
+            await respond_message(send, reply, request)
             return
         if rest == "/progress" and method == "POST":
             body = await read_body(receive, request)

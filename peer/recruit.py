@@ -8,7 +8,6 @@ the job is invited again; one that accepts invites but never claims is left alon
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,28 +19,24 @@ import trio
 
 from chunker.tools import short_version
 from swarm import auth
-from swarm.errors import RemoteProtocolError, UsageError
+from swarm.errors import PeerError, RemoteProtocolError, TransportError, UsageError
 from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
-from swarm.presence import PeerEvent, classify
+from swarm.presence import PeerEvent, classify, fruitless
 from swarm.protocol import PROTOCOL_VERSION, Invite, ResultAck
 
-from .client import call, fetch_info
+from .client import call, fetch_info, transport_errors
+from .lan import route_address
 from .node import Node
 from .pyz import bootstrap_line
 
 if TYPE_CHECKING:
-    from .coordinator import EncodeOptions, JobServer
+    from .jobserver import JobServer
+    from .options import EncodeOptions
 
-__all__ = ["CENSUS_S", "census", "free_port", "parse_peer", "recruit"]
+__all__ = ["CENSUS_S", "census", "parse_peer", "recruit"]
 
 log = logging.getLogger(__name__)
 
-RECRUIT_EVERY_S = 1.0
-# A job with no peer after this long says how to add one (the line that fetches swarm.pyz
-# from us): long enough for mDNS answers and --peer hellos, short enough to be read early.
-NO_PEER_HINT_S = 5.0
-RECHECK_INVITED_S = 5.0
-MAX_FRUITLESS_INVITES = 3
 
 @dataclass(slots=True)
 class _Candidate:
@@ -60,28 +55,6 @@ class _Candidate:
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-
-def free_port(wanted: int) -> int:
-    """``wanted`` if it can be bound (so `join --peer HOST:7800` finds us), else any port."""
-    if wanted == 0:
-        return 0
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", wanted))
-        except OSError:
-            return 0
-    return wanted
-
-
-def _local_ip_for(host: str) -> str:
-    """Our address on the route to ``host`` (a UDP connect sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((host, 9))
-            return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
 
 
 def parse_peer(spec: str) -> tuple[str, int]:
@@ -167,14 +140,14 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.next_try = now + 3.0
         try:
             info = await fetch_info(client, c.base)
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             log.debug("peer %s unreachable: %s", c.base, exc)
             if c.named and not c.reported:
                 # Once: it is retried every few seconds, and may still come up.
                 c.reported = True
                 why = str(exc) or type(exc).__name__
                 spec = f"{c.host}:{c.port}"
-                server.unreachable[spec] = why
+                server.named_peer_unreachable(spec, why)
                 emit(PeerUnreachable(spec, why))
             return
         if info.node_id == node.node_id:
@@ -190,19 +163,18 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.busy = info.state != "idle" and info.job_id != server.job_id
         if c.busy:
             return
-        if c.invites >= MAX_FRUITLESS_INVITES and info.node_id not in server.claimed_by:
-            # It accepts invites but never claims: typically an open node asked by a
-            # coordinator with a secret (its unsigned claims get 401). Stop asking.
-            c.unusable = "accepts invites but never claims (another secret?)"
+        why = fruitless(c.invites, server.has_claimed(info.node_id))
+        if why is not None:
+            c.unusable = why
             emit(PeerForeign(info.name, c.unusable))
             return
         c.invites += 1
-        url = f"http://{_local_ip_for(c.host)}:{node.port}"
+        url = f"http://{route_address(c.host)}:{node.port}"
         invite = Invite(server.job_id, url, server.invite_fields())
         try:
             ack = await call(client, opts.secret, "POST", "/v1/invite", invite, (ResultAck,),
                              base=c.base)
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
                 c.unusable = str(exc)
                 emit(PeerForeign(info.name, str(exc)))
@@ -210,18 +182,13 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         assert isinstance(ack, ResultAck)
         if ack.accepted and not c.invited:
             c.invited = True
-            server.names[info.node_id] = info.name
-            server.invited_at[info.node_id] = trio.current_time()
-            server.unreachable.pop(f"{c.host}:{c.port}", None)  # it came up after all
-            score = info.scores.get(opts.profile.name)
-            if score and score > 0:
-                server.scores[info.node_id] = score
-            server.slots[info.node_id] = info.slots
-            server.ffmpegs[info.node_id] = short_version(info.ffmpeg)
+            server.peer_invited(info.node_id, info.name, info.scores.get(opts.profile.name),
+                                info.slots, short_version(info.ffmpeg), trio.current_time())
+            server.named_peer_reached(f"{c.host}:{c.port}")  # it came up after all
             emit(PeerJoined(info.name, c.base, info.arch, info.ffmpeg, info.cpus,
                             info.scores.get(opts.profile.name, 0.0)))
 
-    hint_at: float | None = trio.current_time() + NO_PEER_HINT_S
+    hint_at: float | None = trio.current_time() + opts.timings.no_peer_hint_s
 
     def maybe_hint(now: float) -> None:
         nonlocal hint_at
@@ -229,7 +196,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             hint_at = None  # a peer took part: the hint is moot for the rest of the job
         elif hint_at is not None and now >= hint_at and node.pyz is not None:
             hint_at = None
-            emit(NoPeers(NO_PEER_HINT_S, node.address, bootstrap_line(node.address),
+            emit(NoPeers(opts.timings.no_peer_hint_s, node.address, bootstrap_line(node.address),
                          node.pyz.sha256))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
@@ -244,12 +211,12 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                         if c.unusable or c.next_try > now:
                             continue
                         if c.invited:
-                            c.next_try = now + RECHECK_INVITED_S
+                            c.next_try = now + opts.timings.recheck_invited_s
                             # Still ours? A peer that dropped the job is invited again.
                             nursery.start_soon(_recheck, c, client, server)
                         else:
                             nursery.start_soon(try_invite, c, client)
-                    await trio.sleep(RECRUIT_EVERY_S)
+                    await trio.sleep(opts.timings.recruit_every_s)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 async with trio.open_nursery() as bye:
@@ -261,7 +228,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
 async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
     try:
         info = await fetch_info(client, c.base)
-    except (httpx.HTTPError, RemoteProtocolError):
+    except PeerError:
         return
     if info.job_id != server.job_id:
         c.invited = False
@@ -273,6 +240,7 @@ async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,
     try:
         target = f"/v1/jobs/{job_id}"
         headers = auth.sign(secret, "DELETE", target, time.time(), auth.body_digest(b""))
-        await client.delete(f"{c.base}{target}", headers=headers)
-    except httpx.HTTPError:
+        with transport_errors():
+            await client.delete(f"{c.base}{target}", headers=headers)
+    except TransportError:
         pass

@@ -3,7 +3,8 @@
 Per slot: claim -> ffmpeg reads the source range from the coordinator's URL -> its stdout
 streams straight into the result upload (no temp file, no chunk held whole in memory),
 while progress reports renew the lease. A cancelled attempt (ProgressAck keep=False) or a
-coordinator that stopped answering for COORDINATOR_GONE_S ends the work at once.
+coordinator that stopped answering for ``Timings.coordinator_gone_s`` (the rule is
+``swarm.liveness.Silence``) ends the work at once.
 
 While a chunk encodes, the slot asks for its next one (a prefetch claim): the next chunk
 then starts without a claim round trip, and an idle faster peer may steal it until it has
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,8 +27,17 @@ from chunker.tools import FFmpeg
 from profiles import Profile
 from profiles.profile import MAX_BOX
 from swarm import auth
-from swarm.errors import EncodeError, ProfileError, RemoteProtocolError
+from swarm.config import DEFAULT_TIMINGS, Timings
+from swarm.errors import (
+    CoordinatorGone,
+    EncodeError,
+    PeerError,
+    ProfileError,
+    RemoteProtocolError,
+    TransportError,
+)
 from swarm.events import NodeEvent, SlotEnd, SlotProgress, SlotStart
+from swarm.liveness import Silence
 from swarm.protocol import (
     MAX_REASON,
     Assignment,
@@ -43,26 +52,18 @@ from swarm.protocol import (
     decode,
 )
 
-from .client import call, signed_headers
+from .client import call, signed_headers, transport_errors
 from .proc import run_ffmpeg
 
 __all__ = ["JobTerms", "accept_invite", "work_slot"]
 
 log = logging.getLogger(__name__)
 
-# How long a coordinator may stay silent before its job is dropped: long enough to ride out
-# a Wi-Fi hiccup, short enough that the peer is idle again "within seconds".
-COORDINATOR_GONE_S = 6.0
-PROGRESS_EVERY_S = 1.0
 # Bytes of ffmpeg output buffered between the encoder and the upload (a few pipe reads).
 UPLOAD_QUEUE = 16
 MAX_GOP = 1200
 # A time base as the coordinator writes it ("1/90000"); ffmpeg keeps both terms in an int.
 _TIME_BASE = re.compile(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})")
-
-
-class CoordinatorGone(Exception):
-    """The coordinator stopped answering; the job is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +104,10 @@ def accept_invite(invite: Invite) -> JobTerms:
 
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                    on_event: Callable[[NodeEvent], None] = lambda e: None) -> None:
+                    on_event: Callable[[NodeEvent], None] = lambda e: None,
+                    timings: Timings = DEFAULT_TIMINGS) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone."""
-    last_ok = trio.current_time()
+    silence = Silence(timings.coordinator_gone_s, trio.current_time())
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
     queued: list[Assignment] = []
 
@@ -116,7 +118,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             try:
                 reply = await call(client, secret, "POST", claim_path,
                                    ClaimRequest(node_id, slot, True), (Assignment, Wait, JobDone))
-            except (httpx.HTTPError, RemoteProtocolError):
+            except PeerError:
                 return  # the plain claim after this chunk will sort it out
             if isinstance(reply, Assignment):
                 queued.append(reply)
@@ -136,12 +138,12 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                 reply = await call(client, secret, "POST", claim_path,
                                    ClaimRequest(node_id, slot, False),
                                    (Assignment, Wait, JobDone))
-                last_ok = trio.current_time()
-            except (httpx.HTTPError, RemoteProtocolError) as exc:
+                silence.heard(trio.current_time())
+            except PeerError as exc:
                 if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
                     log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
                     return
-                if trio.current_time() - last_ok > COORDINATOR_GONE_S:
+                if silence.gone(trio.current_time()):
                     log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
                     return
                 await trio.sleep(0.5)
@@ -159,7 +161,8 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             nursery.start_soon(prefetch, stop)
             try:
                 outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
-                                         ffmpeg=ffmpeg, client=client, on_event=on_event)
+                                         ffmpeg=ffmpeg, client=client, on_event=on_event,
+                                         timings=timings)
             except CoordinatorGone:
                 nursery.cancel_scope.cancel()
             finally:
@@ -170,7 +173,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
         # The chunk's frames: progress reports come every second, so the last one may have
         # counted a third of a short chunk.
         on_event(SlotEnd(reply.chunk, outcome, reply.frames))
-        last_ok = trio.current_time()
+        silence.heard(trio.current_time())
 
 
 async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | None
@@ -179,7 +182,7 @@ async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | 
     try:
         ack = await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/progress",
                          Progress(a.job_id, a.chunk, a.attempt, 0, 0.0), (ProgressAck,))
-    except (httpx.HTTPError, RemoteProtocolError):
+    except PeerError:
         return True  # let the attempt itself find out
     assert isinstance(ack, ProgressAck)
     return ack.keep
@@ -197,13 +200,13 @@ async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignm
         try:
             await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/failed",
                        AttemptFailed(a.job_id, a.chunk, a.attempt, text), (ResultAck,))
-        except (httpx.HTTPError, RemoteProtocolError) as exc:
+        except PeerError as exc:
             log.debug("chunk %d: could not report the failure: %s", a.chunk, exc)
 
 
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                   on_event: Callable[[NodeEvent], None]) -> str:
+                   on_event: Callable[[NodeEvent], None], timings: Timings) -> str:
     token = auth.url_token(secret, a.source_path, a.attempt)
     source = f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
     argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, source, a.seek_s,
@@ -211,7 +214,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
     result_path = f"/v1/jobs/{a.job_id}/chunks/{a.chunk}/result?attempt={a.attempt}"
     send, recv = trio.open_memory_channel[bytes](UPLOAD_QUEUE)
     frames = 0
-    started = time.monotonic()
+    started = trio.current_time()
     outcome = "cancelled"
     gone = False
 
@@ -229,9 +232,10 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
         headers = signed_headers(secret, "PUT", result_path, auth.streamed_digest(a.attempt))
         headers["content-type"] = "application/octet-stream"
         try:
-            resp = await client.put(result_path, content=body(), headers=headers,
-                                    timeout=httpx.Timeout(30.0, read=300.0))
-        except httpx.HTTPError as exc:
+            with transport_errors():
+                resp = await client.put(result_path, content=body(), headers=headers,
+                                        timeout=httpx.Timeout(30.0, read=300.0))
+        except TransportError as exc:
             outcome = f"upload failed: {exc}"
             attempt_scope.cancel()  # nobody takes the output: stop the encoder
             return
@@ -242,18 +246,18 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
             outcome = f"refused: {resp.status_code}"
 
     async def reporter(attempt_scope: trio.CancelScope) -> None:
-        last_ok = trio.current_time()
+        silence = Silence(timings.coordinator_gone_s, trio.current_time())
         path = f"/v1/jobs/{a.job_id}/progress"
         while True:
-            await trio.sleep(PROGRESS_EVERY_S)
-            elapsed = max(1e-3, time.monotonic() - started)
+            await trio.sleep(timings.progress_every_s)
+            elapsed = max(1e-3, trio.current_time() - started)
             try:
                 ack = await call(client, secret, "POST", path,
                                  Progress(a.job_id, a.chunk, a.attempt, frames, frames / elapsed),
                                  (ProgressAck,))
-                last_ok = trio.current_time()
-            except (httpx.HTTPError, RemoteProtocolError):
-                if trio.current_time() - last_ok > COORDINATOR_GONE_S:
+                silence.heard(trio.current_time())
+            except PeerError:
+                if silence.gone(trio.current_time()):
                     nonlocal gone
                     gone = True
                     attempt_scope.cancel()
@@ -288,5 +292,6 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
             await send.aclose()
         reporting.cancel()
     if gone:
-        raise CoordinatorGone()
+        raise CoordinatorGone(f"job {terms.job_id}: no answer for "
+                              f"{timings.coordinator_gone_s:g} s")
     return outcome

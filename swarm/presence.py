@@ -32,6 +32,7 @@ from typing import Literal, get_args
 from swarm.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "MAX_FRUITLESS_INVITES",
     "SERVICE_TYPE",
     "PeerEvent",
     "PeerRecord",
@@ -41,6 +42,7 @@ __all__ = [
     "Verdict",
     "classify",
     "from_txt",
+    "fruitless",
     "instance_name",
     "pick_address",
     "server_name",
@@ -352,3 +354,18 @@ class PeerTable:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+# Invites a peer may accept without ever claiming before we stop asking it.
+MAX_FRUITLESS_INVITES = 3
+
+
+def fruitless(invites: int, claimed: bool) -> str | None:
+    """Why to stop inviting a peer that took ``invites`` invites, or None to go on.
+
+    One that accepts invites but never claims is typically an open node asked by a
+    coordinator with a secret: its unsigned claims get 401, so asking again cannot help.
+    """
+    if invites >= MAX_FRUITLESS_INVITES and not claimed:
+        return "accepts invites but never claims (another secret?)"
+    return None

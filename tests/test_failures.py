@@ -27,7 +27,8 @@ from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
 from cli import _Plain
 from media import FFMPEG
-from peer.coordinator import EncodeOptions, JobServer
+from peer.jobserver import JobServer
+from peer.options import EncodeOptions
 from profiles import load_profile
 from swarm.events import ChunkFailed, JobEvent
 from swarm.job import Assign

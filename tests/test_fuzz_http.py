@@ -50,10 +50,12 @@ from chunker.plan import plan_chunks
 from chunker.tools import find_ffmpeg
 from media import make_source
 from peer import media
-from peer.coordinator import EncodeOptions, JobServer
+from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions
 from profiles import load_profile
 from swarm import auth
+from swarm.config import Timings
 from swarm.errors import LocalProtocolError, RemoteProtocolError
 from swarm.protocol import (
     MAX_CONTROL_BODY,
@@ -168,7 +170,7 @@ async def _serve(source: Path, workdir: Path, secret: str | None,
     profile = load_profile("hd")
     opts = EncodeOptions(str(source), str(workdir / "out.mp4"), profile, chunk_seconds=CHUNK_S,
                          no_local=True, network=True, discover=False, secret=secret,
-                         lease_s=LEASE_S)
+                         timings=Timings(lease_s=LEASE_S))
     plans = plan_chunks(info.video, info.format_start_s, CHUNK_S)
     fps = info.video.frames / info.duration_s
     vplan = video_plan(profile, *info.video.display_size, fps, opts.upscale)

@@ -1,0 +1,400 @@
+"""One job as its encoders see it: claims, progress, source bytes, verified results.
+
+``JobServer`` adapts ``swarm.job.Job`` (which decides: who gets which chunk, leases,
+requeues) to the two kinds of encoder: local slots (``peer.local``) call ``claim`` and
+``progress``; remote peers reach ``claim_remote``, ``progress_remote``, ``fail``,
+``serve_source`` and ``receive_result`` through ``peer.node``'s routes (``JobEndpoints``).
+Every result is verified before it counts, and journalled before the peer hears
+"accepted". It reports what happens as ``swarm.events``; time is trio's clock throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from chunker.commands import VideoPlan
+from chunker.paramsets import ENCODER_CODECS, HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
+from chunker.plan import ChunkPlan
+from chunker.probe import MediaInfo
+from chunker.tools import FFmpeg
+from chunker.tracks import TrackPlan
+from swarm.errors import VerifyError
+from swarm.events import (
+    ChunkDone,
+    ChunkDuplicate,
+    ChunkFailed,
+    ChunkLost,
+    ChunkProgress,
+    ChunkRequeued,
+    ChunkStart,
+    ChunkUpload,
+    JobEvent,
+    PeerBenched,
+)
+from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.protocol import Assignment as AssignmentMsg
+from swarm.protocol import JobDone
+from swarm.protocol import Wait as WaitMsg
+from swarm.verdict import hopeless_chunk, left_out
+
+from . import media, transfer
+from .http import HTTPError, Receive, Request, Send
+from .journal import Journal, file_digest
+from .options import EncodeOptions
+from .transfer import unlink
+
+__all__ = ["JobServer"]
+
+
+@dataclass(slots=True)
+class _ChunkRecord:
+    plan: ChunkPlan
+    peer: str = ""
+    encode_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    file: str = ""
+
+
+class JobServer:
+    """One job as its encoders see it: claims, progress, source bytes, verified results."""
+
+    def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
+                 plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
+                 emit: Callable[[JobEvent], None], local_key: str,
+                 journal: Journal | None = None, tracks: TrackPlan | None = None) -> None:
+        self.job_id = job_id
+        self.opts = opts
+        self.ffmpeg = ffmpeg
+        self.info = info
+        self.plans = plans
+        self.vplan = vplan
+        self.workdir = workdir
+        self.emit = emit
+        self.local_key = local_key
+        self.job = Job([p.frames for p in plans], lease_s=opts.timings.lease_s,
+                       pixels=vplan.width * vplan.height, policy=opts.policy)
+        self.journal = journal
+        self.tracks = tracks if tracks is not None else TrackPlan()
+        self.restored: list[int] = []
+        self.scores: dict[str, float] = {}  # benchmark work/s per slot, from /v1/info
+        self.slots: dict[str, int] = {}
+        self.claimed_by: set[str] = set()
+        self.invited_at: dict[str, float] = {}  # node id -> when its invite was accepted
+        # Why the job cannot succeed (set by ``fail``; ``_watch`` raises it), and the peers
+        # benched for failing, by name, with the reason (shown and reported).
+        self.fatal: str | None = None
+        self.left_out: dict[str, str] = {}
+        self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
+        self.records = [_ChunkRecord(p) for p in plans]
+        self.names: dict[str, str] = {local_key: opts.name}
+        # Each encoder's ffmpeg version (peers report theirs in /v1/info), for messages.
+        self.ffmpegs: dict[str, str] = {}
+        # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
+        # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
+        # with them is kept, before which a failed reference chunk gives way to the next.
+        self.param_sets: tuple[bytes, ...] | None = None
+        self.param_sets_from = ""
+        self.param_sets_kept = False
+        self.served: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.finished = trio.Event()
+        # Set when a local slot finds nothing to claim (or there are none): a core is free
+        # for the audio encode, which then costs the chunk encodes nothing.
+        self.core_idle = trio.Event()
+        self.peers_seen = 0
+        self.chunk_s = 0.0
+        self.audio_s: float | None = None
+        self.last_done_remote = False  # the chunk that finished the job came from a peer
+        self.last_activity = trio.current_time()
+        # Attempt times in the report are relative to this (trio clock, like the attempts').
+        self.t0 = trio.current_time()
+        self.source_path = f"/v1/jobs/{job_id}/source"
+
+    # -- hand-out ------------------------------------------------------------------------
+    def claim(self, peer: str, now: float, prefetch: bool = False) -> Assign | Wait | Finished:
+        action = self.job.claim(peer, now, prefetch=prefetch)
+        if isinstance(action, Assign):
+            if not action.queued:  # a queued one's clock starts with its first report
+                self.started[action.attempt] = now
+            self.last_activity = now
+            if self.journal is not None:
+                self.journal.attempt_started(action.attempt, action.chunk,
+                                             self.names.get(peer, peer), now - self.t0)
+            self.emit(ChunkStart(action.chunk, action.attempt, self.names.get(peer, peer),
+                                 self.plans[action.chunk].frames, peer != self.local_key))
+        return action
+
+    def claim_remote(self, node_id: str, now: float, prefetch: bool = False
+                     ) -> AssignmentMsg | WaitMsg | JobDone:
+        self.names.setdefault(node_id, f"node-{node_id[:6]}")
+        if node_id not in self.job.scheduler.peers:
+            # Counted as capacity from its first claim, not its invite: an invited node that
+            # never claims (it dropped the job) must not make others wait for it.
+            self.job.add_peer(node_id, self.scores.get(node_id), now,
+                              slots=self.slots.get(node_id, 1))
+        self.claimed_by.add(node_id)
+        action = self.claim(node_id, now, prefetch)
+        if isinstance(action, Finished):
+            return JobDone(self.job_id)
+        if isinstance(action, Wait):
+            return WaitMsg(max(0.05, action.retry_after_s))
+        p = self.plans[action.chunk]
+        return AssignmentMsg(
+            job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
+            lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
+            source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s)
+
+    def progress(self, attempt: str, frames: int, now: float, fps: float | None = None
+                 ) -> bool:
+        keep = self.job.progress(attempt, frames, now)
+        if keep:
+            self.started.setdefault(attempt, now)
+            self.last_activity = now
+            a = self.job.attempts[attempt]
+            if fps is None:  # a local slot: its rate since the claim
+                fps = a.frames_done / max(1e-3, now - self.started[attempt])
+            self.emit(ChunkProgress(a.chunk, a.frames_done, attempt,
+                                    self.names.get(a.peer, a.peer), round(fps, 2)))
+        return keep
+
+    def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
+                        now: float) -> bool:
+        a = self.job.attempts.get(attempt)
+        if a is None or a.chunk != chunk:
+            return False
+        return self.progress(attempt, frames, now, fps)
+
+    def fail(self, attempt: str, reason: str, *, bench: bool = False) -> None:
+        a = self.job.attempts.get(attempt)
+        if a is None or not a.running:
+            # Already ended (its peer left, its lease expired, another attempt won): that
+            # was said when it happened, and the chunk's fate does not change now.
+            return
+        now = trio.current_time()
+        requeued = self.job.failed(attempt, now, reason, bench=bench)
+        self._journal_ended(attempt)
+        name = self.names.get(a.peer, a.peer)
+        chunk = self.job.chunks[a.chunk]
+        if requeued:
+            fate = "requeued"
+        elif any(self.job.attempts[x].running for x in chunk.attempts):
+            fate = "another attempt continues"
+        else:
+            fate = "already done"
+        self.emit(ChunkFailed(a.chunk, attempt, name, reason, bool(requeued), fate,
+                              a.peer in self.job.benched))
+        if a.peer in self.job.benched and name not in self.left_out:
+            why = left_out(self.job, a.peer, self.names)
+            self.left_out[name] = why
+            self.emit(PeerBenched(name, why))
+        verdict = hopeless_chunk(self.job, a.chunk, now, self.awaited(now))
+        if verdict is not None and self.fatal is None:
+            self.fatal = verdict
+            self.finished.set()  # wakes ``_watch``, which raises it
+
+    def awaited(self, now: float) -> set[str]:
+        """Peers invited within a lease that have not claimed yet: they may still try."""
+        return {p for p, t in self.invited_at.items()
+                if p not in self.claimed_by and now - t < self.opts.timings.lease_s}
+
+    # -- recruiting (peer.recruit tells the job about the peers it invites) ---------------
+    def peer_invited(self, node_id: str, name: str, score: float | None, slots: int,
+                     ffmpeg: str, now: float) -> None:
+        """A peer accepted our invite: its name, benchmark (work/s per slot), slots and
+        ffmpeg version."""
+        self.names[node_id] = name
+        self.ffmpegs[node_id] = ffmpeg
+        self.invited_at[node_id] = now
+        if score and score > 0:
+            self.scores[node_id] = score
+        self.slots[node_id] = slots
+
+    def has_claimed(self, node_id: str) -> bool:
+        return node_id in self.claimed_by
+
+    def named_peer_unreachable(self, spec: str, why: str) -> None:
+        """A ``--peer HOST:PORT`` did not answer (reported unless it comes up later)."""
+        self.unreachable[spec] = why
+
+    def named_peer_reached(self, spec: str) -> None:
+        self.unreachable.pop(spec, None)
+
+    def _journal_ended(self, *attempts: str) -> None:
+        if self.journal is None:
+            return
+        for x in attempts:
+            a = self.job.attempts.get(x)
+            if a is not None and a.ended is not None:
+                self.journal.attempt_ended(x, a.outcome.value, a.reason, a.ended - self.t0)
+
+    def tick(self, now: float) -> None:
+        for r in self.job.tick(now):
+            self._journal_ended(r.attempt)
+            a = self.job.attempts[r.attempt]
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(a.peer, a.peer),
+                                    r.reason))
+
+    def peer_left(self, peer: str, now: float) -> None:
+        for r in self.job.peer_left(peer, now):
+            self._journal_ended(r.attempt)
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(peer, peer),
+                                    r.reason))
+
+    def running_attempt(self, attempt: str, chunk: int | None = None) -> bool:
+        a = self.job.attempts.get(attempt)
+        return (a is not None and a.outcome is AttemptOutcome.RUNNING
+                and (chunk is None or a.chunk == chunk))
+
+    # -- results -------------------------------------------------------------------------
+    async def accept(self, attempt: str, path: str, bytes_in: int) -> tuple[bool, str]:
+        """Verify a received chunk file; keep it if it is the first valid one."""
+        a = self.job.attempts.get(attempt)
+        if a is None or not self.running_attempt(attempt):
+            await trio.to_thread.run_sync(unlink, path)
+            return False, "attempt no longer wanted"
+        rec = self.records[a.chunk]
+        sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+        if (why := self._param_sets_mismatch(attempt, sets)) is not None:
+            await trio.to_thread.run_sync(unlink, path)
+            peer = self.names.get(a.peer, a.peer)
+            version = self.ffmpegs.get(a.peer)
+            reason = (f"cannot join the output: {why}"
+                      f"{f' (ffmpeg {version} on {peer})' if version else ''}")
+            self.fail(attempt, reason, bench=True)
+            return False, reason
+        try:
+            await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
+                                     rec.plan.frames)
+        except VerifyError as exc:
+            await trio.to_thread.run_sync(unlink, path)
+            if self.param_sets_from == attempt and not self.param_sets_kept:
+                self.param_sets = None  # a broken chunk must not set the job's reference
+            self.fail(attempt, f"verification: {exc}")
+            return False, f"verification failed: {exc}"
+        digest = await trio.to_thread.run_sync(file_digest, path)
+        if not self.job.succeeded(attempt, trio.current_time()):
+            await trio.to_thread.run_sync(unlink, path)
+            self.emit(ChunkDuplicate(a.chunk, attempt, self.names.get(a.peer, a.peer)))
+            return False, "chunk already done"
+        final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
+        os.replace(path, final)
+        self.param_sets_kept = True
+        rec.peer = self.names.get(a.peer, a.peer)
+        now = trio.current_time()
+        rec.encode_s = now - self.started.get(attempt, now)
+        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        rec.bytes_in = bytes_in
+        rec.file = final
+        if self.journal is not None:
+            # Journalled before the peer hears "accepted" and before anything is merged.
+            self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in, rec.peer,
+                                    rec.encode_s)
+            self._journal_ended(*self.job.chunks[a.chunk].attempts)
+        self.emit(ChunkDone(a.chunk, attempt, rec.peer, rec.encode_s, rec.plan.frames,
+                            self.job.frames_done))
+        if self.job.done:
+            self.last_done_remote = a.peer != self.local_key
+            self.finished.set()
+        return True, ""
+
+    def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
+        """The chunk's decoding parameter sets; None if its header does not parse (the
+        verification that follows then says what is wrong with it)."""
+        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(HEADER_BYTES)
+            return parameter_sets(codec, min(nut_codec_data(head).items())[1])
+        except (OSError, ValueError):
+            return None
+
+    def _param_sets_mismatch(self, attempt: str, sets: tuple[bytes, ...] | None
+                             ) -> str | None:
+        if sets is None:
+            return None
+        if self.param_sets is None:
+            self.param_sets, self.param_sets_from = sets, attempt
+            return None
+        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        return mismatch(codec, self.param_sets, sets)
+
+    def _result_limit(self, chunk: int) -> int:
+        # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.
+        raw = self.plans[chunk].frames * self.vplan.width * self.vplan.height * 3 // 2
+        return raw + (1 << 20)
+
+    async def receive_result(self, attempt: str, chunk: int, request: Request,
+                             receive: Receive) -> tuple[bool, str]:
+        """A peer's encoded chunk, streamed into the work directory, then verified."""
+        if not self.running_attempt(attempt, chunk):
+            raise HTTPError("no such running attempt for this chunk", status_code=409)
+        # The attempt id is one of ours (checked above), so it is safe in a file name.
+        path = os.path.join(self.workdir, f"recv_{attempt}.nut")
+        a = self.job.attempts[attempt]
+        self.emit(ChunkUpload(chunk, attempt, self.names.get(a.peer, a.peer)))
+        try:
+            await transfer.receive_file(receive, path, self._result_limit(chunk))
+        except HTTPError as exc:
+            self.fail(attempt, f"upload: {exc}")
+            raise
+        return await self.accept(attempt, path, self.served.get(attempt, 0))
+
+    async def serve_source(self, attempt: str, request: Request, send: Send,
+                           head: bool) -> None:
+        """The source file, Range-capable, to the ffmpeg of a running attempt."""
+        if not self.running_attempt(attempt):
+            raise HTTPError("attempt is not running", status_code=410)
+
+        def sent(n: int) -> None:
+            self.served[attempt] = self.served.get(attempt, 0) + n
+
+        await transfer.send_file(send, self.info.path, self.info.size,
+                                 request.headers.get("range"), head, sent)
+
+    async def restore_from_journal(self) -> None:
+        """Count as done every journalled chunk whose file still has its recorded digest;
+        anything missing or altered is re-encoded, never trusted."""
+        assert self.journal is not None
+        for idx, name, digest, rec in list(self.journal.done_chunks()):
+            path = os.path.join(self.workdir, name)
+            ok = (idx < len(self.plans) and name == f"chunk_{idx:05d}.nut"
+                  and await trio.to_thread.run_sync(_digest_or_none, path) == digest)
+            if not ok:
+                self.journal.chunk_lost(idx)
+                await trio.to_thread.run_sync(unlink, path)
+                self.emit(ChunkLost(idx, "journalled file missing or altered"))
+                continue
+            self.job.restore(idx)
+            if self.param_sets is None:
+                self.param_sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+                self.param_sets_kept = self.param_sets is not None
+            r = self.records[idx]
+            r.file, r.peer, r.bytes_out = path, rec["peer"], rec["bytes_out"]
+            r.bytes_in, r.encode_s = rec["bytes_in"], rec["encode_s"]
+            self.restored.append(idx)
+        if self.job.done:
+            self.finished.set()
+
+    # -- invite --------------------------------------------------------------------------
+    def invite_fields(self) -> dict[str, str | int | float | bool]:
+        fields = self.opts.profile.to_wire()
+        fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,
+                       "out_gop": self.vplan.gop_frames})
+        if self.vplan.time_base is not None:
+            tb = self.vplan.time_base
+            fields["out_time_base"] = f"{tb.numerator}/{tb.denominator}"
+        return fields
+
+
+def _digest_or_none(path: str) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+

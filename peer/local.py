@@ -1,0 +1,107 @@
+"""This device's own encoder slots, and the audio encode that runs beside them.
+
+A local slot claims from ``JobServer`` like a peer does, but encodes straight from the input
+file into the work directory and hands the file to ``JobServer.accept``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+
+from chunker.commands import encode_chunk_argv
+from swarm.errors import EncodeError
+from swarm.events import AudioDone, AudioStart
+from swarm.job import Assign, Finished, Wait
+
+from . import media
+from .jobserver import JobServer
+from .proc import run_ffmpeg
+from .transfer import unlink
+
+__all__ = ["audio_when_idle", "local_slot"]
+
+log = logging.getLogger(__name__)
+
+# Encoded output is written to the chunk file in pieces of this size (see _encode_local).
+WRITE_BATCH = 1 << 20
+
+
+async def local_slot(server: JobServer, slot: int, threads: int) -> None:
+    """One local encoder slot: claim, encode to a file, hand it to the server; until done.
+
+    The slot claims its next chunk while the last one is being verified: the check (a full
+    decode, ~5 % of the encode's CPU) would otherwise leave a core idle after every chunk.
+    """
+    job = server.job
+    async with trio.open_nursery() as checks:
+        while True:
+            action = server.claim(server.local_key, trio.current_time())
+            if isinstance(action, Finished):
+                return
+            if isinstance(action, Wait):
+                server.core_idle.set()
+                if server.local_key in job.benched:
+                    return
+                await trio.sleep(action.retry_after_s)
+                continue
+            encoded = await _encode_local(server, action, threads)
+            if encoded is not None:
+                checks.start_soon(server.accept, action.attempt, *encoded)
+
+
+async def audio_when_idle(server: JobServer, out: str) -> None:
+    """Encode the audio beside the chunks once a core is free, so that the merge after the
+    last chunk only copies (on one node the tail leaves a core idle for about a chunk)."""
+    await server.core_idle.wait()
+    server.emit(AudioStart())
+    t = trio.current_time()
+    await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, server.tracks,
+                             out)
+    server.audio_s = trio.current_time() - t
+    server.emit(AudioDone(round(server.audio_s, 3)))
+
+
+async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str, int] | None:
+    """Encode one chunk to a file in the work directory; returns (file, source bytes) to
+    verify and accept, or None if the attempt failed or is no longer wanted."""
+    plan = server.plans[a.chunk]
+    name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
+    argv = encode_chunk_argv(server.ffmpeg.path, server.opts.profile, server.vplan,
+                             server.opts.input, plan.seek_s, plan.trim_s, plan.frames,
+                             threads=threads)
+    with trio.CancelScope() as scope:
+
+        def progress(frames: int) -> None:
+            if not server.progress(a.attempt, frames, trio.current_time()):
+                scope.cancel()  # replaced (lease lost) or already done elsewhere
+
+        try:
+            # Through a pipe, not straight into the file: if we are SIGKILLed the encoder
+            # dies of SIGPIPE at its next write instead of running on as an orphan.
+            async with await trio.open_file(name, "wb") as fh:
+                pending = bytearray()
+
+                async def sink(data: bytes) -> None:
+                    # ffmpeg writes a packet at a time (a few KiB): one thread hop per
+                    # write cost the coordinator 0.4 s of CPU per job; batch them.
+                    pending.extend(data)
+                    if len(pending) >= WRITE_BATCH:
+                        await fh.write(pending)
+                        pending.clear()
+
+                await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
+                                 what=f"chunk {a.chunk}")
+                await fh.write(pending)
+        except EncodeError as exc:
+            log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
+            server.fail(a.attempt, str(exc))
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(unlink, name)
+            return None
+        # Local slots read the file directly; attribute source bytes by frame share.
+        return name, server.info.size * plan.frames // max(1, server.info.video.frames)
+    await trio.to_thread.run_sync(unlink, name)
+    return None

@@ -1,0 +1,73 @@
+"""The shell's settings in one frozen, typed place, and what the environment may set.
+
+``Timings`` holds every wait the trio shell makes, with the unit in each name, so a test
+can shrink them (or run them under trio's ``MockClock``) instead of patching globals.
+``Environment`` is what ``SWARM_*`` variables may change; ``cli.py`` reads it once, from
+``os.environ``, and passes the result down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from .errors import UsageError
+
+__all__ = ["DEFAULT_TIMINGS", "POLICIES", "Environment", "Timings"]
+
+# Scheduler policies: ours, and the baselines the benchmarks compare it with.
+POLICIES = ("swarm", "fifo", "equal")
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    # A peer reports progress every second; three missed reports plus a slow start is a loss.
+    lease_s: float = 15.0
+    # How often the coordinator checks leases and whether the job can still finish.
+    tick_s: float = 0.5
+    # With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
+    stall_s: float = 60.0
+    # How long a coordinator may stay silent before a peer drops its job: long enough to
+    # ride out a Wi-Fi hiccup, short enough that the peer is idle again "within seconds".
+    coordinator_gone_s: float = 6.0
+    progress_every_s: float = 1.0
+    recruit_every_s: float = 1.0
+    # A job with no peer after this long says how to add one (the line that fetches
+    # swarm.pyz from us): long enough for mDNS answers and --peer hellos, short enough to
+    # be read early.
+    no_peer_hint_s: float = 5.0
+    recheck_invited_s: float = 5.0
+    # Lets the reply to the last result reach its peer before the server stops.
+    response_grace_s: float = 0.3
+
+
+DEFAULT_TIMINGS = Timings()
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """The ``SWARM_*`` variables the encode path honours (``SWARM_SECRET`` is typer's
+    ``envvar``; ``SWARM_FFMPEG`` is read where the binary is chosen, ``chunker.tools``)."""
+
+    # SWARM_SCHEDULER: benchmarks compare our scheduler with the baselines.
+    scheduler: str = "swarm"
+    # SWARM_LEASE_S: multi-host tests shorten the lease so a peer cut off mid-chunk gives
+    # its chunk back within their time budget. Not an option: users never need it.
+    lease_s: float | None = None
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> Environment:
+        policy = env.get("SWARM_SCHEDULER", "swarm")
+        if policy not in POLICIES:
+            raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
+        lease: float | None = None
+        if text := env.get("SWARM_LEASE_S"):
+            try:
+                lease = float(text)
+            except ValueError:
+                raise UsageError(f"SWARM_LEASE_S={text}: use a number of seconds") from None
+        return cls(scheduler=policy, lease_s=lease)
+
+    def timings(self, base: Timings = DEFAULT_TIMINGS) -> Timings:
+        """``base`` with what the environment overrides."""
+        return base if self.lease_s is None else replace(base, lease_s=self.lease_s)

@@ -1,0 +1,140 @@
+"""The shape of the house, read from the source with ``ast`` (nothing is imported).
+
+- No two project modules import each other in a circle, counting imports inside functions
+  and under ``TYPE_CHECKING`` (a lazy import hides a circle from Python, not from a reader).
+- ``swarm/`` is the sans-I/O core: it imports no trio, httpx, hypercorn, zeroconf, socket or
+  subprocess, and never reads the clock (time is passed in).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("swarm", "peer", "chunker", "profiles")
+# What a sans-I/O core must not touch: the runtime, the network, processes.
+CORE_FORBIDDEN = ("trio", "httpx", "hypercorn", "zeroconf", "subprocess", "socket", "asyncio",
+                  "threading")
+# Reading the clock in the core: time.time(), time.monotonic(), datetime.now()...
+CLOCK_CALLS = {("time", "time"), ("time", "monotonic"), ("time", "perf_counter"),
+               ("time", "time_ns"), ("time", "monotonic_ns"), ("datetime", "now"),
+               ("datetime", "utcnow"), ("date", "today")}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {"cli": REPO / "cli.py"}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            mods[name] = path
+    return mods
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Project modules ``name`` imports, anywhere in its source."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from peer import media` names a module; `from peer.http import respond` not.
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        for t in targets:
+            while t and t not in MODULES:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+# Edges still to cut, each with the reason. swarm.scheduler names the Job's Attempt records
+# (it writes their progress times, issue 13): untangled once the scheduler rework lands.
+PENDING: set[tuple[str, str]] = {("swarm.scheduler", "swarm.job")}
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    for a, b in PENDING:
+        graph[a].discard(b)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle, if there is any (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m):], m]
+            if m not in state and (found := visit(m)) is not None:
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)) is not None:
+            return found
+    return None
+
+
+def test_the_checker_sees_a_circle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_checker_resolves_relative_and_lazy_imports() -> None:
+    graph = _graph()
+    assert "peer.http" in graph["peer.node"]  # from .http import ...
+    assert "swarm.errors" in graph["cli"]
+
+
+def test_no_import_circles() -> None:
+    assert _cycle(_graph()) is None, " -> ".join(_cycle(_graph()) or [])
+
+
+def _core_files() -> list[Path]:
+    return [p for n, p in MODULES.items() if n == "swarm" or n.startswith("swarm.")]
+
+
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+def test_the_core_does_no_io_and_reads_no_clock(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+            if node.module in ("time", "datetime"):
+                bad = [a.name for a in node.names if (node.module, a.name) in CLOCK_CALLS
+                       or a.name in ("time", "monotonic", "perf_counter")]
+                assert not bad, f"{path.name}:{node.lineno} imports the clock {bad}"
+        for n in names:
+            top = n.split(".")[0]
+            assert top not in CORE_FORBIDDEN, f"{path.name}:{node.lineno} imports {n}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            owner_name = owner.id if isinstance(owner, ast.Name) else (
+                owner.attr if isinstance(owner, ast.Attribute) else "")
+            assert (owner_name, node.func.attr) not in CLOCK_CALLS, (
+                f"{path.name}:{node.lineno} reads the clock ({owner_name}.{node.func.attr})")

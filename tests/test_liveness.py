@@ -1,0 +1,177 @@
+"""The shell's rules as pure functions, and the timings that act on them in virtual time.
+
+Pure: when a coordinator counts as gone (``Silence``), when a job is stalled, when to stop
+inviting a peer, which bytes a Range header asks for, what the environment may set. Then
+the shell under ``trio.testing.MockClock(autojump_threshold=0)``: a peer whose coordinator
+refuses every connection drops the job just after ``coordinator_gone_s``; a lease expires
+after ``lease_s`` without progress; a job nobody encodes fails after ``stall_s``. Minutes
+of protocol time pass in milliseconds, and the limits are checked to the tick.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, cast
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from chunker.commands import VideoPlan
+from chunker.plan import plan_chunks
+from chunker.probe import VideoInfo
+from peer.coordinator import _watch
+from peer.jobserver import JobServer
+from peer.options import EncodeOptions
+from peer.worker import JobTerms, work_slot
+from profiles import load_profile
+from swarm.config import Environment, Timings
+from swarm.errors import EncodeError, RemoteProtocolError, UsageError
+from swarm.events import ChunkRequeued, JobEvent
+from swarm.job import Assign
+from swarm.liveness import Silence, stalled
+from swarm.presence import MAX_FRUITLESS_INVITES, fruitless
+from swarm.ranges import ByteRange, parse_range
+
+
+# -- pure rules ----------------------------------------------------------------------------
+def test_silence_is_gone_only_past_its_limit() -> None:
+    s = Silence(6.0, last_ok=10.0)
+    assert not s.gone(16.0) and s.gone(16.01)
+    s.heard(15.0)
+    assert not s.gone(21.0) and s.gone(21.5)
+
+
+def test_stall_rule() -> None:
+    quiet = {"running": False, "local_alive": False}
+    assert stalled(**quiet, network=False, idle_s=0.0, stall_s=60) == (
+        "every local worker failed; see the messages above")
+    assert stalled(**quiet, network=True, idle_s=60.0, stall_s=60) is None
+    assert "no peer took any work for 60 s" in (
+        stalled(**quiet, network=True, idle_s=60.5, stall_s=60) or "")
+    assert stalled(running=True, local_alive=False, network=True, idle_s=1e9,
+                   stall_s=60) is None
+    assert stalled(running=False, local_alive=True, network=False, idle_s=1e9,
+                   stall_s=60) is None
+
+
+def test_stop_inviting_a_peer_that_never_claims() -> None:
+    assert fruitless(MAX_FRUITLESS_INVITES - 1, claimed=False) is None
+    assert "never claims" in (fruitless(MAX_FRUITLESS_INVITES, claimed=False) or "")
+    assert fruitless(10, claimed=True) is None
+
+
+@pytest.mark.parametrize(("header", "want"), [
+    (None, ByteRange(0, 999, partial=False)),
+    ("bytes=0-", ByteRange(0, 999, partial=True)),
+    ("bytes=100-199", ByteRange(100, 199, partial=True)),
+    ("bytes=900-5000", ByteRange(900, 999, partial=True)),  # clipped to the file
+    ("bytes=-100", ByteRange(900, 999, partial=True)),  # the last 100 bytes
+    (" bytes = 5-5", ByteRange(5, 5, partial=True)),
+    ("bytes=1000-", None),  # past the end: 416 with bytes */1000
+    ("bytes=200-100", None),
+    ("bytes=-2000", None),
+])
+def test_range_parsing(header: str | None, want: ByteRange | None) -> None:
+    assert parse_range(header, 1000) == want
+
+
+@pytest.mark.parametrize("header", ["items=0-1", "bytes=0-1,5-6", "bytes=a-b", "bytes=-",
+                                    "bytes", "bytes=1-x"])
+def test_a_range_we_do_not_read_is_a_416(header: str) -> None:
+    with pytest.raises(RemoteProtocolError) as exc:
+        parse_range(header, 1000)
+    assert exc.value.status_code == 416
+
+
+def test_environment_is_read_in_one_place() -> None:
+    env = Environment.from_environ({"SWARM_SCHEDULER": "fifo", "SWARM_LEASE_S": "4"})
+    assert env.scheduler == "fifo" and env.timings().lease_s == 4.0
+    assert env.timings().stall_s == Timings().stall_s
+    assert Environment.from_environ({}).timings() == Timings()
+    with pytest.raises(UsageError, match="SWARM_SCHEDULER=best"):
+        Environment.from_environ({"SWARM_SCHEDULER": "best"})
+    with pytest.raises(UsageError, match="SWARM_LEASE_S=soon"):
+        Environment.from_environ({"SWARM_LEASE_S": "soon"})
+
+
+# -- timings in virtual time ---------------------------------------------------------------
+def _virtual(fn: Any) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_peer_drops_a_coordinator_that_stays_silent_for_the_gone_limit() -> None:
+    timings = Timings(coordinator_gone_s=6.0)
+    tries: list[float] = []
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        tries.append(trio.current_time())
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def main() -> None:
+        terms = JobTerms("gonejob1", "http://coordinator", load_profile("hd"),
+                         VideoPlan(640, 360, 50))
+        async with httpx.AsyncClient(transport=httpx.MockTransport(refuse),
+                                     base_url="http://coordinator") as client:
+            t0 = trio.current_time()
+            with trio.fail_after(60):
+                await work_slot(terms, node_id="ab12cd34ef56ab12", slot=0, secret=None,
+                                ffmpeg=cast(Any, None), client=client, timings=timings)
+            took = trio.current_time() - t0
+        # It kept asking (every 0.5 s) and gave up at the first refusal past the limit.
+        assert timings.coordinator_gone_s < took <= timings.coordinator_gone_s + 0.5, took
+        assert len(tries) >= 12
+
+    _virtual(main)
+
+
+def _server(events: list[JobEvent], timings: Timings, *, network: bool = False
+            ) -> tuple[JobServer, EncodeOptions]:
+    tb = Fraction(1, 25 * 512)
+    video = VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
+                      time_base=tb, pts=tuple(i * 512 for i in range(100)),
+                      keyframes=tuple(range(0, 100, 25)), last_duration=512)
+    opts = EncodeOptions(input="in.mp4", output="out.mp4", profile=load_profile("hd"),
+                         name="alpha", policy="fifo", network=network, timings=timings)
+    # Only the job's bookkeeping runs here: no file is read, no ffmpeg started.
+    server = JobServer(job_id="j", opts=opts, ffmpeg=cast(Any, None), info=cast(Any, None),
+                       plans=plan_chunks(video, 0.0, 1.0), vplan=VideoPlan(640, 360, 50),
+                       workdir="/nonexistent", emit=events.append, local_key="local")
+    return server, opts
+
+
+def test_a_lease_without_progress_expires_after_lease_s() -> None:
+    timings = Timings(lease_s=15.0)
+    events: list[JobEvent] = []
+
+    async def main() -> None:
+        server, _ = _server(events, timings)
+        now = trio.current_time()
+        server.job.add_peer("n1", None, now)
+        a = server.claim("n1", now)
+        assert isinstance(a, Assign)
+        await trio.sleep(timings.lease_s - 0.1)
+        server.tick(trio.current_time())
+        assert not [e for e in events if isinstance(e, ChunkRequeued)]
+        await trio.sleep(0.2)
+        server.tick(trio.current_time())
+        [lost] = [e for e in events if isinstance(e, ChunkRequeued)]
+        assert (lost.chunk, lost.attempt, lost.reason) == (a.chunk, a.attempt,
+                                                           "lease expired")
+
+    _virtual(main)
+
+
+def test_a_job_nobody_encodes_fails_after_stall_s() -> None:
+    timings = Timings(stall_s=60.0, tick_s=0.5)
+
+    async def main() -> None:
+        server, opts = _server([], timings, network=True)
+        t0 = trio.current_time()
+        with pytest.raises(EncodeError, match="no peer took any work for 60 s"):
+            await _watch(server, 0, opts)
+        took = trio.current_time() - t0
+        assert timings.stall_s < took <= timings.stall_s + timings.tick_s, took
+
+    _virtual(main)
