@@ -138,3 +138,29 @@ def test_the_core_does_no_io_and_reads_no_clock(path: Path) -> None:
                 owner.attr if isinstance(owner, ast.Attribute) else "")
             assert (owner_name, node.func.attr) not in CLOCK_CALLS, (
                 f"{path.name}:{node.lineno} reads the clock ({owner_name}.{node.func.attr})")
+
+
+# -- presentation ----------------------------------------------------------------------------
+# What the terminal and the HTML page show. The top level is fixed (cli.py is its only
+# module), so the layer is drawn by imports rather than by a folder: only cli.py uses these,
+# and they read nothing of the network shell, only swarm's events and the report's JSON.
+PRESENTATION = {"peer.dashboard", "peer.report_html"}
+
+
+def test_only_the_cli_imports_the_presentation() -> None:
+    graph = _graph()
+    users = {n for n, deps in graph.items() if deps & PRESENTATION} - PRESENTATION
+    assert users == {"cli"}, users
+    for mod in PRESENTATION:
+        shell = {d for d in graph[mod] if d.startswith("peer.")}
+        assert not shell, (mod, shell)
+
+
+def test_rich_is_drawn_only_by_the_presentation() -> None:
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(m.split(".")[0] == "rich" for m in mods):
+                assert name in PRESENTATION | {"cli"}, f"{name} imports rich"
