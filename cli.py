@@ -358,25 +358,26 @@ def _check_writable(option: str, path: str | None) -> None:
 
 
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
-                quiet: bool, **options: Any) -> str:
-
-    from peer.coordinator import EncodeOptions, run_encode
+                quiet: bool, *, local: Any = None, net: Any = None, as_json: bool = False,
+                report_html: str | None = None, **intent: Any) -> str:
+    """``intent``: the JobIntent fields besides the paths and profile."""
+    from peer.coordinator import run_encode
+    from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
     from peer.recruit import parse_peer
     from profiles import load_profile
 
-    as_json = options.pop("as_json", False)
-    report_html = options.pop("report_html", None)
+    local = local or LocalSettings()
+    net = net or NetworkSettings()
     prof = load_profile(profile)
     out = output or _default_output(input, profile)
     _check_writable("--report", report)
     _check_writable("--report-html", report_html)
-    for spec in options.get("peers", []):
+    for spec in net.peers:
         parse_peer(spec)
     # The one place the SWARM_* settings of an encode are read (see swarm.config).
     env = Environment.from_environ(os.environ)
-    options["policy"] = env.scheduler
-    options["timings"] = env.timings()
-    opts = EncodeOptions(input=input, output=out, profile=prof, **options)
+    opts = EncodeOptions(JobIntent(input, out, prof, **intent), local, net,
+                         Tuning(env.scheduler, env.timings()))
     mode = _output_mode(quiet, as_json)
     human = mode in ("live", "plain")
     score = _local_score(prof.name) if mode != "quiet" else None
@@ -395,7 +396,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         sink = None
     def emit(e: JobEvent) -> None:
         # Said once the job really starts, so a bad input still gets exactly one line.
-        if isinstance(e, JobStart) and opts.network and opts.secret is None and human:
+        if isinstance(e, JobStart) and opts.net.enabled and opts.net.secret is None and human:
             typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
                        "LAN may take part", err=True)
         if isinstance(e, Tracks) and human:
@@ -416,7 +417,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         from peer.dashboard import summarize
         from peer.host import default_workers
 
-        summary = summarize(result, score, local_slots=opts.workers or default_workers(),
+        summary = summarize(result, score, local_slots=opts.local.workers or default_workers(),
                             box=(prof.video.width, prof.video.height))
     if report is not None:
         Path(report).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -587,14 +588,19 @@ def encode(
     Ctrl-C nothing is left behind. After a crash (power loss, SIGKILL) running the same
     command again resumes: chunks whose files still verify are kept (see `swarm jobs`).
     """
+    from peer.options import LocalSettings, NetworkSettings
+
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
     out = _guarded(partial(
-        _run_encode, str(input), profile, output, report, quiet, chunk_seconds=chunk_seconds,
-        workers=workers, name=name or socket.gethostname(), upscale=upscale,
-        no_local=no_local, network=not local_only, discover=not no_mdns, peers=peer or [],
-        secret=secret, port=port, as_json=as_json, report_html=report_html, fresh=fresh,
-        force=force, audio=audio.value, subtitles=subtitles.value))
+        _run_encode, str(input), profile, output, report, quiet,
+        local=LocalSettings(workers=workers, no_local=no_local),
+        net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
+                            peers=tuple(peer or ()), secret=secret, port=port,
+                            name=name or socket.gethostname()),
+        as_json=as_json, report_html=report_html, chunk_seconds=chunk_seconds,
+        upscale=upscale, fresh=fresh, force=force, audio=audio.value,
+        subtitles=subtitles.value))
     if not as_json:
         _tolerating_dead_pipes(typer.echo, out)
 
@@ -659,6 +665,7 @@ def demo(
     """
     from chunker.testsrc import make_demo_clip
     from chunker.tools import find_ffmpeg
+    from peer.options import LocalSettings
 
     src = os.path.abspath("swarm-demo.mp4")
 
@@ -670,8 +677,8 @@ def demo(
         make_demo_clip(ff.path, src, DEMO_SECONDS)
 
     _guarded(make)
-    out = _guarded(partial(_run_encode, src, profile, None, None, False, workers=workers,
-                           name=socket.gethostname(), force=True))
+    out = _guarded(partial(_run_encode, src, profile, None, None, False,
+                           local=LocalSettings(workers=workers), force=True))
     typer.echo(f"swarm: demo output: {out}", err=True)
     typer.echo(out)
 

@@ -33,7 +33,7 @@ from swarm.liveness import stalled
 from swarm.verdict import BENCH_GRACE_S, nobody_left
 
 from . import media
-from .host import default_workers, free_port
+from .host import default_workers
 from .jobserver import JobServer
 from .journal import (
     MERGED_KEY,
@@ -74,20 +74,20 @@ def output_container(path: str) -> str:
 
 def _check_paths(opts: EncodeOptions) -> tuple[str, str]:
     """Returns the output container and the output's directory."""
-    src = Path(opts.input)
+    src = Path(opts.job.input)
     if not src.exists():
-        raise UsageError(f"{opts.input}: no such file")
+        raise UsageError(f"{opts.job.input}: no such file")
     if not src.is_file():
-        raise UsageError(f"{opts.input}: not a file")
+        raise UsageError(f"{opts.job.input}: not a file")
     if not os.access(src, os.R_OK):
-        raise UsageError(f"{opts.input}: not readable")
-    container = output_container(opts.output)
-    outdir = Path(opts.output).resolve().parent
+        raise UsageError(f"{opts.job.input}: not readable")
+    container = output_container(opts.job.output)
+    outdir = Path(opts.job.output).resolve().parent
     if not outdir.is_dir():
         raise UsageError(f"output directory {outdir} does not exist")
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise UsageError(f"output directory {outdir} is not writable")
-    if Path(opts.output).resolve() == src.resolve():
+    if Path(opts.job.output).resolve() == src.resolve():
         raise UsageError("output would overwrite the input")
     return container, str(outdir)
 
@@ -97,16 +97,16 @@ def _refuse_overwrite(opts: EncodeOptions, ours: str | None = None) -> str | Non
     renamed it there (then a rerun finishes that job). Checked at the start, so a mistake
     costs nothing, and again just before the rename (``ours``: what the first check
     returned, the stamp of the file it allowed), for a file that appeared meanwhile."""
-    if os.path.isdir(opts.output):
-        raise UsageError(f"{opts.output} is a directory")
-    if not os.path.lexists(opts.output) or opts.force:
+    if os.path.isdir(opts.job.output):
+        raise UsageError(f"{opts.job.output} is a directory")
+    if not os.path.lexists(opts.job.output) or opts.job.force:
         return None
     try:
-        stamp = output_stamp(opts.output)
+        stamp = output_stamp(opts.job.output)
     except OSError:  # a dangling symlink
         stamp = None
-    if stamp is None or (stamp != ours and not output_is_ours(opts.output)):
-        raise UsageError(f"{opts.output} exists; use --force to replace it")
+    if stamp is None or (stamp != ours and not output_is_ours(opts.job.output)):
+        raise UsageError(f"{opts.job.output} exists; use --force to replace it")
     return stamp
 
 
@@ -116,12 +116,12 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
     t_start = trio.current_time()
     container, outdir = _check_paths(opts)
     ours = _refuse_overwrite(opts)
-    if opts.no_local and not opts.network:
+    if opts.local.no_local and not opts.net.enabled:
         raise UsageError("--no-local needs peers: leave networking on")
-    if opts.audio not in AUDIO_MODES or opts.subtitles not in SUBTITLE_MODES:
-        raise UsageError(f"--audio {opts.audio} --subtitles {opts.subtitles}: use "
+    if opts.job.audio not in AUDIO_MODES or opts.job.subtitles not in SUBTITLE_MODES:
+        raise UsageError(f"--audio {opts.job.audio} --subtitles {opts.job.subtitles}: use "
                          f"{'|'.join(AUDIO_MODES)} and {'|'.join(SUBTITLE_MODES)}")
-    need = [opts.profile.video.codec, opts.profile.audio.codec]
+    need = [opts.job.profile.video.codec, opts.job.profile.audio.codec]
     seen = 0
 
     async def count_peers() -> None:
@@ -130,27 +130,27 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
 
     async with trio.open_nursery() as nursery:
         # The chunk count follows the swarm: listen for peers while finding and probing.
-        if opts.network and opts.discover and opts.chunk_seconds is None:
+        if opts.net.enabled and opts.net.discover and opts.job.chunk_seconds is None:
             nursery.start_soon(count_peers)
         ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need)
-        info = await media.probe(ffmpeg, opts.input)
-    workers = 0 if opts.no_local else (opts.workers or default_workers())
-    threads = opts.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+        info = await media.probe(ffmpeg, opts.job.input)
+    workers = 0 if opts.local.no_local else (opts.local.workers or default_workers())
+    threads = opts.local.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     # Peers count one slot each (a `join` node's default); named ones count too.
-    slots = max(2, workers + seen + len(opts.peers))
-    chunk_s = opts.chunk_seconds or default_chunk_seconds(info.duration_s, slots)
+    slots = max(2, workers + seen + len(opts.net.peers))
+    chunk_s = opts.job.chunk_seconds or default_chunk_seconds(info.duration_s, slots)
     plans = plan_chunks(info.video, info.format_start_s, chunk_s,
                         keyframe_seek=info.keyframe_seek)
     frames = info.video.frames
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
-    vplan = video_plan(opts.profile, dw, dh, fps, opts.upscale, info.video.time_base)
-    tracks = plan_tracks(info, container, opts.profile.audio.channels,
-                         opts.profile.audio.codec, opts.audio, opts.subtitles,
-                         mkv_name=Path(opts.output).with_suffix(".mkv").name)
-    workdir_path = work_dir_for(opts.output)
+    vplan = video_plan(opts.job.profile, dw, dh, fps, opts.job.upscale, info.video.time_base)
+    tracks = plan_tracks(info, container, opts.job.profile.audio.channels,
+                         opts.job.profile.audio.codec, opts.job.audio, opts.job.subtitles,
+                         mkv_name=Path(opts.job.output).with_suffix(".mkv").name)
+    workdir_path = work_dir_for(opts.job.output)
     try:
-        identity = await trio.to_thread.run_sync(input_identity, opts.input)
+        identity = await trio.to_thread.run_sync(input_identity, opts.job.input)
         workdir_path.mkdir(exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write in {outdir}: {exc.strerror}") from exc
@@ -165,13 +165,14 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.ffmpegs[server.local_key] = ffmpeg.short_version
-            server.job.add_peer("local", _local_score(ffmpeg, opts.profile), server.t0,
+            server.job.add_peer("local", _local_score(ffmpeg, opts.job.profile), server.t0,
                                 slots=workers)
-        emit(JobStart(input=opts.input, output=opts.output, profile=opts.profile.name,
+        emit(JobStart(input=opts.job.input, output=opts.job.output,
+                      profile=opts.job.profile.name,
                       frames=frames, chunks=len(plans), duration_s=info.duration_s,
                       width=vplan.width, height=vplan.height, workers=workers,
-                      ffmpeg=ffmpeg.version, job_id=job_id, secret=opts.secret is not None,
-                      network=opts.network, name=opts.name, policy=server.job.policy,
+                      ffmpeg=ffmpeg.version, job_id=job_id, secret=opts.net.secret is not None,
+                      network=opts.net.enabled, name=opts.net.name, policy=server.job.policy,
                       peers_seen=seen, chunk_s=round(chunk_s, 3)))
         # What the output will hold besides the video, and what it cannot (said once).
         emit(tracks_event(tracks))
@@ -180,7 +181,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             emit(JobResumed(len(server.restored), tuple(sorted(server.restored)), len(plans),
                             server.job.frames_done))
         audio_file = None
-        if tracks.audio and opts.profile.audio.codec in AUDIO_COPY_EXACT:
+        if tracks.audio and opts.job.profile.audio.codec in AUDIO_COPY_EXACT:
             audio_file = os.path.join(workdir, "audio.mp4")
         async with trio.open_nursery() as audio_nursery:
             if audio_file is not None:
@@ -188,13 +189,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             if not workers:
                 server.core_idle.set()
             async with trio.open_nursery() as nursery:
-                if opts.network:
-                    # The coordinator only browses: peers learn its URL from the invite.
-                    node = Node(NodeConfig(name=opts.name, port=free_port(opts.port),
-                                           secret=opts.secret, advertise=False,
-                                           interfaces=opts.interfaces,
-                                           peer_gone_s=2 * opts.timings.lease_s),
-                                ffmpeg, coordinator=True)
+                if opts.net.enabled:
+                    node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings), ffmpeg,
+                                coordinator=True)
                     await nursery.start(node.run)
                     node.jobs[job_id] = server
                     emit(Listening(node.port))
@@ -202,24 +199,24 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                 for slot in range(workers):
                     nursery.start_soon(local_slot, server, slot, threads)
                 await _watch(server, workers, opts)
-                if opts.network and server.last_done_remote:
+                if opts.net.enabled and server.last_done_remote:
                     # Let the reply to the last result reach its peer before the server stops.
-                    await trio.sleep(opts.timings.response_grace_s)
+                    await trio.sleep(opts.tuning.timings.response_grace_s)
                 nursery.cancel_scope.cancel()
             # Whatever is still to do (the audio) now has the machine to itself.
             server.core_idle.set()
         journal.set("state", "merging")
         emit(Merge())
-        tmp_out = os.path.join(workdir, "output" + Path(opts.output).suffix.lower())
+        tmp_out = os.path.join(workdir, "output" + Path(opts.job.output).suffix.lower())
         await media.merge(ffmpeg, workdir, [r.file for r in server.records],
-                          [p.span_s for p in plans], info, opts.profile, tracks, tmp_out,
+                          [p.span_s for p in plans], info, opts.job.profile, tracks, tmp_out,
                           container, audio_file)
         await media.verify_output(ffmpeg, tmp_out, info, tracks)
         _refuse_overwrite(opts, ours)
         journal.set(MERGED_KEY, output_stamp(tmp_out))
-        os.replace(tmp_out, opts.output)
+        os.replace(tmp_out, opts.job.output)
         report = build_report(server, trio.current_time() - t_start)
-        emit(JobEnd(opts.output, report["wall_s"]))
+        emit(JobEnd(opts.job.output, report["wall_s"]))
         return report
     finally:
         # Success, failure and Ctrl-C all end here and leave nothing; only a crash (SIGKILL,
@@ -246,12 +243,12 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
                      ) -> tuple[list[ChunkPlan], str, bool]:
     """Resume the journalled job if it is this one (same input file, same settings), else
     start the journal afresh. Returns the plan, the job id and whether we resume."""
-    settings = json.dumps(opts.profile.to_wire() | {"upscale": opts.upscale,
-                                                     "audio": opts.audio,
-                                                     "subtitles": opts.subtitles},
+    settings = json.dumps(opts.job.profile.to_wire() | {"upscale": opts.job.upscale,
+                                                     "audio": opts.job.audio,
+                                                     "subtitles": opts.job.subtitles},
                           sort_keys=True)
     old = journal.get("input")
-    if (not opts.fresh and old is not None and journal.get("settings") == settings
+    if (not opts.job.fresh and old is not None and journal.get("settings") == settings
             and InputIdentity.from_json(old).same_file(identity)):
         cuts = [first for first, _ in journal.plan()]
         try:
@@ -269,7 +266,7 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
     journal.reset()
     job_id = secrets.token_urlsafe(12)
     for key, value in (("input", identity.to_json()), ("settings", settings),
-                       ("output", str(journal.workdir.parent / Path(opts.output).name)),
+                       ("output", str(journal.workdir.parent / Path(opts.job.output).name)),
                        ("job_id", job_id),
                        ("state", "encoding")):
         journal.set(key, value)
@@ -282,7 +279,7 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
     job = server.job
     # With no way for another encoder to come (no network, or no mDNS and no --peer), end
     # as soon as the last one is out.
-    grace = BENCH_GRACE_S if opts.network and (opts.discover or opts.peers) else 0.0
+    grace = BENCH_GRACE_S if opts.net.enabled and (opts.net.discover or opts.net.peers) else 0.0
     while not server.finished.is_set() or server.fatal is not None:
         if server.fatal is not None:
             raise EncodeError(server.fatal)
@@ -291,12 +288,12 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
         why = nobody_left(job, now, server.names, grace)
         if why is not None:
             raise EncodeError(why)
-        why = stalled(running=job.running(),
+        why = stalled(running=bool(job.running()),
                       local_alive=workers > 0 and server.local_key not in job.benched,
-                      network=opts.network, idle_s=now - server.last_activity,
-                      stall_s=opts.timings.stall_s)
+                      network=opts.net.enabled, idle_s=now - server.last_activity,
+                      stall_s=opts.tuning.timings.stall_s)
         if why is not None:
             raise EncodeError(why)
-        with trio.move_on_after(opts.timings.tick_s):
+        with trio.move_on_after(opts.tuning.timings.tick_s):
             await server.finished.wait()
 

@@ -169,6 +169,7 @@ class JobView:
         return row
 
     def feed(self, e: JobEvent, now: float) -> None:
+        row: PeerRow | None
         match e:
             case JobStart():
                 self.started = now
@@ -183,9 +184,9 @@ class JobView:
                     me.local, me.remote = True, False
                     me.arch, me.score = self.local_arch, self.local_score
             case PeerJoined():
-                row = self.peer(e.peer)
-                row.gone = False
-                row.arch, row.score = e.arch, e.score or None
+                joined = self.peer(e.peer)
+                joined.gone = False
+                joined.arch, joined.score = e.arch, e.score or None
                 self._log(now, f"{e.peer} joined ({e.address})")
             case PeerLeft():
                 if e.peer in self.peers:
@@ -208,12 +209,12 @@ class JobView:
                 self.frames_done = self.kept_frames = e.frames_done
                 self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
             case ChunkStart(chunk=c):
-                row = self.peer(e.peer)
-                row.remote = e.remote
+                holder = self.peer(e.peer)
+                holder.remote = e.remote
                 # A remote peer's ffmpeg fetches the source first; its first progress report
                 # says it is encoding.
-                row.running[e.attempt] = (c, 0, 0.0,
-                                          "downloading" if row.remote else "encoding")
+                holder.running[e.attempt] = (c, 0, 0.0,
+                                             "downloading" if holder.remote else "encoding")
                 if c < len(self.chunk_state):
                     self.chunk_state[c], self.chunk_peer[c] = "running", e.peer
                     self.chunk_frames[c] = 0

@@ -76,8 +76,8 @@ class JobServer:
         self.workdir = workdir
         self.emit = emit
         self.local_key = local_key
-        self.job = Job([p.frames for p in plans], lease_s=opts.timings.lease_s,
-                       pixels=vplan.width * vplan.height, policy=opts.policy)
+        self.job = Job([p.frames for p in plans], lease_s=opts.tuning.timings.lease_s,
+                       pixels=vplan.width * vplan.height, policy=opts.tuning.policy)
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
@@ -91,7 +91,7 @@ class JobServer:
         self.left_out: dict[str, str] = {}
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
         self.records = [_ChunkRecord(p) for p in plans]
-        self.names: dict[str, str] = {local_key: opts.name}
+        self.names: dict[str, str] = {local_key: opts.net.name}
         # Each encoder's ffmpeg version (peers report theirs in /v1/info), for messages.
         self.ffmpegs: dict[str, str] = {}
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
@@ -200,7 +200,7 @@ class JobServer:
     def awaited(self, now: float) -> set[str]:
         """Peers invited within a lease that have not claimed yet: they may still try."""
         return {p for p, t in self.invited_at.items()
-                if p not in self.claimed_by and now - t < self.opts.timings.lease_s}
+                if p not in self.claimed_by and now - t < self.opts.tuning.timings.lease_s}
 
     # -- recruiting (peer.recruit tells the job about the peers it invites) ---------------
     def peer_invited(self, node_id: str, name: str, score: float | None, slots: int,
@@ -305,7 +305,8 @@ class JobServer:
     def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
         """The chunk's decoding parameter sets; None if its header does not parse (the
         verification that follows then says what is wrong with it)."""
-        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        encoder = self.opts.job.profile.video.codec
+        codec = ENCODER_CODECS.get(encoder, encoder)
         try:
             with open(path, "rb") as fh:
                 head = fh.read(HEADER_BYTES)
@@ -320,7 +321,8 @@ class JobServer:
         if self.param_sets is None:
             self.param_sets, self.param_sets_from = sets, attempt
             return None
-        codec = ENCODER_CODECS.get(self.opts.profile.video.codec, self.opts.profile.video.codec)
+        encoder = self.opts.job.profile.video.codec
+        codec = ENCODER_CODECS.get(encoder, encoder)
         return mismatch(codec, self.param_sets, sets)
 
     def _result_limit(self, chunk: int) -> int:
@@ -382,7 +384,7 @@ class JobServer:
 
     # -- invite --------------------------------------------------------------------------
     def invite_fields(self) -> dict[str, str | int | float | bool]:
-        fields = self.opts.profile.to_wire()
+        fields = self.opts.job.profile.to_wire()
         fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,
                        "out_gop": self.vplan.gop_frames})
         if self.vplan.time_base is not None:

@@ -58,7 +58,7 @@ async def audio_when_idle(server: JobServer, out: str) -> None:
     await server.core_idle.wait()
     server.emit(AudioStart())
     t = trio.current_time()
-    await media.encode_audio(server.ffmpeg, server.info, server.opts.profile, server.tracks,
+    await media.encode_audio(server.ffmpeg, server.info, server.opts.job.profile, server.tracks,
                              out)
     server.audio_s = trio.current_time() - t
     server.emit(AudioDone(round(server.audio_s, 3)))
@@ -69,8 +69,8 @@ async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str
     verify and accept, or None if the attempt failed or is no longer wanted."""
     plan = server.plans[a.chunk]
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
-    argv = encode_chunk_argv(server.ffmpeg.path, server.opts.profile, server.vplan,
-                             server.opts.input, plan.seek_s, plan.trim_s, plan.frames,
+    argv = encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile, server.vplan,
+                             server.opts.job.input, plan.seek_s, plan.trim_s, plan.frames,
                              threads=threads)
     with trio.CancelScope() as scope:
 

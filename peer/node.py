@@ -16,7 +16,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -59,6 +59,7 @@ from swarm.protocol import Assignment as AssignmentMsg
 
 from . import pyz as pyz_mod
 from .client import call
+from .host import free_port
 from .http import (
     HTTPError,
     Receive,
@@ -71,6 +72,7 @@ from .http import (
     respond_message,
 )
 from .lan import lan_address
+from .options import NetworkSettings
 from .worker import accept_invite, work_slot
 
 __all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "check_port"]
@@ -153,11 +155,19 @@ class NodeConfig:
     secret: str | None = None
     slots: int = 1
     advertise: bool = True
-    interfaces: list[str] | None = None  # IPv4 addresses for mDNS; None: all
+    interfaces: Sequence[str] | None = None  # IPv4 addresses for mDNS; None: all
     peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
     peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
     serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
     timings: Timings = field(default_factory=Timings)  # how long a coordinator may be silent
+
+    @classmethod
+    def coordinating(cls, net: NetworkSettings, timings: Timings) -> NodeConfig:
+        """The node of a coordinator: it only browses (peers learn its URL from the invite),
+        on ``net.port`` if free, and drops a dead connection after two leases."""
+        return cls(name=net.name, port=free_port(net.port), secret=net.secret,
+                   advertise=False, interfaces=net.interfaces, peer_gone_s=2 * timings.lease_s,
+                   timings=timings)
 
 
 class JobEndpoints(Protocol):

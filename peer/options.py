@@ -1,4 +1,12 @@
-"""What one `swarm encode` asks for (``EncodeOptions``), as the CLI passes it down."""
+"""What one `swarm encode` asks for, in four parts, as the CLI passes it down.
+
+- ``JobIntent``: what the user wants of the output (the file, the profile, the tracks);
+  the journal keys a resumable job on these.
+- ``LocalSettings``: this device's share of the encoding.
+- ``NetworkSettings``: whether and how to find peers, and how to be found.
+- ``Tuning``: what tests and benchmarks change, users never: the scheduler policy and the
+  shell's ``Timings``.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +14,51 @@ import socket
 from dataclasses import dataclass, field
 
 from profiles import Profile
-from swarm.config import Timings
+from swarm.config import DEFAULT_TIMINGS, Timings
 
-__all__ = ["EncodeOptions"]
+__all__ = ["EncodeOptions", "JobIntent", "LocalSettings", "NetworkSettings", "Tuning"]
 
 
-@dataclass(slots=True)
-class EncodeOptions:
+@dataclass(frozen=True, slots=True)
+class JobIntent:
     input: str
     output: str
     profile: Profile
-    chunk_seconds: float | None = None
-    workers: int = 0  # local encoder slots; 0: default_workers()
-    threads: int = 0  # encoder threads per local slot; 0: cores / slots
-    name: str = field(default_factory=socket.gethostname)
+    chunk_seconds: float | None = None  # None: sized for the encoders present
     upscale: bool = False
-    no_local: bool = False
-    network: bool = False  # run a node and recruit remote peers
-    discover: bool = True  # find peers with mDNS (with network)
-    peers: list[str] = field(default_factory=list)  # HOST:PORT named explicitly
-    secret: str | None = None
-    port: int = 0
-    interfaces: list[str] | None = None
-    policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
-    fresh: bool = False  # ignore a journal left by a crashed run of the same job
-    force: bool = False  # replace an existing output (see _refuse_overwrite)
     audio: str = "all"  # audio tracks kept: "all", "first" or "none" (chunker.tracks)
     subtitles: str = "copy"  # "copy" where the container can hold them, or "none"
-    timings: Timings = field(default_factory=Timings)  # leases, ticks, stall and gone limits
+    fresh: bool = False  # ignore a journal left by a crashed run of the same job
+    force: bool = False  # replace an existing output (see _refuse_overwrite)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSettings:
+    workers: int = 0  # local encoder slots; 0: host.default_workers()
+    threads: int = 0  # encoder threads per local slot; 0: cores / slots
+    no_local: bool = False  # only coordinate peers
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    enabled: bool = False  # run a node and recruit remote peers
+    discover: bool = True  # find peers with mDNS (when enabled)
+    peers: tuple[str, ...] = ()  # HOST:PORT named explicitly (--peer)
+    secret: str | None = None
+    port: int = 0  # where the coordinator serves; taken or 0: any free port
+    interfaces: tuple[str, ...] | None = None  # IPv4 addresses for mDNS; None: all
+    name: str = field(default_factory=socket.gethostname)  # this device, as peers see it
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
+    timings: Timings = DEFAULT_TIMINGS  # leases, ticks, stall and gone limits
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    job: JobIntent
+    local: LocalSettings = LocalSettings()
+    net: NetworkSettings = field(default_factory=NetworkSettings)
+    tuning: Tuning = Tuning()

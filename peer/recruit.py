@@ -65,7 +65,7 @@ def parse_peer(spec: str) -> tuple[str, int]:
 
 
 def _our_fingerprint(opts: EncodeOptions) -> str:
-    return auth.fingerprint(opts.secret) if opts.secret else ""
+    return auth.fingerprint(opts.net.secret) if opts.net.secret else ""
 
 
 # How long the coordinator listens for mDNS answers before it plans the chunks (while it
@@ -83,7 +83,7 @@ async def census(opts: EncodeOptions) -> int:
 
     fp = _our_fingerprint(opts)
     try:
-        records = await find_peers(CENSUS_S, interfaces=opts.interfaces)
+        records = await find_peers(CENSUS_S, interfaces=opts.net.interfaces)
     except Exception as exc:  # only a sizing hint: it must never stop a job
         log.debug("census failed: %s", exc)
         return 0
@@ -95,7 +95,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                    emit: Callable[[JobEvent], None]) -> None:
     """Find peers (mDNS, --peer), invite them, re-invite ones that dropped the job."""
     candidates: dict[str, _Candidate] = {}
-    for spec in opts.peers:
+    for spec in opts.net.peers:
         host, port = parse_peer(spec)
         candidates[f"{host}:{port}"] = _Candidate(host, port, named=True)
     our_fp = _our_fingerprint(opts)
@@ -112,7 +112,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
 
         send, recv = trio.open_memory_channel[PeerEvent](64)
         async with trio.open_nursery() as n:
-            n.start_soon(partial(browse, send, interfaces=opts.interfaces))
+            n.start_soon(partial(browse, send, interfaces=opts.net.interfaces))
             async for ev in recv:
                 rec = ev.record
                 if rec.node_id == node.node_id or not rec.host:
@@ -156,23 +156,23 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.node_id, c.name = info.node_id, info.name
         if c.invited and info.job_id == server.job_id:
             return
-        if opts.profile.video.codec not in info.encoders:
-            c.unusable = f"lacks {opts.profile.video.codec}"
+        if opts.job.profile.video.codec not in info.encoders:
+            c.unusable = f"lacks {opts.job.profile.video.codec}"
             emit(PeerForeign(info.name, c.unusable))
             return
         c.busy = info.state != "idle" and info.job_id != server.job_id
         if c.busy:
             return
-        why = fruitless(c.invites, server.has_claimed(info.node_id))
-        if why is not None:
-            c.unusable = why
+        stop = fruitless(c.invites, server.has_claimed(info.node_id))
+        if stop is not None:
+            c.unusable = stop
             emit(PeerForeign(info.name, c.unusable))
             return
         c.invites += 1
         url = f"http://{route_address(c.host)}:{node.port}"
         invite = Invite(server.job_id, url, server.invite_fields())
         try:
-            ack = await call(client, opts.secret, "POST", "/v1/invite", invite, (ResultAck,),
+            ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite, (ResultAck,),
                              base=c.base)
         except PeerError as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
@@ -182,13 +182,13 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         assert isinstance(ack, ResultAck)
         if ack.accepted and not c.invited:
             c.invited = True
-            server.peer_invited(info.node_id, info.name, info.scores.get(opts.profile.name),
+            server.peer_invited(info.node_id, info.name, info.scores.get(opts.job.profile.name),
                                 info.slots, short_version(info.ffmpeg), trio.current_time())
             server.named_peer_reached(f"{c.host}:{c.port}")  # it came up after all
             emit(PeerJoined(info.name, c.base, info.arch, info.ffmpeg, info.cpus,
-                            info.scores.get(opts.profile.name, 0.0)))
+                            info.scores.get(opts.job.profile.name, 0.0)))
 
-    hint_at: float | None = trio.current_time() + opts.timings.no_peer_hint_s
+    hint_at: float | None = trio.current_time() + opts.tuning.timings.no_peer_hint_s
 
     def maybe_hint(now: float) -> None:
         nonlocal hint_at
@@ -196,13 +196,13 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             hint_at = None  # a peer took part: the hint is moot for the rest of the job
         elif hint_at is not None and now >= hint_at and node.pyz is not None:
             hint_at = None
-            emit(NoPeers(opts.timings.no_peer_hint_s, node.address, bootstrap_line(node.address),
-                         node.pyz.sha256))
+            emit(NoPeers(opts.tuning.timings.no_peer_hint_s, node.address,
+                         bootstrap_line(node.address), node.pyz.sha256))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(3.0)) as client:
         try:
             async with trio.open_nursery() as nursery:
-                if opts.discover:
+                if opts.net.discover:
                     nursery.start_soon(watch_mdns)
                 while True:
                     now = trio.current_time()
@@ -211,18 +211,18 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                         if c.unusable or c.next_try > now:
                             continue
                         if c.invited:
-                            c.next_try = now + opts.timings.recheck_invited_s
+                            c.next_try = now + opts.tuning.timings.recheck_invited_s
                             # Still ours? A peer that dropped the job is invited again.
                             nursery.start_soon(_recheck, c, client, server)
                         else:
                             nursery.start_soon(try_invite, c, client)
-                    await trio.sleep(opts.timings.recruit_every_s)
+                    await trio.sleep(opts.tuning.timings.recruit_every_s)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 async with trio.open_nursery() as bye:
                     for c in candidates.values():
                         if c.invited:
-                            bye.start_soon(_goodbye, c, client, server.job_id, opts.secret)
+                            bye.start_soon(_goodbye, c, client, server.job_id, opts.net.secret)
 
 
 async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:

@@ -60,9 +60,9 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
                    for r in server.journal.attempts() if r["run"] < run]
     info = server.info
     return {
-        "input": server.opts.input,
-        "output": server.opts.output,
-        "profile": server.opts.profile.name,
+        "input": server.opts.job.input,
+        "output": server.opts.job.output,
+        "profile": server.opts.job.profile.name,
         "frames": info.video.frames,
         "duration_s": round(info.duration_s, 6),
         "wall_s": round(wall_s, 3),

@@ -28,7 +28,7 @@ from chunker.probe import VideoInfo
 from cli import _Plain
 from media import FFMPEG
 from peer.jobserver import JobServer
-from peer.options import EncodeOptions
+from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from profiles import load_profile
 from swarm.events import ChunkFailed, JobEvent
 from swarm.job import Assign
@@ -141,8 +141,8 @@ def _server(events: list[JobEvent]) -> JobServer:
     video = VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
                       time_base=tb, pts=tuple(i * 512 for i in range(100)),
                       keyframes=tuple(range(0, 100, 25)), last_duration=512)
-    opts = EncodeOptions(input="in.mp4", output="out.mp4", profile=load_profile("hd"),
-                         name="alpha", policy="fifo")
+    opts = EncodeOptions(JobIntent("in.mp4", "out.mp4", load_profile("hd")),
+                         net=NetworkSettings(name="alpha"), tuning=Tuning(policy="fifo"))
     # Only the job's bookkeeping runs here: no file is read, no ffmpeg started.
     return JobServer(job_id="j", opts=opts, ffmpeg=cast(Any, None), info=cast(Any, None),
                      plans=plan_chunks(video, 0.0, 1.0), vplan=VideoPlan(640, 360, 50),

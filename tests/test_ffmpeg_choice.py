@@ -20,7 +20,8 @@ from chunker.probe import probe
 from chunker.tools import FFmpeg, ffmpeg_info
 from chunker.verify import check_chunk_listing
 from media import FFMPEG, min_psnr
-from peer.coordinator import EncodeOptions, run_encode
+from peer.coordinator import run_encode
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from profiles import load_profile
 
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -116,9 +117,9 @@ async def test_a_source_that_starts_late_gets_its_own_frames_on_every_build(
     out = tmp_path / "out.mp4"
     monkeypatch.setenv("SWARM_FFMPEG", binary.path)
     with trio.fail_after(120):
-        report = await run_encode(EncodeOptions(str(late_source), str(out),
-                                                load_profile("hd"), chunk_seconds=1.0,
-                                                workers=2, name="t"))
+        report = await run_encode(EncodeOptions(
+            JobIntent(str(late_source), str(out), load_profile("hd"), chunk_seconds=1.0),
+            LocalSettings(workers=2), NetworkSettings(name="t")))
     assert len(report["chunks"]) == 3
     o = probe(ffmpeg_info(FFMPEG), str(out))
     assert min_psnr(late_source, out, o.video.width, o.video.height) > 35.0

@@ -52,7 +52,7 @@ from media import make_source
 from peer import media
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
-from peer.options import EncodeOptions
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from profiles import load_profile
 from swarm import auth
 from swarm.config import Timings
@@ -168,12 +168,14 @@ async def _serve(source: Path, workdir: Path, secret: str | None,
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
     info = await media.probe(ffmpeg, str(source))
     profile = load_profile("hd")
-    opts = EncodeOptions(str(source), str(workdir / "out.mp4"), profile, chunk_seconds=CHUNK_S,
-                         no_local=True, network=True, discover=False, secret=secret,
-                         timings=Timings(lease_s=LEASE_S))
+    opts = EncodeOptions(JobIntent(str(source), str(workdir / "out.mp4"), profile,
+                                   chunk_seconds=CHUNK_S),
+                         LocalSettings(no_local=True),
+                         NetworkSettings(enabled=True, discover=False, secret=secret),
+                         Tuning(timings=Timings(lease_s=LEASE_S)))
     plans = plan_chunks(info.video, info.format_start_s, CHUNK_S)
     fps = info.video.frames / info.duration_s
-    vplan = video_plan(profile, *info.video.display_size, fps, opts.upscale)
+    vplan = video_plan(profile, *info.video.display_size, fps, opts.job.upscale)
     job = JobServer(job_id=JOB, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans, vplan=vplan,
                     workdir=str(workdir), emit=lambda e: None, local_key="local")
     node = Node(NodeConfig(name="fuzz", port=0, host="127.0.0.1", secret=secret,

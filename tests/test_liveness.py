@@ -23,7 +23,7 @@ from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
 from peer.coordinator import _watch
 from peer.jobserver import JobServer
-from peer.options import EncodeOptions
+from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from peer.worker import JobTerms, work_slot
 from profiles import load_profile
 from swarm.config import Environment, Timings
@@ -132,8 +132,9 @@ def _server(events: list[JobEvent], timings: Timings, *, network: bool = False
     video = VideoInfo(codec="h264", width=640, height=360, sar=Fraction(1), rotation=0,
                       time_base=tb, pts=tuple(i * 512 for i in range(100)),
                       keyframes=tuple(range(0, 100, 25)), last_duration=512)
-    opts = EncodeOptions(input="in.mp4", output="out.mp4", profile=load_profile("hd"),
-                         name="alpha", policy="fifo", network=network, timings=timings)
+    opts = EncodeOptions(JobIntent("in.mp4", "out.mp4", load_profile("hd")),
+                         net=NetworkSettings(enabled=network, name="alpha"),
+                         tuning=Tuning(policy="fifo", timings=timings))
     # Only the job's bookkeeping runs here: no file is read, no ffmpeg started.
     server = JobServer(job_id="j", opts=opts, ffmpeg=cast(Any, None), info=cast(Any, None),
                        plans=plan_chunks(video, 0.0, 1.0), vplan=VideoPlan(640, 360, 50),

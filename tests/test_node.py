@@ -17,8 +17,9 @@ import trio
 from chunker.tools import find_ffmpeg
 from chunker.verify import check_output
 from media import decode_errors, media_info
-from peer.coordinator import EncodeOptions, run_encode
+from peer.coordinator import run_encode
 from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from peer.worker import accept_invite
 from profiles import load_profile
 from swarm import auth
@@ -62,9 +63,10 @@ async def test_remote_peers_encode_frame_exact(name: str, source: Path,
             b = await _start_peer(nursery, "peer-b", secret="k")
             out = tmp_path / "out.mp4"
             opts = EncodeOptions(
-                str(source), str(out), load_profile("hd"), chunk_seconds=0.5,
-                name="coord", no_local=True, network=True, discover=False,
-                peers=[f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], secret="k")
+                JobIntent(str(source), str(out), load_profile("hd"), chunk_seconds=0.5),
+                LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
+                                peers=(f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}")))
             report = await run_encode(opts)
             nursery.cancel_scope.cancel()
     assert {c["peer"] for c in report["chunks"]} == {"peer-a", "peer-b"}
@@ -82,9 +84,11 @@ async def test_peer_with_another_secret_gets_no_work(corpus: dict[str, Path],
             bad = await _start_peer(nursery, "bad", secret="wrong")
             opened = await _start_peer(nursery, "open", secret=None)
             opts = EncodeOptions(
-                str(corpus["closed_gop"]), str(tmp_path / "o.mp4"), load_profile("hd"),
-                chunk_seconds=0.5, name="coord", no_local=True, network=True, discover=False,
-                peers=[f"127.0.0.1:{n.port}" for n in (good, bad, opened)], secret="right")
+                JobIntent(str(corpus["closed_gop"]), str(tmp_path / "o.mp4"),
+                          load_profile("hd"), chunk_seconds=0.5),
+                LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord", secret="right",
+                                peers=tuple(f"127.0.0.1:{n.port}" for n in (good, bad, opened))))
             report = await run_encode(opts)
             nursery.cancel_scope.cancel()
     assert {c["peer"] for c in report["chunks"]} == {"good"}

@@ -17,8 +17,9 @@ from chunker.commands import encode_chunk_argv, video_plan
 from chunker.paramsets import HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
 from chunker.verify import check_output
 from media import decode_errors, media_info
-from peer.coordinator import EncodeOptions, run_encode
+from peer.coordinator import run_encode
 from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from profiles import load_profile
 
 SPS = bytes.fromhex("6764001facd9405005bb011000000300100000030320f1831960")
@@ -140,9 +141,10 @@ async def test_a_peer_whose_parameter_sets_differ_is_left_out(corpus: dict[str, 
                 await nursery.start(node.run)
                 nodes.append(node)
             opts = EncodeOptions(
-                str(src), str(out), load_profile("fhd-x265"), chunk_seconds=0.5,
-                name="coord", no_local=True, network=True, discover=False,
-                peers=[f"127.0.0.1:{n.port}" for n in nodes])
+                JobIntent(str(src), str(out), load_profile("fhd-x265"), chunk_seconds=0.5),
+                LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord",
+                                peers=tuple(f"127.0.0.1:{n.port}" for n in nodes)))
             report = await run_encode(opts)
             nursery.cancel_scope.cancel()
     kept = {c["peer"] for c in report["chunks"]}

@@ -26,7 +26,8 @@ from media import (
     sound_span,
 )
 from peer import media as steps
-from peer.coordinator import EncodeOptions, run_encode
+from peer.coordinator import run_encode
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from peer.proc import run_ffmpeg
 from profiles import load_profile
 from swarm.errors import UsageError
@@ -48,8 +49,9 @@ def binary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> F
 
 async def _encode(src: Path, out: Path, profile: str = "hd", chunk_s: float = 1.0,
                   workers: int = 2) -> dict:
-    opts = EncodeOptions(str(src), str(out), load_profile(profile), chunk_seconds=chunk_s,
-                         workers=workers, name="testnode")
+    opts = EncodeOptions(JobIntent(str(src), str(out), load_profile(profile),
+                                   chunk_seconds=chunk_s),
+                         LocalSettings(workers=workers), NetworkSettings(name="testnode"))
     with trio.fail_after(120):
         return await run_encode(opts)
 

@@ -18,8 +18,9 @@ from chunker.plan import plan_chunks
 from chunker.probe import MediaInfo, probe
 from chunker.tools import ffmpeg_info
 from media import decode_errors
-from peer.coordinator import EncodeOptions, _open_plan
+from peer.coordinator import _open_plan
 from peer.journal import Journal, input_identity
+from peer.options import EncodeOptions, JobIntent
 from profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,19 +129,22 @@ def test_audio_none(source: Path, tmp_path: Path) -> None:
     assert _dropped_lines(err) == []
 
 
+def _with(opts: EncodeOptions, **intent: str) -> EncodeOptions:
+    return dataclasses.replace(opts, job=dataclasses.replace(opts.job, **intent))
+
+
 async def test_resume_needs_the_same_track_options(source: Path, tmp_path: Path) -> None:
     info = media_info(source)
     plans = plan_chunks(info.video, info.format_start_s, 1.0)
     identity = input_identity(str(source))
     wd = tmp_path / ".out.mp4.swarm"
     wd.mkdir()
-    opts = EncodeOptions(str(source), str(tmp_path / "out.mp4"), load_profile("hd"))
+    opts = EncodeOptions(JobIntent(str(source), str(tmp_path / "out.mp4"), load_profile("hd")))
     journal = Journal(wd)
     try:
         resumed = [(await _open_plan(journal, o, info, identity, plans, str(wd)))[2]
-                   for o in (opts, opts, dataclasses.replace(opts, audio="first"),
-                             dataclasses.replace(opts, audio="first"),
-                             dataclasses.replace(opts, subtitles="none"))]
+                   for o in (opts, opts, _with(opts, audio="first"), _with(opts, audio="first"),
+                             _with(opts, subtitles="none"))]
     finally:
         journal.close()
     assert resumed == [False, True, False, True, False]
