@@ -35,10 +35,8 @@ from swarm.events import (
     JobEvent,
     PeerBenched,
 )
-from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
-from swarm.protocol import Assignment as AssignmentMsg
-from swarm.protocol import JobDone
-from swarm.protocol import Wait as WaitMsg
+from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
+from swarm.protocol import Assignment, JobDone, Wait
 from swarm.verdict import hopeless_chunk, left_out
 
 from . import media, transfer
@@ -116,9 +114,9 @@ class JobServer:
         self.source_path = f"/v1/jobs/{job_id}/source"
 
     # -- hand-out ------------------------------------------------------------------------
-    def claim(self, peer: str, now: float, prefetch: bool = False) -> Assign | Wait | Finished:
+    def claim(self, peer: str, now: float, prefetch: bool = False) -> Grant | Retry | Finished:
         action = self.job.claim(peer, now, prefetch=prefetch)
-        if isinstance(action, Assign):
+        if isinstance(action, Grant):
             if not action.queued:  # a queued one's clock starts with its first report
                 self.started[action.attempt] = now
             self.last_activity = now
@@ -130,7 +128,7 @@ class JobServer:
         return action
 
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
-                     ) -> AssignmentMsg | WaitMsg | JobDone:
+                     ) -> Assignment | Wait | JobDone:
         self.names.setdefault(node_id, f"node-{node_id[:6]}")
         if node_id not in self.job.scheduler.peers:
             # Counted as capacity from its first claim, not its invite: an invited node that
@@ -141,10 +139,10 @@ class JobServer:
         action = self.claim(node_id, now, prefetch)
         if isinstance(action, Finished):
             return JobDone(self.job_id)
-        if isinstance(action, Wait):
-            return WaitMsg(max(0.05, action.retry_after_s))
+        if isinstance(action, Retry):
+            return Wait(max(0.05, action.retry_after_s))
         p = self.plans[action.chunk]
-        return AssignmentMsg(
+        return Assignment(
             job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
             lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
             source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s)

@@ -14,7 +14,7 @@ import trio
 from chunker.commands import encode_chunk_argv
 from swarm.errors import EncodeError
 from swarm.events import AudioDone, AudioStart
-from swarm.job import Assign, Finished, Wait
+from swarm.job import Finished, Grant, Retry
 
 from . import media
 from .jobserver import JobServer
@@ -41,7 +41,7 @@ async def local_slot(server: JobServer, slot: int, threads: int) -> None:
             action = server.claim(server.local_key, trio.current_time())
             if isinstance(action, Finished):
                 return
-            if isinstance(action, Wait):
+            if isinstance(action, Retry):
                 server.core_idle.set()
                 if server.local_key in job.benched:
                     return
@@ -64,7 +64,7 @@ async def audio_when_idle(server: JobServer, out: str) -> None:
     server.emit(AudioDone(round(server.audio_s, 3)))
 
 
-async def _encode_local(server: JobServer, a: Assign, threads: int) -> tuple[str, int] | None:
+async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str, int] | None:
     """Encode one chunk to a file in the work directory; returns (file, source bytes) to
     verify and accept, or None if the attempt failed or is no longer wanted."""
     plan = server.plans[a.chunk]

@@ -44,15 +44,15 @@ from .scheduler import POLICIES, PickKind, Scheduler, make_scheduler
 
 __all__ = [
     "POLICIES",
-    "Assign",
     "Attempt",
     "AttemptOutcome",
     "Chunk",
     "ChunkState",
     "Finished",
+    "Grant",
     "Job",
     "Requeued",
-    "Wait",
+    "Retry",
 ]
 
 
@@ -119,7 +119,9 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
-class Assign:
+class Grant:
+    """A claim answered with a chunk (on the wire: ``protocol.Assignment``)."""
+
     attempt: str
     chunk: int
     peer: str
@@ -133,7 +135,9 @@ class Assign:
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class Retry:
+    """A claim answered with nothing yet: ask again later (on the wire: ``protocol.Wait``)."""
+
     retry_after_s: float
 
 
@@ -286,17 +290,17 @@ class Job:
         self._frames_done += chunk.frames
 
     def claim(self, peer: str, now: float, *, prefetch: bool = False
-              ) -> Assign | Wait | Finished:
+              ) -> Grant | Retry | Finished:
         """A peer asks for work. ``prefetch``: it is still busy and wants its next chunk
         queued (at most one unstarted at a time); otherwise it has a free slot now."""
         if self.done:
             return Finished()
         if peer in self.benched:
-            return Wait(self.retry_after_s)
+            return Retry(self.retry_after_s)
         self._dropped.pop(peer, None)
         pick = self.scheduler.pick(peer, now, prefetch)
         if pick is None:
-            return Wait(max(self.retry_after_s, self.scheduler.hold))
+            return Retry(max(self.retry_after_s, self.scheduler.hold))
         chunk = self.chunks[pick.chunk]
         if pick.victim is not None:
             self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,
@@ -310,7 +314,7 @@ class Job:
         self.attempts[attempt_id] = a
         self._running[attempt_id] = None
         self.scheduler.assigned(a, now)
-        return Assign(attempt_id, pick.chunk, peer, self.lease_s, queued=pick.queued,
+        return Grant(attempt_id, pick.chunk, peer, self.lease_s, queued=pick.queued,
                       duplicate=pick.kind is PickKind.DUPLICATE, replaces=pick.victim)
 
     def progress(self, attempt_id: str, frames_done: int, now: float) -> bool:

@@ -57,14 +57,11 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import LocalProtocolError
-
-if TYPE_CHECKING:
-    from .job import Attempt
 
 __all__ = [
     "POLICIES",
@@ -77,6 +74,28 @@ __all__ = [
     "SwarmScheduler",
     "make_scheduler",
 ]
+
+
+class Attempt(Protocol):
+    """An attempt as the scheduler sees it; ``swarm.job.Attempt`` records have this shape.
+
+    The Job owns the records and the table (the scheduler never adds or removes one). The
+    scheduler reads the first group of fields and owns the last three: when progress first
+    and last came, and its finish estimate. Declared here, so the scheduler needs nothing
+    from ``swarm.job`` (which builds on it) and the two do not import each other.
+    """
+
+    id: str
+    chunk: int
+    peer: str
+    started: float
+    queued: bool
+    frames_done: int
+    work: float
+    # Written by the scheduler only:
+    first_progress: float | None
+    last_progress: float
+    est_finish: float
 
 POLICIES = ("swarm", "fifo", "equal")
 
@@ -152,7 +171,7 @@ class Scheduler:
     policy = ""
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt],
+                 attempts: Mapping[str, Attempt],
                  source_bytes: Sequence[float] | None = None) -> None:
         self.work = list(work)
         self.frames = list(frames)
@@ -161,7 +180,7 @@ class Scheduler:
             [0.0] * len(self.work))
         if len(self.bytes) != len(self.work) or any(b < 0 for b in self.bytes):
             raise LocalProtocolError("source_bytes: one value >= 0 per chunk")
-        self.attempts = attempts  # the Job's table, read-only here
+        self.attempts = attempts  # the Job's table (see Attempt for who writes what)
         self.peers: dict[str, PeerState] = {}
         self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
         self._chunk_running: dict[int, list[str]] = {}
@@ -322,7 +341,7 @@ class FifoScheduler(Scheduler):
     policy = "fifo"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt],
+                 attempts: Mapping[str, Attempt],
                  source_bytes: Sequence[float] | None = None) -> None:
         super().__init__(work, frames, attempts, source_bytes)
         self._pending: deque[int] = deque(range(len(self.work)))
@@ -353,7 +372,7 @@ class EqualScheduler(Scheduler):
     policy = "equal"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt],
+                 attempts: Mapping[str, Attempt],
                  source_bytes: Sequence[float] | None = None) -> None:
         super().__init__(work, frames, attempts, source_bytes)
         self._shares: dict[str, deque[int]] | None = None
@@ -440,7 +459,7 @@ class SwarmScheduler(Scheduler):
     policy = "swarm"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
-                 attempts: dict[str, Attempt], absent_s: float = 30.0,
+                 attempts: Mapping[str, Attempt], absent_s: float = 30.0,
                  source_bytes: Sequence[float] | None = None) -> None:
         super().__init__(work, frames, attempts, source_bytes)
         # Requeued chunks go to the front: they are the ones already late.
@@ -609,7 +628,7 @@ class SwarmScheduler(Scheduler):
 
 
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
-                   attempts: dict[str, Attempt], absent_s: float = 30.0,
+                   attempts: Mapping[str, Attempt], absent_s: float = 30.0,
                    source_bytes: Sequence[float] | None = None) -> Scheduler:
     if policy == "swarm":
         return SwarmScheduler(work, frames, attempts, absent_s, source_bytes)

@@ -3,7 +3,7 @@
 A discrete-event loop plays peers that claim, receive a chunk's source, encode it (at their
 true speed, which their benchmark may misstate), report progress and results; they may join
 late, leave (``peer_left``) or die silently (the silence rule or their lease catches it).
-Wait answers make them poll again after ``retry_after_s``. Under the "swarm" policy a peer
+Retry answers make them poll again after ``retry_after_s``. Under the "swarm" policy a peer
 also prefetches its next chunk as soon as it starts encoding.
 
 The network, explicitly (the same model ``swarm.scheduler`` estimates with):
@@ -48,7 +48,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .job import Assign, Finished, Job
+from .job import Finished, Grant, Job
 
 __all__ = ["PeerSpec", "Result", "Scenario", "lan_scenarios", "lower_bound", "make_scenario",
            "run", "standard_scenarios"]
@@ -389,7 +389,7 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
             claims += 1
             if isinstance(action, Finished):
                 p.finished = True
-            elif isinstance(action, Assign):
+            elif isinstance(action, Grant):
                 duplicates += action.duplicate
                 if action.replaces is not None:
                     steals += 1

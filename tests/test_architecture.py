@@ -62,16 +62,8 @@ def _imports(name: str, path: Path) -> set[str]:
     return found
 
 
-# Edges still to cut, each with the reason. swarm.scheduler names the Job's Attempt records
-# (it writes their progress times, issue 13): untangled once the scheduler rework lands.
-PENDING: set[tuple[str, str]] = {("swarm.scheduler", "swarm.job")}
-
-
 def _graph() -> dict[str, set[str]]:
-    graph = {name: _imports(name, path) for name, path in MODULES.items()}
-    for a, b in PENDING:
-        graph[a].discard(b)
-    return graph
+    return {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:

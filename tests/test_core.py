@@ -14,7 +14,7 @@ from chunker.probe import VideoInfo, check_probe_run, interpret_probe, parse_fra
 from chunker.tracks import Kept, TrackPlan
 from profiles import Profile, builtin_names, fit_box, load_profile
 from swarm.errors import LocalProtocolError, ProbeError, ProfileError
-from swarm.job import Assign, AttemptOutcome, ChunkState, Finished, Job, Wait
+from swarm.job import AttemptOutcome, ChunkState, Finished, Grant, Job, Retry
 
 
 def _video(n: int, fps: int = 25, keys: tuple[int, ...] | None = None) -> VideoInfo:
@@ -280,10 +280,10 @@ def test_merge_argv_and_concat_list(tmp_path: Path) -> None:
 def test_job_hands_out_each_chunk_and_finishes() -> None:
     job = Job([10, 10, 10])
     got = [job.claim("p", 0.0) for _ in range(3)]
-    assert [a.chunk for a in got if isinstance(a, Assign)] == [0, 1, 2]
-    assert isinstance(job.claim("p", 0.0), Wait)
+    assert [a.chunk for a in got if isinstance(a, Grant)] == [0, 1, 2]
+    assert isinstance(job.claim("p", 0.0), Retry)
     for a in got:
-        assert isinstance(a, Assign) and job.succeeded(a.attempt, 1.0)
+        assert isinstance(a, Grant) and job.succeeded(a.attempt, 1.0)
     assert job.done and job.frames_done == 30
     assert isinstance(job.claim("p", 2.0), Finished)
 
@@ -291,7 +291,7 @@ def test_job_hands_out_each_chunk_and_finishes() -> None:
 def test_expired_lease_requeues_first_and_late_result_is_refused() -> None:
     job = Job([5, 5, 5], lease_s=10)
     a0 = job.claim("slow", 0.0)
-    assert isinstance(a0, Assign)
+    assert isinstance(a0, Grant)
     assert job.progress(a0.attempt, 2, 5.0)
     assert job.chunks[0].state is ChunkState.ENCODING
     assert job.tick(14.9) == []
@@ -299,7 +299,7 @@ def test_expired_lease_requeues_first_and_late_result_is_refused() -> None:
     assert [r.chunk for r in requeued] == [0]
     assert job.attempts[a0.attempt].outcome is AttemptOutcome.EXPIRED
     a1 = job.claim("fast", 15.0)
-    assert isinstance(a1, Assign) and a1.chunk == 0 and a1.attempt != a0.attempt
+    assert isinstance(a1, Grant) and a1.chunk == 0 and a1.attempt != a0.attempt
     assert not job.progress(a0.attempt, 3, 16.0)  # the old attempt is told to stop
     assert not job.succeeded(a0.attempt, 17.0)  # and its result is ignored
     assert job.succeeded(a1.attempt, 18.0)
@@ -311,13 +311,13 @@ def test_failures_requeue_and_bench_the_peer() -> None:
     job = Job([1, 1, 1, 1], max_failures=2)
     for _ in range(2):
         a = job.claim("bad", 0.0)
-        assert isinstance(a, Assign)
+        assert isinstance(a, Grant)
         assert job.failed(a.attempt, 1.0, "broken")
     assert "bad" in job.benched
-    assert isinstance(job.claim("bad", 2.0), Wait)
+    assert isinstance(job.claim("bad", 2.0), Retry)
     a = job.claim("good", 2.0)
     # The twice-failed chunk is requeued ahead of fresh ones, on its third attempt.
-    assert isinstance(a, Assign) and a.chunk == 0 and a.attempt == "c00000a003"
+    assert isinstance(a, Grant) and a.chunk == 0 and a.attempt == "c00000a003"
 
 
 def test_restore_counts_a_journalled_chunk_done_before_any_claim() -> None:
@@ -328,10 +328,10 @@ def test_restore_counts_a_journalled_chunk_done_before_any_claim() -> None:
         got, t = [], 0.0
         while not job.done:
             a = job.claim("p", t)
-            if isinstance(a, Wait) and policy == "equal" and not got:
+            if isinstance(a, Retry) and policy == "equal" and not got:
                 t += a.retry_after_s  # the equal split settles first
                 continue
-            assert isinstance(a, Assign)
+            assert isinstance(a, Grant)
             got.append(a.chunk)
             assert job.succeeded(a.attempt, t + 1.0)
         assert sorted(got) == [0, 2], policy
@@ -342,7 +342,7 @@ def test_restore_counts_a_journalled_chunk_done_before_any_claim() -> None:
 def test_peer_left_requeues_its_chunks() -> None:
     job = Job([1, 1])
     a = job.claim("p", 0.0)
-    assert isinstance(a, Assign)
+    assert isinstance(a, Grant)
     assert [r.chunk for r in job.peer_left("p", 1.0)] == [0]
     assert job.chunks[0].state is ChunkState.PENDING
 
@@ -352,7 +352,7 @@ def test_illegal_transition_raises() -> None:
     with pytest.raises(LocalProtocolError):
         job.chunks[0].move(ChunkState.ENCODING)  # never claimed
     a = job.claim("p", 0.0)
-    assert isinstance(a, Assign) and job.succeeded(a.attempt, 1.0)
+    assert isinstance(a, Grant) and job.succeeded(a.attempt, 1.0)
     with pytest.raises(LocalProtocolError):
         job.chunks[0].move(ChunkState.PENDING)  # done is final
     with pytest.raises(LocalProtocolError):

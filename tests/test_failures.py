@@ -31,7 +31,7 @@ from peer.jobserver import JobServer
 from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from profiles import load_profile
 from swarm.events import ChunkFailed, JobEvent
-from swarm.job import Assign
+from swarm.job import Grant
 
 REPO = Path(__file__).resolve().parent.parent
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -160,11 +160,11 @@ def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
         server.job.add_peer("n1", None, now)
         server.job.add_peer("local", None, now)
         a = server.claim("n1", now)
-        assert isinstance(a, Assign) and a.chunk == 0
+        assert isinstance(a, Grant) and a.chunk == 0
         server.peer_left("n1", now)  # chunk 0 goes back to the queue
         server.fail(a.attempt, "upload: body ended early")  # its upload then broke
         b = server.claim("local", now)
-        assert isinstance(b, Assign) and b.chunk == 0  # re-encoded here
+        assert isinstance(b, Grant) and b.chunk == 0  # re-encoded here
         server.fail(b.attempt, "chunk 0 failed: killed")
 
     trio.run(main)

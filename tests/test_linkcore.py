@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from swarm.errors import LocalProtocolError
-from swarm.job import DROP_GRACE_S, SILENT_S, Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.job import DROP_GRACE_S, SILENT_S, AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.simulate import (
     FHD,
     MBIT,
@@ -20,8 +20,8 @@ from swarm.simulate import (
 )
 
 
-def _assign(action: Assign | Wait | Finished) -> Assign:
-    assert isinstance(action, Assign), action
+def _assign(action: Grant | Retry | Finished) -> Grant:
+    assert isinstance(action, Grant), action
     return action
 
 
@@ -105,9 +105,9 @@ def test_foresight_stops_counting_on_a_silent_peer() -> None:
     job.observe("slow", 100.0, 10.0)  # measured: no exploring chunk for it
     _assign(job.claim("fast", 0.0))
     _assign(job.claim("fast", 0.0, prefetch=True))
-    assert isinstance(job.claim("slow", 0.0), Wait)  # fast would do everything first
+    assert isinstance(job.claim("slow", 0.0), Retry)  # fast would do everything first
     assert len(job.tick(SILENT_S)) == 2  # fast died at once
-    assert isinstance(job.claim("slow", SILENT_S), Assign)
+    assert isinstance(job.claim("slow", SILENT_S), Grant)
 
 
 # -- the scheduler knows each link --------------------------------------------------------
@@ -136,7 +136,7 @@ def test_a_prefetch_whose_download_outlasts_the_others_work_is_held_back() -> No
     _assign(job.claim("pc", 0.0))
     _assign(job.claim("phone", 0.0))
     job.observe_transfer("phone", 100, 100.0, 0.5)  # 1 B/s: 100 s per chunk
-    assert isinstance(job.claim("phone", 0.5, prefetch=True), Wait)
+    assert isinstance(job.claim("phone", 0.5, prefetch=True), Retry)
     last = _assign(job.claim("pc", 0.5, prefetch=True))
     assert last.queued
     # A fast link changes nothing: the same prefetch is granted.

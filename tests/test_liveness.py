@@ -29,7 +29,7 @@ from profiles import load_profile
 from swarm.config import Environment, Timings
 from swarm.errors import EncodeError, RemoteProtocolError, UsageError
 from swarm.events import ChunkRequeued, JobEvent
-from swarm.job import Assign
+from swarm.job import Grant
 from swarm.liveness import Silence, stalled
 from swarm.presence import MAX_FRUITLESS_INVITES, fruitless
 from swarm.ranges import ByteRange, parse_range
@@ -151,7 +151,7 @@ def test_a_lease_without_progress_expires_after_lease_s() -> None:
         now = trio.current_time()
         server.job.add_peer("n1", None, now)
         a = server.claim("n1", now)
-        assert isinstance(a, Assign)
+        assert isinstance(a, Grant)
         await trio.sleep(timings.lease_s - 0.1)
         server.tick(trio.current_time())
         assert not [e for e in events if isinstance(e, ChunkRequeued)]

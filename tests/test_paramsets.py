@@ -159,14 +159,14 @@ async def test_a_peer_whose_parameter_sets_differ_is_left_out(corpus: dict[str, 
 
 
 def test_a_peer_that_can_never_succeed_is_benched_at_its_first_failure() -> None:
-    from swarm.job import Assign, Job
+    from swarm.job import Grant, Job
 
     job = Job([10, 10, 10], lease_s=30.0)
     job.add_peer("old", None, 0.0)
     job.add_peer("new", None, 0.0)
     a = job.claim("old", 0.0)
-    assert isinstance(a, Assign)
+    assert isinstance(a, Grant)
     job.failed(a.attempt, 1.0, "cannot join the output", bench=True)
     assert job.benched == {"old"}
-    assert not isinstance(job.claim("old", 2.0), Assign)
-    assert isinstance(job.claim("new", 2.0), Assign)
+    assert not isinstance(job.claim("old", 2.0), Grant)
+    assert isinstance(job.claim("new", 2.0), Grant)

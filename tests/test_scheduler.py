@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from swarm.errors import LocalProtocolError
-from swarm.job import Assign, AttemptOutcome, Finished, Job, Wait
+from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.scheduler import SPLIT_SETTLE_S
 from swarm.simulate import make_scenario, run
 
 
-def _assign(action: Assign | Wait | Finished) -> Assign:
-    assert isinstance(action, Assign), action
+def _assign(action: Grant | Retry | Finished) -> Grant:
+    assert isinstance(action, Grant), action
     return action
 
 
@@ -22,7 +22,7 @@ def test_slow_peer_waits_when_a_fast_one_will_be_free_sooner() -> None:
     job.add_peer("pi", 1.0, 0.0)
     _assign(job.claim("fast", 0.0))  # busy until t=10
     held = job.claim("pi", 0.0)  # pi: t=100; fast: t=20
-    assert isinstance(held, Wait)
+    assert isinstance(held, Retry)
     assert held.retry_after_s > job.retry_after_s  # no point polling twice a second
     second = _assign(job.claim("fast", 0.0, prefetch=True))
     assert second.chunk == 1 and second.queued
@@ -58,7 +58,7 @@ def test_no_duplicate_when_it_would_not_finish_sooner() -> None:
     job.add_peer("a", 10.0, 0.0)
     _assign(job.claim("a", 0.0))
     job.add_peer("b", 10.0, 1.0)
-    assert isinstance(job.claim("b", 1.0), Wait)
+    assert isinstance(job.claim("b", 1.0), Retry)
 
 
 def test_idle_peer_steals_a_prefetched_unstarted_chunk() -> None:
@@ -67,7 +67,7 @@ def test_idle_peer_steals_a_prefetched_unstarted_chunk() -> None:
     first = _assign(job.claim("pi", 0.0))
     queued = _assign(job.claim("pi", 0.0, prefetch=True))
     assert queued.queued and queued.chunk == 1
-    assert isinstance(job.claim("pi", 0.0, prefetch=True), Wait)  # one prefetch at a time
+    assert isinstance(job.claim("pi", 0.0, prefetch=True), Retry)  # one prefetch at a time
     job.add_peer("fast", 10.0, 1.0)
     stolen = _assign(job.claim("fast", 1.0))
     assert stolen.chunk == 1 and stolen.replaces == queued.attempt and not stolen.duplicate
@@ -125,7 +125,7 @@ def test_fifo_gives_the_last_chunk_to_whoever_asks_and_never_duplicates() -> Non
     job.add_peer("pi", 1.0, 0.0)
     _assign(job.claim("fast", 0.0))
     assert _assign(job.claim("pi", 0.0)).chunk == 1
-    assert isinstance(job.claim("fast", 10.0), Wait)
+    assert isinstance(job.claim("fast", 10.0), Retry)
 
 
 def test_equal_splits_round_robin_and_shares_out_the_departed() -> None:
@@ -133,18 +133,18 @@ def test_equal_splits_round_robin_and_shares_out_the_departed() -> None:
     job.add_peer("a", 1.0, 0.0)
     # The split waits SPLIT_SETTLE_S after the first claim for the peers invited with "a".
     first = job.claim("a", 0.0)
-    assert isinstance(first, Wait) and first.retry_after_s == pytest.approx(SPLIT_SETTLE_S)
+    assert isinstance(first, Retry) and first.retry_after_s == pytest.approx(SPLIT_SETTLE_S)
     job.add_peer("b", 1.0, 0.5)
     t = SPLIT_SETTLE_S
     got_a = [_assign(job.claim("a", t)).chunk for _ in range(2)]
     assert got_a == [0, 2]
-    assert isinstance(job.claim("late", t), Wait)  # not known at the split
+    assert isinstance(job.claim("late", t), Retry)  # not known at the split
     b = _assign(job.claim("b", t))
     assert b.chunk == 1
     assert [r.chunk for r in job.peer_left("b", t + 1.0)] == [1]
     rest = [_assign(job.claim("a", t + 2.0)).chunk for _ in range(4)]
     assert sorted(rest) == [1, 3, 4, 5]
-    assert isinstance(job.claim("a", t + 2.0), Wait)
+    assert isinstance(job.claim("a", t + 2.0), Retry)
 
 
 def test_equal_requeues_an_expired_lease_to_the_others() -> None:
@@ -201,13 +201,13 @@ def test_simulated_chunks_complete_exactly_once() -> None:
 def test_unmeasured_peer_with_a_pessimistic_benchmark_still_gets_a_chunk() -> None:
     """bench/hetero: a quota-bound peer's benchmark came out 15x too low; held back by
     foresight it never encoded a chunk, so its estimate never improved."""
-    from swarm.job import Assign, Job
+    from swarm.job import Grant, Job
 
     job = Job([100] * 20, pixels=1000)
     job.add_peer("fast", 1e6, 0.0)
     job.add_peer("slow", 1e3, 0.0)  # the (wrong) guess: 1000x slower
-    assert isinstance(job.claim("fast", 0.0), Assign)
+    assert isinstance(job.claim("fast", 0.0), Grant)
     first = job.claim("slow", 0.0)
-    assert isinstance(first, Assign)  # explores once while plenty is pending
+    assert isinstance(first, Grant)  # explores once while plenty is pending
     assert job.succeeded(first.attempt, 1.0)  # it was in fact quick
     assert job.speed("slow") is not None and job.speed("slow") > 1e3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarm.job import Assign, Job
+from swarm.job import Grant, Job
 from swarm.verdict import (
     BENCH_GRACE_S,
     SAME_FAILURES,
@@ -17,7 +17,7 @@ VFR = "verification: frame {} at 0.041667 s, expected 0.033333 s"
 
 def _fail(job: Job, peer: str, now: float, reason: str) -> int:
     a = job.claim(peer, now)
-    assert isinstance(a, Assign), a
+    assert isinstance(a, Grant), a
     job.failed(a.attempt, now + 0.5, reason)
     return a.chunk
 
@@ -75,7 +75,7 @@ def test_different_reasons_running_attempts_and_awaited_peers_are_not_hopeless()
     for n in range(3):
         _fail(job2, "local", float(n), "broken")
     running = job2.claim("local", 4.0)
-    assert isinstance(running, Assign)
+    assert isinstance(running, Grant)
     assert hopeless_chunk(job2, 0, 4.5) is None  # the fourth try may still succeed
 
 
@@ -83,7 +83,7 @@ def test_a_benched_peer_is_named_with_its_reason_and_an_empty_swarm_ends_after_g
     job = Job([10, 10, 10, 10], policy="fifo", max_failures=3)
     job.add_peer("n1", None, 0.0)
     ok = job.claim("n1", 0.0)
-    assert isinstance(ok, Assign) and job.succeeded(ok.attempt, 1.0)
+    assert isinstance(ok, Grant) and job.succeeded(ok.attempt, 1.0)
     for n in range(3):
         _fail(job, "n1", 2.0 + n, f"chunk {n + 1} failed: x265 [error]: picture dimensions "
                                   "are out of range for specified level")
