@@ -3,7 +3,7 @@
 The failure is genuine: H.265 level 3.0 allows at most 552,960 luma samples a picture
 (ITU-T H.265 table A.8), so a profile with that level cannot hold a 1280x720 source, and
 x265 refuses every chunk with "picture dimensions are out of range for specified level".
-Before the job judged its failures, it waited for other peers for 60 s (STALL_S) and then
+Before the job judged its failures, it waited for other peers for 60 s (Timings.stall_s) and then
 blamed "none found, or all failed".
 """
 

@@ -56,7 +56,7 @@ BUDGET_S = 100
 SHORT_LEASE_S = "4"
 # A chunk shifted by one frame of testsrc2 scores below 20 dB; a correct encode far above.
 MIN_FRAME_PSNR_DB = 30.0
-# A peer cut off from its coordinator stops its encoder after worker.COORDINATOR_GONE_S
+# A peer cut off from its coordinator stops its encoder after Timings.coordinator_gone_s
 # (6 s) plus at most one HTTP timeout (10 s).
 PEER_IDLE_S = 20.0
 # One told by the coordinator's goodbye (Ctrl-C) stops it at once.
