@@ -166,10 +166,10 @@ def parse_framecrc(text: str) -> dict[int, _Stream]:
     streams: dict[int, _Stream] = {}
     for line in text.splitlines():
         if line.startswith("#"):
-            key, sep, value = line[1:].partition(":")
+            header, sep, value = line[1:].partition(":")
             if not sep:
                 continue
-            name, _, idx = key.rpartition(" ")
+            name, _, idx = header.rpartition(" ")
             if not idx.isdigit():
                 continue
             st = streams.setdefault(int(idx), _Stream(packets=[]))
