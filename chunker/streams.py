@@ -19,7 +19,8 @@ on captured runs (tests/data/streams-*.txt):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 __all__ = ["DISPOSITIONS", "Chapter", "StreamDump", "StreamInfo", "parse_stream_dump"]
 
@@ -98,33 +99,37 @@ class StreamDump:
         return [s for s in self.streams if s.kind == kind]
 
 
+_T = TypeVar("_T", StreamInfo, Chapter, None)
+
+
 @dataclass(slots=True)
-class _Open:
+class _Open(Generic[_T]):
     """A stream, chapter or the file itself while its lines are being read."""
 
     tags: list[tuple[str, str]]
-    fields: dict[str, object]
+    item: _T  # all but its tags, which follow on later lines (None for the file)
 
 
-def _stream_fields(m: re.Match[str]) -> dict[str, object]:
+def _stream_info(m: re.Match[str]) -> StreamInfo:
     rest = m.group(5)
     codec = rest.split(",", 1)[0].split(" ", 1)[0]
     tag = _CODEC_TAG.search(rest)
     layout = _LAYOUT.search(rest)
     disps = [d.replace(" ", "_") for d in _PARENS.findall(rest)]
-    return {"index": int(m.group(2)), "kind": _KINDS[m.group(4)], "codec": codec,
-            "language": m.group(3) or "",
-            "dispositions": tuple(d for d in disps if d in DISPOSITIONS),
-            "codec_tag": tag.group(1).strip() if tag else "",
-            "layout": layout.group(1).strip() if layout else ""}
+    return StreamInfo(index=int(m.group(2)), kind=_KINDS[m.group(4)], codec=codec,
+                      language=m.group(3) or "",
+                      dispositions=tuple(d for d in disps if d in DISPOSITIONS),
+                      codec_tag=tag.group(1).strip() if tag else "",
+                      layout=layout.group(1).strip() if layout else "")
 
 
 def parse_stream_dump(stderr: str) -> StreamDump:
     """Read input #0's dump from an ffmpeg run's stderr; unknown lines are skipped."""
-    file = _Open([], {})
-    streams: list[_Open] = []
-    chapters: list[_Open] = []
-    current: _Open | None = None  # whose tags the next "Metadata:" block holds
+    file = _Open[None]([], None)
+    streams: list[_Open[StreamInfo]] = []
+    chapters: list[_Open[Chapter]] = []
+    # whose tags the next "Metadata:" block holds
+    current: _Open[StreamInfo] | _Open[Chapter] | _Open[None] | None = None
     tags_indent: int | None = None  # indent of the open "Metadata:" line
     inside = False
     for raw in stderr.splitlines():
@@ -149,11 +154,13 @@ def parse_stream_dump(stderr: str) -> StreamDump:
                 continue
         tags_indent = None
         if m := _STREAM.match(line):
-            current = _Open([], _stream_fields(m))
-            streams.append(current)
+            stream = _Open([], _stream_info(m))
+            streams.append(stream)
+            current = stream
         elif m := _CHAPTER.match(line):
-            current = _Open([], {"start_s": float(m.group(1)), "end_s": float(m.group(2))})
-            chapters.append(current)
+            chapter = _Open([], Chapter(start_s=float(m.group(1)), end_s=float(m.group(2))))
+            chapters.append(chapter)
+            current = chapter
         elif m := _HEADER.match(line):
             if line.strip() == "Metadata:":
                 tags_indent = indent
@@ -161,10 +168,9 @@ def parse_stream_dump(stderr: str) -> StreamDump:
             current = None  # a program's or group's own tags are not the file's
     seen: dict[int, StreamInfo] = {}
     for s in streams:
-        info = StreamInfo(tags=tuple(s.tags), **s.fields)  # type: ignore[arg-type]
+        info = replace(s.item, tags=tuple(s.tags))
         seen.setdefault(info.index, info)  # a stream listed twice (in a group) counts once
     return StreamDump(
         streams=tuple(seen[i] for i in sorted(seen)),
-        chapters=tuple(Chapter(tags=tuple(c.tags), **c.fields)  # type: ignore[arg-type]
-                       for c in chapters),
+        chapters=tuple(replace(c.item, tags=tuple(c.tags)) for c in chapters),
         tags=tuple(file.tags))

@@ -27,7 +27,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from swarm.errors import LocalProtocolError, RemoteProtocolError
 
@@ -207,7 +207,7 @@ def from_txt(props: TxtProps, host: str, port: int) -> PeerRecord:
             arch=text("arch"),
             cpus=uint("cpus"),
             score=float(score_text),
-            state=text("state"),  # type: ignore[arg-type]  # validated by PeerRecord
+            state=cast(State, text("state")),  # checked by PeerRecord.__post_init__
             fingerprint=text("fp", ""),
             version=text("ver", ""),
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Final, TypeVar, get_type_hints, overload
 
-import msgpack  # type: ignore[import-untyped]  # ships no stubs
+import msgpack
 
 from swarm.errors import LocalProtocolError, RemoteProtocolError
 
@@ -292,6 +292,8 @@ class Message:
 
 
 M = TypeVar("M", bound=Message)
+M2 = TypeVar("M2", bound=Message)
+M3 = TypeVar("M3", bound=Message)
 MESSAGE_TYPES: dict[str, type[Message]] = {}
 _CHECKS: dict[type[Message], dict[str, Check]] = {}
 
@@ -499,8 +501,16 @@ def encode(msg: Message) -> bytes:
     return data
 
 
+# A reply that may be one of a few types decodes to their union, so the caller's isinstance
+# checks narrow it (the claim endpoint answers Assignment, Wait or JobDone).
 @overload
 def decode(data: bytes, expected: type[M]) -> M: ...
+@overload
+def decode(data: bytes, expected: tuple[type[M]]) -> M: ...
+@overload
+def decode(data: bytes, expected: tuple[type[M], type[M2]]) -> M | M2: ...
+@overload
+def decode(data: bytes, expected: tuple[type[M], type[M2], type[M3]]) -> M | M2 | M3: ...
 @overload
 def decode(data: bytes, expected: tuple[type[Message], ...] | None = None) -> Message: ...
 def decode(
