@@ -54,7 +54,17 @@ class _ProgramFinder(MetaPathFinder):
 def _install() -> None:
     if any(isinstance(f, _ProgramFinder) for f in sys.meta_path):
         return
-    sys.meta_path.insert(0, _ProgramFinder(program_dir()))
+    folder = program_dir()
+    for name in PROGRAM:
+        # Imported before the finder was there: if from elsewhere, the program would run
+        # with a stranger's module (or half of a checkout's), so say which.
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None)
+        if module is not None and not (
+                origin is not None and Path(origin).resolve().is_relative_to(folder)):
+            raise ImportError(f"swarm_encode: a module named {name!r} is already imported "
+                              f"from {origin or 'nowhere'}, not from {folder}")
+    sys.meta_path.insert(0, _ProgramFinder(folder))
 
 
 _install()

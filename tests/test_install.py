@@ -72,16 +72,26 @@ def test_installed_program_runs_from_its_root(wheel: Path, tmp_path: Path) -> No
                    check=True, capture_output=True, timeout=300)
     assert set(os.listdir(site)) - before == {"swarm_encode", DIST_INFO}
 
+    # Another distribution's modules with the program's names, in site-packages and first on
+    # PYTHONPATH: the program must not see them (and no install of theirs can overwrite ours).
+    strangers = tmp_path / "strangers"
+    for folder in (site, strangers):
+        for package in PROGRAM[1:]:
+            (folder / package).mkdir(parents=True, exist_ok=True)
+            (folder / package / "__init__.py").write_text("raise ImportError('a stranger')\n")
+        (folder / "cli.py").write_text("raise ImportError('a stranger')\n")
+
     def run(*argv: str | Path) -> str:
-        # Outside the checkout and without its PYTHONPATH, as a user runs it.
+        # Outside the checkout and without its PYTHONPATH, as a user runs it (but for theirs).
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         res = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                             env=env, check=False)
+                             env=env | {"PYTHONPATH": str(strangers)}, check=False)
         assert res.returncode == 0, res.stderr
         return res.stdout
 
     assert "encode" in run(env_dir / "bin" / "swarm", "--help")
     assert "fhd-crf" in run(env_dir / "bin" / "swarm", "profiles")
+    assert "fhd-crf" in run(python, "-m", "swarm_encode", "profiles")
     where = run(python, "-c", "import swarm_encode, cli, swarm.job, peer.node, chunker.plan, "
                 "profiles; print('\\n'.join(m.__file__ for m in (cli, swarm.job, peer.node, "
                 "chunker.plan, profiles)))")
