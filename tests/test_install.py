@@ -1,5 +1,6 @@
 """`pip install` puts one import root into site-packages (swarm_encode), and the installed
-program runs from it: the wheel is built from this checkout and installed into a new venv."""
+program runs from it, whatever else is called cli or peer, and packs the checkout's swarm.pyz:
+the wheel is built from this checkout and installed into a new venv."""
 
 from __future__ import annotations
 
@@ -84,8 +85,10 @@ def test_installed_program_runs_from_its_root(wheel: Path, tmp_path: Path) -> No
     def run(*argv: str | Path) -> str:
         # Outside the checkout and without its PYTHONPATH, as a user runs it (but for theirs).
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                             env=env | {"PYTHONPATH": str(strangers)}, check=False)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                             env=env | {"PYTHONPATH": str(strangers),
+                                        "SWARM_CACHE_DIR": str(tmp_path / "cache")},
+                             check=False)
         assert res.returncode == 0, res.stderr
         return res.stdout
 
@@ -97,3 +100,15 @@ def test_installed_program_runs_from_its_root(wheel: Path, tmp_path: Path) -> No
                 "chunker.plan, profiles)))")
     for path in where.split():
         assert Path(path).is_relative_to(site / "swarm_encode" / "_program"), path
+
+    # swarm pack from the installed program packs the bytes the checkout packs (each builds:
+    # separate caches), and the archive runs.
+    installed = run(env_dir / "bin" / "swarm", "pack", "-o", "installed.pyz").split()[0]
+    res = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "pack", "-o",
+                          str(tmp_path / "checkout.pyz")], capture_output=True, text=True,
+                         timeout=300, env=os.environ | {"PYTHONPATH": str(REPO),
+                                                        "SWARM_CACHE_DIR": str(tmp_path / "c2")},
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0] == installed
+    assert "fhd-crf" in run(sys.executable, "-S", "-E", tmp_path / "installed.pyz", "profiles")
