@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from peer import pyz
 from swarm_encode import PROGRAM
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +57,7 @@ def test_wheel_has_one_import_root(wheel: Path) -> None:
     for package in PROGRAM[1:]:
         assert f"swarm_encode/_program/{package}/__init__.py" in names
     assert "swarm_encode/_program/profiles/hd.toml" in names  # package data
+    assert set(pyz.PROGRAM) == set(PROGRAM)  # what swarm.pyz packs
 
 
 def test_installed_program_runs_from_its_root(wheel: Path, tmp_path: Path) -> None:
