@@ -47,6 +47,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .job import Finished, Grant, Job
 
@@ -216,11 +217,12 @@ class _Peer:
 def _make_job(sc: Scenario, policy: str) -> Job:
     """The Job of the package this module was loaded from; an older one (bench/simulate
     --against) may not know links or silence, so only what it accepts is passed."""
-    kwargs: dict[str, object] = {"work_per_chunk": sc.work, "lease_s": sc.lease_s,
-                                 "policy": policy, "retry_after_s": sc.retry_after_s,
-                                 "source_bytes": sc.source_bytes, "silent_s": sc.silent_s}
+    # Any: which keywords go is decided at run time, by the signature of the Job loaded.
+    kwargs: dict[str, Any] = {"work_per_chunk": sc.work, "lease_s": sc.lease_s,
+                              "policy": policy, "retry_after_s": sc.retry_after_s,
+                              "source_bytes": sc.source_bytes, "silent_s": sc.silent_s}
     known = inspect.signature(Job).parameters
-    return Job(sc.frames, **{k: v for k, v in kwargs.items() if k in known})  # type: ignore[arg-type]
+    return Job(sc.frames, **{k: v for k, v in kwargs.items() if k in known})
 
 
 def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
