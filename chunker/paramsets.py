@@ -94,7 +94,8 @@ def _annexb_nals(data: bytes) -> list[bytes]:
 
 def _avcc_nals(data: bytes) -> list[bytes]:
     """avcC: version, profile, compat, level, length size, then counted SPS and PPS."""
-    nals, p = [], 5
+    nals: list[bytes] = []
+    p = 5
     for _ in range(2):
         count = data[p] & (0x1F if not nals else 0xFF)
         p += 1
