@@ -7,10 +7,11 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
@@ -103,10 +104,14 @@ class _Command(TyperCommand):
         return pieces
 
 
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
 class _App(typer.Typer):
     """typer.Typer whose commands all get _Command's help conventions."""
 
-    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any
+                ) -> Callable[[_Fn], _Fn]:
         return super().command(*args, cls=cls or _Command, **kwargs)
 
 

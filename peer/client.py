@@ -11,18 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import overload
 
 import httpx
 
 from swarm import auth
 from swarm.errors import RemoteProtocolError, TransportError
-from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, NodeInfo, decode, encode
+from swarm.protocol import (
+    CONTENT_TYPE,
+    M2,
+    M3,
+    MAX_CONTROL_BODY,
+    M,
+    Message,
+    NodeInfo,
+    decode,
+    encode,
+)
 
 __all__ = ["call", "fetch_info", "signed_headers", "transport_errors"]
-
-M = TypeVar("M", bound=Message)
-
 
 @contextmanager
 def transport_errors() -> Iterator[None]:
@@ -39,6 +46,18 @@ def signed_headers(secret: str | None, method: str, target: str, digest: str
     return auth.sign(secret, method, target, time.time(), digest)
 
 
+# The reply is one of ``expected``: typed as their union, as decode types it.
+@overload
+async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+               msg: Message | None, expected: tuple[type[M]], base: str = "") -> M: ...
+@overload
+async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+               msg: Message | None, expected: tuple[type[M], type[M2]], base: str = ""
+               ) -> M | M2: ...
+@overload
+async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+               msg: Message | None, expected: tuple[type[M], type[M2], type[M3]],
+               base: str = "") -> M | M2 | M3: ...
 async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
                msg: Message | None, expected: tuple[type[Message], ...], base: str = ""
                ) -> Message:

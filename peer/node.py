@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 
 from chunker.tools import FFmpeg
 from swarm import auth
@@ -40,7 +41,7 @@ from swarm.events import (
     SlotProgress,
     SlotStart,
 )
-from swarm.presence import PeerRecord
+from swarm.presence import PeerRecord, State
 from swarm.protocol import (
     PROTOCOL_VERSION,
     AttemptFailed,
@@ -226,7 +227,7 @@ class Node:
 
     # -- identity ------------------------------------------------------------------------
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         return "busy" if (self.work is not None or self.coordinator) else "idle"
 
     def info(self) -> NodeInfo:
@@ -263,7 +264,10 @@ class Node:
         hc.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            binds = await nursery.start(partial(serve, self.app, hc, mode="asgi"))
+            # The app reads and writes ASGI messages as plain mappings (peer.http); hypercorn
+            # types each kind as its own TypedDict, which a mapping is not.
+            app = cast(ASGIFramework, self.app)
+            binds = await nursery.start(partial(serve, app, hc, mode="asgi"))
             self.port = int(str(binds[0]).rsplit(":", 1)[1])
             if self.config.advertise:
                 from .discovery import advertise

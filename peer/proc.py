@@ -88,7 +88,7 @@ async def run_ffmpeg(
         assert proc.stdout is not None
         async for data in proc.stdout:
             if stdout_sink is not None:
-                await stdout_sink(data)
+                await stdout_sink(bytes(data))  # the same object when it is bytes
             elif len(captured) + len(data) <= MAX_CAPTURE_BYTES:
                 captured.extend(data)
             else:
@@ -104,14 +104,14 @@ async def run_ffmpeg(
         if proc.returncode is None:
             proc.kill()
         with trio.CancelScope(shield=True):
-            await proc.wait()
+            returncode = await proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
-    result = FFmpegResult(proc.returncode, bytes(captured), "\n".join(tail))
-    if check and proc.returncode != 0:
-        detail = _cause(tail) if tail else f"exit status {proc.returncode}"
+    result = FFmpegResult(returncode, bytes(captured), "\n".join(tail))
+    if check and returncode != 0:
+        detail = _cause(tail) if tail else f"exit status {returncode}"
         raise EncodeError(f"{what} failed: {detail}")
     return result
 

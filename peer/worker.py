@@ -130,9 +130,10 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
 
     while True:
         if queued:
-            reply: Assignment | Wait | JobDone = queued.pop()
-            if not await _still_wanted(reply, client, secret):
+            held = queued.pop()
+            if not await _still_wanted(held, client, secret):
                 continue  # stolen by a faster peer before it started
+            reply: Assignment | Wait | JobDone = held
         else:
             try:
                 reply = await call(client, secret, "POST", claim_path,
