@@ -98,3 +98,14 @@ def test_a_benched_peer_is_named_with_its_reason_and_an_empty_swarm_ends_after_g
     assert nobody_left(job, 5.0, grace_s=0.0) is not None  # nobody else can come
     job.add_peer("n2", None, 6.0)
     assert nobody_left(job, 100.0) is None  # a working peer is left
+
+
+def test_a_peer_benched_on_its_first_failure_is_named_in_the_singular() -> None:
+    # Another encoder's parameter sets bench a peer at once (Job.failed(bench=True)).
+    job = Job([10, 10], policy="fifo")
+    job.add_peer("n1", None, 0.0)
+    g = job.claim("n1", 0.0)
+    assert isinstance(g, Grant)
+    job.failed(g.attempt, 1.0, "decoding parameter sets differ", bench=True)
+    assert left_out(job, "n1") == ("n1 left out after 1 failed attempt (refused at once; "
+                                   "0 chunks done): decoding parameter sets differ")
