@@ -333,6 +333,9 @@ def _output_mode(quiet: bool, as_json: bool) -> str:
     if as_json:
         return "json"
     if quiet:
+        # --quiet promises errors only: a warning (an ffmpeg passed over for another, a
+        # peer's hiccup) is not one.
+        logging.getLogger().setLevel(logging.ERROR)
         return "quiet"
     if sys.stderr.isatty() and os.environ.get("TERM", "") not in ("dumb", ""):
         return "live"

@@ -81,6 +81,10 @@ def test_a_system_ffmpeg_that_lacks_the_encoder_is_passed_over_with_one_line(
                     "lacks libsvtav1; using the bundled ffmpeg "
                     f"{ffmpeg_info(ffmpegs.BUNDLED).short_version}"], res.stderr
     assert "failed" not in res.stderr
+    # --quiet: errors only, and this is no error.
+    res = _swarm(tmp_path, "encode", str(corpus["no_audio"]), "-o", "q.mp4", "-p", "fhd-av1",
+                 "-q", env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert res.returncode == 0 and res.stderr == "", res.stderr
 
 
 def test_swarm_ffmpeg_that_lacks_the_encoder_is_one_error_before_any_chunk(
