@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -133,6 +134,10 @@ def main() -> None:
     churn = sub.add_parser("churn")
     churn.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    # A node is stopped with Ctrl-C as if started at a terminal. A test run started as a
+    # background job of a non-interactive shell inherits SIGINT ignored (bash does that to
+    # `cmd &`), and Python then never raises KeyboardInterrupt: the goodbye test failed so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command = {
         "advertise": run_advertise,
         "find": run_find,

@@ -30,11 +30,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 OUR_FP = "00112233445566778899aabbccddeeff"
 OTHER_FP = "ffeeddccbbaa99887766554433221100"
 PROTOCOL = 1
-# Registration is ~1.7 s of RFC 6762 probing and announcing, plus interpreter start-up; the
-# goodbye on Ctrl-C unregisters through zeroconf's thread, which took over 10 s once on this
-# 2-core machine at load 5 (a full CI run beside other work), so steps get twice that.
-STEP_TIMEOUT_S = 20
-TEST_TIMEOUT_S = 60
+# Registration is ~1.7 s of RFC 6762 probing and announcing, plus interpreter start-up.
+STEP_TIMEOUT_S = 10
+TEST_TIMEOUT_S = 25
 
 
 @dataclass
