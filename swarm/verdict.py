@@ -115,11 +115,10 @@ def left_out(job: Job, peer: str, names: Mapping[str, str] | None = None) -> str
     example = next(a.reason for a in reversed(failed) if reason_key(a.reason) == top)
     how = "all the same way" if n == len(failed) else f"{n} of them the same way"
     chunks = "1 chunk" if done == 1 else f"{done} chunks"
-    # One failure benches a peer whose chunk had another encoder's parameter sets.
-    tries = "1 failed attempt" if len(failed) == 1 else f"{len(failed)} failed attempts"
-    if len(failed) == 1:
-        how = "refused at once"
-    return f"{name} left out after {tries} ({how}; {chunks} done): {example}"
+    if len(failed) == 1:  # benched at once (another encoder's parameter sets): no pattern
+        return f"{name} left out after 1 failed attempt ({chunks} done): {example}"
+    return (f"{name} left out after {len(failed)} failed attempts ({how}; {chunks} done): "
+            f"{example}")
 
 
 def nobody_left(job: Job, now: float, names: Mapping[str, str] | None = None,

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from media import FFMPEG, media_info
+from procs import alive, children
 
 runner = CliRunner()
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -123,19 +124,6 @@ def test_demo_needs_no_input(tmp_path: Path) -> None:
     assert info.audio is not None
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                         text=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 @pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-swarm"])
 def test_ctrl_c_kills_ffmpeg_and_leaves_nothing(tmp_path: Path, to_group: bool) -> None:
@@ -152,7 +140,7 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_nothing(tmp_path: Path, to_group: bool) 
         deadline = time.monotonic() + 30
         kids: list[int] = []
         while time.monotonic() < deadline and len(kids) < 2:
-            kids = _children(proc.pid)
+            kids = children(proc.pid)
             time.sleep(0.1)
         assert kids, "no ffmpeg child started"
         time.sleep(0.5)
@@ -167,5 +155,5 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_nothing(tmp_path: Path, to_group: bool) 
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert not [k for k in kids if _alive(k)]
+    assert not [k for k in kids if alive(k)]
     assert sorted(os.listdir(tmp_path)) == ["long.mp4"]

@@ -26,6 +26,7 @@ from chunker.plan import MAX_CHUNK_S, MIN_CHUNK_S
 from cli import COMMAND_ORDER, app
 from media import FFMPEG, decode_errors, media_info
 from peer.journal import MERGED_KEY, Journal, output_is_ours, output_stamp, work_dir_for
+from procs import alive, children
 from profiles.profile import MAX_PROFILE_BYTES
 
 runner = CliRunner()
@@ -56,19 +57,6 @@ def _clip(path: Path, seconds: float = 3, extra: tuple[str, ...] = ()) -> Path:
                     "-g", "25", "-c:a", "aac", *extra, str(path)], check=True, timeout=120)
     return path
 
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                         text=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -- an existing output ------------------------------------------------------------------
@@ -266,7 +254,7 @@ def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
         deadline = time.monotonic() + 60
         kids: list[int] = []
         while time.monotonic() < deadline and not (len(kids) >= 2 and wd.exists()):
-            kids = _children(proc.pid)
+            kids = children(proc.pid)
             if master >= 0:  # keep the terminal drained, as a terminal would
                 try:
                     os.set_blocking(master, False)
@@ -295,7 +283,7 @@ def test_sighup_cleans_up_like_sigterm(tmp_path: Path, how: str) -> None:
     # Cleanup ran: no journal to mistake for a crash, no output, no ffmpeg left.
     assert not wd.exists()
     assert sorted(os.listdir(tmp_path)) == ["long.mp4"]
-    assert not [k for k in kids if _alive(k)]
+    assert not [k for k in kids if alive(k)]
     assert proc.returncode == 130  # interrupted, whether or not a terminal is left to say so
     if proc.stderr is not None:
         assert "interrupted" in proc.stderr.read()

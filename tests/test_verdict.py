@@ -107,5 +107,5 @@ def test_a_peer_benched_on_its_first_failure_is_named_in_the_singular() -> None:
     g = job.claim("n1", 0.0)
     assert isinstance(g, Grant)
     job.failed(g.attempt, 1.0, "decoding parameter sets differ", bench=True)
-    assert left_out(job, "n1") == ("n1 left out after 1 failed attempt (refused at once; "
-                                   "0 chunks done): decoding parameter sets differ")
+    assert left_out(job, "n1") == ("n1 left out after 1 failed attempt (0 chunks done): "
+                                   "decoding parameter sets differ")
