@@ -41,7 +41,7 @@ __all__ = ["BOOTSTRAP_NAME", "PackError", "Pyz", "bootstrap_line", "build", "get
 BOOTSTRAP_NAME = "swarm.pyz"
 ROOT_DIST = "swarm-encode"
 # The program's top-level modules and packages (pyproject.toml's py-modules and packages).
-PROGRAM = ("cli", "swarm", "peer", "chunker", "profiles")
+PROGRAM = ("cli", "screens", "swarm", "peer", "chunker", "profiles")
 PROGRAM_DATA = (".py", ".toml")  # profiles/*.toml are package data
 SHEBANG = b"#!/usr/bin/env python3\n"
 # Checked before anything else is imported, in syntax any Python 3 (and 2) parses, so an old

@@ -1,12 +1,13 @@
 """The installed program's one import root.
 
-The repository keeps its five top-level modules (``cli``, ``swarm``, ``peer``, ``chunker``,
-``profiles``) and imports them by those names. Installed side by side in site-packages, names
-that generic would belong to whichever distribution wrote them last (PyPI has distributions
-called ``swarm``, ``peer`` and ``chunker``), so the wheel puts them in ``swarm_encode/_program/``
-instead, and importing this package adds a finder that resolves exactly those five names there,
-ahead of anything else on ``sys.path``. Nothing of ours is in site-packages under another name,
-and no other distribution's ``cli`` or ``peer`` can stand in for ours in this program.
+The repository keeps its six top-level modules (``cli``, ``screens``, ``swarm``, ``peer``,
+``chunker``, ``profiles``) and imports them by those names. Installed side by side in
+site-packages, names that generic would belong to whichever distribution wrote them last (PyPI
+has distributions called ``swarm``, ``peer`` and ``chunker``), so the wheel puts them in
+``swarm_encode/_program/`` instead, and importing this package adds a finder that resolves
+exactly those six names there, ahead of anything else on ``sys.path``. Nothing of ours is in
+site-packages under another name, and no other distribution's ``cli`` or ``peer`` can stand in
+for ours in this program.
 
 The names stay global inside the process: a process that imports ``swarm_encode`` cannot also
 import another distribution's ``cli`` (or ``peer``, ...). The program is an application, so its
@@ -26,11 +27,11 @@ from types import ModuleType
 __all__ = ["PROGRAM", "main", "program_dir"]
 
 # pyproject.toml's [tool.setuptools] packages, less the prefix: keep the two in step.
-PROGRAM = ("cli", "swarm", "peer", "chunker", "profiles")
+PROGRAM = ("cli", "screens", "swarm", "peer", "chunker", "profiles")
 
 
 def program_dir() -> Path:
-    """Where the five modules are: ``_program/`` beside this file when installed from the
+    """Where the six modules are: ``_program/`` beside this file when installed from the
     wheel, this file's parent folder in a checkout (then this package is its sibling)."""
     here = Path(__file__).resolve().parent
     installed = here / "_program"

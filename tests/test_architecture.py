@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("swarm", "peer", "chunker", "profiles")
+PACKAGES = ("screens", "swarm", "peer", "chunker", "profiles")
 # What a sans-I/O core must not touch: the runtime, the network, processes.
 CORE_FORBIDDEN = ("trio", "httpx", "hypercorn", "zeroconf", "subprocess", "socket", "asyncio",
                   "threading")
@@ -133,16 +133,21 @@ def test_the_core_does_no_io_and_reads_no_clock(path: Path) -> None:
 
 
 # -- presentation ----------------------------------------------------------------------------
-# What the terminal and the HTML page show. The top level is fixed (cli.py is its only
-# module), so the layer is drawn by imports rather than by a folder: only cli.py uses these,
-# and they read nothing of the network shell, only swarm's events and the report's JSON.
-PRESENTATION = {"peer.dashboard", "peer.report_html"}
+# What the terminal and the HTML page show lives in screens/, beside cli.py: only cli.py uses
+# it, and it reads nothing of the network shell, only swarm's events and the report's JSON.
+PRESENTATION = {n for n in MODULES if n == "screens" or n.startswith("screens.")}
+
+
+def test_the_presentation_is_screens() -> None:
+    assert {"screens.sinks", "screens.dashboard", "screens.report_html"} <= PRESENTATION
+    assert not any(n.startswith("peer.") and n.rpartition(".")[2] in ("dashboard", "report_html")
+                   for n in MODULES)
 
 
 def test_only_the_cli_imports_the_presentation() -> None:
     graph = _graph()
     users = {n for n, deps in graph.items() if deps & PRESENTATION} - PRESENTATION
-    assert users == {"cli"}, users
+    assert users == {"cli"}, users  # so peer/, swarm/, chunker/ never import screens/
     for mod in PRESENTATION:
         shell = {d for d in graph[mod] if d.startswith("peer.")}
         assert not shell, (mod, shell)

@@ -24,8 +24,8 @@ import pytest
 from rich.console import Console
 
 from media import FFMPEG
-from peer.dashboard import JobView, JoinView, summarize, summary_table
-from peer.report_html import OUTCOME_COLOURS, build_html, lanes
+from screens.dashboard import JobView, JoinView, summarize, summary_table
+from screens.report_html import OUTCOME_COLOURS, build_html, lanes
 from swarm.events import (
     AudioDone,
     AudioStart,

@@ -25,11 +25,11 @@ import trio
 from chunker.commands import VideoPlan
 from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
-from cli import _Plain
 from media import FFMPEG
 from peer.jobserver import JobServer
 from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from profiles import load_profile
+from screens.sinks import Plain
 from swarm.events import ChunkFailed, JobEvent
 from swarm.job import Grant
 
@@ -168,7 +168,7 @@ def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
         server.fail(b.attempt, "chunk 0 failed: killed")
 
     trio.run(main)
-    plain = _Plain()
+    plain = Plain()
     for e in events:
         plain(e)
     err = capsys.readouterr().err

@@ -31,8 +31,8 @@ from chunker.verify import check_output
 from media import FFMPEG, decode_errors, media_info
 from netns import lan, requires_netns
 from peer import pyz
-from peer.dashboard import JobView, JoinView
 from peer.node import PYZ_DIGEST_HEADER, PYZ_PIECE, Node, NodeConfig
+from screens.dashboard import JobView, JoinView
 from swarm.events import NodeUp, NoPeers, PyzReady
 from swarm.protocol import NodeInfo, decode
 

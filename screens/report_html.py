@@ -4,7 +4,7 @@ The page is a timeline (one row per peer, split into one lane per slot when a pe
 attempts at the same time; one bar per chunk attempt, coloured by outcome)
 and the per-peer summary, as inline SVG and CSS: no network, no external file, so it can be
 mailed or opened from a USB stick. Built from the JSON report (``run_encode``'s return
-value) and ``peer.dashboard.summarize``; only ``cli.py`` imports this module.
+value) and ``screens.dashboard.summarize``; only ``cli.py`` imports this module.
 """
 
 from __future__ import annotations
