@@ -165,7 +165,13 @@ def _default_output(input_path: str, profile: str) -> str:
     return str(p.with_name(f"{p.stem}.{stem}.mp4"))
 
 
-def _output_mode(quiet: bool, as_json: bool) -> str:
+def _environment() -> Environment:
+    """The one place the program reads its environment (see swarm.config); each command
+    reads it once and passes the values down."""
+    return Environment.from_environ(os.environ)
+
+
+def _output_mode(quiet: bool, as_json: bool, term: str) -> str:
     """json, quiet, live (a colour terminal on stderr) or plain."""
     if as_json:
         return "json"
@@ -174,12 +180,12 @@ def _output_mode(quiet: bool, as_json: bool) -> str:
         # peer's hiccup) is not one.
         logging.getLogger().setLevel(logging.ERROR)
         return "quiet"
-    if sys.stderr.isatty() and os.environ.get("TERM", "") not in ("dumb", ""):
+    if sys.stderr.isatty() and term not in ("dumb", ""):
         return "live"
     return "plain"
 
 
-def _local_score(profile: str) -> float | None:
+def _local_score(profile: str, env: Environment) -> float | None:
     """This device's benchmark score for ``profile``, if it was ever measured (else None).
 
     Only for the speedup figure: any problem (no benchmark module yet, no cache, no
@@ -189,7 +195,7 @@ def _local_score(profile: str) -> float | None:
         from chunker.tools import find_ffmpeg
         from peer.benchmark import load_scores
 
-        scores = load_scores(find_ffmpeg())
+        scores = load_scores(find_ffmpeg((), env.ffmpeg), env.cache_dir)
     except Exception:
         return None
     return (scores or {}).get(profile) or None
@@ -206,6 +212,8 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
                 quiet: bool, *, local: Any = None, net: Any = None, as_json: bool = False,
                 report_html: str | None = None, **intent: Any) -> str:
     """``intent``: the JobIntent fields besides the paths and profile."""
+    from dataclasses import replace
+
     from peer.coordinator import run_encode
     from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
     from peer.recruit import parse_peer
@@ -219,13 +227,13 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     _check_writable("--report-html", report_html)
     for spec in net.peers:
         parse_peer(spec)
-    # The one place the SWARM_* settings of an encode are read (see swarm.config).
-    env = Environment.from_environ(os.environ)
+    env = _environment()
+    local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
     opts = EncodeOptions(JobIntent(input, out, prof, **intent), local, net,
                          Tuning(env.scheduler, env.timings()))
-    mode = _output_mode(quiet, as_json)
+    mode = _output_mode(quiet, as_json, env.term)
     human = mode in ("live", "plain")
-    score = _local_score(prof.name) if mode != "quiet" else None
+    score = _local_score(prof.name, env) if mode != "quiet" else None
     sink: Any
     if mode == "live":
         import platform
@@ -506,7 +514,7 @@ def demo(
     src = os.path.abspath("swarm-demo.mp4")
 
     def make() -> None:
-        ff = find_ffmpeg(["libx264", "aac"])
+        ff = find_ffmpeg(["libx264", "aac"], _environment().ffmpeg)
         if not os.access(os.path.dirname(src), os.W_OK):
             raise UsageError(f"cannot write in {os.path.dirname(src)}")
         typer.echo(f"swarm: making a {DEMO_SECONDS} s demo clip {src}", err=True)
@@ -596,7 +604,8 @@ def join(
 
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
     _guarded(check_port, NodeConfig().host, port)  # before the benchmark: it takes seconds
-    mode = _output_mode(quiet, as_json)
+    env = _guarded(_environment)
+    mode = _output_mode(quiet, as_json, env.term)
     sink: Any = None
 
     def run() -> None:
@@ -606,10 +615,10 @@ def join(
         from peer.node import Node, NodeConfig
 
         async def main() -> None:
-            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ())
+            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, (), env.ffmpeg)
             scores: dict[str, float] = {}
             if not no_bench:
-                scores = await _scores(ffmpeg, mode not in ("live", "plain"))
+                scores = await _scores(ffmpeg, mode not in ("live", "plain"), env)
             nonlocal sink
             if mode == "live":
                 from screens.dashboard import JoinView
@@ -619,7 +628,8 @@ def join(
             elif mode == "json":
                 sink = JsonLines()
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
-                                   slots=slots, peers=peers_to_greet), ffmpeg, scores,
+                                   slots=slots, peers=peers_to_greet,
+                                   cache_dir=env.cache_dir), ffmpeg, scores,
                         on_event=sink or join_plain(mode == "quiet"))
             await node.run()
 
@@ -650,14 +660,14 @@ def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:
     return "", None
 
 
-async def _scores(ffmpeg: Any, quiet: bool) -> dict[str, float]:
+async def _scores(ffmpeg: Any, quiet: bool, env: Environment) -> dict[str, float]:
     from peer.benchmark import ensure_scores
     from profiles import builtin_names, load_profile
 
     profs = [load_profile(n) for n in builtin_names()]
     if not quiet:
         typer.echo("swarm: benchmarking this device (cached after the first time)", err=True)
-    scores, _cached = await ensure_scores(ffmpeg, profs)
+    scores, _cached = await ensure_scores(ffmpeg, profs, cache_dir=env.cache_dir)
     return scores
 
 
@@ -726,10 +736,12 @@ def bench(
         from peer.benchmark import ensure_scores
         from profiles import builtin_names, load_profile
 
+        env = _environment()
+
         async def main() -> tuple[dict[str, float], bool]:
-            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ())
+            ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, (), env.ffmpeg)
             profs = [load_profile(n) for n in builtin_names()]
-            return await ensure_scores(ffmpeg, profs, force=force)
+            return await ensure_scores(ffmpeg, profs, cache_dir=env.cache_dir, force=force)
 
         return trio.run(main)
 
@@ -757,7 +769,7 @@ def pack(
 
     def run() -> pyz.Pyz:
         _check_writable("--output", output)
-        built = pyz.build()
+        built = pyz.build(_environment().cache_dir)
         tmp = f"{output}.tmp{os.getpid()}"
         try:
             with open(tmp, "wb") as f:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -172,14 +171,15 @@ def _say_once(message: str) -> None:
         log.warning("%s", message)
 
 
-def find_ffmpeg(required: Iterable[str] = ()) -> FFmpeg:
+def find_ffmpeg(required: Iterable[str] = (), override: str | None = None) -> FFmpeg:
     """Choose the ffmpeg binary; ``required`` names encoders the job cannot do without.
 
-    A system ffmpeg that cannot do the job is passed over with one warning naming what it
-    lacks; if no binary can, UsageError says what to do, before any chunk is attempted.
+    ``override`` is the binary ``SWARM_FFMPEG`` names (``swarm.config.Environment``), taken
+    as it is or refused. Without it, a system ffmpeg that cannot do the job is passed over
+    with one warning naming what it lacks; if no binary can, UsageError says what to do,
+    before any chunk is attempted.
     """
     need = tuple(required)
-    override = os.environ.get("SWARM_FFMPEG")
     if override:
         info = ffmpeg_info(override)
         if missing := info.lacks(need):

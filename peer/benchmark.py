@@ -205,15 +205,9 @@ def cache_key(ffmpeg: FFmpeg) -> str:
             f" x{os.cpu_count() or 1}")
 
 
-def cache_path() -> Path:
-    """``$SWARM_CACHE_DIR/bench.json``, else under ``$XDG_CACHE_HOME/swarm``, else ``~/.cache``."""
-    own = os.environ.get("SWARM_CACHE_DIR")
-    if own:
-        return Path(own) / CACHE_FILE
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    # The XDG spec says to ignore a relative value.
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "swarm" / CACHE_FILE
+def cache_path(cache_dir: Path) -> Path:
+    """The scores file in ``cache_dir`` (``swarm.config.Environment.cache_dir``)."""
+    return cache_dir / CACHE_FILE
 
 
 def _valid_score(x: Any) -> bool:
@@ -252,35 +246,42 @@ def _render_cache(key: str, entries: Mapping[str, tuple[float, str]]) -> str:
 # -- cache file ----------------------------------------------------------------------------
 
 
-def _load_entries(ffmpeg: FFmpeg) -> dict[str, tuple[float, str]] | None:
+def _load_entries(ffmpeg: FFmpeg, cache_dir: Path | None
+                  ) -> dict[str, tuple[float, str]] | None:
+    if cache_dir is None:
+        return None
     try:
-        text = cache_path().read_text(encoding="utf-8")
+        text = cache_path(cache_dir).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
     return _parse_cache(text, cache_key(ffmpeg))
 
 
-def load_scores(ffmpeg: FFmpeg) -> dict[str, float] | None:
-    """Cached scores for this ffmpeg and machine; None if absent, corrupt or foreign."""
-    entries = _load_entries(ffmpeg)
+def load_scores(ffmpeg: FFmpeg, cache_dir: Path | None) -> dict[str, float] | None:
+    """Cached scores for this ffmpeg and machine; None if absent, corrupt or foreign (or if
+    there is no ``cache_dir``)."""
+    entries = _load_entries(ffmpeg, cache_dir)
     return None if entries is None else {n: s for n, (s, _) in entries.items()}
 
 
-def save_scores(ffmpeg: FFmpeg, scores: Mapping[str, float],
+def save_scores(ffmpeg: FFmpeg, cache_dir: Path | None, scores: Mapping[str, float],
                 profiles: Iterable[Profile] = ()) -> None:
     """Merge ``scores`` into the cache, atomically; raises OSError if it cannot be written.
+    Without a ``cache_dir`` nothing is kept.
 
     ``profiles`` (optional) records each one's fingerprint so a changed profile of the same
     name is measured again; a score saved without one is trusted by name.
     """
     key = cache_key(ffmpeg)
     prints = {p.name: profile_fingerprint(p) for p in profiles}
-    entries = _load_entries(ffmpeg) or {}
+    entries = _load_entries(ffmpeg, cache_dir) or {}
     for name, score in scores.items():
         if not _valid_score(score):
             raise ValueError(f"score for {name!r} must be a positive number, not {score!r}")
         entries[name] = (float(score), prints.get(name, ""))
-    path = cache_path()
+    if cache_dir is None:
+        return
+    path = cache_path(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A reader (another swarm process) sees the old file or the new one, never half of one.
     fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", suffix=".tmp", dir=path.parent)
@@ -400,8 +401,9 @@ async def run_benchmark(ffmpeg: FFmpeg, profiles: list[Profile], *,
     return scores
 
 
-async def ensure_scores(ffmpeg: FFmpeg, profiles: list[Profile], *, force: bool = False,
-                        budget_s: float = DEFAULT_BUDGET_S) -> tuple[dict[str, float], bool]:
+async def ensure_scores(ffmpeg: FFmpeg, profiles: list[Profile], *, cache_dir: Path | None,
+                        force: bool = False, budget_s: float = DEFAULT_BUDGET_S
+                        ) -> tuple[dict[str, float], bool]:
     """Scores for ``profiles``, from the cache where it has them; True if nothing was measured.
 
     Missing (or changed, or with ``force`` all) profiles are measured and merged into the
@@ -409,7 +411,7 @@ async def ensure_scores(ffmpeg: FFmpeg, profiles: list[Profile], *, force: bool 
     """
     cached: dict[str, tuple[float, str]] | None = None
     if not force:
-        cached = await trio.to_thread.run_sync(_load_entries, ffmpeg)
+        cached = await trio.to_thread.run_sync(_load_entries, ffmpeg, cache_dir)
     cached = cached or {}
     scores: dict[str, float] = {}
     todo: list[Profile] = []
@@ -425,7 +427,7 @@ async def ensure_scores(ffmpeg: FFmpeg, profiles: list[Profile], *, force: bool 
     scores.update(measured)
     if measured:
         try:
-            await trio.to_thread.run_sync(save_scores, ffmpeg, measured, todo)
+            await trio.to_thread.run_sync(save_scores, ffmpeg, cache_dir, measured, todo)
         except OSError as exc:
-            log.warning("benchmark: cannot write the cache %s: %s", cache_path(), exc)
+            log.warning("benchmark: cannot write the cache in %s: %s", cache_dir, exc)
     return {p.name: scores[p.name] for p in profiles if p.name in scores}, False

@@ -132,7 +132,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         # The chunk count follows the swarm: listen for peers while finding and probing.
         if opts.net.enabled and opts.net.discover and opts.job.chunk_seconds is None:
             nursery.start_soon(count_peers)
-        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need)
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, need, opts.local.ffmpeg)
         info = await media.probe(ffmpeg, opts.job.input)
     workers = 0 if opts.local.no_local else (opts.local.workers or default_workers())
     threads = opts.local.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -165,7 +165,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.ffmpegs[server.local_key] = ffmpeg.short_version
-            server.job.add_peer("local", _local_score(ffmpeg, opts.job.profile), server.t0,
+            server.job.add_peer("local", _local_score(ffmpeg, opts.job.profile,
+                                                      opts.local.cache_dir), server.t0,
                                 slots=workers)
         emit(JobStart(input=opts.job.input, output=opts.job.output,
                       profile=opts.job.profile.name,
@@ -190,7 +191,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                 server.core_idle.set()
             async with trio.open_nursery() as nursery:
                 if opts.net.enabled:
-                    node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings), ffmpeg,
+                    node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings,
+                                                        opts.local.cache_dir), ffmpeg,
                                 coordinator=True)
                     await nursery.start(node.run)
                     node.jobs[job_id] = server
@@ -226,12 +228,12 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
 
-def _local_score(ffmpeg: FFmpeg, profile: Profile) -> float | None:
+def _local_score(ffmpeg: FFmpeg, profile: Profile, cache_dir: Path | None) -> float | None:
     """This device's benchmark for the profile (work/s per slot), if measured before."""
     from .benchmark import load_scores
 
     try:
-        scores = load_scores(ffmpeg) or {}
+        scores = load_scores(ffmpeg, cache_dir) or {}
     except Exception:  # a broken cache must never stop a job
         return None
     score = scores.get(profile.name)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
@@ -161,14 +162,16 @@ class NodeConfig:
     peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
     serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
     timings: Timings = field(default_factory=Timings)  # how long a coordinator may be silent
+    cache_dir: Path | None = None  # where a swarm.pyz build is kept; None: nowhere
 
     @classmethod
-    def coordinating(cls, net: NetworkSettings, timings: Timings) -> NodeConfig:
+    def coordinating(cls, net: NetworkSettings, timings: Timings,
+                     cache_dir: Path | None = None) -> NodeConfig:
         """The node of a coordinator: it only browses (peers learn its URL from the invite),
         on ``net.port`` if free, and drops a dead connection after two leases."""
         return cls(name=net.name, port=free_port(net.port), secret=net.secret,
                    advertise=False, interfaces=net.interfaces, peer_gone_s=2 * timings.lease_s,
-                   timings=timings)
+                   timings=timings, cache_dir=cache_dir)
 
 
 class JobEndpoints(Protocol):
@@ -293,7 +296,8 @@ class Node:
     async def _build_pyz(self) -> None:
         """Build swarm.pyz once (in a thread: ~1 s of CPU) and say how to fetch it."""
         try:
-            self.pyz = await trio.to_thread.run_sync(pyz_mod.get, abandon_on_cancel=True)
+            self.pyz = await trio.to_thread.run_sync(pyz_mod.get, self.config.cache_dir,
+                                                     abandon_on_cancel=True)
         except Exception as exc:  # e.g. a dependency installed without its file list
             log.warning("not serving %s: %s", pyz_mod.BOOTSTRAP_NAME, exc)
             return

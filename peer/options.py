@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from profiles import Profile
 from swarm.config import DEFAULT_TIMINGS, Timings
@@ -37,6 +38,8 @@ class LocalSettings:
     workers: int = 0  # local encoder slots; 0: host.default_workers()
     threads: int = 0  # encoder threads per local slot; 0: cores / slots
     no_local: bool = False  # only coordinate peers
+    ffmpeg: str | None = None  # this binary (SWARM_FFMPEG), not the one find_ffmpeg picks
+    cache_dir: Path | None = None  # benchmark scores, pyz builds; None: nothing is kept
 
 
 @dataclass(frozen=True, slots=True)

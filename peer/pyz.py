@@ -310,8 +310,9 @@ def running_archive() -> str | None:
     return loader.archive if isinstance(loader, zipimport.zipimporter) else None
 
 
-def build() -> Pyz:
-    """Pack the running program (blocking: seconds of CPU unless cached; use a thread)."""
+def build(cache_dir: Path | None = None) -> Pyz:
+    """Pack the running program (blocking: seconds of CPU unless cached in ``cache_dir``,
+    ``swarm.config.Environment.cache_dir``; use a thread)."""
     archive = running_archive()
     if archive is not None:
         data = Path(archive).read_bytes()
@@ -326,29 +327,29 @@ def build() -> Pyz:
                     raise PackError(f"cannot pack: {rel} is in two distributions")
                 files[rel] = blob
         files["__main__.py"] = MAIN
-        data = _cached_zip(files)
+        data = _cached_zip(files, cache_dir)
     return Pyz(data, hashlib.sha256(data).hexdigest())
 
 
-def _cached_zip(files: dict[str, bytes]) -> bytes:
+def _cached_zip(files: dict[str, bytes], folder: Path | None) -> bytes:
     """The archive of ``files`` with their byte code, from the cache when it holds it.
 
     Compiling is most of a build (~3 s of CPU here, more on a Pi) and every `join` and
     `encode` needs the archive: the cache file is named by a digest of every input and of
     the Python that compiles, so it is the same bytes a build would make, or absent.
     """
-    from .benchmark import cache_path
-
     key = hashlib.sha256(f"{_FORMAT} {sys.implementation.cache_tag}".encode())
     for name in sorted(files):
         key.update(f"\0{name}\0{len(files[name])}\0".encode())
         key.update(files[name])
-    folder = cache_path().parent
-    cached = folder / f"pyz-{key.hexdigest()[:32]}.pyz"
-    with suppress(OSError):
-        return cached.read_bytes()
+    cached = folder / f"pyz-{key.hexdigest()[:32]}.pyz" if folder is not None else None
+    if cached is not None:
+        with suppress(OSError):
+            return cached.read_bytes()
     data = _zip(files | _byte_code(files))
     _check_starts(data)
+    if folder is None or cached is None:
+        return data
     with suppress(OSError):  # a cache we cannot write only costs the next start a build
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("pyz-*.pyz"):
@@ -391,12 +392,12 @@ _lock = threading.Lock()
 _built: Pyz | None = None
 
 
-def get() -> Pyz:
+def get(cache_dir: Path | None = None) -> Pyz:
     """This process's pyz, built on first use (thread-safe; blocking)."""
     global _built
     with _lock:
         if _built is None:
-            _built = build()
+            _built = build(cache_dir)
         return _built
 
 

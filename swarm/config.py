@@ -2,14 +2,16 @@
 
 ``Timings`` holds every wait the trio shell makes, with the unit in each name, so a test
 can shrink them (or run them under trio's ``MockClock``) instead of patching globals.
-``Environment`` is what ``SWARM_*`` variables may change; ``cli.py`` reads it once, from
-``os.environ``, and passes the result down.
+``Environment`` is everything the program takes from environment variables; ``cli.py`` reads
+it once, from ``os.environ``, and passes the values down as arguments: no other module reads
+the environment (``tests/test_architecture.py`` fails if one does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -46,14 +48,21 @@ DEFAULT_TIMINGS = Timings()
 
 @dataclass(frozen=True, slots=True)
 class Environment:
-    """The ``SWARM_*`` variables the encode path honours (``SWARM_SECRET`` is typer's
-    ``envvar``; ``SWARM_FFMPEG`` is read where the binary is chosen, ``chunker.tools``)."""
+    """What the environment says, parsed (``SWARM_SECRET`` is typer's ``envvar`` on the
+    options that take it)."""
 
     # SWARM_SCHEDULER: benchmarks compare our scheduler with the baselines.
     scheduler: str = "swarm"
     # SWARM_LEASE_S: multi-host tests shorten the lease so a peer cut off mid-chunk gives
     # its chunk back within their time budget. Not an option: users never need it.
     lease_s: float | None = None
+    # SWARM_FFMPEG: this ffmpeg binary, instead of the one chunker.tools.find_ffmpeg picks.
+    ffmpeg: str | None = None
+    # Where benchmark scores and swarm.pyz builds are kept: SWARM_CACHE_DIR, else
+    # $XDG_CACHE_HOME/swarm, else $HOME/.cache/swarm; None (no HOME): nothing is kept.
+    cache_dir: Path | None = None
+    # TERM: "dumb" (or none) gets plain lines instead of the live dashboard.
+    term: str = ""
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Environment:
@@ -66,8 +75,20 @@ class Environment:
                 lease = float(text)
             except ValueError:
                 raise UsageError(f"SWARM_LEASE_S={text}: use a number of seconds") from None
-        return cls(scheduler=policy, lease_s=lease)
+        return cls(scheduler=policy, lease_s=lease, ffmpeg=env.get("SWARM_FFMPEG") or None,
+                   cache_dir=_cache_dir(env), term=env.get("TERM", ""))
 
     def timings(self, base: Timings = DEFAULT_TIMINGS) -> Timings:
         """``base`` with what the environment overrides."""
         return base if self.lease_s is None else replace(base, lease_s=self.lease_s)
+
+
+def _cache_dir(env: Mapping[str, str]) -> Path | None:
+    if own := env.get("SWARM_CACHE_DIR"):
+        return Path(own)
+    xdg = env.get("XDG_CACHE_HOME")
+    # The XDG spec says to ignore a relative value.
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "swarm"
+    home = env.get("HOME")
+    return Path(home) / ".cache" / "swarm" if home else None

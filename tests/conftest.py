@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def source(name: str, corpus: dict[str, Path]) -> Path:
     """The corpus file a test is parametrized with (``name``), skipped with the reason if the
     ffmpeg under test crashes opening it (a sync fixture: a skip raised inside a trio test
-    loses its message)."""
-    ffmpeg = find_ffmpeg()
+    loses its message). The ffmpeg under test is the one test_pipeline's ``binary`` names in
+    SWARM_FFMPEG, as cli.py would pass it down."""
+    ffmpeg = find_ffmpeg((), os.environ.get("SWARM_FFMPEG"))
     if crashes_on(ffmpeg.path, corpus[name]):
         pytest.skip(f"ffmpeg {ffmpeg.version} crashes opening {corpus[name].name}")
     return corpus[name]

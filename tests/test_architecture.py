@@ -4,6 +4,8 @@
   and under ``TYPE_CHECKING`` (a lazy import hides a circle from Python, not from a reader).
 - ``swarm/`` is the sans-I/O core: it imports no trio, httpx, hypercorn, zeroconf, socket or
   subprocess, and never reads the clock (time is passed in).
+- Only ``cli.py`` imports ``screens/`` (the presentation), and only ``cli.py`` reads the
+  environment.
 """
 
 from __future__ import annotations
@@ -161,3 +163,45 @@ def test_rich_is_drawn_only_by_the_presentation() -> None:
                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(m.split(".")[0] == "rich" for m in mods):
                 assert name in PRESENTATION | {"cli"}, f"{name} imports rich"
+
+
+# -- the environment -------------------------------------------------------------------------
+# cli.py reads os.environ once (swarm.config.Environment.from_environ) and passes the values
+# down; anywhere else a variable would be a setting no caller can see or pass.
+ENVIRONMENT_READER = "cli"
+# os.environ, os.getenv and kin, and what reads variables behind a path: ~ is $HOME.
+ENVIRON_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv",
+                 "expanduser", "expandvars"}
+
+
+def _environment_reads(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("os", "os.path"):
+            found += [f"{node.lineno}: from {node.module} import {a.name}" for a in node.names
+                      if a.name in ENVIRON_NAMES]
+        elif isinstance(node, ast.Attribute) and node.attr in ENVIRON_NAMES:
+            found.append(f"{node.lineno}: .{node.attr}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "home" and not node.args):
+            found.append(f"{node.lineno}: Path.home()")
+    return found
+
+
+def test_the_checker_sees_environment_reads(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("import os\nfrom os import getenv\nfrom pathlib import Path\n"
+                   "a = os.environ.get('X')\nb = os.getenv('Y')\nc = Path.home()\n"
+                   "d = os.path.expanduser('~')\n", encoding="utf-8")
+    assert len(_environment_reads(src)) == 5
+
+
+def test_only_the_cli_reads_the_environment() -> None:
+    files = dict(MODULES)
+    files.update({f"swarm_encode.{p.stem}": p
+                  for p in sorted((REPO / "swarm_encode").glob("*.py"))})
+    readers = {name: reads for name, path in files.items()
+               if (reads := _environment_reads(path)) and name != ENVIRONMENT_READER}
+    assert not readers, readers
+    assert _environment_reads(MODULES[ENVIRONMENT_READER]), "the checker lost cli.py's read"

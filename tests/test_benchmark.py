@@ -18,6 +18,7 @@ from chunker.commands import VideoPlan
 from chunker.tools import FFmpeg, find_ffmpeg
 from peer.proc import FFmpegResult
 from profiles import Profile, load_profile
+from swarm.config import Environment
 from swarm.errors import UsageError
 
 # Generous for a loaded CI machine: each real measurement takes its budget plus a kill.
@@ -30,12 +31,10 @@ def ffmpeg() -> FFmpeg:
     return find_ffmpeg(["libx264"])
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
     """Every test gets its own cache, never the user's."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("SWARM_CACHE_DIR", str(folder))
-    return folder
+    return tmp_path / "cache"
 
 
 def _x264(tmp_path: Path, name: str, preset: str, width: int = 640, height: int = 360,
@@ -110,30 +109,33 @@ async def test_ensure_scores_measures_once_then_reads_the_cache(
 
     monkeypatch.setattr(bench, "run_ffmpeg", counting_run)
     with trio.fail_after(TIMEOUT_S):
-        scores, cached = await bench.ensure_scores(ffmpeg, [a], budget_s=0.6)
+        scores, cached = await bench.ensure_scores(ffmpeg, [a], cache_dir=cache_dir, budget_s=0.6)
         assert not cached and scores["tiny-a"] > 0 and runs
         assert (cache_dir / "bench.json").exists()
 
         runs.clear()
         t0 = time.monotonic()
-        again, cached = await bench.ensure_scores(ffmpeg, [a], budget_s=0.6)
+        again, cached = await bench.ensure_scores(ffmpeg, [a], cache_dir=cache_dir, budget_s=0.6)
         assert cached and again == scores
         assert runs == [] and time.monotonic() - t0 < 0.5
 
         # A profile missing from the cache is measured and merged; the cached one is kept.
-        both, cached = await bench.ensure_scores(ffmpeg, [a, b], budget_s=0.6)
+        both, cached = await bench.ensure_scores(ffmpeg, [a, b], cache_dir=cache_dir,
+                                                   budget_s=0.6)
         assert not cached and list(both) == ["tiny-a", "tiny-b"]
         assert both["tiny-a"] == scores["tiny-a"]
         assert all(r.startswith("benchmark tiny-b") for r in runs)
-        assert bench.load_scores(ffmpeg) == both
+        assert bench.load_scores(ffmpeg, cache_dir) == both
 
         # force measures again, and so does a changed profile under the same name.
         runs.clear()
-        _, cached = await bench.ensure_scores(ffmpeg, [a], force=True, budget_s=0.6)
+        _, cached = await bench.ensure_scores(ffmpeg, [a], cache_dir=cache_dir, force=True,
+                                                budget_s=0.6)
         assert not cached and runs
         runs.clear()
         changed = _x264(tmp_path, "tiny-a", "veryfast", 320, 180)
-        _, cached = await bench.ensure_scores(ffmpeg, [changed], budget_s=0.6)
+        _, cached = await bench.ensure_scores(ffmpeg, [changed], cache_dir=cache_dir,
+                                                budget_s=0.6)
         assert not cached and runs
 
 
@@ -147,13 +149,13 @@ async def _io(fn: Callable[..., Any], *args: Any) -> Any:
 
 async def test_cache_round_trips_atomically(ffmpeg: FFmpeg, cache_dir: Path) -> None:
     with trio.fail_after(TIMEOUT_S):
-        assert await _io(bench.load_scores, ffmpeg) is None
-        await _io(bench.save_scores, ffmpeg, {"hd": 1.5e7, "4k": 2e6})
-        await _io(bench.save_scores, ffmpeg, {"hd": 1.6e7})  # merged, not replaced
-        assert await _io(bench.load_scores, ffmpeg) == {"hd": 1.6e7, "4k": 2e6}
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) is None
+        await _io(bench.save_scores, ffmpeg, cache_dir, {"hd": 1.5e7, "4k": 2e6})
+        await _io(bench.save_scores, ffmpeg, cache_dir, {"hd": 1.6e7})  # merged, not replaced
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) == {"hd": 1.6e7, "4k": 2e6}
         assert await _io(os.listdir, cache_dir) == ["bench.json"]  # no temp file left
         with pytest.raises(ValueError):
-            await _io(bench.save_scores, ffmpeg, {"hd": float("nan")})
+            await _io(bench.save_scores, ffmpeg, cache_dir, {"hd": float("nan")})
 
 
 @pytest.mark.parametrize("content", [
@@ -166,9 +168,9 @@ async def test_corrupt_cache_reads_as_missing(ffmpeg: FFmpeg, cache_dir: Path,
     key = json.dumps(bench.cache_key(ffmpeg))[1:-1].encode()
     with trio.fail_after(TIMEOUT_S):
         await _io(_write, cache_dir / "bench.json", content.replace(b"K", key))
-        assert await _io(bench.load_scores, ffmpeg) is None
-        await _io(bench.save_scores, ffmpeg, {"hd": 3.0})  # and a new cache replaces it
-        assert await _io(bench.load_scores, ffmpeg) == {"hd": 3.0}
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) is None
+        await _io(bench.save_scores, ffmpeg, cache_dir, {"hd": 3.0})  # and a new cache replaces it
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) == {"hd": 3.0}
 
 
 async def test_bad_entries_are_dropped(ffmpeg: FFmpeg, cache_dir: Path) -> None:
@@ -178,21 +180,21 @@ async def test_bad_entries_are_dropped(ffmpeg: FFmpeg, cache_dir: Path) -> None:
     }).encode()
     with trio.fail_after(TIMEOUT_S):
         await _io(_write, cache_dir / "bench.json", content)
-        assert await _io(bench.load_scores, ffmpeg) == {"hd": 2.0}
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) == {"hd": 2.0}
 
 
-async def test_another_ffmpeg_or_machine_misses(ffmpeg: FFmpeg,
+async def test_another_ffmpeg_or_machine_misses(ffmpeg: FFmpeg, cache_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     other = dataclasses.replace(ffmpeg, version="0.0-elsewhere")
     assert bench.cache_key(other) != bench.cache_key(ffmpeg)
     with trio.fail_after(TIMEOUT_S):
-        await _io(bench.save_scores, ffmpeg, {"hd": 1e7})
-        assert await _io(bench.load_scores, ffmpeg) == {"hd": 1e7}
-        assert await _io(bench.load_scores, other) is None
+        await _io(bench.save_scores, ffmpeg, cache_dir, {"hd": 1e7})
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) == {"hd": 1e7}
+        assert await _io(bench.load_scores, other, cache_dir) is None
         moved = dataclasses.replace(ffmpeg, path="/opt/ffmpeg")
-        assert await _io(bench.load_scores, moved) is None
+        assert await _io(bench.load_scores, moved, cache_dir) is None
         monkeypatch.setattr(bench.os, "cpu_count", lambda: 1024)
-        assert await _io(bench.load_scores, ffmpeg) is None
+        assert await _io(bench.load_scores, ffmpeg, cache_dir) is None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -203,15 +205,20 @@ def _write(path: Path, data: bytes) -> None:
 # -- pure parts (no I/O, nothing to time out) ----------------------------------------------
 
 
-def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("SWARM_CACHE_DIR", str(tmp_path / "own"))
-    assert bench.cache_path() == tmp_path / "own" / "bench.json"
-    monkeypatch.delenv("SWARM_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert bench.cache_path() == tmp_path / "xdg" / "swarm" / "bench.json"
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # ignored, as XDG says
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert bench.cache_path() == tmp_path / "home" / ".cache" / "swarm" / "bench.json"
+def _cache_path(env: dict[str, str]) -> Path:
+    cache_dir = Environment.from_environ(env).cache_dir
+    assert cache_dir is not None
+    return bench.cache_path(cache_dir)
+
+
+def test_cache_location(tmp_path: Path) -> None:
+    env = {"SWARM_CACHE_DIR": str(tmp_path / "own"), "HOME": str(tmp_path / "home")}
+    assert _cache_path(env) == tmp_path / "own" / "bench.json"
+    del env["SWARM_CACHE_DIR"]
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    assert _cache_path(env) == tmp_path / "xdg" / "swarm" / "bench.json"
+    env["XDG_CACHE_HOME"] = "relative"  # ignored, as XDG says
+    assert _cache_path(env) == tmp_path / "home" / ".cache" / "swarm" / "bench.json"
 
 
 def test_steady_rate_skips_warmup_and_latency() -> None:

@@ -119,11 +119,10 @@ async def test_a_source_that_starts_late_gets_its_own_frames_on_every_build(
     Before the trim counted in source time, a 2 s start gave every chunk the frames of the
     one before (18 dB)."""
     out = tmp_path / "out.mp4"
-    monkeypatch.setenv("SWARM_FFMPEG", binary.path)
     with trio.fail_after(120):
         report = await run_encode(EncodeOptions(
             JobIntent(str(late_source), str(out), load_profile("hd"), chunk_seconds=1.0),
-            LocalSettings(workers=2), NetworkSettings(name="t")))
+            LocalSettings(workers=2, ffmpeg=binary.path), NetworkSettings(name="t")))
     assert len(report["chunks"]) == 3
     o = probe(ffmpeg_info(FFMPEG), str(out))
     assert min_psnr(late_source, out, o.video.width, o.video.height) > 35.0

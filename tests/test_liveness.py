@@ -96,6 +96,15 @@ def test_environment_is_read_in_one_place() -> None:
         Environment.from_environ({"SWARM_LEASE_S": "soon"})
 
 
+def test_the_environment_names_the_ffmpeg_the_cache_and_the_terminal() -> None:
+    env = Environment.from_environ({"SWARM_FFMPEG": "/opt/ff", "TERM": "xterm",
+                                    "HOME": "/home/u"})
+    assert (env.ffmpeg, env.term) == ("/opt/ff", "xterm")
+    assert str(env.cache_dir) == "/home/u/.cache/swarm"
+    bare = Environment.from_environ({"SWARM_FFMPEG": ""})
+    assert bare.ffmpeg is None and bare.cache_dir is None and bare.term == ""
+
+
 # -- timings in virtual time ---------------------------------------------------------------
 def _virtual(fn: Any) -> None:
     trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))

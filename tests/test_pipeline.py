@@ -43,7 +43,7 @@ def binary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> F
     """Each test that takes this runs once per ffmpeg under test (tests/ffmpegs.py), which
     then does every step of the job; the sources and the checks use one fixed binary."""
     info = ffmpegs.require(request.param)
-    monkeypatch.setenv("SWARM_FFMPEG", info.path)
+    monkeypatch.setenv("SWARM_FFMPEG", info.path)  # for _encode, as cli.py passes it down
     return info
 
 
@@ -51,7 +51,8 @@ async def _encode(src: Path, out: Path, profile: str = "hd", chunk_s: float = 1.
                   workers: int = 2) -> dict:
     opts = EncodeOptions(JobIntent(str(src), str(out), load_profile(profile),
                                    chunk_seconds=chunk_s),
-                         LocalSettings(workers=workers), NetworkSettings(name="testnode"))
+                         LocalSettings(workers=workers, ffmpeg=os.environ.get("SWARM_FFMPEG")),
+                         NetworkSettings(name="testnode"))
     with trio.fail_after(120):
         return await run_encode(opts)
 

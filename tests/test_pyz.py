@@ -211,12 +211,12 @@ async def test_a_node_serves_its_pyz_with_the_digest_in_a_header_and_info() -> N
 
 async def test_building_the_pyz_does_not_block_the_node(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWARM_CACHE_DIR", str(tmp_path))  # no build cached on disk there
-    monkeypatch.setattr(pyz, "_built", None)  # nor in this process: the node builds it now
+    monkeypatch.setattr(pyz, "_built", None)  # none in this process: the node builds it now
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            node = Node(NodeConfig(name="busy", port=0, host="127.0.0.1", advertise=False),
-                        find_ffmpeg())
+            # No build cached on disk in tmp_path.
+            node = Node(NodeConfig(name="busy", port=0, host="127.0.0.1", advertise=False,
+                                   cache_dir=tmp_path), find_ffmpeg())
             await nursery.start(node.run)
             base = f"http://127.0.0.1:{node.port}"
             answered_while_building = 0
