@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
 from screens.sinks import JsonLines, Live, Plain, join_plain, print_summary
-from swarm.config import Environment
+from swarm.config import DEFAULT_TIMINGS, Environment, Timings
 from swarm.errors import SwarmError, UsageError
 from swarm.events import JobEvent, JobStart, Tracks
 
@@ -208,12 +209,22 @@ def _check_writable(option: str, path: str | None) -> None:
             raise UsageError(f"{option} {path}: directory is not writable")
 
 
+def _timings(lease_s: float | None) -> Timings:
+    """The shell's timings: the defaults, with the lease ``--lease-seconds`` sets."""
+    from swarm.protocol import MAX_LEASE_S  # what an Assignment may carry
+
+    if lease_s is None:
+        return DEFAULT_TIMINGS
+    if not 1.0 <= lease_s <= MAX_LEASE_S:
+        raise UsageError(f"--lease-seconds {lease_s:g}: use 1 to {MAX_LEASE_S:g}")
+    return replace(DEFAULT_TIMINGS, lease_s=lease_s)
+
+
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
                 quiet: bool, *, local: Any = None, net: Any = None, as_json: bool = False,
-                report_html: str | None = None, **intent: Any) -> str:
+                report_html: str | None = None, lease_s: float | None = None,
+                **intent: Any) -> str:
     """``intent``: the JobIntent fields besides the paths and profile."""
-    from dataclasses import replace
-
     from peer.coordinator import run_encode
     from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
     from peer.recruit import parse_peer
@@ -230,7 +241,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     env = _environment()
     local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
     opts = EncodeOptions(JobIntent(input, out, prof, **intent), local, net,
-                         Tuning(env.scheduler, env.timings()))
+                         Tuning(env.scheduler, _timings(lease_s)))
     mode = _output_mode(quiet, as_json, env.term)
     human = mode in ("live", "plain")
     score = _local_score(prof.name, env) if mode != "quiet" else None
@@ -421,6 +432,14 @@ def encode(
         help="copy: keep subtitle tracks the output container can hold (text ones become "
         "mov_text in .mp4/.mov; image ones need .mkv). Anything left out is named.")
     ] = SubtitleMode.copy,
+    # Not for users (hidden from --help): the multi-host tests shorten the lease so that a
+    # peer cut off mid-chunk gives its chunk back within their time budget. An option, not an
+    # environment variable: it is visible on the command line it applies to, checked like
+    # the others, and inherited by no other process.
+    lease_seconds: Annotated[float | None, typer.Option(
+        "--lease-seconds", hidden=True,
+        help="How long an attempt may go without progress before its chunk is requeued "
+        f"(default {DEFAULT_TIMINGS.lease_s:g}).")] = None,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -442,7 +461,8 @@ def encode(
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
                             name=name or socket.gethostname()),
-        as_json=as_json, report_html=report_html, chunk_seconds=chunk_seconds,
+        as_json=as_json, report_html=report_html, lease_s=lease_seconds,
+        chunk_seconds=chunk_seconds,
         upscale=upscale, fresh=fresh, force=force, audio=audio.value,
         subtitles=subtitles.value))
     if not as_json:

@@ -1,7 +1,10 @@
 """The shell's settings in one frozen, typed place, and what the environment may set.
 
 ``Timings`` holds every wait the trio shell makes, with the unit in each name, so a test
-can shrink them (or run them under trio's ``MockClock``) instead of patching globals.
+can shrink them (or run them under trio's ``MockClock``) instead of patching globals; it is
+passed down in ``Tuning`` (in-process tests build their own), and a `swarm encode` process
+takes a shorter lease from its hidden ``--lease-seconds`` (the multi-host tests), never from
+the environment.
 ``Environment`` is everything the program takes from environment variables; ``cli.py`` reads
 it once, from ``os.environ``, and passes the values down as arguments: no other module reads
 the environment (``tests/test_architecture.py`` fails if one does).
@@ -10,7 +13,7 @@ the environment (``tests/test_architecture.py`` fails if one does).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
@@ -53,9 +56,6 @@ class Environment:
 
     # SWARM_SCHEDULER: benchmarks compare our scheduler with the baselines.
     scheduler: str = "swarm"
-    # SWARM_LEASE_S: multi-host tests shorten the lease so a peer cut off mid-chunk gives
-    # its chunk back within their time budget. Not an option: users never need it.
-    lease_s: float | None = None
     # SWARM_FFMPEG: this ffmpeg binary, instead of the one chunker.tools.find_ffmpeg picks.
     ffmpeg: str | None = None
     # Where benchmark scores and swarm.pyz builds are kept: SWARM_CACHE_DIR, else
@@ -69,18 +69,8 @@ class Environment:
         policy = env.get("SWARM_SCHEDULER", "swarm")
         if policy not in POLICIES:
             raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
-        lease: float | None = None
-        if text := env.get("SWARM_LEASE_S"):
-            try:
-                lease = float(text)
-            except ValueError:
-                raise UsageError(f"SWARM_LEASE_S={text}: use a number of seconds") from None
-        return cls(scheduler=policy, lease_s=lease, ffmpeg=env.get("SWARM_FFMPEG") or None,
+        return cls(scheduler=policy, ffmpeg=env.get("SWARM_FFMPEG") or None,
                    cache_dir=_cache_dir(env), term=env.get("TERM", ""))
-
-    def timings(self, base: Timings = DEFAULT_TIMINGS) -> Timings:
-        """``base`` with what the environment overrides."""
-        return base if self.lease_s is None else replace(base, lease_s=self.lease_s)
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path | None:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from cli import _timings, app
 from media import FFMPEG, media_info
 from procs import alive, children
+from swarm.config import Timings
 
 runner = CliRunner()
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
@@ -47,6 +48,14 @@ def test_profiles_lists_the_table() -> None:
 def test_bad_option_is_a_usage_error() -> None:
     assert runner.invoke(app, ["encode", "x.mp4", "--workers", "-3"]).exit_code == 2
     assert runner.invoke(app, ["encode"]).exit_code == 2
+
+
+def test_a_shorter_lease_is_a_hidden_option_not_the_environment(tmp_path: Path) -> None:
+    """The multi-host tests' --lease-seconds reaches Timings; users never see it."""
+    assert "--lease-seconds" not in runner.invoke(app, ["encode", "--help"]).output
+    assert _timings(4.0) == Timings(lease_s=4.0) and _timings(None) == Timings()
+    res = runner.invoke(app, ["encode", str(tmp_path / "x.mp4"), "--lease-seconds", "0.5"])
+    assert res.exit_code == 2 and "--lease-seconds 0.5: use 1 to 3600" in res.output
 
 
 def _bad_inputs(tmp: Path, corpus: dict[str, Path]) -> dict[str, tuple[list[str], int, str]]:

@@ -255,7 +255,7 @@ def test_peer_cut_off_mid_chunk_loses_its_lease_and_drops_the_job(
     with lan(3) as net, Swarm(net, _logs(outdir), BUDGET_S) as sw:
         alpha, _beta = _joined(sw, (net[1], "alpha", ()), (net[2], "beta", ()))
         enc = sw.encode(net[0], src, out, "--name", "coord", "--no-local", *CHUNK_ARGS,
-                        "--report", str(rep), env={"SWARM_LEASE_S": SHORT_LEASE_S})
+                        "--report", str(rep), "--lease-seconds", SHORT_LEASE_S)
         # Mid-download: the coordinator is streaming source bytes to alpha when it vanishes.
         _pid, lost = _freeze_encoder(sw, alpha, downloading_from=net[0])
         net[1].run(["ip", "link", "set", "eth0", "down"])
