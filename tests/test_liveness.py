@@ -3,8 +3,10 @@
 Pure: when a coordinator counts as gone (``Silence``), when a job is stalled, when to stop
 inviting a peer, which bytes a Range header asks for, what the environment may set. Then
 the shell under ``trio.testing.MockClock(autojump_threshold=0)``: a peer whose coordinator
-refuses every connection drops the job just after ``coordinator_gone_s``; a lease expires
-after ``lease_s`` without progress; a job nobody encodes fails after ``stall_s``. Minutes
+refuses every connection drops the job just after ``coordinator_gone_s``, and one whose
+coordinator answers stays, whatever the time; a lease expires after ``lease_s`` without
+progress, and progress renews it, with ``_watch`` ticking; a job nobody encodes fails after
+``stall_s``. Minutes
 of protocol time pass in milliseconds, and the limits are checked to the tick.
 """
 
@@ -32,6 +34,7 @@ from swarm.events import ChunkRequeued, JobEvent
 from swarm.job import Grant
 from swarm.liveness import Silence, stalled
 from swarm.presence import MAX_FRUITLESS_INVITES, fruitless
+from swarm.protocol import CONTENT_TYPE, Wait, encode
 from swarm.ranges import ByteRange, parse_range
 
 
@@ -134,6 +137,40 @@ def test_a_peer_drops_a_coordinator_that_stays_silent_for_the_gone_limit() -> No
     _virtual(main)
 
 
+def test_a_coordinator_that_answers_keeps_its_peer_past_the_gone_limit() -> None:
+    """Every answer resets the silence: the peer stays three gone-limits while the
+    coordinator answers "wait", then drops it coordinator_gone_s after the last answer."""
+    timings = Timings(coordinator_gone_s=6.0)
+    answering_s = 3 * timings.coordinator_gone_s
+    start = 0.0
+    last_answer: list[float] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        now = trio.current_time()
+        if now - start < answering_s:
+            last_answer.append(now)
+            return httpx.Response(200, content=encode(Wait(1.0)),
+                                  headers={"content-type": CONTENT_TYPE})
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def main() -> None:
+        nonlocal start
+        terms = JobTerms("gonejob2", "http://coordinator", load_profile("hd"),
+                         VideoPlan(640, 360, 50))
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle),
+                                     base_url="http://coordinator") as client:
+            start = trio.current_time()
+            with trio.fail_after(120):
+                await work_slot(terms, node_id="ab12cd34ef56ab12", slot=0, secret=None,
+                                ffmpeg=cast(Any, None), client=client, timings=timings)
+            ended = trio.current_time()
+        assert len(last_answer) >= answering_s - 1  # it kept asking, once a second
+        silent = ended - last_answer[-1]
+        assert timings.coordinator_gone_s < silent <= timings.coordinator_gone_s + 0.5, silent
+
+    _virtual(main)
+
+
 def _server(events: list[JobEvent], timings: Timings, *, network: bool = False
             ) -> tuple[JobServer, EncodeOptions]:
     tb = Fraction(1, 25 * 512)
@@ -182,5 +219,47 @@ def test_a_job_nobody_encodes_fails_after_stall_s() -> None:
             await _watch(server, 0, opts)
         took = trio.current_time() - t0
         assert timings.stall_s < took <= timings.stall_s + timings.tick_s, took
+
+    _virtual(main)
+
+
+def test_reports_renew_the_lease_and_the_watch_requeues_after_lease_s_without_one() -> None:
+    """The shell's own loop (``_watch``, ticking every tick_s) against the lease: a peer
+    reporting every second keeps its chunk for three leases; silent, it loses it after
+    lease_s, to the tick."""
+    timings = Timings(lease_s=15.0, tick_s=0.5, stall_s=600.0)
+    lost_lease = trio.Event()
+
+    class Events(list[JobEvent]):
+        def append(self, e: JobEvent) -> None:
+            super().append(e)
+            if isinstance(e, ChunkRequeued):
+                lost_lease.set()
+
+    events = Events()
+
+    def requeued() -> list[ChunkRequeued]:
+        return [e for e in events if isinstance(e, ChunkRequeued)]
+
+    async def main() -> None:
+        server, opts = _server(events, timings, network=True)
+        now = trio.current_time()
+        server.job.add_peer("n1", None, now)
+        a = server.claim("n1", now)
+        assert isinstance(a, Grant)
+        with trio.fail_after(600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch, server, 0, opts)
+                for frames in range(1, int(3 * timings.lease_s) + 1):
+                    await trio.sleep(1.0)
+                    assert server.progress(a.attempt, frames, trio.current_time())
+                assert not requeued()
+                last_report = trio.current_time()
+                await lost_lease.wait()
+                silent = trio.current_time() - last_report
+                nursery.cancel_scope.cancel()
+        assert timings.lease_s <= silent <= timings.lease_s + timings.tick_s, silent
+        [lost] = requeued()
+        assert (lost.chunk, lost.attempt, lost.reason) == (a.chunk, a.attempt, "lease expired")
 
     _virtual(main)
