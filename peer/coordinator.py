@@ -184,27 +184,18 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         audio_file = None
         if tracks.audio and opts.job.profile.audio.codec in AUDIO_COPY_EXACT:
             audio_file = os.path.join(workdir, "audio.mp4")
-        async with trio.open_nursery() as audio_nursery:
+        # The job's services: the audio (it waits for a free core: ``server.core_idle``)
+        # and the encoders, while the watch runs here until every chunk is in.
+        async with trio.open_nursery() as services:
             if audio_file is not None:
-                audio_nursery.start_soon(audio_when_idle, server, audio_file)
-            if not workers:
-                server.core_idle.set()
-            async with trio.open_nursery() as nursery:
-                if opts.net.enabled:
-                    node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings,
-                                                        opts.local.cache_dir), ffmpeg,
-                                coordinator=True)
-                    await nursery.start(node.run)
-                    node.jobs[job_id] = server
-                    emit(Listening(node.port))
-                    nursery.start_soon(recruit, server, node, opts, emit)
-                for slot in range(workers):
-                    nursery.start_soon(local_slot, server, slot, threads)
-                await _watch(server, workers, opts)
-                if opts.net.enabled and server.last_done_remote:
-                    # Let the reply to the last result reach its peer before the server stops.
-                    await trio.sleep(opts.tuning.timings.response_grace_s)
-                nursery.cancel_scope.cancel()
+                services.start_soon(audio_when_idle, server, audio_file)
+            encoders: trio.CancelScope = await services.start(
+                _encoders, server, opts, ffmpeg, emit, workers, threads)
+            await _watch(server, workers, opts)
+            if opts.net.enabled and server.last_done_remote:
+                # Let the reply to the last result reach its peer before the server stops.
+                await trio.sleep(opts.tuning.timings.response_grace_s)
+            encoders.cancel()
             # Whatever is still to do (the audio) now has the machine to itself.
             server.core_idle.set()
         journal.set("state", "merging")
@@ -226,6 +217,29 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         journal.close()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+
+async def _encoders(server: JobServer, opts: EncodeOptions, ffmpeg: FFmpeg,
+                    emit: Callable[[JobEvent], None], workers: int, threads: int, *,
+                    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+    """Everything that encodes chunks: with networking, this job's node (peers claim from
+    it) and the recruiting of peers; and the local slots. Reports, once the node listens,
+    the scope that ends them all (the job is over when ``_watch`` returns)."""
+    if not workers:
+        server.core_idle.set()  # no local slot will ever free a core: the audio may start
+    async with trio.open_nursery() as nursery:
+        if opts.net.enabled:
+            node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings,
+                                                opts.local.cache_dir), ffmpeg,
+                        coordinator=True)
+            await nursery.start(node.run)
+            node.jobs[server.job_id] = server
+            emit(Listening(node.port))
+            nursery.start_soon(recruit, server, node, opts, emit)
+        for slot in range(workers):
+            nursery.start_soon(local_slot, server, slot, threads)
+        task_status.started(nursery.cancel_scope)
 
 
 def _local_score(ffmpeg: FFmpeg, profile: Profile, cache_dir: Path | None) -> float | None:
