@@ -164,10 +164,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                            journal=journal, tracks=tracks)
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
-            server.ffmpegs[server.local_key] = ffmpeg.short_version
-            server.job.add_peer("local", _local_score(ffmpeg, opts.job.profile,
-                                                      opts.local.cache_dir), server.t0,
-                                slots=workers)
+            server.add_local(_local_score(ffmpeg, opts.job.profile, opts.local.cache_dir),
+                             workers, ffmpeg.short_version)
         emit(JobStart(input=opts.job.input, output=opts.job.output,
                       profile=opts.job.profile.name,
                       frames=frames, chunks=len(plans), duration_s=info.duration_s,

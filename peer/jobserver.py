@@ -6,12 +6,15 @@ requeues) to the two kinds of encoder: local slots (``peer.local``) call ``claim
 ``serve_source`` and ``receive_result`` through ``peer.node``'s routes (``JobEndpoints``).
 Every result is verified before it counts, and journalled before the peer hears
 "accepted". It reports what happens as ``swarm.events``; time is trio's clock throughout.
+What it knows beside the Job is kept once: a ``PeerRecord`` per encoder (name, ffmpeg,
+benchmark, slots, invite, first claim), an ``_AttemptRecord`` per attempt (start, source
+bytes served) and a ``_ChunkRecord`` per chunk (the accepted result).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import trio
@@ -45,7 +48,27 @@ from .journal import Journal, file_digest
 from .options import EncodeOptions
 from .transfer import unlink
 
-__all__ = ["JobServer"]
+__all__ = ["JobServer", "PeerRecord"]
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    """What the job knows of one encoder (a peer's node id, or the local key)."""
+
+    name: str  # as reports and messages show it
+    ffmpeg: str | None = None  # its ffmpeg version (peers report theirs in /v1/info)
+    score: float | None = None  # benchmark work/s per slot, from /v1/info
+    slots: int = 1
+    invited_at: float | None = None  # when it accepted our invite
+    # Counted as capacity from its first claim, not its invite: an invited node that never
+    # claims (it dropped the job) must not make others wait for it.
+    claimed: bool = False
+
+
+@dataclass(slots=True)
+class _AttemptRecord:
+    started: float | None = None  # the claim; a queued one's clock starts at its first report
+    served: int = 0  # source bytes sent to its ffmpeg
 
 
 @dataclass(slots=True)
@@ -79,27 +102,21 @@ class JobServer:
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
-        self.scores: dict[str, float] = {}  # benchmark work/s per slot, from /v1/info
-        self.slots: dict[str, int] = {}
-        self.claimed_by: set[str] = set()
-        self.invited_at: dict[str, float] = {}  # node id -> when its invite was accepted
+        # One record per encoder, per attempt (besides the Job's own) and per chunk.
+        self.peers: dict[str, PeerRecord] = {local_key: PeerRecord(opts.net.name)}
+        self.attempt_records: dict[str, _AttemptRecord] = {}
         # Why the job cannot succeed (set by ``fail``; ``_watch`` raises it), and the peers
         # benched for failing, by name, with the reason (shown and reported).
         self.fatal: str | None = None
         self.left_out: dict[str, str] = {}
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
         self.records = [_ChunkRecord(p) for p in plans]
-        self.names: dict[str, str] = {local_key: opts.net.name}
-        # Each encoder's ffmpeg version (peers report theirs in /v1/info), for messages.
-        self.ffmpegs: dict[str, str] = {}
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
         # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
         # with them is kept, before which a failed reference chunk gives way to the next.
         self.param_sets: tuple[bytes, ...] | None = None
         self.param_sets_from = ""
         self.param_sets_kept = False
-        self.served: dict[str, int] = {}
-        self.started: dict[str, float] = {}
         self.finished = trio.Event()
         # Set when a local slot finds nothing to claim (or there are none): a core is free
         # for the audio encode, which then costs the chunk encodes nothing.
@@ -113,29 +130,44 @@ class JobServer:
         self.t0 = trio.current_time()
         self.source_path = f"/v1/jobs/{job_id}/source"
 
+    # -- who encodes ----------------------------------------------------------------------
+    def name_of(self, peer: str) -> str:
+        rec = self.peers.get(peer)
+        return rec.name if rec is not None else peer
+
+    @property
+    def names(self) -> Mapping[str, str]:
+        """Encoder key -> name, for the verdicts' messages."""
+        return {k: r.name for k, r in self.peers.items()}
+
+    def add_local(self, score: float | None, slots: int, ffmpeg: str) -> None:
+        """This device's slots take part, with its benchmark (work/s per slot) if known."""
+        self.peers[self.local_key].ffmpeg = ffmpeg
+        self.job.add_peer(self.local_key, score, self.t0, slots=slots)
+
+    def _attempt(self, attempt: str) -> _AttemptRecord:
+        return self.attempt_records.setdefault(attempt, _AttemptRecord())
+
     # -- hand-out ------------------------------------------------------------------------
     def claim(self, peer: str, now: float, prefetch: bool = False) -> Grant | Retry | Finished:
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant):
             if not action.queued:  # a queued one's clock starts with its first report
-                self.started[action.attempt] = now
+                self._attempt(action.attempt).started = now
             self.last_activity = now
             if self.journal is not None:
                 self.journal.attempt_started(action.attempt, action.chunk,
-                                             self.names.get(peer, peer), now - self.t0)
-            self.emit(ChunkStart(action.chunk, action.attempt, self.names.get(peer, peer),
+                                             self.name_of(peer), now - self.t0)
+            self.emit(ChunkStart(action.chunk, action.attempt, self.name_of(peer),
                                  self.plans[action.chunk].frames, peer != self.local_key))
         return action
 
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> Assignment | Wait | JobDone:
-        self.names.setdefault(node_id, f"node-{node_id[:6]}")
+        rec = self.peers.setdefault(node_id, PeerRecord(f"node-{node_id[:6]}"))
         if node_id not in self.job.scheduler.peers:
-            # Counted as capacity from its first claim, not its invite: an invited node that
-            # never claims (it dropped the job) must not make others wait for it.
-            self.job.add_peer(node_id, self.scores.get(node_id), now,
-                              slots=self.slots.get(node_id, 1))
-        self.claimed_by.add(node_id)
+            self.job.add_peer(node_id, rec.score, now, slots=rec.slots)
+        rec.claimed = True
         action = self.claim(node_id, now, prefetch)
         if isinstance(action, Finished):
             return JobDone(self.job_id)
@@ -151,13 +183,15 @@ class JobServer:
                  ) -> bool:
         keep = self.job.progress(attempt, frames, now)
         if keep:
-            self.started.setdefault(attempt, now)
+            run = self._attempt(attempt)
+            if run.started is None:
+                run.started = now
             self.last_activity = now
             a = self.job.attempts[attempt]
             if fps is None:  # a local slot: its rate since the claim
-                fps = a.frames_done / max(1e-3, now - self.started[attempt])
-            self.emit(ChunkProgress(a.chunk, a.frames_done, attempt,
-                                    self.names.get(a.peer, a.peer), round(fps, 2)))
+                fps = a.frames_done / max(1e-3, now - run.started)
+            self.emit(ChunkProgress(a.chunk, a.frames_done, attempt, self.name_of(a.peer),
+                                    round(fps, 2)))
         return keep
 
     def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
@@ -176,7 +210,7 @@ class JobServer:
         now = trio.current_time()
         requeued = self.job.failed(attempt, now, reason, bench=bench)
         self._journal_ended(attempt)
-        name = self.names.get(a.peer, a.peer)
+        name = self.name_of(a.peer)
         chunk = self.job.chunks[a.chunk]
         if requeued:
             fate = "requeued"
@@ -197,23 +231,23 @@ class JobServer:
 
     def awaited(self, now: float) -> set[str]:
         """Peers invited within a lease that have not claimed yet: they may still try."""
-        return {p for p, t in self.invited_at.items()
-                if p not in self.claimed_by and now - t < self.opts.tuning.timings.lease_s}
+        return {p for p, r in self.peers.items()
+                if r.invited_at is not None and not r.claimed
+                and now - r.invited_at < self.opts.tuning.timings.lease_s}
 
     # -- recruiting (peer.recruit tells the job about the peers it invites) ---------------
     def peer_invited(self, node_id: str, name: str, score: float | None, slots: int,
                      ffmpeg: str, now: float) -> None:
         """A peer accepted our invite: its name, benchmark (work/s per slot), slots and
         ffmpeg version."""
-        self.names[node_id] = name
-        self.ffmpegs[node_id] = ffmpeg
-        self.invited_at[node_id] = now
+        rec = self.peers.setdefault(node_id, PeerRecord(name))
+        rec.name, rec.ffmpeg, rec.invited_at, rec.slots = name, ffmpeg, now, slots
         if score and score > 0:
-            self.scores[node_id] = score
-        self.slots[node_id] = slots
+            rec.score = score
 
     def has_claimed(self, node_id: str) -> bool:
-        return node_id in self.claimed_by
+        rec = self.peers.get(node_id)
+        return rec is not None and rec.claimed
 
     def named_peer_unreachable(self, spec: str, why: str) -> None:
         """A ``--peer HOST:PORT`` did not answer (reported unless it comes up later)."""
@@ -234,14 +268,12 @@ class JobServer:
         for r in self.job.tick(now):
             self._journal_ended(r.attempt)
             a = self.job.attempts[r.attempt]
-            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(a.peer, a.peer),
-                                    r.reason))
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.name_of(a.peer), r.reason))
 
     def peer_left(self, peer: str, now: float) -> None:
         for r in self.job.peer_left(peer, now):
             self._journal_ended(r.attempt)
-            self.emit(ChunkRequeued(r.chunk, r.attempt, self.names.get(peer, peer),
-                                    r.reason))
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.name_of(peer), r.reason))
 
     def running_attempt(self, attempt: str, chunk: int | None = None) -> bool:
         a = self.job.attempts.get(attempt)
@@ -259,8 +291,8 @@ class JobServer:
         sets = await trio.to_thread.run_sync(self._param_sets_of, path)
         if (why := self._param_sets_mismatch(attempt, sets)) is not None:
             await trio.to_thread.run_sync(unlink, path)
-            peer = self.names.get(a.peer, a.peer)
-            version = self.ffmpegs.get(a.peer)
+            peer = self.name_of(a.peer)
+            version = self.peers[a.peer].ffmpeg if a.peer in self.peers else None
             reason = (f"cannot join the output: {why}"
                       f"{f' (ffmpeg {version} on {peer})' if version else ''}")
             self.fail(attempt, reason, bench=True)
@@ -277,14 +309,15 @@ class JobServer:
         digest = await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(unlink, path)
-            self.emit(ChunkDuplicate(a.chunk, attempt, self.names.get(a.peer, a.peer)))
+            self.emit(ChunkDuplicate(a.chunk, attempt, self.name_of(a.peer)))
             return False, "chunk already done"
         final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
         os.replace(path, final)
         self.param_sets_kept = True
-        rec.peer = self.names.get(a.peer, a.peer)
+        rec.peer = self.name_of(a.peer)
         now = trio.current_time()
-        rec.encode_s = now - self.started.get(attempt, now)
+        started = self._attempt(attempt).started
+        rec.encode_s = now - (started if started is not None else now)
         rec.bytes_out = (await trio.Path(final).stat()).st_size
         rec.bytes_in = bytes_in
         rec.file = final
@@ -336,13 +369,13 @@ class JobServer:
         # The attempt id is one of ours (checked above), so it is safe in a file name.
         path = os.path.join(self.workdir, f"recv_{attempt}.nut")
         a = self.job.attempts[attempt]
-        self.emit(ChunkUpload(chunk, attempt, self.names.get(a.peer, a.peer)))
+        self.emit(ChunkUpload(chunk, attempt, self.name_of(a.peer)))
         try:
             await transfer.receive_file(receive, path, self._result_limit(chunk))
         except HTTPError as exc:
             self.fail(attempt, f"upload: {exc}")
             raise
-        return await self.accept(attempt, path, self.served.get(attempt, 0))
+        return await self.accept(attempt, path, self._attempt(attempt).served)
 
     async def serve_source(self, attempt: str, request: Request, send: Send,
                            head: bool) -> None:
@@ -350,8 +383,10 @@ class JobServer:
         if not self.running_attempt(attempt):
             raise HTTPError("attempt is not running", status_code=410)
 
+        run = self._attempt(attempt)
+
         def sent(n: int) -> None:
-            self.served[attempt] = self.served.get(attempt, 0) + n
+            run.served += n
 
         await transfer.send_file(send, self.info.path, self.info.size,
                                  request.headers.get("range"), head, sent)

@@ -39,7 +39,7 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
     for a in sorted(server.job.attempts.values(), key=lambda a: (a.started, a.id)):
         end = a.ended if a.ended is not None else now
         attempts.append({
-            "id": a.id, "chunk": a.chunk, "peer": server.names.get(a.peer, a.peer),
+            "id": a.id, "chunk": a.chunk, "peer": server.name_of(a.peer),
             "start_s": round(a.started - server.t0, 3), "end_s": round(end - server.t0, 3),
             "outcome": a.outcome.value, "reason": a.reason, "frames": a.frames_done,
             # Prefetched: claimed while the peer's slot was still busy; it ran after that.
@@ -79,8 +79,8 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "duplicates": sum(1 for a in attempts if a["reason"] == "chunk already done"),
         "policy": server.job.policy,
         # The ffmpeg version of each encoder that took part (peers report theirs).
-        "ffmpegs": {server.names.get(k, k): v for k, v in sorted(server.ffmpegs.items())
-                    if k in server.job.scheduler.peers},
+        "ffmpegs": {r.name: r.ffmpeg for k, r in sorted(server.peers.items())
+                    if r.ffmpeg is not None and k in server.job.scheduler.peers},
         # Seconds of the audio encode run beside the chunks; null: encoded in the merge.
         "audio_encode_s": None if server.audio_s is None else round(server.audio_s, 3),
         # Chunks kept from a crashed earlier run of this job (their files re-verified).

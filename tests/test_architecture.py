@@ -205,3 +205,29 @@ def test_only_the_cli_reads_the_environment() -> None:
                if (reads := _environment_reads(path)) and name != ENVIRONMENT_READER}
     assert not readers, readers
     assert _environment_reads(MODULES[ENVIRONMENT_READER]), "the checker lost cli.py's read"
+
+
+# -- the job server's edges ------------------------------------------------------------------
+# node.py (the routes) and recruit.py talk to a JobServer through its methods only; its
+# records are its own. ``job_id`` is the one attribute they may read.
+JOBSERVER_USERS = ("peer.node", "peer.recruit")
+
+
+def _jobserver_methods() -> set[str]:
+    tree = ast.parse(MODULES["peer.jobserver"].read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "JobServer")
+    return {f.name for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            and not f.name.startswith("_") and not any(
+                isinstance(d, ast.Name) and d.id == "property" for d in f.decorator_list)}
+
+
+@pytest.mark.parametrize("name", JOBSERVER_USERS)
+def test_node_and_recruit_use_the_job_server_by_its_methods(name: str) -> None:
+    allowed = _jobserver_methods() | {"job_id"}
+    assert {"claim_remote", "progress_remote", "peer_invited"} <= allowed
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    used = {(node.lineno, node.attr) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "server"}
+    assert used, f"{name} no longer calls its job server 'server': update this test"
+    assert not {(line, a) for line, a in used if a not in allowed}, sorted(used)

@@ -26,7 +26,7 @@ from chunker.commands import VideoPlan
 from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
 from media import FFMPEG
-from peer.jobserver import JobServer
+from peer.jobserver import JobServer, PeerRecord
 from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from profiles import load_profile
 from screens.sinks import Plain
@@ -156,7 +156,7 @@ def test_an_upload_broken_by_a_peer_leaving_is_not_reported_as_a_dropped_chunk(
     async def main() -> None:
         server = _server(events)
         now = trio.current_time()
-        server.names["n1"] = "bravo"
+        server.peers["n1"] = PeerRecord("bravo")
         server.job.add_peer("n1", None, now)
         server.job.add_peer("local", None, now)
         a = server.claim("n1", now)
