@@ -440,6 +440,10 @@ def encode(
         "--lease-seconds", hidden=True,
         help="How long an attempt may go without progress before its chunk is requeued "
         f"(default {DEFAULT_TIMINGS.lease_s:g}).")] = None,
+    hls: Annotated[str | None, typer.Option(
+        "--hls", metavar="DIR", help="Also publish the encode as fMP4 HLS in DIR while it "
+        "runs (master.m3u8: play it before the job ends). Chunk N is published once chunks "
+        "0..N are verified; the directory is removed if the job fails.")] = None,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -464,7 +468,7 @@ def encode(
         as_json=as_json, report_html=report_html, lease_s=lease_seconds,
         chunk_seconds=chunk_seconds,
         upscale=upscale, fresh=fresh, force=force, audio=audio.value,
-        subtitles=subtitles.value))
+        subtitles=subtitles.value, hls=hls))
     if not as_json:
         _tolerating_dead_pipes(typer.echo, out)
 

@@ -33,6 +33,8 @@ from swarm.liveness import stalled
 from swarm.verdict import BENCH_GRACE_S, nobody_left
 
 from . import media
+from .hls import HLS_CHUNK_S, HlsPublisher, check_hls_dir, hls_publisher
+from .hls import publish as publish_hls
 from .host import default_workers
 from .jobserver import JobServer
 from .journal import (
@@ -116,6 +118,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
     t_start = trio.current_time()
     container, outdir = _check_paths(opts)
     ours = _refuse_overwrite(opts)
+    if opts.job.hls is not None:
+        # A crashed run of this job left its journal, and maybe its stream: rerunning
+        # resumes both (the stream is rebuilt from the kept chunks).
+        check_hls_dir(opts.job.hls, opts.job.force or work_dir_for(opts.job.output).exists())
     if opts.local.no_local and not opts.net.enabled:
         raise UsageError("--no-local needs peers: leave networking on")
     if opts.job.audio not in AUDIO_MODES or opts.job.subtitles not in SUBTITLE_MODES:
@@ -139,6 +145,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
     # Peers count one slot each (a `join` node's default); named ones count too.
     slots = max(2, workers + seen + len(opts.net.peers))
     chunk_s = opts.job.chunk_seconds or default_chunk_seconds(info.duration_s, slots)
+    if opts.job.hls is not None and opts.job.chunk_seconds is None:
+        # A stream is playable once its first chunk is in: shorter chunks, at the size cost
+        # bench/quality measures (4 s: 3.7 % against 2.2 % at 8 s).
+        chunk_s = min(chunk_s, HLS_CHUNK_S)
     plans = plan_chunks(info.video, info.format_start_s, chunk_s,
                         keyframe_seek=info.keyframe_seek)
     frames = info.video.frames
@@ -156,6 +166,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         raise UsageError(f"cannot write in {outdir}: {exc.strerror}") from exc
     workdir = str(workdir_path)
     journal = Journal(workdir_path)  # UsageError if another encode holds it
+    hls: HlsPublisher | None = None
+    done = False
     try:
         plans, job_id, resuming = await _open_plan(journal, opts, info, identity, plans,
                                                    workdir)
@@ -182,11 +194,20 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         audio_file = None
         if tracks.audio and opts.job.profile.audio.codec in AUDIO_COPY_EXACT:
             audio_file = os.path.join(workdir, "audio.mp4")
-        # The job's services: the audio (it waits for a free core: ``server.core_idle``)
-        # and the encoders, while the watch runs here until every chunk is in.
+        if opts.job.hls is not None:
+            hls = hls_publisher(opts, ffmpeg, info, plans, vplan, tracks, emit, t_start,
+                                replace=opts.job.force or resuming)
+        # The job's services: the audio (it waits for a free core: ``server.core_idle``),
+        # the --hls publisher and the encoders, while the watch runs here until every chunk
+        # is in.
         async with trio.open_nursery() as services:
             if audio_file is not None:
                 services.start_soon(audio_when_idle, server, audio_file)
+            if hls is not None:
+                services.start_soon(publish_hls, hls, server, audio_file,
+                                    opts.job.profile.audio.codec)
+                # A stream needs its audio from the first segment on: encode it at once.
+                server.core_idle.set()
             encoders: trio.CancelScope = await services.start(
                 _encoders, server, opts, ffmpeg, emit, workers, threads)
             await _watch(server, workers, opts)
@@ -207,12 +228,17 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         journal.set(MERGED_KEY, output_stamp(tmp_out))
         os.replace(tmp_out, opts.job.output)
         report = build_report(server, trio.current_time() - t_start)
+        if hls is not None:
+            report["hls"] = hls.report()
         emit(JobEnd(opts.job.output, report["wall_s"]))
+        done = True
         return report
     finally:
         # Success, failure and Ctrl-C all end here and leave nothing; only a crash (SIGKILL,
         # power loss) skips this, and then the journal and its chunks are there to resume.
         journal.close()
+        if hls is not None and not done:
+            hls.remove()  # a stream that will never end is not left behind
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 

@@ -124,6 +124,9 @@ class JobServer:
         self.peers_seen = 0
         self.chunk_s = 0.0
         self.audio_s: float | None = None
+        self.audio_done = trio.Event()  # the audio file is complete (audio_when_idle)
+        # Told each chunk index once it is verified and kept (the --hls publisher).
+        self.on_verified: Callable[[int], None] | None = None
         self.last_done_remote = False  # the chunk that finished the job came from a peer
         self.last_activity = trio.current_time()
         # Attempt times in the report are relative to this (trio clock, like the attempts').
@@ -326,6 +329,8 @@ class JobServer:
             self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in, rec.peer,
                                     rec.encode_s)
             self._journal_ended(*self.job.chunks[a.chunk].attempts)
+        if self.on_verified is not None:
+            self.on_verified(a.chunk)
         self.emit(ChunkDone(a.chunk, attempt, rec.peer, rec.encode_s, rec.plan.frames,
                             self.job.frames_done))
         if self.job.done:

@@ -61,6 +61,7 @@ async def audio_when_idle(server: JobServer, out: str) -> None:
     await media.encode_audio(server.ffmpeg, server.info, server.opts.job.profile, server.tracks,
                              out)
     server.audio_s = trio.current_time() - t
+    server.audio_done.set()
     server.emit(AudioDone(round(server.audio_s, 3)))
 
 

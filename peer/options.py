@@ -31,6 +31,7 @@ class JobIntent:
     subtitles: str = "copy"  # "copy" where the container can hold them, or "none"
     fresh: bool = False  # ignore a journal left by a crashed run of the same job
     force: bool = False  # replace an existing output (see _refuse_overwrite)
+    hls: str | None = None  # also publish fMP4 HLS into this directory while encoding
 
 
 @dataclass(frozen=True, slots=True)

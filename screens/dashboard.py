@@ -34,6 +34,9 @@ from swarm.events import (
     ChunkRequeued,
     ChunkStart,
     ChunkUpload,
+    HlsBehind,
+    HlsEnd,
+    HlsSegment,
     JobEnd,
     JobEvent,
     JobJoined,
@@ -266,6 +269,14 @@ class JobView:
             case JobEnd():
                 self.phase = "done"
                 self.ended = now
+            case HlsSegment():
+                if e.chunk == 0:
+                    self._log(now, f"HLS: first segment playable at {e.at_s:.1f} s")
+            case HlsBehind():
+                self._log(now, f"HLS: slower than real time ({e.media_s:.1f} s of video in "
+                          f"{e.wall_s:.1f} s); viewers will wait")
+            case HlsEnd():
+                self._log(now, f"HLS: {e.segments} segments complete in {e.directory}")
             case Tracks() | ChunkLost():
                 pass
         if isinstance(e, ChunkProgress | ChunkDone | JobResumed):

@@ -21,6 +21,9 @@ from swarm.events import (
     ChunkFailed,
     ChunkRequeued,
     Event,
+    HlsBehind,
+    HlsEnd,
+    HlsSegment,
     JobEnd,
     JobEvent,
     JobJoined,
@@ -97,6 +100,15 @@ class Plain:
                 typer.echo(f"swarm: audio encoded ({e.encode_s:.1f} s)", err=True)
             case Merge():
                 typer.echo("swarm: merging chunks and audio, verifying output", err=True)
+            case HlsSegment(chunk=0):
+                typer.echo(f"swarm: HLS playable ({e.at_s:.1f} s after the start)", err=True)
+            case HlsBehind():
+                typer.echo(f"swarm: warning: the HLS stream grows slower than real time "
+                           f"({e.media_s:.1f} s of video in {e.wall_s:.1f} s): viewers will "
+                           "wait at the live edge", err=True)
+            case HlsEnd():
+                typer.echo(f"swarm: HLS complete: {e.segments} segments in {e.directory}",
+                           err=True)
 
     def close(self) -> None:
         pass

@@ -18,7 +18,8 @@ from typing import ClassVar
 
 __all__ = [
     "AudioDone", "AudioStart", "ChunkDone", "ChunkDuplicate", "ChunkFailed", "ChunkLost",
-    "ChunkProgress", "ChunkRequeued", "ChunkStart", "ChunkUpload", "JobEnd", "JobEvent",
+    "ChunkProgress", "ChunkRequeued", "ChunkStart", "ChunkUpload", "HlsBehind", "HlsEnd",
+    "HlsSegment", "JobEnd", "JobEvent",
     "JobJoined", "JobLeft", "JobResumed", "JobStart", "Listening", "Merge", "NoPeers",
     "NodeEvent", "NodeUp", "PeerBenched", "PeerForeign", "PeerJoined", "PeerLeft",
     "PeerUnreachable", "PyzReady",
@@ -226,6 +227,37 @@ class Merge:
 
 
 @dataclass(frozen=True, slots=True)
+class HlsSegment:
+    """A segment of the ``--hls`` stream was published (chunks 0..chunk are out)."""
+
+    kind: ClassVar[str] = "hls_segment"
+    chunk: int
+    duration_s: float
+    at_s: float  # since the job started
+
+
+@dataclass(frozen=True, slots=True)
+class HlsBehind:
+    """The stream grows slower than real time: a viewer who started at the first segment
+    reaches the live edge and waits (said once)."""
+
+    kind: ClassVar[str] = "hls_behind"
+    media_s: float  # published so far
+    wall_s: float  # since the first segment
+
+
+@dataclass(frozen=True, slots=True)
+class HlsEnd:
+    """The ``--hls`` playlists are complete (``#EXT-X-ENDLIST``)."""
+
+    kind: ClassVar[str] = "hls_end"
+    directory: str
+    segments: int
+    first_segment_s: float  # from the job's start to the first playable segment
+    published_s: float  # from the job's start to the end tag
+
+
+@dataclass(frozen=True, slots=True)
 class NoPeers:
     """No peer took part after ``after_s``: how to add a device (fetch swarm.pyz from us)."""
 
@@ -248,7 +280,7 @@ class JobEnd:
 JobEvent = (JobStart | Tracks | JobResumed | Listening | ChunkStart | ChunkProgress
             | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkDuplicate
             | ChunkLost | PeerBenched | PeerJoined | PeerLeft | PeerForeign | PeerUnreachable
-            | NoPeers | AudioStart | AudioDone | Merge | JobEnd)
+            | NoPeers | AudioStart | AudioDone | HlsSegment | HlsBehind | HlsEnd | Merge | JobEnd)
 
 
 # -- a node, as `swarm join` sees it --------------------------------------------------------

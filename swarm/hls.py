@@ -1,0 +1,138 @@
+"""Progressive HLS: what to publish, when, and the playlists' text. Pure: no I/O.
+
+A chunked encode's chunks are segments waiting to be published: segment N may go out as soon
+as chunks 0..N are verified, because a player reads a playlist in order. The media playlists
+are EVENT playlists, so the only change ever made to one is an append (RFC 8216 6.2.1); the
+text appended for each segment is built here, and the shell appends it in one write.
+``#EXT-X-TARGETDURATION`` must hold for every segment and may not change once a client has
+read it, so it is fixed from the plan before the first publish.
+
+Audio is encoded once over the whole file (per-chunk audio clicks at every joint), so it is a
+separate rendition whose fragments are published in step with the video: an audio segment
+goes out when the published video reaches its end, so a player never waits on audio that
+exists but is unpublished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["HLS_VERSION", "InOrder", "MediaPlaylist", "audio_groups", "avc_codec", "behind_live",
+           "master_playlist", "target_duration"]
+
+# fMP4 segments (EXT-X-MAP in a media playlist without I-frames only) need version 7.
+HLS_VERSION = 7
+
+
+def target_duration(spans: Sequence[float]) -> int:
+    """The playlists' target duration for segments no longer than the longest of ``spans``
+    (seconds): an integer, rounded up as RFC 8216 4.3.3.1 requires, at least 1."""
+    return max(1, math.ceil(max(spans, default=1.0) - 1e-6))
+
+
+@dataclass
+class InOrder:
+    """Which chunks may be published: the verified ones that follow, without a gap, the
+    ones already published."""
+
+    chunks: int
+    published: int = 0  # chunks 0..published-1 are out
+    _verified: set[int] = field(default_factory=set)
+
+    def verified(self, index: int) -> list[int]:
+        """Chunk ``index`` was verified: the chunks that can be published now, in order."""
+        if not 0 <= index < self.chunks:
+            raise ValueError(f"chunk {index} outside 0..{self.chunks - 1}")
+        self._verified.add(index)
+        out: list[int] = []
+        while self.published in self._verified:
+            out.append(self.published)
+            self.published += 1
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self.published == self.chunks
+
+
+@dataclass
+class MediaPlaylist:
+    """An EVENT media playlist, as the text to append, one segment at a time."""
+
+    target_s: int
+    map_uri: str | None = None  # the init segment now in force
+    segments: int = 0
+    ended: bool = False
+
+    def header(self) -> str:
+        return (f"#EXTM3U\n#EXT-X-VERSION:{HLS_VERSION}\n#EXT-X-TARGETDURATION:{self.target_s}\n"
+                "#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-INDEPENDENT-SEGMENTS\n")
+
+    def segment(self, uri: str, duration_s: float, map_uri: str) -> str:
+        """The lines that publish one segment. A segment whose init differs from the one in
+        force (another encoder build's parameter sets) comes after a discontinuity, with
+        its own map."""
+        if self.ended:
+            raise ValueError("the playlist has ended")
+        if duration_s > self.target_s + 0.5:
+            # RFC 8216 4.3.3.1: EXTINF rounded to an integer may not exceed the target.
+            raise ValueError(f"segment of {duration_s:.3f} s > target {self.target_s} s")
+        text = ""
+        if map_uri != self.map_uri:
+            if self.map_uri is not None:
+                text += "#EXT-X-DISCONTINUITY\n"
+            text += f'#EXT-X-MAP:URI="{map_uri}"\n'
+            self.map_uri = map_uri
+        self.segments += 1
+        return text + f"#EXTINF:{duration_s:.6f},\n{uri}\n"
+
+    def end(self) -> str:
+        self.ended = True
+        return "#EXT-X-ENDLIST\n"
+
+
+def behind_live(media_s: float, since_first_s: float, lead_s: float) -> bool:
+    """Whether a viewer who pressed play at the first segment has caught up with the live
+    edge: the stream grows slower than real time. ``lead_s``: the first segment's length,
+    which such a viewer had in hand at the start."""
+    return since_first_s > media_s - lead_s + 1e-6 and since_first_s > 0
+
+
+def audio_groups(ends: Sequence[float], start: int, until: float | None) -> int:
+    """How many of the audio fragments from ``start`` on (``ends``: each fragment's end on
+    the output timeline, in seconds) to publish now that the video is out up to ``until``
+    (None: the video is complete, so all of them)."""
+    if until is None:
+        return len(ends) - start
+    n = start
+    while n < len(ends) and ends[n] <= until + 1e-6:
+        n += 1
+    return n - start
+
+
+def avc_codec(avcc: bytes) -> str:
+    """RFC 6381 codec string of an H.264 track from its ``avcC`` payload: profile,
+    constraint flags and level, as the SPS carries them."""
+    if len(avcc) < 4 or avcc[0] != 1:
+        raise ValueError("not an avcC record")
+    return f"avc1.{avcc[1]:02x}{avcc[2]:02x}{avcc[3]:02x}"
+
+
+def master_playlist(*, video_uri: str, bandwidth: int, average: int | None, codecs: str | None,
+                    width: int, height: int, audio_uri: str | None = None) -> str:
+    """The master playlist: one video rendition, and the audio as its own rendition."""
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    attrs = [f"BANDWIDTH={max(1, bandwidth)}"]
+    if average is not None:
+        attrs.append(f"AVERAGE-BANDWIDTH={max(1, average)}")
+    if codecs:
+        attrs.append(f'CODECS="{codecs}"')
+    attrs.append(f"RESOLUTION={width}x{height}")
+    if audio_uri is not None:
+        lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,'
+                     f'AUTOSELECT=YES,URI="{audio_uri}"')
+        attrs.append('AUDIO="audio"')
+    lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), video_uri]
+    return "\n".join(lines) + "\n"
