@@ -12,6 +12,13 @@ multicast snooping off: with snooping on, it drops mDNS until it has seen IGMP j
         proc = a.popen(["python", "-c", "..."])      # killed at teardown if still running
         trio.run_process(a.argv([...]))              # or any runner, via argv()
 
+A host's link can be held to a real speed, both ways, with `tc` (tbf on each end of its veth:
+the host's eth0 sends, the bridge's port delivers to it), as a switch port of that speed does:
+
+        net.shape(b, FAST_ETHERNET)                  # a Pi 3: 100 Mbit/s up and down
+        net.shape(b, None)                           # back to the veth's GB/s
+        tcp_rate(a, b, 10_000_000)                   # measured raw TCP bytes/s, a -> b
+
 Names carry the pid and a counter, so parallel runs and nested LANs never collide.
 Teardown (also on failure or Ctrl-C) kills every process left in the namespaces and deletes
 the namespaces; the veths and the bridge die with them. Needs root and iproute2:
@@ -36,12 +43,16 @@ from typing import Any
 import pytest
 
 __all__ = [
+    "FAST_ETHERNET",
+    "GIGABIT",
+    "WIFI_PHONE",
     "Host",
     "Lan",
     "lan",
     "netns_unavailable_reason",
     "requires_netns",
     "skip_unless_netns",
+    "tcp_rate",
 ]
 
 SUBNET = "10.77.0"
@@ -55,6 +66,18 @@ IP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 2.0
 
 _lan_counter = itertools.count()
+
+# Link speeds (bits/s) of the devices swarm runs on: a wired PC, a Raspberry Pi 3 (Fast
+# Ethernet), a phone on Wi-Fi (what one gets in practice, not the radio's nominal rate).
+GIGABIT = 1_000_000_000
+FAST_ETHERNET = 100_000_000
+WIFI_PHONE = 20_000_000
+# tbf's bucket: 4 ms of the rate (the kernel's timer granularity at HZ=250, so the bucket
+# refills between ticks without starving), at least a few full-size frames. Its queue holds
+# 50 ms of the rate: enough for TCP to keep the link busy, not a second of bufferbloat.
+SHAPE_BUCKET_S = 0.004
+SHAPE_MIN_BURST = 16 * 1024
+SHAPE_LATENCY_MS = 50
 
 
 def _ip(*args: str) -> None:
@@ -100,6 +123,7 @@ class Host:
 
     name: str  # the namespace name
     address: str  # its IPv4 address on the LAN
+    port: str = ""  # its veth's far end, a port of the bridge
     _children: list[subprocess.Popen[Any]] = field(default_factory=list, repr=False)
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
@@ -148,6 +172,26 @@ class Lan:
     def __len__(self) -> int:
         return len(self.hosts)
 
+    def shape(self, host: Host, rate_bit: int | None) -> None:
+        """Hold ``host``'s link to ``rate_bit`` bits/s in each direction (None: unshaped).
+
+        Egress is what tc shapes, so both ends of the veth get a tbf: the host's eth0 (what
+        it sends) and its bridge port (what it receives). Traffic between two shaped hosts
+        goes at the slower one's rate, and every download from a host shares its uplink.
+        """
+        for namespace, dev in ((host.name, "eth0"), (self.bridge_namespace, host.port)):
+            if rate_bit is None:
+                subprocess.run(["tc", "-n", namespace, "qdisc", "del", "dev", dev, "root"],
+                               capture_output=True, timeout=IP_TIMEOUT_S)  # none: fine
+                continue
+            if rate_bit <= 0:
+                raise ValueError(f"rate must be positive, not {rate_bit}")
+            burst = max(SHAPE_MIN_BURST, round(rate_bit / 8 * SHAPE_BUCKET_S))
+            subprocess.run(["tc", "-n", namespace, "qdisc", "replace", "dev", dev, "root",
+                            "tbf", "rate", f"{rate_bit}bit", "burst", str(burst),
+                            "latency", f"{SHAPE_LATENCY_MS}ms"],
+                           check=True, capture_output=True, timeout=IP_TIMEOUT_S)
+
 
 @contextmanager
 def lan(n_hosts: int, prefix: str = "sw") -> Iterator[Lan]:
@@ -166,16 +210,16 @@ def lan(n_hosts: int, prefix: str = "sw") -> Iterator[Lan]:
         _ip(*bridge, "add", "br0", "type", "bridge", "mcast_snooping", "0")
         _ip(*bridge, "set", "br0", "up")
         for i in range(n_hosts):
-            host = Host(name=f"{tag}-h{i}", address=f"{SUBNET}.{FIRST_HOST + i}")
+            host = Host(name=f"{tag}-h{i}", address=f"{SUBNET}.{FIRST_HOST + i}",
+                        port=f"v{i}")
             created.append(host.name)
             _ip("netns", "add", host.name)
             net.hosts.append(host)
             # Made inside the bridge namespace and its far end moved straight into the host:
             # no interface ever appears in the root namespace.
-            port = f"v{i}"
-            _ip("-n", net.bridge_namespace, "link", "add", port, "type", "veth",
+            _ip("-n", net.bridge_namespace, "link", "add", host.port, "type", "veth",
                 "peer", "name", "eth0", "netns", host.name)  # fmt: skip
-            _ip("-n", net.bridge_namespace, "link", "set", port, "master", "br0", "up")
+            _ip("-n", net.bridge_namespace, "link", "set", host.port, "master", "br0", "up")
             _ip("-n", host.name, "link", "set", "lo", "up")
             _ip("-n", host.name, "addr", "add", f"{host.address}/{PREFIX_LEN}", "dev", "eth0")
             _ip("-n", host.name, "link", "set", "eth0", "up")
@@ -215,3 +259,47 @@ def _kill_inside(namespace: str) -> None:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
+
+
+# Receives one connection on TCP_PORT and prints the bytes it got and the seconds from its
+# first byte to the sender's close: the transfer's rate, without connection set-up.
+_SINK = """
+import socket, sys, time
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+conn, _ = srv.accept()
+first = conn.recv(1 << 20)
+t0, got = time.monotonic(), 0
+while data := conn.recv(1 << 20):
+    got += len(data)
+print(got, time.monotonic() - t0, flush=True)
+"""
+_SOURCE = """
+import socket, sys
+piece, left = bytes(1 << 18), int(sys.argv[3])
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60) as s:
+    while left > 0:
+        s.sendall(piece[:min(left, len(piece))])
+        left -= len(piece)
+"""
+TCP_PORT = 7799
+
+
+def tcp_rate(sender: Host, receiver: Host, nbytes: int, timeout: float = 60.0) -> float:
+    """Bytes/s of one raw TCP transfer of ``nbytes`` from ``sender`` to ``receiver``,
+    timed by the receiver from its first piece (so not counting the first 1 MiB at most)."""
+    sink = receiver.popen([sys.executable, "-c", _SINK, str(TCP_PORT)],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        if sink.stdout.readline().strip() != "listening":
+            raise RuntimeError("the TCP sink did not start")
+        sender.run([sys.executable, "-c", _SOURCE, receiver.address, str(TCP_PORT),
+                    str(nbytes)], timeout=timeout)
+        out, _ = sink.communicate(timeout=timeout)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    got, seconds = out.split()
+    return int(got) / float(seconds)
