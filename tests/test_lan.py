@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.netns, requires_netns]
 # so a link at rate R carries at most 0.956 R of payload; less than 0.85 R means the shaping
 # (or this machine) is not giving the speed asked for, more than R that it does not hold.
 RATE_BAND = (0.85, 1.0)
+UNSHAPED_OVER = 1.2
 # Seconds of data per measurement: long against tbf's 4 ms bucket and TCP's ramp-up.
 MEASURE_S = 1.0
 
@@ -63,9 +64,10 @@ def test_a_shaped_link_goes_at_its_speed_both_ways(rate: int) -> None:
             share = got * 8 / rate
             assert RATE_BAND[0] <= share <= RATE_BAND[1], (
                 f"{got * 8 / 1e6:.1f} Mbit/s {what} a host shaped to {rate / 1e6:g} Mbit/s")
-        # And unshaped again, far faster: the shaping was what held it.
+        # And unshaped again, faster than the shaping could let through: it was what held it
+        # (a veth goes at several Gbit/s, a loaded 2-core machine at 1.5 or more).
         net.shape(b, None)
-        assert tcp_rate(a, b, nbytes) * 8 > 2 * rate
+        assert tcp_rate(a, b, nbytes) * 8 > UNSHAPED_OVER * rate
 
 
 def _make_source(path: Path) -> Path:
