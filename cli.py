@@ -292,7 +292,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     if isinstance(sink, JsonLines):
         _tolerating_dead_pipes(sink.finish, summary)
     elif human:
-        _tolerating_dead_pipes(print_summary, summary, result["wall_s"])
+        _tolerating_dead_pipes(print_summary, summary, result["wall_s"], result)
     return out
 
 

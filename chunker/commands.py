@@ -105,17 +105,22 @@ def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, st
 
 def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: str,
                       seek_s: float | None, trim_s: float | None, frames: int, *,
-                      threads: int = 0,
+                      threads: int = 0, recv_buffer: int | None = None,
                       progress: bool = True) -> list[str]:
     """Encode ``frames`` frames of the source's first video stream to NUT on stdout.
 
     ``-copyts`` with passthrough frame timing keeps the source's own timestamps, so VFR
     footage stays VFR and the merge can place every frame where the source had it.
+    ``recv_buffer`` (bytes) fixes the TCP receive buffer of an http source: what it holds
+    when ffmpeg closes a connection (each seek, and after the last frame) was sent for
+    nothing, and left to autotuning it grew to megabytes (README, "Sending each byte once").
     """
     in_args: dict[str, str | None] = {}
     if seek_s is not None:
         # Seek only positions the demuxer; the trim below decides which frames are ours.
         in_args = {"ss": f"{seek_s:.6f}", "noaccurate_seek": None}
+    if recv_buffer is not None and source.startswith(("http://", "https://")):
+        in_args["recv_buffer_size"] = str(int(recv_buffer))
     video = ffmpeg_py.input(source, **in_args)["V:0"]
     if trim_s is not None:
         video = video.filter("trim", start=f"{trim_s:.6f}")

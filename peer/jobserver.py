@@ -68,7 +68,8 @@ class PeerRecord:
 @dataclass(slots=True)
 class _AttemptRecord:
     started: float | None = None  # the claim; a queued one's clock starts at its first report
-    served: int = 0  # source bytes sent to its ffmpeg
+    served: int = 0  # source bytes its connections really took (peer.transfer.send_file)
+    uploaded: int = 0  # result bytes received
 
 
 @dataclass(slots=True)
@@ -117,6 +118,7 @@ class JobServer:
         self.param_sets: tuple[bytes, ...] | None = None
         self.param_sets_from = ""
         self.param_sets_kept = False
+        self.source_read = 0  # all that serving read from the file: source_bytes_read
         self.finished = trio.Event()
         # Set when a local slot finds nothing to claim (or there are none): a core is free
         # for the audio encode, which then costs the chunk encodes nothing.
@@ -376,14 +378,17 @@ class JobServer:
         a = self.job.attempts[attempt]
         self.emit(ChunkUpload(chunk, attempt, self.name_of(a.peer)))
         try:
-            await transfer.receive_file(receive, path, self._result_limit(chunk))
+            def received(n: int) -> None:
+                self._attempt(attempt).uploaded += n
+
+            await transfer.receive_file(receive, path, self._result_limit(chunk), received)
         except HTTPError as exc:
             self.fail(attempt, f"upload: {exc}")
             raise
         return await self.accept(attempt, path, self._attempt(attempt).served)
 
     async def serve_source(self, attempt: str, request: Request, send: Send,
-                           head: bool) -> None:
+                           receive: Receive, head: bool) -> None:
         """The source file, Range-capable, to the ffmpeg of a running attempt."""
         if not self.running_attempt(attempt):
             raise HTTPError("attempt is not running", status_code=410)
@@ -393,8 +398,11 @@ class JobServer:
         def sent(n: int) -> None:
             run.served += n
 
-        await transfer.send_file(send, self.info.path, self.info.size,
-                                 request.headers.get("range"), head, sent)
+        def read(n: int) -> None:
+            self.source_read += n
+
+        await transfer.send_file(send, receive, self.info.path, self.info.size,
+                                 request.headers.get("range"), head, sent, read)
 
     async def restore_from_journal(self) -> None:
         """Count as done every journalled chunk whose file still has its recorded digest;

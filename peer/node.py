@@ -75,6 +75,7 @@ from .http import (
 )
 from .lan import lan_address
 from .options import NetworkSettings
+from .transfer import SEND_BUFFER
 from .worker import accept_invite, work_slot
 
 __all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "check_port"]
@@ -117,14 +118,18 @@ class _HyperConfig(HyperConfig):
     """
 
     peer_gone_s: float | None = PEER_GONE_S
+    send_buffer: int | None = SEND_BUFFER
 
     def create_sockets(self) -> Any:
         sockets = super().create_sockets()
         option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        if self.peer_gone_s and option is not None:
-            for sock in sockets.insecure_sockets:
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, option, int(self.peer_gone_s * 1000))
+        for sock in sockets.insecure_sockets:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if self.peer_gone_s and option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(self.peer_gone_s * 1000))
+            if self.send_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         return sockets
 
 
@@ -189,7 +194,7 @@ class JobEndpoints(Protocol):
     def fail(self, attempt: str, reason: str) -> None: ...
 
     async def serve_source(self, attempt: str, request: Request, send: Send,
-                           head: bool) -> None: ...
+                           receive: Receive, head: bool) -> None: ...
 
     async def receive_result(self, attempt: str, chunk: int, request: Request,
                              receive: Receive) -> tuple[bool, str]: ...
@@ -490,7 +495,7 @@ class Node:
             attempt = request.query.get("attempt", "")
             auth.verify_url_token(self.config.secret, path, attempt,
                                   request.query.get("token", ""))
-            await server.serve_source(attempt, request, send, method == "HEAD")
+            await server.serve_source(attempt, request, send, receive, method == "HEAD")
             return
         rm = _RESULT_ROUTE.match(rest)
         if rm and method == "PUT":

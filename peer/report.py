@@ -44,6 +44,10 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
             "outcome": a.outcome.value, "reason": a.reason, "frames": a.frames_done,
             # Prefetched: claimed while the peer's slot was still busy; it ran after that.
             "queued": a.queued,
+            # Source bytes its connections really took (a local slot reads the file itself:
+            # 0), and the bytes of its result upload that were received.
+            "source_bytes_sent": rec.served if (rec := server.attempt_records.get(a.id)) else 0,
+            "result_bytes_received": rec.uploaded if rec else 0,
         })
     earlier: list[dict[str, Any]] = []
     if server.journal is not None:
@@ -91,6 +95,13 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
         # Every track of the output besides the video, and what was left out and why.
         "tracks": server.tracks.as_dict(),
         "journal": _journal_stats(server.journal),
+        # Transfer totals over every attempt: source bytes sent to peers (pieces handed to a
+        # connection already closed not counted), source bytes read from the file to serve
+        # them, and result bytes received.
+        "source_bytes_sent": sum(r.served for r in server.attempt_records.values()),
+        "source_bytes_read": server.source_read,
+        "result_bytes_received": sum(r.uploaded for r in server.attempt_records.values()),
+        "source_bytes": info.size,
     }
 
 

@@ -218,10 +218,16 @@ def join_plain(quiet: bool) -> Any:
 
 
 
-def print_summary(summary: dict[str, Any], wall_s: float) -> None:
+def print_summary(summary: dict[str, Any], wall_s: float,
+                  result: dict[str, Any] | None = None) -> None:
     from rich.console import Console
 
     from .dashboard import summary_table
 
     Console(stderr=True, highlight=False).print(summary_table(summary))
+    sent = (result or {}).get("source_bytes_sent", 0)
+    if sent and result is not None:
+        typer.echo(f"swarm: sent {sent / 1e6:.1f} MB of source to peers "
+                   f"({sent / max(1, result['source_bytes']):.2f}x the file), received "
+                   f"{result['result_bytes_received'] / 1e6:.1f} MB of results", err=True)
     typer.echo(f"swarm: done in {wall_s:.1f} s", err=True)
