@@ -15,23 +15,58 @@ from swarm.ranges import parse_range
 
 from .http import Receive, Send, iter_body, respond
 
-__all__ = ["FIRST_PIECE", "SEND_BUFFER", "SOURCE_PIECE", "receive_file", "send_file", "unlink"]
+__all__ = ["FIRST_PIECE", "SEND_BUFFER", "SOURCE_PIECE", "UPLOAD_WRITE", "receive_file",
+           "send_file", "unlink"]
 
 # Source bytes per read and per body message: a quarter of what the response has sent so
 # far, from FIRST_PIECE up to SOURCE_PIECE. A peer's ffmpeg reads a few kB to a MB of most
 # requests (the index, the stream probe) before it seeks away, and the piece read beyond
-# that is wasted; a chunk's long read goes in large pieces, which is what the CPU per GB
-# depends on (bench/transfer).
+# that is wasted. 1 MB pieces were no cheaper in CPU per GB than 256 kB (bench/transfer).
 FIRST_PIECE = 64 * 1024
+SOURCE_PIECE = 256 * 1024
 # The kernel's send buffer on the node's sockets (Linux doubles it). Left to autotuning it
-# grew to 4 MB, all of it gone to waste each time a peer's ffmpeg closes a connection; a
-# LAN needs far less to stay busy: at 1 ms round trip, 512 kB is 4 Gbit/s.
+# grew to megabytes, all gone to waste each time a peer's ffmpeg closes a connection (a 55
+# MB job sent 1.28x the file, against 1.05x with this); a LAN needs far less to stay busy:
+# at 1 ms round trip, 512 kB is 4 Gbit/s. The cost: more wake-ups per GB (README).
 SEND_BUFFER = 256 * 1024
-SOURCE_PIECE = 1024 * 1024
+# A result upload is written in batches of this many bytes (or WRITE_BATCH pieces).
+UPLOAD_WRITE = 1024 * 1024
+WRITE_BATCH = 64
 
 
 def _ignore(n: int) -> None:
     pass
+
+
+# Linux 4.14+: read only what the page cache holds, without blocking (else EAGAIN).
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def _cached(fd: int, n: int, offset: int) -> bytes | None:
+    """Up to ``n`` bytes at ``offset`` if the page cache has them, read in the event loop;
+    None when the disk would be needed (then a thread reads them, as it must on a Pi's SD
+    card). A thread hop per piece was a third of the source GET's CPU (bench/transfer)."""
+    if _NOWAIT is None:
+        return None
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, _NOWAIT)
+    except OSError:
+        return None  # not cached, or a file system without RWF_NOWAIT (EOPNOTSUPP)
+    if got == 0:
+        return None  # the thread's read says whether this is the end
+    return bytes(memoryview(buf)[:got])
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    views = [memoryview(p) for p in pieces]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def unlink(path: str) -> None:
@@ -87,7 +122,10 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
             offset, left = rng.start, rng.length
             while left > 0 and not gone:
                 piece = min(SOURCE_PIECE, max(FIRST_PIECE, (offset - rng.start) // 4))
-                data = await trio.to_thread.run_sync(os.pread, fd, min(piece, left), offset)
+                data = _cached(fd, min(piece, left), offset)
+                if data is None:
+                    data = await trio.to_thread.run_sync(os.pread, fd, min(piece, left),
+                                                         offset)
                 if not data:
                     break
                 read(len(data))
@@ -114,11 +152,28 @@ async def receive_file(receive: Receive, path: str, limit: int,
     """Stream a request body of at most ``limit`` bytes into ``path``, in one pass;
     ``received`` is told each piece's length once it is written. On any failure (a body
     cut off or too long, cancellation) the partial file is removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     try:
-        async with await trio.open_file(path, "wb") as fh:
+        fd = await trio.to_thread.run_sync(os.open, path, flags, 0o600)
+        try:
+            # hypercorn hands the body over in pieces of at most 64 kB, and a thread hop
+            # per piece cost more CPU than the writes (bench/transfer): they are written
+            # together, once UPLOAD_WRITE bytes have come (or WRITE_BATCH pieces: a client
+            # sending tiny pieces must not outgrow writev's IOV_MAX of 1024).
+            batch: list[bytes] = []
+            batched = 0
             async for piece in iter_body(receive, limit):
-                await fh.write(piece)
-                received(len(piece))
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= UPLOAD_WRITE or len(batch) >= WRITE_BATCH:
+                    await trio.to_thread.run_sync(_write_all, fd, batch)
+                    received(batched)
+                    batch, batched = [], 0
+            if batch:
+                await trio.to_thread.run_sync(_write_all, fd, batch)
+                received(batched)
+        finally:
+            os.close(fd)
     except BaseException:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(unlink, path)
