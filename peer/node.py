@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
+import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
@@ -102,6 +103,15 @@ PEER_GONE_S = 30.0
 PYZ_PIECE = 256 * 1024
 PYZ_WAIT_S = 60.0
 PYZ_DIGEST_HEADER = "x-swarm-pyz-sha256"
+
+
+# hypercorn's trio shell reads a connection 64 kB at a time (its module constant MAX_RECV),
+# and each read costs a pass through h11 and the ASGI queue: a result upload spent most of
+# its CPU there (bench/transfer). A larger read is the same bytes in fewer passes; the
+# request body stays bounded by our own limits (peer.http.iter_body).
+RECV_PIECE = 1024 * 1024
+if getattr(hypercorn.trio.tcp_server, "MAX_RECV", RECV_PIECE) < RECV_PIECE:
+    hypercorn.trio.tcp_server.MAX_RECV = RECV_PIECE
 
 
 class _HyperConfig(HyperConfig):
