@@ -46,8 +46,8 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
             "queued": a.queued,
             # Source bytes its connections really took (a local slot reads the file itself:
             # 0), and the bytes of its result upload that were received.
-            "source_bytes_sent": rec.served if (rec := server.attempt_records.get(a.id)) else 0,
-            "result_bytes_received": rec.uploaded if rec else 0,
+            "source_bytes_sent": ar.served if (ar := server.attempt_records.get(a.id)) else 0,
+            "result_bytes_received": ar.uploaded if ar else 0,
         })
     earlier: list[dict[str, Any]] = []
     if server.journal is not None:
