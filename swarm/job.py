@@ -108,6 +108,7 @@ class Attempt:
 class Chunk:
     index: int
     frames: int
+    first: int = 0  # its first frame, counted from the job's first (chunks may be cut)
     state: ChunkState = ChunkState.PENDING
     attempts: list[str] = field(default_factory=list)
     winner: str | None = None
@@ -132,6 +133,8 @@ class Grant:
     duplicate: bool = False
     # The unstarted attempt this one took the chunk from (now cancelled).
     replaces: str | None = None
+    # The chunk was cut to this peer's share: this new chunk holds the rest of its frames.
+    split: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,12 @@ class Job:
     else frames x ``pixels``; peer speeds are in the same unit per second.
     ``source_bytes[i]``: the bytes a peer receives for chunk ``i`` (from the plan; None: no
     transfer cost is counted). ``silent_s``: see the module docstring (None: lease only).
+
+    ``cuts[i]``: frame offsets inside chunk ``i`` where the swarm policy may cut it to the
+    claimer's share (``swarm.scheduler``, item 4), each piece at least ``min_piece`` frames;
+    ``expected_slots``: how many encoder slots the plan was made for. A cut chunk keeps its
+    index and its first frames; the rest becomes a new chunk at the end of ``chunks``
+    (``Grant.split`` names it), so chunks are in source order by ``first``, not by index.
     """
 
     def __init__(self, frames_per_chunk: Iterable[int], *, lease_s: float = 30.0,
@@ -178,15 +187,20 @@ class Job:
                  pixels: int = 1, policy: str = "swarm",
                  retry_after_s: float = RETRY_AFTER_S,
                  source_bytes: Iterable[float] | None = None,
-                 silent_s: float | None = None) -> None:
-        self.chunks = [Chunk(i, n) for i, n in enumerate(frames_per_chunk)]
+                 silent_s: float | None = None,
+                 cuts: Iterable[Iterable[int]] | None = None, min_piece: int = 1,
+                 expected_slots: int = 1) -> None:
+        self.chunks = []
+        first = 0
+        for i, n in enumerate(frames_per_chunk):
+            self.chunks.append(Chunk(i, n, first))
+            first += n
         if not self.chunks:
             raise LocalProtocolError("a job needs at least one chunk")
         work = (list(work_per_chunk) if work_per_chunk is not None
                 else [float(c.frames * pixels) for c in self.chunks])
         if len(work) != len(self.chunks) or any(w <= 0 for w in work):
             raise LocalProtocolError("work_per_chunk: one positive value per chunk")
-        self.work = work
         if silent_s is not None and silent_s <= 0:
             raise LocalProtocolError("silent_s must be positive")
         self.silent_s = silent_s
@@ -201,7 +215,9 @@ class Job:
         self.benched_at: dict[str, float] = {}  # when each benched peer was benched
         self.scheduler: Scheduler = make_scheduler(
             policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s,
-            source_bytes=list(source_bytes) if source_bytes is not None else None)
+            source_bytes=list(source_bytes) if source_bytes is not None else None,
+            cuts=[list(c) for c in cuts] if cuts is not None else None, min_piece=min_piece,
+            expected_slots=expected_slots)
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
         self._done = 0
         self._frames_done = 0
@@ -209,6 +225,15 @@ class Job:
     @property
     def policy(self) -> str:
         return self.scheduler.policy
+
+    @property
+    def work(self) -> list[float]:
+        """Work of each chunk (the scheduler's list: it changes when a chunk is cut)."""
+        return self.scheduler.work
+
+    def in_order(self) -> list[Chunk]:
+        """The chunks in source order (what a merge concatenates)."""
+        return sorted(self.chunks, key=lambda c: c.first)
 
     # -- peers -------------------------------------------------------------------------
     def add_peer(self, peer: str, speed: float | None, now: float, *, slots: int = 1,
@@ -305,6 +330,12 @@ class Job:
         if pick.victim is not None:
             self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,
                       f"taken over by {peer}")
+        if pick.split is not None:
+            chunk.frames = self.scheduler.frames[pick.chunk]
+            rest = Chunk(pick.split, self.scheduler.frames[pick.split],
+                         chunk.first + chunk.frames)
+            assert rest.index == len(self.chunks)
+            self.chunks.append(rest)
         if chunk.state is ChunkState.PENDING:
             chunk.move(ChunkState.ASSIGNED)
         attempt_id = f"c{pick.chunk:05d}a{len(chunk.attempts) + 1:03d}"
@@ -315,7 +346,8 @@ class Job:
         self._running[attempt_id] = None
         self.scheduler.assigned(a, now)
         return Grant(attempt_id, pick.chunk, peer, self.lease_s, queued=pick.queued,
-                      duplicate=pick.kind is PickKind.DUPLICATE, replaces=pick.victim)
+                     duplicate=pick.kind is PickKind.DUPLICATE, replaces=pick.victim,
+                     split=pick.split)
 
     def progress(self, attempt_id: str, frames_done: int, now: float) -> bool:
         """Renew the lease; False means the attempt is no longer wanted (stop it).

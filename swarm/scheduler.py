@@ -14,6 +14,19 @@ state and calls the hooks below whenever an attempt is handed out, reports progr
 3. **Tail.** With nothing pending, an idle peer takes the in-flight chunk expected to finish
    last, if it would finish it clearly sooner: a queued-but-unstarted one is stolen (its
    attempt cancelled), a started one is duplicated (first valid result wins).
+4. **Pieces sized for the claimer.** Where the plan allows it (``cuts``: frame offsets
+   inside a chunk where it may be cut, at least ``min_piece`` frames from any other cut),
+   the head chunk is cut so that the claimer gets about its *fluid share*: the work it can
+   do from when it is free until the time E by which all peers together, each from its own
+   free time, would finish everything pending. The rest stays pending at the front. So the
+   chunks stay as planned while there is plenty and the peers are alike, and shrink where
+   they are not: a slow peer's piece ends with the fast peers' instead of after them, and a
+   fast peer is not held back behind a chunk too large for anyone else (bench/hetero: three
+   5 s chunks of a 15 s clip cannot be shared 1:2:3; pieces of 2-8 s can). Until the first
+   result only the peers that have claimed are known, so the opening round counts the slots
+   the plan expected (``expected_slots``) at the mean known speed, and a claim then takes
+   at most W / (2 x slots) of the pending work W: a slow peer that happens to claim first
+   must not take a third of a short job.
 
 Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
 then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
@@ -56,6 +69,8 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +149,18 @@ MAX_HOLD_S = 5.0
 DEFAULT_SPEED = 1.0
 # Weight of a slower prefetch download in a peer's link estimate, as for speeds.
 LINK_ALPHA = 0.5
+# A chunk is cut only if the claimer's share is this much below it: a cut costs an ffmpeg
+# start and a fresh rate control (bench/quality), not worth a few percent of balance.
+SPLIT_SLACK = 0.1
+# A piece may run this far past the claimer's share rather than take the next cut down.
+SHARE_OVERSHOOT = 0.1
+# How many pending chunks a claim looks at for the piece that fits its share best.
+LOOK_AHEAD = 4
+# Where chunks can be cut, a prefetch is sized at most this long before its slot is free
+# (or twice its transfer time, if longer): early enough to hide the claim and the download.
+PREFETCH_LEAD_S = 3.0
+# In the opening round a claim takes at most pending / (this x expected slots).
+OPENING_SHARE = 2.0
 
 
 class PickKind(enum.Enum):
@@ -148,6 +175,8 @@ class Pick:
     kind: PickKind = PickKind.NEW
     victim: str | None = None  # the attempt to cancel (STEAL only)
     queued: bool = False  # a prefetch: the peer starts it after what it holds
+    # The chunk was cut (``Scheduler.split``): this new chunk holds the rest of its frames.
+    split: int | None = None
 
 
 @dataclass(slots=True)
@@ -172,9 +201,22 @@ class Scheduler:
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
                  attempts: Mapping[str, Attempt],
-                 source_bytes: Sequence[float] | None = None) -> None:
+                 source_bytes: Sequence[float] | None = None,
+                 cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
+                 expected_slots: int = 1) -> None:
         self.work = list(work)
         self.frames = list(frames)
+        # Where each chunk may be cut (frame offsets inside it, ascending); a cut leaves at
+        # least ``min_piece`` frames on either side. None: chunks are never cut.
+        if min_piece < 1 or expected_slots < 1:
+            raise LocalProtocolError("min_piece and expected_slots must be at least 1")
+        self.min_piece = min_piece
+        self.expected_slots = expected_slots
+        if cuts is not None and len(cuts) != len(self.work):
+            raise LocalProtocolError("cuts: one list per chunk")
+        self.cuts = [sorted(o for o in c if 0 < o < n)
+                     for c, n in zip(cuts, self.frames, strict=True)
+                     ] if cuts is not None else [[] for _ in self.work]
         # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
         self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
             [0.0] * len(self.work))
@@ -189,6 +231,26 @@ class Scheduler:
     def drop(self, chunk: int) -> None:
         """Forget a chunk that needs no encoding (restored before the first claim)."""
         raise NotImplementedError
+
+
+    def split(self, chunk: int, at: int) -> int:
+        """Cut ``chunk`` at frame offset ``at``: it keeps its first ``at`` frames and a new
+        chunk (the returned index) the rest, with the cuts beyond. Work and source bytes
+        are shared in proportion to frames. Only for a chunk no attempt has started."""
+        n = self.frames[chunk]
+        if not self.min_piece <= at <= n - self.min_piece:
+            raise LocalProtocolError(f"chunk {chunk}: cannot cut {n} frames at {at}")
+        new = len(self.work)
+        share = at / n
+        for values in (self.work, self.bytes):
+            values.append(values[chunk] * (1 - share))
+            values[chunk] *= share
+        self.frames[chunk] = at
+        self.frames.append(n - at)
+        cuts = self.cuts[chunk]
+        self.cuts[chunk] = [o for o in cuts if o < at]
+        self.cuts.append([o - at for o in cuts if o > at])
+        return new
 
     # -- peers ---------------------------------------------------------------------------
     def add_peer(self, peer: str, speed: float | None, now: float, slots: int = 1) -> PeerState:
@@ -454,14 +516,18 @@ class EqualScheduler(Scheduler):
 
 
 class SwarmScheduler(Scheduler):
-    """Pull with foresight, one prefetch per peer, steal or duplicate at the tail."""
+    """Pull with foresight, one prefetch per peer, steal or duplicate at the tail, and
+    pieces cut to the claimer's share."""
 
     policy = "swarm"
 
     def __init__(self, work: Sequence[float], frames: Sequence[int],
                  attempts: Mapping[str, Attempt], absent_s: float = 30.0,
-                 source_bytes: Sequence[float] | None = None) -> None:
-        super().__init__(work, frames, attempts, source_bytes)
+                 source_bytes: Sequence[float] | None = None,
+                 cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
+                 expected_slots: int = 1) -> None:
+        super().__init__(work, frames, attempts, source_bytes, cuts, min_piece,
+                         expected_slots)
         # Requeued chunks go to the front: they are the ones already late.
         self._pending: deque[int] = deque(range(len(self.work)))
         self._pending_work = float(sum(self.work))
@@ -490,25 +556,151 @@ class SwarmScheduler(Scheduler):
                           for x in ps.attempts):
             return None  # one prefetched chunk per peer is enough to hide a download
         ready = max(ps.ready, now) if queued else now
+        if queued and self._opening():
+            # Whom it would compete with is not known yet: a prefetch sized now could make
+            # a slow peer that claimed first hold a second piece it cannot finish in time.
+            return None
+        if self._pending and queued and self._cuttable():
+            # A piece sized now for a slot free only much later is sized on stale guesses
+            # (its speed, the others'); closer to that time the share is known better. Early
+            # enough to hide the download and the claim is all a prefetch is for.
+            lead = max(PREFETCH_LEAD_S, 2 * self.transfer_s(ps, self._pending[0]))
+            if ready - now > lead:
+                self.hold = ready - now - lead
+                return None
         if self._pending:
-            chunk = self._pending[0]
-            finish = ready + self.work[chunk] / ps.speed
+            chunk, at, without = self._choose(ps, ready, now)
+            share = 1.0 if at is None else at / self.frames[chunk]
+            finish = ready + self.work[chunk] * share / ps.speed
             if queued:  # downloads from now on, encodes once the encoder is free
-                finish = max(finish, now + self.transfer_s(ps, chunk))
+                finish = max(finish, now + self.transfer_s(ps, chunk) * share)
             # A peer never measured gets one chunk while plenty remain: its benchmark may be
             # far too low (measured on a loaded device, or a guess), and held back it would
             # never show its real speed (bench/hetero: a 0.15-CPU peer got nothing).
             explore = (ps.observed == 0 and not ps.attempts
                        and len(self._pending) > len(self.peers))
-            if not explore and self._others_finish_first(ps, now, finish):
+            # Even the smallest piece would end after the others, without this slot, would
+            # have done everything pending: leave it to them (the fluid rule's foresight).
+            late = finish > now + (without - now) * (1 + WAIT_MARGIN)
+            if not explore and (late or self._others_finish_first(ps, now, finish)):
                 # Told off by foresight: its chance comes only if the others falter, which
                 # takes a while to show; polling at the default rate would just cost claims.
                 self.hold = min(MAX_HOLD_S, (finish - now) * HOLD_SHARE)
                 return None
-            self._pending.popleft()
+            if chunk == self._pending[0]:
+                self._pending.popleft()
+            else:
+                self._pending.remove(chunk)  # one of the first LOOK_AHEAD
             self._pending_work -= self.work[chunk]
-            return Pick(chunk, queued=queued)
+            rest = None
+            if at is not None:
+                rest = self.split(chunk, at)
+                self._pending.appendleft(rest)  # next in line
+                self._pending_work += self.work[rest]
+            return Pick(chunk, queued=queued, split=rest)
         return None if queued else self._tail(ps, now)
+
+    def _cuttable(self) -> bool:
+        """Can any of the chunks next in line be cut?"""
+        return any(self.cuts[c] for c in itertools.islice(self._pending, LOOK_AHEAD))
+
+    def _opening(self) -> bool:
+        """Fewer slots have claimed than the plan expects, and none has a result yet."""
+        if not any(c for c in self.cuts):
+            return False  # nothing will be cut: the plan as it was
+        live = [q for q in self.peers.values() if not q.benched]
+        return (sum(q.slots for q in live) < self.expected_slots
+                and not any(q.observed for q in live))
+
+    def _choose(self, ps: PeerState, ready: float, now: float
+                ) -> tuple[int, int | None, float]:
+        """The pending chunk for ``ps`` (free at ``ready``) and where to cut it (None: take
+        it whole): of the first LOOK_AHEAD pending chunks, the piece closest to its share,
+        the largest one within it, else the smallest one beyond it. Looking past the head
+        matters when the head is a remainder that cannot be cut again (a 3 s rest where a
+        slow peer's share is 2 s) while the next chunk can."""
+        head = self._pending[0]
+        window = list(itertools.islice(self._pending, LOOK_AHEAD))
+        if not any(self.cuts[c] for c in window):
+            return head, None, math.inf
+        share, without = self._share(ps, ready, now)
+        limit = share * (1 + SHARE_OVERSHOOT)
+        best: tuple[tuple[bool, float], int, int | None] | None = None
+        for c in window:
+            n, w = self.frames[c], self.work[c]
+            at: int | None = None
+            piece = w
+            if share < w * (1 - SPLIT_SLACK):
+                # Every cut leaves min_piece frames on both sides, so every piece keeps that.
+                cuts = [o for o in self.cuts[c] if self.min_piece <= o <= n - self.min_piece]
+                fit = [o for o in cuts if o * w / n <= limit]
+                at = fit[-1] if fit else (cuts[0] if cuts else None)
+                piece = w if at is None else at * w / n
+            over = piece > limit
+            key = (over, piece if over else -piece)
+            if best is None or key < best[0]:
+                best = (key, c, at)
+        assert best is not None
+        # Only a piece beyond the share can end after the others would without it.
+        return best[1], best[2], without if best[0][0] else math.inf
+
+    def _share(self, ps: PeerState, ready: float, now: float) -> tuple[float, float]:
+        """The work ``ps``'s claiming slot can do from ``ready`` until E, the time at which
+        all live peers, each from when it is free, would finish the pending work (a fluid
+        bound: each at its speed, work divisible at will); and when the others would finish
+        it without this slot."""
+        stale = now - self.absent_s
+        # (free from, work/s, seconds of its smallest piece); the claimer's slot first.
+        head = self._pending[0]
+        smallest = self.work[head] / self.frames[head] * self.min_piece
+        mine = (ready, ps.speed, 0.0)
+        lanes = [mine]
+        slots = 1
+        measured = ps.observed > 0
+        for q in self.peers.values():
+            if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
+                continue
+            free = max(q.ready, now) if q.attempts else now
+            n = q.slots - 1 if q is ps else q.slots
+            if n > 0:
+                lanes.append((free, q.speed * n, smallest / q.speed))
+            slots += n
+            measured = measured or q.observed > 0
+        opening = not measured and slots < self.expected_slots
+        if opening:
+            # The opening round: peers invited with this one may not have claimed yet.
+            speed = self.default_speed()
+            lanes.append((now, speed * (self.expected_slots - slots), smallest / speed))
+        while True:
+            end, rate = self._fluid(lanes)
+            # A slot that could not finish even the smallest piece by then takes no part:
+            # work is divisible only down to min_piece.
+            keep = [x for x in lanes if x is mine or x[0] + x[2] <= end]
+            if len(keep) == len(lanes):
+                break
+            lanes = keep
+        share = ps.speed * max(0.0, end - ready)
+        # Without this slot the others would end later by its share over their rate at E.
+        others = rate - (ps.speed if ready < end else 0.0)
+        without = end + share / others if others > 0 else math.inf
+        if opening:
+            # Nobody's speed is known against anybody's: hedge (see item 4).
+            share = min(share, self._pending_work / (OPENING_SHARE * self.expected_slots))
+        return share, without
+
+    def _fluid(self, lanes: list[tuple[float, float, float]]) -> tuple[float, float]:
+        """When ``lanes`` (free from, work/s, _) finish the pending work together, each from
+        when it is free; and their summed rate then."""
+        work, rate, weighted = self._pending_work, 0.0, 0.0
+        end = 0.0
+        ordered = sorted(lanes)
+        for i, (free, r, _) in enumerate(ordered):
+            rate += r
+            weighted += r * free
+            end = (work + weighted) / rate
+            if i + 1 == len(ordered) or end <= ordered[i + 1][0]:
+                break
+        return end, rate
 
     def _others_finish_first(self, ps: PeerState, now: float, finish: float) -> bool:
         """Could the other peers finish every pending chunk before ``ps`` finishes one?"""
@@ -629,9 +821,14 @@ class SwarmScheduler(Scheduler):
 
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
                    attempts: Mapping[str, Attempt], absent_s: float = 30.0,
-                   source_bytes: Sequence[float] | None = None) -> Scheduler:
+                   source_bytes: Sequence[float] | None = None,
+                   cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
+                   expected_slots: int = 1) -> Scheduler:
+    """``cuts``, ``min_piece`` and ``expected_slots`` are the swarm policy's (the baselines
+    hand out the chunks as planned)."""
     if policy == "swarm":
-        return SwarmScheduler(work, frames, attempts, absent_s, source_bytes)
+        return SwarmScheduler(work, frames, attempts, absent_s, source_bytes, cuts,
+                              min_piece, expected_slots)
     if policy == "fifo":
         return FifoScheduler(work, frames, attempts, source_bytes)
     if policy == "equal":

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -79,6 +80,7 @@ class PeerSpec:
     die: float | None = None  # goes silent: the silence rule or its lease catches it
     jitter: float = 0.0  # share by which the link varies (Wi-Fi)
     local: bool = False  # the coordinator's own slots: disk, not the uplink
+    start_s: float = 0.0  # fixed cost of every chunk it encodes (ffmpeg start, seek, lookahead)
 
     @property
     def end(self) -> float:
@@ -106,6 +108,10 @@ class Scenario:
     progress_s: float = 1.0  # how often an encoding peer reports progress (as the shell)
     uplink: float | None = None  # the coordinator's uplink, bytes/s (None: unlimited)
     silent_s: float | None = SILENT_S
+    # Where each chunk may be cut to a claimer's share (Job's ``cuts``; None: never).
+    cuts: tuple[tuple[int, ...], ...] | None = None
+    min_piece: int = 1
+    expected_slots: int = 1
 
     @property
     def work(self) -> list[float]:
@@ -165,8 +171,12 @@ def lower_bound(sc: Scenario) -> float:
         t = nxt
         if t >= nxt_cut:
             i += 1
-    big = max(range(len(sc.frames)), key=lambda c: sc.frames[c])
-    w, b = sc.work[big], sc.source_bytes[big]
+    # The largest piece no cut can make smaller (a whole chunk, where it has no cuts).
+    atoms = [max(b - a for a, b in itertools.pairwise([0, *cuts, n]))
+             for n, cuts in zip(sc.frames, sc.cuts or [()] * len(sc.frames), strict=True)]
+    big = max(range(len(sc.frames)), key=lambda c: atoms[c])
+    w = sc.work[big] * atoms[big] / sc.frames[big]
+    b = sc.source_bytes[big] * atoms[big] / sc.frames[big]
 
     def first(p: PeerSpec) -> float:
         peak = p.bandwidth * (1 + p.jitter)
@@ -221,6 +231,9 @@ def _make_job(sc: Scenario, policy: str) -> Job:
     kwargs: dict[str, Any] = {"work_per_chunk": sc.work, "lease_s": sc.lease_s,
                               "policy": policy, "retry_after_s": sc.retry_after_s,
                               "source_bytes": sc.source_bytes, "silent_s": sc.silent_s}
+    if sc.cuts is not None:
+        kwargs |= {"cuts": sc.cuts, "min_piece": sc.min_piece,
+                   "expected_slots": sc.expected_slots}
     known = inspect.signature(Job).parameters
     return Job(sc.frames, **{k: v for k, v in kwargs.items() if k in known})
 
@@ -310,7 +323,7 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
         p = peers[i]
         a = job.attempts[aid]
         p.encoding, p.enc_start = aid, t
-        p.enc_end = t + a.work / p.spec.speed
+        p.enc_end = t + p.spec.start_s + a.work / p.spec.speed
         f = flows.get(aid)
         if f is not None:  # not all here yet: the encoder streams the rest
             f.streamed = True
@@ -397,7 +410,10 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
                     steals += 1
                     close_flow(action.replaces, now)  # the victim's download is cut
                 p.queue.append(action.attempt)
-                open_flow(i, action.attempt, source_bytes[action.chunk], now)
+                # A cut chunk's bytes are the scheduler's (an older Job never cuts).
+                nbytes = (source_bytes[action.chunk] if sc.cuts is None
+                          else job.scheduler.bytes[action.chunk])
+                open_flow(i, action.attempt, nbytes, now)
                 try_start(i, now)
             else:
                 poll(i, now + action.retry_after_s, prefetch)
@@ -529,3 +545,56 @@ def lan_scenarios(seed: int = 1) -> list[Scenario]:
                           fps=(4.0, 120.0), links=[100 * MBIT, 1000 * MBIT],
                           uplink=1000 * MBIT, local_fps=60.0, seed=seed),
     ]
+
+
+# bench/hetero's swarm: three peers held to 0.15 / 0.30 / 0.45 CPU, a 640x360 source at
+# 30 fps with 1 s GOPs. Speeds in frames/s of that source under x264 "medium" on this
+# machine's cores; the benchmark scores came out 0.37 / 0.73 / 1.00 of the fastest. Every
+# chunk costs the peer an ffmpeg start, a seek and x264's lookahead (START_CPU_S of CPU).
+HETERO_PIXELS = 640 * 360
+HETERO_FPS = 30
+HETERO_CPUS = (("slow", 0.15, 0.37), ("mid", 0.30, 0.73), ("fast", 0.45, 1.00))
+HETERO_FPS_PER_CPU = 60.0
+START_CPU_S = 0.15
+
+
+def hetero_scenario(name: str, seconds: float, *, cut: bool, fastest_only: bool = False,
+                    order: Sequence[str] = ("slow", "mid", "fast"),
+                    min_piece_s: float = 2.0) -> Scenario:
+    """bench/hetero in virtual time: the default plan for three slots (chunks of
+    ``swarm.job``-independent length: as ``chunker.plan.default_chunk_seconds`` gives), cut
+    points at every keyframe when ``cut``; peers join 50 ms apart in ``order``."""
+    # The default plan for 3 slots (chunker.plan: 4 per slot of >= 6 s, else whole 6 s
+    # chunks per slot, at least one per slot); kept here so the core needs no chunker.
+    slots = 3
+    per = seconds / (4 * slots)
+    if per >= 6.0:
+        n = round(seconds / min(30.0, per))
+    else:
+        n = int(seconds // 6.0)
+        n = max(slots, n - n % slots)
+    total = round(seconds * HETERO_FPS)
+    bounds = [round(total * k / n / HETERO_FPS) * HETERO_FPS for k in range(n)] + [total]
+    frames = tuple(b - a for a, b in itertools.pairwise(bounds))
+    cuts = tuple(tuple(range(HETERO_FPS, f, HETERO_FPS)) for f in frames) if cut else None
+    peers = []
+    for k, who in enumerate(order):
+        _, cpus, score = next(p for p in HETERO_CPUS if p[0] == who)
+        if fastest_only and who != "fast":
+            continue
+        speed = cpus * HETERO_FPS_PER_CPU * HETERO_PIXELS
+        bench = score * HETERO_CPUS[-1][1] * HETERO_FPS_PER_CPU * HETERO_PIXELS
+        peers.append(PeerSpec(who, speed, bench, 100e6, join=0.05 * k,
+                              start_s=START_CPU_S / cpus))
+    return Scenario(name, tuple(peers), frames, pixels=HETERO_PIXELS, bytes_per_frame=5_000,
+                    cuts=cuts, min_piece=round(min_piece_s * HETERO_FPS),
+                    expected_slots=slots)
+
+
+def hetero_efficiency(seconds: float, *, cut: bool, order: Sequence[str] = ("slow", "mid",
+                                                                             "fast")) -> float:
+    """bench/hetero's figure in virtual time: T(fastest alone) / T(all three) / 2.0."""
+    alone = run(hetero_scenario("alone", seconds, cut=cut, fastest_only=True), "swarm")
+    together = run(hetero_scenario("all", seconds, cut=cut, order=order), "swarm")
+    ideal = sum(c for _, c, _ in HETERO_CPUS) / max(c for _, c, _ in HETERO_CPUS)
+    return alone.makespan / together.makespan / ideal

@@ -211,3 +211,129 @@ def test_unmeasured_peer_with_a_pessimistic_benchmark_still_gets_a_chunk() -> No
     assert isinstance(first, Grant)  # explores once while plenty is pending
     assert job.succeeded(first.attempt, 1.0)  # it was in fact quick
     assert job.speed("slow") is not None and job.speed("slow") > 1e3
+
+
+# -- pieces: chunks cut to the claimer's share (swarm.scheduler, item 4) ---------------------
+def _tiles(job: Job) -> list[tuple[int, int]]:
+    """(first, frames) of every chunk in source order; asserts they tile the job exactly."""
+    order = job.in_order()
+    for a, b in zip(order, order[1:], strict=False):
+        assert a.first + a.frames == b.first
+    assert order[0].first == 0
+    return [(c.first, c.frames) for c in order]
+
+
+def test_a_slow_peer_gets_a_piece_cut_to_its_share() -> None:
+    # bench/hetero's 15 s clip: three 5 s chunks of 150 frames, keyframes every 30.
+    job = Job([150] * 3, cuts=[[30, 60, 90, 120]] * 3, min_piece=60, expected_slots=3)
+    for peer, speed in (("slow", 1.0), ("mid", 2.0), ("fast", 3.0)):
+        job.add_peer(peer, speed, 0.0)
+    fast = _assign(job.claim("fast", 0.0))
+    mid = _assign(job.claim("mid", 0.0))
+    slow = _assign(job.claim("slow", 0.0))
+    # Fluid shares of 450 frames at 1:2:3 are 75 / 150 / 225 frames.
+    assert job.chunks[fast.chunk].frames == 150 and fast.split is None
+    assert job.chunks[mid.chunk].frames == 150 and mid.split is None
+    assert slow.split is not None and job.chunks[slow.chunk].frames == 60
+    rest = job.chunks[slow.split]
+    assert rest.frames == 90 and rest.first == job.chunks[slow.chunk].first + 60
+    assert job.work[slow.chunk] + job.work[slow.split] == 150  # work shared by frames
+    assert _tiles(job) == [(0, 150), (150, 150), (300, 60), (360, 90)]
+
+
+def test_equal_peers_keep_the_planned_chunks() -> None:
+    job = Job([150] * 4, cuts=[[30, 60, 90, 120]] * 4, min_piece=60, expected_slots=2)
+    job.add_peer("a", 1.0, 0.0)
+    job.add_peer("b", 1.0, 0.0)
+    grants = [_assign(job.claim(p, 0.0)) for p in ("a", "b")]
+    assert all(g.split is None for g in grants) and len(job.chunks) == 4
+
+
+def test_no_piece_is_shorter_than_min_piece() -> None:
+    job = Job([100], cuts=[[10, 20, 50, 90]], min_piece=30, expected_slots=2)
+    job.add_peer("fast", 2.0, 0.0)
+    job.add_peer("slow", 1.0, 0.0)
+    g = _assign(job.claim("slow", 0.0))  # its share: a third of the work, 33 frames
+    assert g.split is not None and job.chunks[g.chunk].frames == 50  # not 10 or 20
+    assert isinstance(job.claim("fast", 0.0), Grant)
+    assert _tiles(job) == [(0, 50), (50, 50)]
+    with pytest.raises(LocalProtocolError):
+        job.scheduler.split(1, 10)  # would leave a 10-frame piece
+
+
+def test_the_opening_round_hedges_a_slow_peer_that_claims_first() -> None:
+    """Only the slow peer has claimed: the others the plan expects count at its speed, a
+    piece is at most a sixth of the work, and no prefetch is sized before they come."""
+    job = Job([150] * 3, cuts=[[30, 60, 90, 120]] * 3, min_piece=60, expected_slots=3)
+    job.add_peer("slow", 1.0, 0.0)
+    g = _assign(job.claim("slow", 0.0))
+    assert job.chunks[g.chunk].frames == 60  # <= 450 / 6, at a keyframe
+    assert isinstance(job.claim("slow", 0.0, prefetch=True), Retry)
+    # Without cut points the plan is kept as it was: whole chunks, prefetch as before.
+    plain = Job([150] * 3, expected_slots=3)
+    plain.add_peer("slow", 1.0, 0.0)
+    assert _assign(plain.claim("slow", 0.0)).split is None
+    assert _assign(plain.claim("slow", 0.0, prefetch=True)).queued
+
+
+def test_a_prefetch_is_sized_shortly_before_its_slot_is_free() -> None:
+    from swarm.scheduler import PREFETCH_LEAD_S
+
+    job = Job([300] * 4, cuts=[list(range(30, 300, 30))] * 4, min_piece=60,
+              expected_slots=1)
+    job.add_peer("p", 10.0, 0.0)
+    first = _assign(job.claim("p", 0.0))  # its slot is busy for 30 s
+    early = job.claim("p", 1.0, prefetch=True)
+    assert isinstance(early, Retry)
+    ready = job.attempts[first.attempt].est_finish
+    assert early.retry_after_s == pytest.approx(ready - 1.0 - PREFETCH_LEAD_S)
+    late = _assign(job.claim("p", ready - PREFETCH_LEAD_S + 0.1, prefetch=True))
+    assert late.queued
+
+
+def test_a_slow_peer_waits_when_even_the_smallest_piece_would_end_last() -> None:
+    job = Job([120], cuts=[[30, 60, 90]], min_piece=60, expected_slots=2)
+    job.add_peer("fast", 10.0, 0.0)
+    job.add_peer("slow", 0.5, 0.0)
+    assert job.scheduler.peers["slow"].observed == 0
+    job.scheduler.peers["slow"].observed = 1  # measured: no exploring chunk
+    held = job.claim("slow", 0.0)  # 60 frames take it 120 s; fast does all 120 in 12 s
+    assert isinstance(held, Retry)
+    g = _assign(job.claim("fast", 0.0))
+    assert g.split is None and job.chunks[g.chunk].frames == 120
+
+
+def test_cut_pieces_complete_exactly_once_and_beat_the_whole_chunks() -> None:
+    """bench/hetero's swarm in virtual time (swarm.simulate.hetero_scenario): every frame
+    is encoded exactly once, the pieces tile the source, and the efficiency on the 15 s
+    clip is what whole 5 s chunks cannot reach."""
+    import inspect
+
+    import swarm.simulate as simulate
+    from swarm.simulate import hetero_efficiency, hetero_scenario
+
+    captured: list[Job] = []
+
+    class Spy(Job):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            captured.append(self)
+
+    Spy.__signature__ = inspect.signature(Job)  # type: ignore[attr-defined]
+    orig = simulate.Job
+    simulate.Job = Spy  # type: ignore[misc]
+    try:
+        sc = hetero_scenario("15 s", 15.0, cut=True)
+        assert simulate.run(sc, "swarm").finished
+    finally:
+        simulate.Job = orig  # type: ignore[misc]
+    job = captured[0]
+    assert len(job.chunks) > len(sc.frames)  # it did cut
+    assert sum(f for _, f in _tiles(job)) == sum(sc.frames) == job.frames_done
+    for c in job.chunks:
+        ok = [x for x in c.attempts if job.attempts[x].outcome is AttemptOutcome.OK]
+        assert ok == [c.winner]
+        assert c.frames >= sc.min_piece or c.frames == min(sc.frames)
+    for seconds in (15.0, 60.0):
+        cut, whole = (hetero_efficiency(seconds, cut=x) for x in (True, False))
+        assert cut >= 0.9 and cut > whole
