@@ -26,7 +26,8 @@ state and calls the hooks below whenever an attempt is handed out, reports progr
    result only the peers that have claimed are known, so the opening round counts the slots
    the plan expected (``expected_slots``) at the mean known speed, and a claim then takes
    at most W / (2 x slots) of the pending work W: a slow peer that happens to claim first
-   must not take a third of a short job.
+   must not take a third of a short job. So does a peer not measured yet among others
+   (benchmarks can be far off), and its prefetch waits for its first trusted report.
 
 Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
 then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
@@ -568,6 +569,9 @@ class SwarmScheduler(Scheduler):
             if ready - now > lead:
                 self.hold = ready - now - lead
                 return None
+            if ps.observed == 0 and not any(self._trusted(self.attempts[x])
+                                            for x in ps.attempts):
+                return None  # when it is free is a benchmark's guess until reports come
         if self._pending:
             chunk, at, without = self._choose(ps, ready, now)
             share = 1.0 if at is None else at / self.frames[chunk]
@@ -599,6 +603,11 @@ class SwarmScheduler(Scheduler):
                 self._pending_work += self.work[rest]
             return Pick(chunk, queued=queued, split=rest)
         return None if queued else self._tail(ps, now)
+
+    def _trusted(self, a: Attempt) -> bool:
+        """Do ``a``'s progress reports give its rate (see PROGRESS_TRUST)?"""
+        return (a.first_progress is not None and a.last_progress > a.first_progress
+                and a.frames_done >= PROGRESS_TRUST * self.frames[a.chunk])
 
     def _cuttable(self) -> bool:
         """Can any of the chunks next in line be cut?"""
@@ -656,6 +665,7 @@ class SwarmScheduler(Scheduler):
         mine = (ready, ps.speed, 0.0)
         lanes = [mine]
         slots = 1
+        devices = 1
         measured = ps.observed > 0
         for q in self.peers.values():
             if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
@@ -666,6 +676,7 @@ class SwarmScheduler(Scheduler):
                 lanes.append((free, q.speed * n, smallest / q.speed))
             slots += n
             measured = measured or q.observed > 0
+            devices += q is not ps
         opening = not measured and slots < self.expected_slots
         if opening:
             # The opening round: peers invited with this one may not have claimed yet.
@@ -683,9 +694,12 @@ class SwarmScheduler(Scheduler):
         # Without this slot the others would end later by its share over their rate at E.
         others = rate - (ps.speed if ready < end else 0.0)
         without = end + share / others if others > 0 else math.inf
-        if opening:
-            # Nobody's speed is known against anybody's: hedge (see item 4).
-            share = min(share, self._pending_work / (OPENING_SHARE * self.expected_slots))
+        if opening or (ps.observed == 0 and devices > 1):
+            # Its speed against the others' is not known yet (benchmarks taken on a busy
+            # machine came out 3-15x too high, and unevenly): hedge (see item 4). The
+            # slots of one device are alike, so one device alone is not hedged.
+            share = min(share, self._pending_work
+                        / (OPENING_SHARE * max(slots, self.expected_slots)))
         return share, without
 
     def _fluid(self, lanes: list[tuple[float, float, float]]) -> tuple[float, float]:
