@@ -16,6 +16,7 @@ whole extra GOP: 0.2 s of CPU per chunk for 2 s GOPs of 1080p, measured).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -24,11 +25,15 @@ from .probe import VideoInfo
 __all__ = [
     "MAX_CHUNK_S",
     "MIN_CHUNK_S",
+    "MIN_PIECE_S",
     "MIN_SPLIT_S",
     "ChunkPlan",
+    "cut_offsets",
     "default_chunk_seconds",
     "plan_chunks",
     "plans_from_cuts",
+    "plans_from_rows",
+    "split_plan",
 ]
 
 # A chunk's fixed cost: ffmpeg start and seek, decoding from the previous keyframe, an IDR
@@ -37,6 +42,13 @@ __all__ = [
 # 8 s 0.21 or 2.2 % (the goal is 0.5 and 3 %); bench/overhead ran 1.03-1.07 with 7.5 s
 # chunks against 1.09-1.10 with 4 s (same runs, alternated).
 MIN_CHUNK_S = 6.0
+# The shortest piece the scheduler may cut a planned chunk into, to fit a claimer's share
+# (swarm.scheduler, item 4; only where the plan is the default one). bench/quality's
+# shortest length: 2 s chunks cost 0.40 VMAF at equal rate (the goal is 0.5) against 0.35
+# for 4 s and 0.34 for the default 7.5 s, and 4.1 % size against 3.6 and 3.5 %; a job's
+# cost is that of its frames' pieces, and pieces this short are only made at the end of a
+# job with unequal peers (bench/hetero prints the seconds in each length).
+MIN_PIECE_S = 2.0
 # Never shorter than this to give every slot a chunk: a very short clip is simply cut into
 # fewer chunks than there are slots.
 MIN_SPLIT_S = 1.0
@@ -131,35 +143,81 @@ def plans_from_cuts(video: VideoInfo, format_start_s: float, cuts: list[int], *,
     ascending = all(b > a for a, b in itertools.pairwise(cuts))
     if not cuts or cuts[0] != 0 or not ascending or cuts[-1] >= video.frames:
         raise ValueError("cut points must start at 0, ascend and stay inside the video")
+    bounds = [*cuts, video.frames]
+    return [_plan(video, format_start_s, n, first, last, keyframe_seek=keyframe_seek)
+            for n, (first, last) in enumerate(itertools.pairwise(bounds))]
+
+
+def plans_from_rows(video: VideoInfo, format_start_s: float, rows: list[tuple[int, int]], *,
+                    keyframe_seek: bool = True) -> list[ChunkPlan]:
+    """The journal's chunks, ``(first, frames)`` by index, planned again: index order is
+    source order only until a chunk has been cut (its rest is appended), so they are
+    planned in source order and keep their indices, which name their files. ValueError if
+    they do not tile the video exactly."""
+    planned = plans_from_cuts(video, format_start_s, sorted(first for first, _ in rows),
+                              keyframe_seek=keyframe_seek)
+    by_first = {p.first: p for p in planned}
+    plans = [dataclasses.replace(by_first[first], index=i) for i, (first, _) in enumerate(rows)]
+    if [p.frames for p in plans] != [n for _, n in rows]:
+        raise ValueError("journalled chunks do not tile the video")
+    return plans
+
+
+def split_plan(video: VideoInfo, format_start_s: float, plan: ChunkPlan, at: int,
+               index: int, *, keyframe_seek: bool = True) -> tuple[ChunkPlan, ChunkPlan]:
+    """``plan`` cut ``at`` frames in: the chunk keeps its index and its first ``at``
+    frames, and a new chunk ``index`` takes the rest (the scheduler cut it to a claimer's
+    share). Both are planned as ``plans_from_cuts`` plans every chunk, so they are
+    frame-exact on open GOP as any chunk is."""
+    if not 0 < at < plan.frames:
+        raise ValueError(f"chunk {plan.index}: cannot cut {plan.frames} frames at {at}")
+    end = plan.first + plan.frames
+    cut = plan.first + at
+    return (_plan(video, format_start_s, plan.index, plan.first, cut,
+                  keyframe_seek=keyframe_seek),
+            _plan(video, format_start_s, index, cut, end, keyframe_seek=keyframe_seek))
+
+
+def cut_offsets(video: VideoInfo, plan: ChunkPlan) -> list[int]:
+    """Where the scheduler may cut ``plan``: its source keyframes (frame offsets inside
+    it), so that a piece costs no decoding before its first frame. A chunk without a
+    keyframe inside stays whole. The scheduler keeps every piece at least its
+    ``min_piece`` long."""
+    lo, hi = plan.first, plan.first + plan.frames
+    keys = video.keyframes
+    i = bisect.bisect_right(keys, lo)
+    j = bisect.bisect_left(keys, hi)
+    return [k - lo for k in keys[i:j]]
+
+
+def _plan(video: VideoInfo, format_start_s: float, n: int, first: int, last: int, *,
+          keyframe_seek: bool) -> ChunkPlan:
+    """Chunk ``n``: frames ``first`` to ``last`` (exclusive)."""
     keyset = set(video.keyframes)
     keys = list(video.keyframes)
     reorder_s = float(video.reorder * video.time_base)
     t0 = video.seconds(0)
-    plans = []
-    for n, first in enumerate(cuts):
-        last = cuts[n + 1] if n + 1 < len(cuts) else video.frames
-        if first == 0:
-            seek = trim = None
+    if first == 0:
+        seek = trim = None
+    else:
+        mid = (video.seconds(first - 1) + video.seconds(first)) / 2
+        at = video.seconds(first)
+        # Past the keyframe by less than a quarter frame: still before the next frame.
+        if not keyframe_seek:
+            key = keys[bisect.bisect_right(keys, first) - 1]
+            target = video.seconds(key) - reorder_s - _SEEK_BEFORE_S
+        elif first in keyset and first + 1 < video.frames:
+            target = at + min(_SEEK_PAST_S, (video.seconds(first + 1) - at) / 4)
         else:
-            mid = (video.seconds(first - 1) + video.seconds(first)) / 2
-            at = video.seconds(first)
-            # Past the keyframe by less than a quarter frame: still before the next frame.
-            if not keyframe_seek:
-                key = keys[bisect.bisect_right(keys, first) - 1]
-                target = video.seconds(key) - reorder_s - _SEEK_BEFORE_S
-            elif first in keyset and first + 1 < video.frames:
-                target = at + min(_SEEK_PAST_S, (video.seconds(first + 1) - at) / 4)
-            else:
-                target = mid
-            # The probe's times already count from the container start (ffmpeg subtracts
-            # it), as -ss does. But the encode runs with -copyts, so its trim sees the
-            # source's own timestamps. Both were off by the start for MPEG-TS (1.4 s, or
-            # negative once the 33-bit clock wraps): chunks began early, or came out empty.
-            seek = max(0.0, target)
-            trim = mid + format_start_s
-        span = video.seconds(last) - video.seconds(first) if last < video.frames else None
-        plans.append(ChunkPlan(
-            index=n, first=first, frames=last - first, seek_s=seek, trim_s=trim,
-            start_s=video.seconds(first) - t0, span_s=span, keyframe=first in keyset,
-        ))
-    return plans
+            target = mid
+        # The probe's times already count from the container start (ffmpeg subtracts
+        # it), as -ss does. But the encode runs with -copyts, so its trim sees the
+        # source's own timestamps. Both were off by the start for MPEG-TS (1.4 s, or
+        # negative once the 33-bit clock wraps): chunks began early, or came out empty.
+        seek = max(0.0, target)
+        trim = mid + format_start_s
+    span = video.seconds(last) - video.seconds(first) if last < video.frames else None
+    return ChunkPlan(
+        index=n, first=first, frames=last - first, seek_s=seek, trim_s=trim,
+        start_s=video.seconds(first) - t0, span_s=span, keyframe=first in keyset,
+    )

@@ -22,7 +22,14 @@ from typing import Any
 import trio
 
 from chunker.commands import AUDIO_COPY_EXACT, video_plan
-from chunker.plan import ChunkPlan, default_chunk_seconds, plan_chunks, plans_from_cuts
+from chunker.plan import (
+    MIN_PIECE_S,
+    ChunkPlan,
+    cut_offsets,
+    default_chunk_seconds,
+    plan_chunks,
+    plans_from_rows,
+)
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
 from chunker.tracks import AUDIO_MODES, SUBTITLE_MODES, TrackPlan, plan_tracks
@@ -171,9 +178,15 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
     try:
         plans, job_id, resuming = await _open_plan(journal, opts, info, identity, plans,
                                                    workdir)
+        # The default plan follows the swarm: the scheduler may cut a chunk at its
+        # keyframes to fit a claimer's share (swarm.scheduler, item 4). A length the user
+        # chose is kept.
+        cuts = ([cut_offsets(info.video, p) for p in plans]
+                if opts.job.chunk_seconds is None else None)
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
                            vplan=vplan, workdir=workdir, emit=emit, local_key="local",
-                           journal=journal, tracks=tracks)
+                           journal=journal, tracks=tracks, cuts=cuts,
+                           min_piece=max(1, round(MIN_PIECE_S * fps)), expected_slots=slots)
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.add_local(_local_score(ffmpeg, opts.job.profile, opts.local.cache_dir),
@@ -220,9 +233,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         journal.set("state", "merging")
         emit(Merge())
         tmp_out = os.path.join(workdir, "output" + Path(opts.job.output).suffix.lower())
-        await media.merge(ffmpeg, workdir, [r.file for r in server.records],
-                          [p.span_s for p in plans], info, opts.job.profile, tracks, tmp_out,
-                          container, audio_file)
+        ordered = server.in_order()
+        await media.merge(ffmpeg, workdir, [r.file for r in ordered],
+                          [r.plan.span_s for r in ordered], info, opts.job.profile, tracks,
+                          tmp_out, container, audio_file)
         await media.verify_output(ffmpeg, tmp_out, info, tracks)
         _refuse_overwrite(opts, ours)
         journal.set(MERGED_KEY, output_stamp(tmp_out))
@@ -290,14 +304,14 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
     old = journal.get("input")
     if (not opts.job.fresh and old is not None and journal.get("settings") == settings
             and InputIdentity.from_json(old).same_file(identity)):
-        cuts = [first for first, _ in journal.plan()]
         try:
-            resumed = plans_from_cuts(info.video, info.format_start_s, cuts,
+            # Chunks the scheduler cut keep their journalled pieces and indices.
+            resumed = plans_from_rows(info.video, info.format_start_s, journal.plan(),
                                       keyframe_seek=info.keyframe_seek)
         except ValueError:
             resumed = []
         job_id = journal.get("job_id") or ""
-        if resumed and [p.frames for p in resumed] == [n for _, n in journal.plan()] and job_id:
+        if resumed and job_id:
             return resumed, job_id, True
     # A fresh start: whatever an older run left here is not ours to trust.
     for entry in await trio.to_thread.run_sync(os.listdir, workdir):

@@ -21,7 +21,7 @@ import trio
 
 from chunker.commands import VideoPlan
 from chunker.paramsets import ENCODER_CODECS, HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
-from chunker.plan import ChunkPlan
+from chunker.plan import ChunkPlan, split_plan
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan
@@ -88,7 +88,11 @@ class JobServer:
     def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo,
                  plans: list[ChunkPlan], vplan: VideoPlan, workdir: str,
                  emit: Callable[[JobEvent], None], local_key: str,
-                 journal: Journal | None = None, tracks: TrackPlan | None = None) -> None:
+                 journal: Journal | None = None, tracks: TrackPlan | None = None,
+                 cuts: list[list[int]] | None = None, min_piece: int = 1,
+                 expected_slots: int = 1) -> None:
+        """``cuts``, ``min_piece`` (frames) and ``expected_slots``: where the scheduler may
+        cut chunks to its claimers' shares (``swarm.job.Job``); None: as planned."""
         self.job_id = job_id
         self.opts = opts
         self.ffmpeg = ffmpeg
@@ -99,7 +103,8 @@ class JobServer:
         self.emit = emit
         self.local_key = local_key
         self.job = Job([p.frames for p in plans], lease_s=opts.tuning.timings.lease_s,
-                       pixels=vplan.width * vplan.height, policy=opts.tuning.policy)
+                       pixels=vplan.width * vplan.height, policy=opts.tuning.policy,
+                       cuts=cuts, min_piece=min_piece, expected_slots=expected_slots)
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
@@ -156,6 +161,8 @@ class JobServer:
     # -- hand-out ------------------------------------------------------------------------
     def claim(self, peer: str, now: float, prefetch: bool = False) -> Grant | Retry | Finished:
         action = self.job.claim(peer, now, prefetch=prefetch)
+        if isinstance(action, Grant) and action.split is not None:
+            self._split(action.chunk, action.split)
         if isinstance(action, Grant):
             if not action.queued:  # a queued one's clock starts with its first report
                 self._attempt(action.attempt).started = now
@@ -166,6 +173,24 @@ class JobServer:
             self.emit(ChunkStart(action.chunk, action.attempt, self.name_of(peer),
                                  self.plans[action.chunk].frames, peer != self.local_key))
         return action
+
+    def _split(self, chunk: int, rest: int) -> None:
+        """The scheduler cut ``chunk`` before handing it out: plan both pieces (journalled
+        before anyone hears of them, so a resumed job has the same chunks)."""
+        head, tail = split_plan(self.info.video, self.info.format_start_s, self.plans[chunk],
+                                self.job.chunks[chunk].frames, rest,
+                                keyframe_seek=self.info.keyframe_seek)
+        assert rest == len(self.plans) and tail.frames == self.job.chunks[rest].frames
+        self.plans[chunk] = head
+        self.plans.append(tail)
+        self.records[chunk].plan = head
+        self.records.append(_ChunkRecord(tail))
+        if self.journal is not None:
+            self.journal.chunk_split(chunk, head.frames, rest, tail.first, tail.frames)
+
+    def in_order(self) -> list[_ChunkRecord]:
+        """Every chunk's record in source order (cut chunks' rests come last by index)."""
+        return sorted(self.records, key=lambda r: r.plan.first)
 
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> Assignment | Wait | JobDone:

@@ -221,12 +221,27 @@ class Journal:
                     (os.path.basename(file), digest, bytes_out, bytes_in, peer, encode_s,
                      chunk))
 
+    def chunk_split(self, chunk: int, frames: int, rest: int, first: int, rest_frames: int
+                    ) -> None:
+        """The scheduler cut a pending chunk: it keeps ``frames``, a new chunk ``rest``
+        starting at frame ``first`` takes the rest (one transaction: the plan stays whole)."""
+        t0 = time.perf_counter()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("UPDATE chunks SET frames = ? WHERE idx = ?", (frames, chunk))
+            self.db.execute("INSERT INTO chunks(idx, first, frames) VALUES (?, ?, ?)",
+                            (rest, first, rest_frames))
+        self.writes += 1
+        self.write_s += time.perf_counter() - t0
+
     def chunk_lost(self, chunk: int) -> None:
         self._write("UPDATE chunks SET state = 'pending', file = NULL, digest = NULL "
                     "WHERE idx = ?", (chunk,))
 
     # -- reads -----------------------------------------------------------------------------
     def plan(self) -> list[tuple[int, int]]:
+        """(first frame, frames) of every chunk, by index: in source order only until a
+        chunk has been cut (its rest is a new chunk at the end)."""
         return [(f, n) for f, n in self.db.execute(
             "SELECT first, frames FROM chunks ORDER BY idx")]
 

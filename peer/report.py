@@ -18,7 +18,7 @@ __all__ = ["build_report"]
 def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
     chunks = []
     peers: dict[str, dict[str, Any]] = {}
-    for rec in server.records:
+    for rec in server.in_order():  # source order: a cut chunk's rest has a later index
         c = server.job.chunks[rec.plan.index]
         chunks.append({
             "index": rec.plan.index, "start_s": round(rec.plan.start_s, 6),

@@ -357,3 +357,37 @@ def test_illegal_transition_raises() -> None:
         job.chunks[0].move(ChunkState.PENDING)  # done is final
     with pytest.raises(LocalProtocolError):
         Job([])
+
+
+# -- pieces: a planned chunk cut to a claimer's share -------------------------------------
+def test_split_plan_is_the_plan_of_both_pieces_and_offsets_are_inner_keyframes() -> None:
+    from chunker.plan import cut_offsets, plans_from_cuts, split_plan
+
+    v = _video(300, keys=(0, 25, 50, 75, 100, 150, 175, 200, 250, 275))
+    plans = plans_from_cuts(v, 0.5, [0, 100, 200])
+    assert [cut_offsets(v, p) for p in plans] == [[25, 50, 75], [50, 75], [50, 75]]
+    head, rest = split_plan(v, 0.5, plans[1], 50, 3)
+    whole = plans_from_cuts(v, 0.5, [0, 100, 150, 200])
+    assert head == whole[1]
+    assert rest == replace(whole[2], index=3)
+    assert head.span_s == pytest.approx(2.0) and rest.first == 150 and rest.frames == 50
+    last_head, last_rest = split_plan(v, 0.5, plans[2], 75, 4)
+    assert last_rest.span_s is None and last_head.span_s == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        split_plan(v, 0.5, plans[1], 100, 3)
+
+
+def test_resume_replans_cut_chunks_with_their_journalled_indices() -> None:
+    from chunker.plan import plans_from_cuts, plans_from_rows
+
+    v = _video(300)
+    # As the journal holds them after chunk 0 was cut at 50 (its rest became chunk 3).
+    rows = [(0, 50), (100, 100), (200, 100), (50, 50)]
+    plans = plans_from_rows(v, 0.0, rows)
+    assert [(p.index, p.first, p.frames) for p in plans] == [
+        (0, 0, 50), (1, 100, 100), (2, 200, 100), (3, 50, 50)]
+    assert plans[3] == replace(plans_from_cuts(v, 0.0, [0, 50, 100, 200])[1], index=3)
+    with pytest.raises(ValueError):  # a gap: chunk 3 lost its row
+        plans_from_rows(v, 0.0, rows[:3])
+    with pytest.raises(ValueError):  # an overlap
+        plans_from_rows(v, 0.0, [(0, 60), (50, 250)])

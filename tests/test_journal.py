@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -183,4 +184,56 @@ def test_fresh_ignores_the_journal_and_jobs_clean_removes_it(tmp_path: Path) -> 
     _encode_until(tmp_path, "chunk_done", 3)
     report, _ = _rerun(tmp_path, "--fresh")
     assert report["resumed_chunks"] == [] and report["journal"]["run"] >= 1
+    _check_output(tmp_path, src)
+
+
+def test_cut_chunks_are_journalled_merged_in_order_and_resumed(tmp_path: Path) -> None:
+    """The default plan lets the scheduler cut chunks at keyframes (here in the opening
+    round: the plan counted a --peer that never comes, so the first claims take at most a
+    sixth of the work each). Each piece is planned, verified and journalled; the merge
+    puts them in source order; a SIGKILLed run resumes with the journalled pieces."""
+    src = tmp_path / "in.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=25:duration=24", "-f", "lavfi", "-i",
+                    "sine=duration=24", "-c:v", "libx264", "-preset", "veryfast", "-g", "25",
+                    "-c:a", "aac", str(src)], check=True, timeout=120)
+    # Port 1 on loopback: nobody listens; the job counts it as a slot all the same.
+    cmd = [*SWARM, "encode", "in.mp4", "-o", "out.mp4", "-p", "480p", "-w", "2",
+           "--no-mdns", "--peer", "127.0.0.1:1", "--json", "--report", "r.json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    planned, done = 0, 0
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            e = json.loads(line)
+            planned = e["chunks"] if e["event"] == "job_start" else planned
+            done += e["event"] == "chunk_done"
+            if done >= 2:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wd = work_dir_for(str(tmp_path / "out.mp4"))
+    db = sqlite3.connect(wd / "journal.sqlite")
+    rows = db.execute("SELECT idx, first, frames, state FROM chunks ORDER BY first").fetchall()
+    db.close()
+    assert planned == 3 and len(rows) > planned  # cut, and the pieces journalled
+    assert [r[1] for r in rows] == [0, *itertools.accumulate(r[2] for r in rows[:-1])]
+    assert sum(r[2] for r in rows) == 600
+    assert min(r[2] for r in rows) >= 50  # MIN_PIECE_S at 25 fps
+    kept = {r[0] for r in rows if r[3] == "done"}
+    assert len(kept) >= 2
+    res = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["resumed_chunks"]) == kept
+    chunks = report["chunks"]  # in source order
+    assert [c["start_s"] for c in chunks] == sorted(c["start_s"] for c in chunks)
+    assert sum(c["frames"] for c in chunks) == 600 and len(chunks) >= len(rows)
     _check_output(tmp_path, src)
