@@ -33,6 +33,7 @@ from swarm.events import (
     ChunkLost,
     ChunkProgress,
     ChunkRequeued,
+    ChunkSplit,
     ChunkStart,
     ChunkUpload,
     JobEvent,
@@ -187,6 +188,7 @@ class JobServer:
         self.records.append(_ChunkRecord(tail))
         if self.journal is not None:
             self.journal.chunk_split(chunk, head.frames, rest, tail.first, tail.frames)
+        self.emit(ChunkSplit(chunk, head.frames, rest, tail.frames))
 
     def in_order(self) -> list[_ChunkRecord]:
         """Every chunk's record in source order (cut chunks' rests come last by index)."""

@@ -32,6 +32,7 @@ from swarm.events import (
     ChunkLost,
     ChunkProgress,
     ChunkRequeued,
+    ChunkSplit,
     ChunkStart,
     ChunkUpload,
     HlsBehind,
@@ -211,6 +212,13 @@ class JobView:
                 self.kept = e.chunks_kept
                 self.frames_done = self.kept_frames = e.frames_done
                 self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
+            case ChunkSplit():
+                # One cell per chunk: the cut chunk's rest gets its own, pending.
+                grow = e.rest + 1 - len(self.chunk_state)
+                if grow > 0:
+                    self.chunk_state += ["pending"] * grow
+                    self.chunk_peer += [""] * grow
+                    self.chunk_frames += [0] * grow
             case ChunkStart(chunk=c):
                 holder = self.peer(e.peer)
                 holder.remote = e.remote

@@ -18,8 +18,8 @@ from typing import ClassVar
 
 __all__ = [
     "AudioDone", "AudioStart", "ChunkDone", "ChunkDuplicate", "ChunkFailed", "ChunkLost",
-    "ChunkProgress", "ChunkRequeued", "ChunkStart", "ChunkUpload", "HlsBehind", "HlsEnd",
-    "HlsSegment", "JobEnd", "JobEvent",
+    "ChunkProgress", "ChunkRequeued", "ChunkSplit", "ChunkStart", "ChunkUpload", "HlsBehind",
+    "HlsEnd", "HlsSegment", "JobEnd", "JobEvent",
     "JobJoined", "JobLeft", "JobResumed", "JobStart", "Listening", "Merge", "NoPeers",
     "NodeEvent", "NodeUp", "PeerBenched", "PeerForeign", "PeerJoined", "PeerLeft",
     "PeerUnreachable", "PyzReady",
@@ -147,6 +147,18 @@ class ChunkRequeued:
     attempt: str
     peer: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSplit:
+    """A pending chunk cut to its claimer's share (``swarm.scheduler``, item 4): it keeps
+    its first ``frames``; a new chunk ``rest`` holds the other ``rest_frames``."""
+
+    kind: ClassVar[str] = "chunk_split"
+    chunk: int
+    frames: int
+    rest: int
+    rest_frames: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +290,10 @@ class JobEnd:
 
 
 JobEvent = (JobStart | Tracks | JobResumed | Listening | ChunkStart | ChunkProgress
-            | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkDuplicate
-            | ChunkLost | PeerBenched | PeerJoined | PeerLeft | PeerForeign | PeerUnreachable
-            | NoPeers | AudioStart | AudioDone | HlsSegment | HlsBehind | HlsEnd | Merge | JobEnd)
+            | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkSplit
+            | ChunkDuplicate | ChunkLost | PeerBenched | PeerJoined | PeerLeft | PeerForeign
+            | PeerUnreachable | NoPeers | AudioStart | AudioDone | HlsSegment | HlsBehind
+            | HlsEnd | Merge | JobEnd)
 
 
 # -- a node, as `swarm join` sees it --------------------------------------------------------

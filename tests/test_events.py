@@ -25,6 +25,7 @@ JSON_FIELDS: dict[type, tuple[str, ...]] = {
     ev.ChunkDone: ("chunk", "attempt", "peer", "encode_s", "frames", "frames_done"),
     ev.ChunkFailed: ("chunk", "attempt", "peer", "reason", "requeued", "fate", "benched"),
     ev.ChunkRequeued: ("chunk", "attempt", "peer", "reason"),
+    ev.ChunkSplit: ("chunk", "frames", "rest", "rest_frames"),
     ev.ChunkDuplicate: ("chunk", "attempt", "peer"),
     ev.ChunkLost: ("chunk", "reason"),
     ev.PeerBenched: ("peer", "reason"),
