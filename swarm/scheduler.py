@@ -363,8 +363,8 @@ class Scheduler:
             return
         ps.seen, ps.silent = now, False
         frames = self.frames[a.chunk]
-        if a.frames_done >= PROGRESS_TRUST * frames and now > a.first_progress:
-            live = a.frames_done / (now - a.first_progress) * a.work / frames
+        if a.frames_done >= PROGRESS_TRUST * frames and now > self._began(a):
+            live = a.frames_done / (now - self._began(a)) * a.work / frames
             if live < ps.speed:
                 # Slower than believed (a benchmark 3x too kind, a throttled phone): act on
                 # it now rather than after the chunk; faster only counts once finished.
@@ -393,6 +393,18 @@ class Scheduler:
 
     def _peer_changed(self, ps: PeerState, now: float) -> None:
         """Estimates of this peer's attempts may have moved."""
+
+    @staticmethod
+    def _began(a: Attempt) -> float:
+        """When ``a``'s frames began to count (after its first report: see the caller).
+
+        A chunk claimed by an idle slot starts at once (streamed), and its first report,
+        a second later, already counts that second's frames: rates taken from the first
+        report on came out up to twice too fast early in a chunk (bench/hetero: a prefetch
+        sized 16 s before its slot was free). A prefetched one reports 0 frames as it
+        starts (peer/worker.py), so its first report is its start."""
+        assert a.first_progress is not None
+        return a.first_progress if a.queued else a.started
 
     def _attempt_changed(self, a: Attempt, now: float) -> None:
         """The chunk of ``a`` may have become single-attempt again."""
@@ -606,7 +618,7 @@ class SwarmScheduler(Scheduler):
 
     def _trusted(self, a: Attempt) -> bool:
         """Do ``a``'s progress reports give its rate (see PROGRESS_TRUST)?"""
-        return (a.first_progress is not None and a.last_progress > a.first_progress
+        return (a.first_progress is not None and a.last_progress > self._began(a)
                 and a.frames_done >= PROGRESS_TRUST * self.frames[a.chunk])
 
     def _cuttable(self) -> bool:
@@ -796,8 +808,8 @@ class SwarmScheduler(Scheduler):
         reports are trusted they say it all: they count both limits."""
         frames = self.frames[a.chunk]
         if (a.first_progress is not None and a.frames_done >= PROGRESS_TRUST * frames
-                and a.last_progress > a.first_progress):
-            rate = a.frames_done / (a.last_progress - a.first_progress)
+                and a.last_progress > self._began(a)):
+            rate = a.frames_done / (a.last_progress - self._began(a))
             return a.last_progress + (frames - a.frames_done) / rate
         if a.first_progress is not None:
             start = a.first_progress
