@@ -27,7 +27,8 @@ state and calls the hooks below whenever an attempt is handed out, reports progr
    the plan expected (``expected_slots``) at the mean known speed, and a claim then takes
    at most W / (2 x slots) of the pending work W: a slow peer that happens to claim first
    must not take a third of a short job. So does a peer not measured yet among others
-   (benchmarks can be far off), and its prefetch waits for its first trusted report.
+   (benchmarks can be far off) until its reports give its rate, which its prefetch waits
+   for.
 
 Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
 then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
@@ -706,10 +707,12 @@ class SwarmScheduler(Scheduler):
         # Without this slot the others would end later by its share over their rate at E.
         others = rate - (ps.speed if ready < end else 0.0)
         without = end + share / others if others > 0 else math.inf
-        if opening or (ps.observed == 0 and devices > 1):
+        known = ps.observed > 0 or any(self._trusted(self.attempts[x]) for x in ps.attempts)
+        if opening or (not known and devices > 1):
             # Its speed against the others' is not known yet (benchmarks taken on a busy
-            # machine came out 3-15x too high, and unevenly): hedge (see item 4). The
-            # slots of one device are alike, so one device alone is not hedged.
+            # machine came out 2-15x too high, and unevenly): hedge (see item 4). Once its
+            # reports give a rate, a slower one is believed (``progressed``). The slots of
+            # one device are alike, so one device alone is not hedged.
             share = min(share, self._pending_work
                         / (OPENING_SHARE * max(slots, self.expected_slots)))
         return share, without
