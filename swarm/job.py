@@ -96,6 +96,7 @@ class Attempt:
     queued: bool = False  # prefetched: runs after what the peer already held
     first_progress: float | None = None  # "started" encoding, in scheduler terms
     last_progress: float = 0.0
+    rate_from: tuple[float, int] | None = None  # the report its rate counts from
     est_finish: float = 0.0  # the scheduler's current guess
     delivered: bool = False  # its result is in hand and being verified
 

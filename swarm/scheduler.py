@@ -97,9 +97,10 @@ class Attempt(Protocol):
     """An attempt as the scheduler sees it; ``swarm.job.Attempt`` records have this shape.
 
     The Job owns the records and the table (the scheduler never adds or removes one). The
-    scheduler reads the first group of fields and owns the last three: when progress first
-    and last came, and its finish estimate. Declared here, so the scheduler needs nothing
-    from ``swarm.job`` (which builds on it) and the two do not import each other.
+    scheduler reads the first group of fields and owns the last four: when progress first
+    and last came, the report its rate counts from, and its finish estimate. Declared here,
+    so the scheduler needs nothing from ``swarm.job`` (which builds on it) and the two do
+    not import each other.
     """
 
     id: str
@@ -112,6 +113,7 @@ class Attempt(Protocol):
     # Written by the scheduler only:
     first_progress: float | None
     last_progress: float
+    rate_from: tuple[float, int] | None  # (time, frames) of the first trusted report
     est_finish: float
 
 POLICIES = ("swarm", "fifo", "equal")
@@ -364,8 +366,11 @@ class Scheduler:
             return
         ps.seen, ps.silent = now, False
         frames = self.frames[a.chunk]
-        if a.frames_done >= PROGRESS_TRUST * frames and now > self._began(a):
-            live = a.frames_done / (now - self._began(a)) * a.work / frames
+        if a.rate_from is None and a.frames_done >= PROGRESS_TRUST * frames:
+            a.rate_from = (now, a.frames_done)
+        rate = self._rate(a)
+        if rate is not None:
+            live = rate * a.work / frames
             if live < ps.speed:
                 # Slower than believed (a benchmark 3x too kind, a throttled phone): act on
                 # it now rather than after the chunk; faster only counts once finished.
@@ -396,16 +401,16 @@ class Scheduler:
         """Estimates of this peer's attempts may have moved."""
 
     @staticmethod
-    def _began(a: Attempt) -> float:
-        """When ``a``'s frames began to count (after its first report: see the caller).
-
-        A chunk claimed by an idle slot starts at once (streamed), and its first report,
-        a second later, already counts that second's frames: rates taken from the first
-        report on came out up to twice too fast early in a chunk (bench/hetero: a prefetch
-        sized 16 s before its slot was free). A prefetched one reports 0 frames as it
-        starts (peer/worker.py), so its first report is its start."""
-        assert a.first_progress is not None
-        return a.first_progress if a.queued else a.started
+    def _rate(a: Attempt) -> float | None:
+        """Frames/s from ``a``'s reports, counted from its first report past PROGRESS_TRUST
+        (None until a later one). Not from its start: ffmpeg counts a frame as done when
+        it enters the encoder, and x264's lookahead takes its first 40-odd frames at once,
+        so rates from the start came out twice too fast early in a chunk (bench/hetero: a
+        prefetch was sized 16 s before its slot was free)."""
+        if a.rate_from is None or a.last_progress <= a.rate_from[0]:
+            return None
+        t, n = a.rate_from
+        return max(0, a.frames_done - n) / (a.last_progress - t) or None
 
     def _attempt_changed(self, a: Attempt, now: float) -> None:
         """The chunk of ``a`` may have become single-attempt again."""
@@ -619,8 +624,7 @@ class SwarmScheduler(Scheduler):
 
     def _trusted(self, a: Attempt) -> bool:
         """Do ``a``'s progress reports give its rate (see PROGRESS_TRUST)?"""
-        return (a.first_progress is not None and a.last_progress > self._began(a)
-                and a.frames_done >= PROGRESS_TRUST * self.frames[a.chunk])
+        return self._rate(a) is not None
 
     def _cuttable(self) -> bool:
         """Can any of the chunks next in line be cut?"""
@@ -810,9 +814,8 @@ class SwarmScheduler(Scheduler):
         prefetch never before its source has arrived (downloaded from the claim on). Once
         reports are trusted they say it all: they count both limits."""
         frames = self.frames[a.chunk]
-        if (a.first_progress is not None and a.frames_done >= PROGRESS_TRUST * frames
-                and a.last_progress > self._began(a)):
-            rate = a.frames_done / (a.last_progress - self._began(a))
+        rate = self._rate(a)
+        if rate is not None:
             return a.last_progress + (frames - a.frames_done) / rate
         if a.first_progress is not None:
             start = a.first_progress

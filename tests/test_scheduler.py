@@ -105,7 +105,9 @@ def test_a_slower_live_rate_is_believed_before_the_chunk_ends() -> None:
     job.add_peer("p", 10.0, 0.0)
     a = _assign(job.claim("p", 0.0))
     job.progress(a.attempt, 0, 0.0)
-    job.progress(a.attempt, 20, 10.0)  # 2 frames/s, not 10
+    job.progress(a.attempt, 20, 10.0)  # the rate counts from here (see _rate)
+    assert job.speed("p") == 10.0
+    job.progress(a.attempt, 40, 20.0)  # 2 frames/s, not 10
     assert job.speed("p") == pytest.approx(2.0)
     job.set_speed("p", 7.0)
     assert job.speed("p") == 7.0
@@ -254,7 +256,9 @@ def test_unmeasured_devices_take_small_pieces_and_prefetch_once_reports_are_trus
     assert job.chunks[fast.chunk].frames == 60  # <= 450 / 6
     # It should be free at 20 s by its benchmark (3 frames/s), but nothing confirms that.
     assert isinstance(job.claim("fast", 18.0, prefetch=True), Retry)
-    assert job.progress(fast.attempt, 0, 1.0) and job.progress(fast.attempt, 54, 18.0)
+    assert job.progress(fast.attempt, 0, 1.0) and job.progress(fast.attempt, 15, 6.0)
+    assert isinstance(job.claim("fast", 6.0, prefetch=True), Retry)  # one report is no rate
+    assert job.progress(fast.attempt, 51, 18.0)  # 3 frames/s since 6 s: free at 21 s
     assert _assign(job.claim("fast", 18.0, prefetch=True)).queued  # reports agree
     # One device's slots are alike: alone, it is not hedged.
     alone = Job([150] * 3, cuts=[[30, 60, 90, 120]] * 3, min_piece=60, expected_slots=2)
