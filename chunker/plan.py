@@ -26,10 +26,12 @@ __all__ = [
     "MAX_CHUNK_S",
     "MIN_CHUNK_S",
     "MIN_PIECE_S",
+    "MIN_PIECE_SLACK",
     "MIN_SPLIT_S",
     "ChunkPlan",
     "cut_offsets",
     "default_chunk_seconds",
+    "min_piece_frames",
     "plan_chunks",
     "plans_from_cuts",
     "plans_from_rows",
@@ -49,6 +51,10 @@ MIN_CHUNK_S = 6.0
 # cost is that of its frames' pieces, and pieces this short are only made at the end of a
 # job with unequal peers (bench/hetero prints the seconds in each length).
 MIN_PIECE_S = 2.0
+# Keyframes do not sit on an exact grid (x264 also places them at scene cuts: 26 to 30
+# frames apart in bench/hetero's 1 s GOPs), so a piece may fall short of MIN_PIECE_S by
+# this share rather than leave a 4.7 s chunk that cannot be cut in two at all.
+MIN_PIECE_SLACK = 0.1
 # Never shorter than this to give every slot a chunk: a very short clip is simply cut into
 # fewer chunks than there are slots.
 MIN_SPLIT_S = 1.0
@@ -176,6 +182,11 @@ def split_plan(video: VideoInfo, format_start_s: float, plan: ChunkPlan, at: int
     return (_plan(video, format_start_s, plan.index, plan.first, cut,
                   keyframe_seek=keyframe_seek),
             _plan(video, format_start_s, index, cut, end, keyframe_seek=keyframe_seek))
+
+
+def min_piece_frames(fps: float) -> int:
+    """The shortest piece, in frames, the scheduler may cut (MIN_PIECE_S less its slack)."""
+    return max(1, round(MIN_PIECE_S * (1 - MIN_PIECE_SLACK) * fps))
 
 
 def cut_offsets(video: VideoInfo, plan: ChunkPlan) -> list[int]:

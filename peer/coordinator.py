@@ -23,10 +23,10 @@ import trio
 
 from chunker.commands import AUDIO_COPY_EXACT, video_plan
 from chunker.plan import (
-    MIN_PIECE_S,
     ChunkPlan,
     cut_offsets,
     default_chunk_seconds,
+    min_piece_frames,
     plan_chunks,
     plans_from_rows,
 )
@@ -186,7 +186,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
                            vplan=vplan, workdir=workdir, emit=emit, local_key="local",
                            journal=journal, tracks=tracks, cuts=cuts,
-                           min_piece=max(1, round(MIN_PIECE_S * fps)), expected_slots=slots)
+                           min_piece=min_piece_frames(fps),
+                           # Not the plan's floor of 2: one local slot expects nobody else.
+                           expected_slots=max(1, workers + seen + len(opts.net.peers)))
         server.peers_seen, server.chunk_s = seen, chunk_s
         if workers:
             server.add_local(_local_score(ffmpeg, opts.job.profile, opts.local.cache_dir),

@@ -225,7 +225,7 @@ def test_cut_chunks_are_journalled_merged_in_order_and_resumed(tmp_path: Path) -
     assert planned == 3 and len(rows) > planned  # cut, and the pieces journalled
     assert [r[1] for r in rows] == [0, *itertools.accumulate(r[2] for r in rows[:-1])]
     assert sum(r[2] for r in rows) == 600
-    assert min(r[2] for r in rows) >= 50  # MIN_PIECE_S at 25 fps
+    assert min(r[2] for r in rows) >= 45  # MIN_PIECE_S at 25 fps, less its slack
     kept = {r[0] for r in rows if r[3] == "done"}
     assert len(kept) >= 2
     res = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True,
