@@ -118,8 +118,9 @@ class Attempt(Protocol):
 
 POLICIES = ("swarm", "fifo", "equal")
 
-# Weight of the newest finished chunk in a peer's speed: half, so a benchmark that was 3x
-# wrong is within 1.5x after one chunk and within 1.1x after four.
+# Weight of the newest finished chunk in a peer's speed from the second on (the first
+# replaces the benchmark): half, so the estimate follows a peer that slows down or speeds up
+# within a few chunks.
 EWMA_ALPHA = 0.5
 # A peer waits only if the others would beat it by this much. Small: a chunk that ends after
 # the projected makespan stretches it one for one, but two equal peers must not both wait.
@@ -295,7 +296,10 @@ class Scheduler:
         if work <= 0 or seconds <= 0:
             return
         ps = self.peer(peer, now)
-        self.set_speed(peer, EWMA_ALPHA * (work / seconds) + (1 - EWMA_ALPHA) * ps.speed, now)
+        # The first result replaces the benchmark: on a busy machine benchmarks were off by
+        # 2-15x, and half of that left a 0.15-CPU peer looking 7x too fast (bench/hetero).
+        alpha = EWMA_ALPHA if ps.observed else 1.0
+        self.set_speed(peer, alpha * (work / seconds) + (1 - alpha) * ps.speed, now)
         ps.observed += 1
 
     def observe_transfer(self, peer: str, nbytes: float, seconds: float, now: float,
@@ -622,6 +626,10 @@ class SwarmScheduler(Scheduler):
             return Pick(chunk, queued=queued, split=rest)
         return None if queued else self._tail(ps, now)
 
+    def _known(self, ps: PeerState) -> bool:
+        """Is ``ps``'s speed its own: a result, or reports that give a rate?"""
+        return ps.observed > 0 or any(self._trusted(self.attempts[x]) for x in ps.attempts)
+
     def _trusted(self, a: Attempt) -> bool:
         """Do ``a``'s progress reports give its rate (see PROGRESS_TRUST)?"""
         return self._rate(a) is not None
@@ -684,6 +692,7 @@ class SwarmScheduler(Scheduler):
         slots = 1
         devices = 1
         measured = ps.observed > 0
+        guessed = False  # some other slot's speed is only a benchmark's (or a phantom's)
         for q in self.peers.values():
             if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
                 continue
@@ -694,7 +703,9 @@ class SwarmScheduler(Scheduler):
             slots += n
             measured = measured or q.observed > 0
             devices += q is not ps
+            guessed = guessed or (q is not ps and not self._known(q))
         opening = not measured and slots < self.expected_slots
+        guessed = guessed or opening
         if opening:
             # The opening round: peers invited with this one may not have claimed yet.
             speed = self.default_speed()
@@ -710,9 +721,10 @@ class SwarmScheduler(Scheduler):
         share = ps.speed * max(0.0, end - ready)
         # Without this slot the others would end later by its share over their rate at E.
         others = rate - (ps.speed if ready < end else 0.0)
-        without = end + share / others if others > 0 else math.inf
-        known = ps.observed > 0 or any(self._trusted(self.attempts[x]) for x in ps.attempts)
-        if opening or (not known and devices > 1):
+        # Never held back for slots whose speed is a guess: on a busy machine a 0.15-CPU
+        # peer's benchmark said 2x the 0.45-CPU one's, and it held both others idle.
+        without = end + share / others if others > 0 and not guessed else math.inf
+        if opening or (not self._known(ps) and devices > 1):
             # Its speed against the others' is not known yet (benchmarks taken on a busy
             # machine came out 2-15x too high, and unevenly): hedge (see item 4). Once its
             # reports give a rate, a slower one is believed (``progressed``). The slots of

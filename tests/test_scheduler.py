@@ -96,8 +96,8 @@ def test_speed_follows_achieved_rates() -> None:
         a = _assign(job.claim("p", t))
         t += 50.0
         assert job.succeeded(a.attempt, t)
-    speed = job.speed("p")
-    assert speed is not None and 2.0 < speed < 2.2
+    # The first result replaces the benchmark; later ones are averaged in.
+    assert job.speed("p") == pytest.approx(2.0)
 
 
 def test_a_slower_live_rate_is_believed_before_the_chunk_ends() -> None:
