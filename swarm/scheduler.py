@@ -758,9 +758,13 @@ class SwarmScheduler(Scheduler):
         mean = self._pending_work / n
         stale = now - self.absent_s
         capacity = 0
+        # Where chunks can be cut, a wrong guess costs a small piece, not a whole chunk:
+        # then nobody waits for peers whose speed is a benchmark's guess (see ``_share``).
+        known_only = self._cuttable()
         for q in self.peers.values():
             if (q is ps or q.benched or q.silent
-                    or (not q.attempts and q.seen < stale)):
+                    or (not q.attempts and q.seen < stale)
+                    or (known_only and not self._known(q))):
                 continue
             free = max(q.ready, now) if q.attempts else now
             if free < horizon:
