@@ -73,6 +73,13 @@ class _AttemptRecord:
     uploaded: int = 0  # result bytes received
 
 
+# Frames an encoder holds before its first output, which ffmpeg's progress counts as done:
+# x264's rc-lookahead is 40 at "medium" (30-60 across our presets; x265 and SVT-AV1 hold
+# similar). bench/hetero: a 0.15-CPU peer's chunk ended 5-7 s after its reports reached
+# its last frame, and a prefetch sized on those reports ran alone at the end.
+ENCODER_PIPELINE_FRAMES = 40
+
+
 @dataclass(slots=True)
 class _ChunkRecord:
     plan: ChunkPlan
@@ -105,7 +112,8 @@ class JobServer:
         self.local_key = local_key
         self.job = Job([p.frames for p in plans], lease_s=opts.tuning.timings.lease_s,
                        pixels=vplan.width * vplan.height, policy=opts.tuning.policy,
-                       cuts=cuts, min_piece=min_piece, expected_slots=expected_slots)
+                       cuts=cuts, min_piece=min_piece, expected_slots=expected_slots,
+                       pipeline_frames=ENCODER_PIPELINE_FRAMES)
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []

@@ -181,6 +181,9 @@ class Job:
     ``expected_slots``: how many encoder slots the plan was made for. A cut chunk keeps its
     index and its first frames; the rest becomes a new chunk at the end of ``chunks``
     (``Grant.split`` names it), so chunks are in source order by ``first``, not by index.
+    ``pipeline_frames``: frames an encoder takes in before its output starts, which its
+    progress reports count as done (x264's lookahead): an attempt's finish is estimated
+    that much later, or a prefetch is sized as if its slot were free seconds early.
     """
 
     def __init__(self, frames_per_chunk: Iterable[int], *, lease_s: float = 30.0,
@@ -190,7 +193,7 @@ class Job:
                  source_bytes: Iterable[float] | None = None,
                  silent_s: float | None = None,
                  cuts: Iterable[Iterable[int]] | None = None, min_piece: int = 1,
-                 expected_slots: int = 1) -> None:
+                 expected_slots: int = 1, pipeline_frames: int = 0) -> None:
         self.chunks = []
         first = 0
         for i, n in enumerate(frames_per_chunk):
@@ -219,6 +222,7 @@ class Job:
             source_bytes=list(source_bytes) if source_bytes is not None else None,
             cuts=[list(c) for c in cuts] if cuts is not None else None, min_piece=min_piece,
             expected_slots=expected_slots)
+        self.scheduler.pipeline_frames = max(0, pipeline_frames)
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
         self._done = 0
         self._frames_done = 0

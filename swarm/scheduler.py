@@ -217,6 +217,8 @@ class Scheduler:
             raise LocalProtocolError("min_piece and expected_slots must be at least 1")
         self.min_piece = min_piece
         self.expected_slots = expected_slots
+        # Frames an encoder takes in before its output starts (``Job``'s pipeline_frames).
+        self.pipeline_frames = 0
         if cuts is not None and len(cuts) != len(self.work):
             raise LocalProtocolError("cuts: one list per chunk")
         self.cuts = [sorted(o for o in c if 0 < o < n)
@@ -832,7 +834,9 @@ class SwarmScheduler(Scheduler):
         frames = self.frames[a.chunk]
         rate = self._rate(a)
         if rate is not None:
-            return a.last_progress + (frames - a.frames_done) / rate
+            # Reports count the frames the encoder holds (its lookahead) as done already.
+            left = frames - max(0, a.frames_done - self.pipeline_frames)
+            return a.last_progress + left / rate
         if a.first_progress is not None:
             start = a.first_progress
         elif a.queued:

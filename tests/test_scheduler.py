@@ -363,3 +363,15 @@ def test_cut_pieces_complete_exactly_once_and_beat_the_whole_chunks() -> None:
     for seconds in (15.0, 60.0):
         cut, whole = (hetero_efficiency(seconds, cut=x) for x in (True, False))
         assert cut >= 0.9 and cut > whole
+
+
+def test_finish_estimates_count_the_frames_the_encoder_still_holds() -> None:
+    """ffmpeg counts a frame done when it enters the encoder: x264's lookahead takes ~40 at
+    once, which come out only at the end."""
+    for pipeline, finish in ((0, 15.0), (40, 19.0)):
+        job = Job([200], pipeline_frames=pipeline)
+        job.add_peer("p", 10.0, 0.0)
+        a = _assign(job.claim("p", 0.0))
+        job.progress(a.attempt, 60, 1.0)  # the lookahead's burst: the rate counts from here
+        job.progress(a.attempt, 80, 3.0)  # 10 frames/s
+        assert job.attempts[a.attempt].est_finish == pytest.approx(finish)
