@@ -224,6 +224,8 @@ class Scheduler:
         self.cuts = [sorted(o for o in c if 0 < o < n)
                      for c, n in zip(cuts, self.frames, strict=True)
                      ] if cuts is not None else [[] for _ in self.work]
+        # Once, not per claim: a scan of 16 000 chunks' cut lists made claims 6x dearer.
+        self._can_cut = any(self.cuts)
         # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
         self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
             [0.0] * len(self.work))
@@ -642,7 +644,7 @@ class SwarmScheduler(Scheduler):
 
     def _opening(self) -> bool:
         """Fewer slots have claimed than the plan expects, and none has a result yet."""
-        if not any(c for c in self.cuts):
+        if not self._can_cut:
             return False  # nothing will be cut: the plan as it was
         live = [q for q in self.peers.values() if not q.benched]
         return (sum(q.slots for q in live) < self.expected_slots
