@@ -180,9 +180,10 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                                                    workdir)
         # The default plan follows the swarm: the scheduler may cut a chunk at its
         # keyframes to fit a claimer's share (swarm.scheduler, item 4). A length the user
-        # chose is kept.
+        # chose is kept, and so is an --hls plan: its publisher fixes the segments (their
+        # indices, starts and spans) from the plan before the first chunk is in.
         cuts = ([cut_offsets(info.video, p) for p in plans]
-                if opts.job.chunk_seconds is None else None)
+                if opts.job.chunk_seconds is None and opts.job.hls is None else None)
         server = JobServer(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans,
                            vplan=vplan, workdir=workdir, emit=emit, local_key="local",
                            journal=journal, tracks=tracks, cuts=cuts,
