@@ -21,7 +21,7 @@ from chunker.plan import CHUNKS_PER_SLOT, MAX_CHUNK_S, MIN_CHUNK_S
 from screens.sinks import JsonLines, Live, Plain, join_plain, print_summary
 from swarm.config import DEFAULT_TIMINGS, Environment, Timings
 from swarm.errors import SwarmError, UsageError
-from swarm.events import JobEvent, JobStart, Tracks
+from swarm.events import BatchEnd, JobEvent, JobStart, Tracks
 
 # The order `swarm --help` lists the commands in: the everyday ones first, then the tools.
 # typer (0.29, its vendored click too) lists them as registered, i.e. in source order; a
@@ -296,6 +296,135 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     return out
 
 
+def _run_batch(inputs: list[str], profile: str, output: str | None, report: str | None,
+               quiet: bool, *, local: Any = None, net: Any = None, as_json: bool = False,
+               report_html: str | None = None, lease_s: float | None = None,
+               hls: str | None = None, **intent: Any) -> int:
+    """Several inputs or a directory (peer.batch); returns the exit code: 1 if a file
+    failed. ``--report`` is one JSON for the batch with a section per file."""
+    import platform
+    import time
+
+    from peer.batch import find_inputs, run_batch
+    from peer.coordinator import output_container
+    from peer.host import default_workers
+    from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+    from peer.recruit import parse_peer
+    from profiles import load_profile
+    from screens.batch_view import BatchLines, BatchView
+    from swarm.batch import Planned, plan
+    from swarm.events import BatchStart
+
+    local = local or LocalSettings()
+    net = net or NetworkSettings()
+    prof = load_profile(profile)
+    out_dir = None
+    if output is not None:
+        if (os.path.exists(output) and not os.path.isdir(output)) or (
+                not os.path.isdir(output) and Path(output).suffix.lower() in _CONTAINER_EXTS):
+            raise UsageError(f"-o {output}: with several inputs or a directory, -o names a "
+                             "directory")
+        out_dir = os.path.abspath(output)
+    if report_html is not None:
+        raise UsageError("--report-html draws one file; for a batch use --report (one JSON "
+                         "with a section per file)")
+    if hls is not None:
+        raise UsageError("--hls streams one file; a batch cannot publish its files to one "
+                         "directory")
+    _check_writable("--report", report)
+    for spec in net.peers:
+        parse_peer(spec)
+    planned, skipped = plan(find_inputs(inputs), Path(profile).stem if profile.endswith(
+        ".toml") else profile, out_dir)
+    if not planned:
+        raise UsageError(f"no videos in {' '.join(inputs)}")
+    for item in planned:
+        output_container(item.output)
+    env = _environment()
+    local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
+    tuning = Tuning(env.scheduler, _timings(lease_s))
+
+    def make_opts(item: Planned) -> EncodeOptions:
+        if out_dir is not None:
+            os.makedirs(os.path.dirname(item.output), exist_ok=True)
+        return EncodeOptions(JobIntent(item.input, item.output, prof, **intent), local, net,
+                             tuning)
+
+    mode = _output_mode(quiet, as_json, env.term)
+    sink: Any = None
+    lines = BatchLines() if mode == "plain" else None
+    if mode == "live":
+        sink = Live(BatchView(local_arch=platform.machine(),
+                              local_score=_local_score(prof.name, env)))
+    elif mode == "json":
+        sink = JsonLines()
+
+    def emit(e: Any) -> None:
+        if sink is not None:
+            _tolerating_dead_pipes(sink, e)
+        elif lines is not None:
+            for line in lines.feed(e):
+                _tolerating_dead_pipes(typer.echo, line, err=True)
+
+    if mode in ("live", "plain") and net.enabled and net.secret is None:
+        typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this LAN may "
+                   "take part", err=True)
+    t0 = time.monotonic()
+    workers = 0 if local.no_local else (local.workers or default_workers())
+
+    sizes = tuple(os.path.getsize(p.input) if os.path.isfile(p.input) else 0 for p in planned)
+
+    async def main() -> list[Any]:
+        emit(BatchStart(tuple(p.input for p in planned), tuple(p.output for p in planned),
+                        sizes, tuple(skipped)))
+        results = await run_batch(planned, make_opts, emit, workers=workers)
+        emit(BatchEnd(*(sum(r.status == s for r in results)
+                        for s in ("done", "skipped", "failed")),
+                      round(time.monotonic() - t0, 3)))
+        return results
+
+    try:
+        results = _until_signal(main)
+    except KeyboardInterrupt:
+        raise _fail("interrupted; the files written so far are kept", EXIT_INTERRUPTED
+                    ) from None
+    finally:
+        if sink is not None:
+            _tolerating_dead_pipes(sink.close)
+    files = [{"input": r.input, "output": r.output, "status": r.status, "reason": r.reason,
+              "wall_s": r.report["wall_s"] if r.report else None} for r in results]
+    wall_s = round(time.monotonic() - t0, 3)
+    if report is not None:
+        doc = {"batch": {"wall_s": wall_s, "files": len(results), "skipped_by_walk": [
+            {"path": p, "reason": why} for p, why in skipped]},
+            "files": [f | {"report": r.report} for f, r in zip(files, results, strict=True)]}
+        Path(report).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    failed = [r for r in results if r.status == "failed"]
+    if isinstance(sink, JsonLines):
+        _tolerating_dead_pipes(sink.finish, {"files": files, "wall_s": wall_s})
+    else:
+        if mode == "live":
+            for p, why in skipped:
+                typer.echo(f"swarm: skipped {p} ({why})", err=True)
+            for r in results:
+                if r.status == "skipped":
+                    typer.echo(f"swarm: skipped {r.input} ({r.reason})", err=True)
+        if mode == "live":  # plain mode said it in its batch_end line
+            done = sum(r.status == "done" for r in results)
+            typer.echo(f"swarm: {done} encoded, {len(results) - done - len(failed)} skipped, "
+                       f"{len(failed)} failed in {wall_s:.1f} s", err=True)
+        for r in failed:
+            _tolerating_dead_pipes(typer.echo, f"swarm: failed: {r.input}: {r.reason}",
+                                   err=True)
+        for r in results:
+            if r.status != "failed":
+                _tolerating_dead_pipes(typer.echo, r.output)
+    return EXIT_FAILED if failed else 0
+
+
+_CONTAINER_EXTS = (".mp4", ".m4v", ".mov", ".mkv")
+
+
 def _until_signal(fn: Any, *args: Any) -> Any:
     """Run ``fn`` under trio; SIGINT/SIGTERM/SIGHUP cancel it (cleanly) and raise
     KeyboardInterrupt.
@@ -370,13 +499,16 @@ def _guarded(fn: Any, *args: Any) -> Any:
 
 @app.command()
 def encode(
-    input: Annotated[Path, typer.Argument(help="The video to encode.")],
+    input: Annotated[list[Path], typer.Argument(
+        help="The video to encode; or several, and directories (every video under them).")],
     profile: Annotated[str, typer.Option(
         "--profile", "-p", help="Built-in profile name (see `swarm profiles`) or a .toml file."
     )] = "hd",
     output: Annotated[str | None, typer.Option(
         "--output", "-o", metavar="FILE", help="Output file (.mp4, .mov, .mkv). Default: "
-        "`<stem>.<profile>.mp4` beside the input.")] = None,
+        "`<stem>.<profile>.mp4` beside the input. For several inputs or a directory: a "
+        "directory, where each output keeps its path relative to its directory argument.")
+    ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace the output if it exists (without it, an existing file is "
         "left alone and the command fails).")] = False,
@@ -454,13 +586,20 @@ def encode(
     written under a temporary name and renamed only after it verified; on any failure or
     Ctrl-C nothing is left behind. After a crash (power loss, SIGKILL) running the same
     command again resumes: chunks whose files still verify are kept (see `swarm jobs`).
+
+    Several inputs, or a directory (walked recursively for videos), make a batch: the files
+    are encoded one after the other on the same swarm, the next one starting while the
+    last one finishes. A file that fails does not stop the others (the exit code is 1);
+    a rerun skips the outputs that exist and verify, and resumes a crashed file.
     """
     from peer.options import LocalSettings, NetworkSettings
 
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
+    batch = len(input) > 1 or input[0].is_dir()
     out = _guarded(partial(
-        _run_encode, str(input), profile, output, report, quiet,
+        _run_batch if batch else _run_encode, [str(p) for p in input] if batch else str(input[0]),
+        profile, output, report, quiet,
         local=LocalSettings(workers=workers, no_local=no_local),
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
@@ -469,6 +608,8 @@ def encode(
         chunk_seconds=chunk_seconds,
         upscale=upscale, fresh=fresh, force=force, audio=audio.value,
         subtitles=subtitles.value, hls=hls))
+    if batch:
+        raise typer.Exit(out)
     if not as_json:
         _tolerating_dead_pipes(typer.echo, out)
 

@@ -40,6 +40,7 @@ from swarm.liveness import stalled
 from swarm.verdict import BENCH_GRACE_S, nobody_left
 
 from . import media
+from .gate import Share
 from .hls import HLS_CHUNK_S, HlsPublisher, check_hls_dir, hls_publisher
 from .hls import publish as publish_hls
 from .host import default_workers
@@ -119,9 +120,10 @@ def _refuse_overwrite(opts: EncodeOptions, ours: str | None = None) -> str | Non
     return stamp
 
 
-async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lambda e: None
-                     ) -> dict[str, Any]:
-    """Encode one file; returns the report. Raises SwarmError subclasses on failure."""
+async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lambda e: None,
+                     share: Share | None = None) -> dict[str, Any]:
+    """Encode one file; returns the report. Raises SwarmError subclasses on failure.
+    ``share``: this file's place at a batch's gate for the local slots (``peer.batch``)."""
     t_start = trio.current_time()
     container, outdir = _check_paths(opts)
     ours = _refuse_overwrite(opts)
@@ -218,14 +220,14 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         # is in.
         async with trio.open_nursery() as services:
             if audio_file is not None:
-                services.start_soon(audio_when_idle, server, audio_file)
+                services.start_soon(audio_when_idle, server, audio_file, share)
             if hls is not None:
                 services.start_soon(publish_hls, hls, server, audio_file,
                                     opts.job.profile.audio.codec)
                 # A stream needs its audio from the first segment on: encode it at once.
                 server.core_idle.set()
             encoders: trio.CancelScope = await services.start(
-                _encoders, server, opts, ffmpeg, emit, workers, threads)
+                _encoders, server, opts, ffmpeg, emit, workers, threads, share)
             await _watch(server, workers, opts)
             if opts.net.enabled and server.last_done_remote:
                 # Let the reply to the last result reach its peer before the server stops.
@@ -261,7 +263,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
 
 
 async def _encoders(server: JobServer, opts: EncodeOptions, ffmpeg: FFmpeg,
-                    emit: Callable[[JobEvent], None], workers: int, threads: int, *,
+                    emit: Callable[[JobEvent], None], workers: int, threads: int,
+                    share: Share | None, *,
                     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
                     ) -> None:
     """Everything that encodes chunks: with networking, this job's node (peers claim from
@@ -279,7 +282,7 @@ async def _encoders(server: JobServer, opts: EncodeOptions, ffmpeg: FFmpeg,
             emit(Listening(node.port))
             nursery.start_soon(recruit, server, node, opts, emit)
         for slot in range(workers):
-            nursery.start_soon(local_slot, server, slot, threads)
+            nursery.start_soon(local_slot, server, slot, threads, share)
         task_status.started(nursery.cancel_scope)
 
 

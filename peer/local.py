@@ -17,6 +17,7 @@ from swarm.events import AudioDone, AudioStart
 from swarm.job import Finished, Grant, Retry
 
 from . import media
+from .gate import Share
 from .jobserver import JobServer
 from .proc import run_ffmpeg
 from .transfer import unlink
@@ -29,33 +30,78 @@ log = logging.getLogger(__name__)
 WRITE_BATCH = 1 << 20
 
 
-async def local_slot(server: JobServer, slot: int, threads: int) -> None:
+async def local_slot(server: JobServer, slot: int, threads: int, share: Share | None = None
+                     ) -> None:
     """One local encoder slot: claim, encode to a file, hand it to the server; until done.
 
     The slot claims its next chunk while the last one is being verified: the check (a full
     decode, ~5 % of the encode's CPU) would otherwise leave a core idle after every chunk.
+    In a batch (``share``) the slot holds a token of the batch's gate from its claim to the
+    end of its chunk, and lets an earlier file's slot go first between chunks.
     """
     job = server.job
-    async with trio.open_nursery() as checks:
-        while True:
-            action = server.claim(server.local_key, trio.current_time())
-            if isinstance(action, Finished):
-                return
-            if isinstance(action, Retry):
-                server.core_idle.set()
-                if server.local_key in job.benched:
+    holding = False
+    try:
+        async with trio.open_nursery() as checks:
+            while True:
+                if share is not None and not holding:
+                    await share.acquire()
+                    holding = True
+                action = server.claim(server.local_key, trio.current_time())
+                if isinstance(action, Finished):
                     return
-                await trio.sleep(action.retry_after_s)
-                continue
-            encoded = await _encode_local(server, action, threads)
-            if encoded is not None:
-                checks.start_soon(server.accept, action.attempt, *encoded)
+                if isinstance(action, Retry):
+                    server.core_idle.set()
+                    if server.local_key in job.benched:
+                        return
+                    if share is not None:
+                        holding = False
+                        share.release()  # nothing to do here: another file may use it
+                    await trio.sleep(action.retry_after_s)
+                    continue
+                encoded = await _encode_local(server, action, threads)
+                if encoded is not None:
+                    checks.start_soon(server.accept, action.attempt, *encoded)
+                if share is not None:
+                    holding = False
+                    await share.yield_to_earlier()
+                    holding = True
+    finally:
+        if holding and share is not None:
+            share.release()
 
 
-async def audio_when_idle(server: JobServer, out: str) -> None:
+async def audio_when_idle(server: JobServer, out: str, share: Share | None = None) -> None:
     """Encode the audio beside the chunks once a core is free, so that the merge after the
-    last chunk only copies (on one node the tail leaves a core idle for about a chunk)."""
-    await server.core_idle.wait()
+    last chunk only copies (on one node the tail leaves a core idle for about a chunk).
+    In a batch the audio also starts when the gate gives it a token, which it holds while
+    it runs: then it overlaps an earlier file's tail."""
+    holding = False
+    try:
+        if share is None:
+            await server.core_idle.wait()
+        else:
+            async with trio.open_nursery() as race:
+
+                async def via_gate() -> None:
+                    nonlocal holding
+                    await share.acquire()
+                    holding = True
+                    race.cancel_scope.cancel()
+
+                async def via_idle() -> None:
+                    await server.core_idle.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(via_gate)
+                race.start_soon(via_idle)
+        await _encode_audio(server, out)
+    finally:
+        if holding and share is not None:
+            share.release()
+
+
+async def _encode_audio(server: JobServer, out: str) -> None:
     server.emit(AudioStart())
     t = trio.current_time()
     await media.encode_audio(server.ffmpeg, server.info, server.opts.job.profile, server.tracks,

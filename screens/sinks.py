@@ -17,6 +17,7 @@ import typer
 
 from swarm.events import (
     AudioDone,
+    BatchEnd,
     ChunkDone,
     ChunkFailed,
     ChunkRequeued,
@@ -131,7 +132,7 @@ class JsonLines:
 
     def __call__(self, e: Event) -> None:
         line = as_json(e, round(self.clock() - self.t0, 3))
-        if isinstance(e, JobEnd):
+        if isinstance(e, JobEnd | BatchEnd):
             self.held = line
             return
         sys.stdout.write(json.dumps(line) + "\n")

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 __all__ = [
-    "AudioDone", "AudioStart", "ChunkDone", "ChunkDuplicate", "ChunkFailed", "ChunkLost",
-    "ChunkProgress", "ChunkRequeued", "ChunkSplit", "ChunkStart", "ChunkUpload", "HlsBehind",
-    "HlsEnd", "HlsSegment", "JobEnd", "JobEvent",
+    "AudioDone", "AudioStart", "BatchEnd", "BatchEvent", "BatchStart", "ChunkDone",
+    "ChunkDuplicate", "ChunkFailed", "ChunkLost", "ChunkProgress", "ChunkRequeued",
+    "ChunkSplit", "ChunkStart", "ChunkUpload", "FileDone", "FileFailed", "FileSkipped",
+    "FileStart", "HlsBehind", "HlsEnd", "HlsSegment", "InFile", "JobEnd", "JobEvent",
     "JobJoined", "JobLeft", "JobResumed", "JobStart", "Listening", "Merge", "NoPeers",
     "NodeEvent", "NodeUp", "PeerBenched", "PeerForeign", "PeerJoined", "PeerLeft",
     "PeerUnreachable", "PyzReady",
@@ -296,6 +297,77 @@ JobEvent = (JobStart | Tracks | JobResumed | Listening | ChunkStart | ChunkProgr
             | HlsEnd | Merge | JobEnd)
 
 
+# -- a batch: `swarm encode` of several files (peer.batch) ------------------------------------
+@dataclass(frozen=True, slots=True)
+class BatchStart:
+    """The files of a batch in the order they run; ``skipped``: what the walk left out,
+    each ``[path, why]`` (not a video by its name, an output of this batch...)."""
+
+    kind: ClassVar[str] = "batch_start"
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    sizes: tuple[int, ...]  # of the inputs, in bytes: what the overall ETA weighs by
+    skipped: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FileStart:
+    kind: ClassVar[str] = "file_start"
+    file: int  # its index in BatchStart.inputs
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class InFile:
+    """An event of one file of a batch; its JSON line is the event's own with ``file``."""
+
+    kind: ClassVar[str] = "in_file"
+    file: int
+    event: JobEvent
+
+
+@dataclass(frozen=True, slots=True)
+class FileSkipped:
+    """Not encoded: its output exists and verified (a rerun), or it has no video."""
+
+    kind: ClassVar[str] = "file_skipped"
+    file: int
+    input: str
+    output: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileDone:
+    kind: ClassVar[str] = "file_done"
+    file: int
+    input: str
+    output: str
+    wall_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileFailed:
+    kind: ClassVar[str] = "file_failed"
+    file: int
+    input: str
+    output: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEnd:
+    kind: ClassVar[str] = "batch_end"
+    done: int
+    skipped: int
+    failed: int
+    wall_s: float
+
+
+BatchEvent = BatchStart | FileStart | InFile | FileSkipped | FileDone | FileFailed | BatchEnd
+
+
 # -- a node, as `swarm join` sees it --------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class NodeUp:
@@ -357,9 +429,12 @@ class SlotEnd:
 
 NodeEvent = NodeUp | PyzReady | JobJoined | JobLeft | SlotStart | SlotProgress | SlotEnd
 
-Event = JobEvent | NodeEvent
+Event = JobEvent | NodeEvent | BatchEvent
 
 
 def as_json(event: Event, t: float) -> dict[str, object]:
-    """The JSON line of ``--json``: ``event`` (the kind), ``t``, then the fields in order."""
+    """The JSON line of ``--json``: ``event`` (the kind), ``t``, then the fields in order.
+    A batch file's event is its own line with ``file`` (its index) after ``t``."""
+    if isinstance(event, InFile):
+        return {"event": event.event.kind, "t": t, "file": event.file} | asdict(event.event)
     return {"event": event.kind, "t": t} | asdict(event)
