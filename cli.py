@@ -378,8 +378,8 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
         emit(BatchStart(tuple(p.input for p in planned), tuple(p.output for p in planned),
                         sizes, tuple(skipped)))
         results = await run_batch(planned, make_opts, emit, workers=workers)
-        emit(BatchEnd(*(sum(r.status == s for r in results)
-                        for s in ("done", "skipped", "failed")),
+        count = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        emit(BatchEnd(count["done"], count["skipped"], count["failed"],
                       round(time.monotonic() - t0, 3)))
         return results
 
@@ -413,12 +413,11 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
             done = sum(r.status == "done" for r in results)
             typer.echo(f"swarm: {done} encoded, {len(results) - done - len(failed)} skipped, "
                        f"{len(failed)} failed in {wall_s:.1f} s", err=True)
-        for r in failed:
-            _tolerating_dead_pipes(typer.echo, f"swarm: failed: {r.input}: {r.reason}",
-                                   err=True)
         for r in results:
             if r.status != "failed":
                 _tolerating_dead_pipes(typer.echo, r.output)
+    for r in failed:  # last, on stderr, whatever the mode: what needs the user's attention
+        _tolerating_dead_pipes(typer.echo, f"swarm: failed: {r.input}: {r.reason}", err=True)
     return EXIT_FAILED if failed else 0
 
 
@@ -597,9 +596,10 @@ def encode(
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
     batch = len(input) > 1 or input[0].is_dir()
+    run: Any = partial(_run_batch, [str(p) for p in input]) if batch else partial(
+        _run_encode, str(input[0]))
     out = _guarded(partial(
-        _run_batch if batch else _run_encode, [str(p) for p in input] if batch else str(input[0]),
-        profile, output, report, quiet,
+        run, profile, output, report, quiet,
         local=LocalSettings(workers=workers, no_local=no_local),
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
