@@ -35,7 +35,7 @@ __all__ = ["BatchLines", "BatchView"]
 # Lines the batch header takes: the counts and ETA, then the last files that ended.
 _HEADER_LINES = 1
 ENDED_SHOWN = 3
-# A file's dashboard below this many lines is not worth drawing: a one-line bar instead.
+# The newest file's dashboard gets at least this many lines (the terminal crops the rest).
 MIN_FILE_LINES = 12
 
 
@@ -119,18 +119,39 @@ class BatchView:
             parts.append(line)
         room = height - _HEADER_LINES - min(ENDED_SHOWN, len(self.ended))
         running = sorted(self.views)
+        # The files finishing (tail, merge) get two lines each: progress and chunk map; the
+        # newest one, which holds most of the swarm, its whole dashboard below them.
+        for i in running[:-1]:
+            view = self.views[i]
+            pct = 100 * view.shown_frames() / max(1, view.frames)
+            line = Text(no_wrap=True, overflow="ellipsis")
+            line.append(f"[{i + 1}/{len(self.state)}]", style="bold")
+            line.append(f" {view.phase} {pct:5.1f}% {view.input}")
+            parts += [line, _map_line(view, width)]
+            room -= 2
         if running:
-            each = room // len(running)
-            for i in running:
-                view = self.views[i]
-                title = Text(f"[{i + 1}/{len(self.state)}]", style="bold", no_wrap=True)
-                if each >= MIN_FILE_LINES:
-                    parts += [title, view.render(now, width, each - 1)]
-                else:
-                    pct = 100 * view.shown_frames() / max(1, view.frames)
-                    title.append(f" {view.phase} {pct:5.1f}% {view.input}", style="")
-                    parts.append(title)
+            i = running[-1]
+            title = Text(f"[{i + 1}/{len(self.state)}]", style="bold", no_wrap=True)
+            parts += [title, self.views[i].render(now, width, max(MIN_FILE_LINES, room - 1))]
         return Group(*parts)
+
+
+def _map_line(view: JobView, width: int) -> Text:
+    """A file's chunk map in one line (cut with an ellipsis), as the dashboard draws it."""
+    cells = Text(no_wrap=True, overflow="ellipsis")
+    for state, peer in zip(view.chunk_state[:width], view.chunk_peer, strict=False):
+        row = view.peers.get(peer)
+        if state == "running" and row is not None:
+            cells.append(row.letter, style=f"bold reverse {row.colour}")
+        elif state == "done" and row is not None:
+            cells.append(row.letter.lower(), style=row.colour)
+        elif state == "kept":
+            cells.append("=", style="green")
+        elif state == "retry":
+            cells.append("x", style="bold red")
+        else:
+            cells.append(".", style="dim")
+    return cells
 
 
 class BatchLines:

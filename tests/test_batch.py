@@ -277,3 +277,67 @@ def test_a_crashed_batch_resumes_its_file_from_the_journal(tmp_path: Path) -> No
     assert resumed and resumed[0]["file"] == 1 and resumed[0]["chunks_kept"] >= 3
     assert media_info(tmp_path / "b.480p.mp4").video.frames == 250
     assert not (tmp_path / ".b.480p.mp4.swarm").exists()
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+def _render(renderable: object, width: int, height: int) -> str:
+    import io
+
+    from rich.console import Console
+
+    con = Console(record=True, width=width, height=height, file=io.StringIO(),
+                  force_terminal=True)
+    con.print(renderable)
+    return con.export_text()
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (160, 40)])
+def test_the_batch_dashboard_shows_files_eta_and_the_running_files_chunk_maps(
+        width: int, height: int) -> None:
+    from screens.batch_view import BatchLines, BatchView
+    from swarm.events import (
+        BatchStart,
+        ChunkDone,
+        FileDone,
+        FileFailed,
+        FileStart,
+        Merge,
+    )
+
+    view, lines = BatchView(local_arch="x86_64"), BatchLines()
+    inputs = tuple(f"/v/clip{i}.mp4" for i in range(5))
+    events: list[tuple[float, object]] = [
+        (0.0, BatchStart(inputs, tuple(p.replace(".mp4", ".hd.mp4") for p in inputs),
+                         (100,) * 5, (("/v/notes.txt", "not a video by its name"),))),
+        (0.1, FileStart(0, inputs[0], "o0")), (0.2, InFile(0, _start(chunks=4, workers=2))),
+    ]
+    for c in range(4):
+        events += [(1.0 + c, InFile(0, ChunkStart(c, f"a{c}", "me", 25, False))),
+                   (1.9 + c, InFile(0, ChunkDone(c, f"a{c}", "me", 0.9, 25, 25 * (c + 1))))]
+    events += [(5.0, InFile(0, Merge())), (5.5, InFile(0, JobEnd("o0", 5.0))),
+               (5.5, FileDone(0, inputs[0], "o0", 5.4)),
+               (5.6, FileFailed(1, inputs[1], "o1", "not a readable video")),
+               (5.7, FileStart(2, inputs[2], "o2")), (5.8, InFile(2, _start(8, 2))),
+               (6.0, InFile(2, ChunkStart(0, "b0", "me", 25, False))),
+               (6.1, InFile(2, ChunkStart(1, "b1", "me", 25, False))),
+               (7.0, InFile(2, ChunkDone(0, "b0", "me", 0.9, 25, 25))),
+               (7.1, InFile(2, ChunkDone(1, "b1", "me", 0.9, 25, 50))),
+               (7.2, FileStart(3, inputs[3], "o3")), (7.3, InFile(3, _start(6, 2)))]
+    said: list[str] = []
+    for t, e in events:
+        view.feed(e, t)  # type: ignore[arg-type]
+        said += lines.feed(e)  # type: ignore[arg-type]
+    text = _render(view.render(8.0, width, height), width, height)
+    rows = text.rstrip("\n").splitlines()
+    assert max(len(r) for r in rows) <= width
+    assert "1/5 done  2 running  1 queued  1 failed" in rows[0]
+    assert "ETA 0:" in rows[0]  # a file and a quarter of another done: a rate
+    assert any(r.startswith("failed") and "clip1.mp4" in r for r in rows)
+    # The finishing file: its progress and its map (two chunks done, by "me" = A).
+    assert any("[3/5] encoding" in r for r in rows)
+    assert any(r.startswith("aa......") for r in rows)
+    assert any("[4/5]" in r for r in rows) and "chunks 0/6 done" in text
+    assert said[:2] == ["swarm: 5 file(s) to encode",
+                        "swarm: skipped /v/notes.txt (not a video by its name)"]
+    assert "swarm: [2/5] failed /v/clip1.mp4: not a readable video" in said
+    assert "swarm: [1/5] done o0 (5.4 s)" in said
