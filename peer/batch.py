@@ -35,6 +35,7 @@ from swarm.events import (
     FileStart,
     InFile,
     JobEvent,
+    JobStart,
 )
 
 from . import media
@@ -129,6 +130,7 @@ async def run_batch(planned: list[Planned], make_opts: Callable[[Planned], Encod
     gate = SlotGate(workers) if overlap and workers > 0 else None
     results: list[FileResult | None] = [None] * len(planned)
     in_flight = trio.Semaphore(MAX_IN_FLIGHT)
+    shares = [Share(gate, i) for i in range(len(planned))] if gate is not None else []
 
     async def one(i: int, item: Planned, go_next: trio.Event) -> None:
         res = FileResult(i, item.input, item.output, "failed")
@@ -147,13 +149,14 @@ async def run_batch(planned: list[Planned], make_opts: Callable[[Planned], Encod
 
             def file_emit(e: JobEvent) -> None:
                 ahead.feed(e)
+                if isinstance(e, JobStart) and shares and i > 0:
+                    shares[i - 1].next_ready.set()
                 emit(InFile(i, e))
                 if overlap and ahead.next_may_start:
                     go_next.set()
 
             t0 = trio.current_time()
-            res.report = await run_encode(opts, file_emit,
-                                          Share(gate, i) if gate is not None else None)
+            res.report = await run_encode(opts, file_emit, shares[i] if shares else None)
             res.status = "done"
             emit(FileDone(i, item.input, item.output, round(trio.current_time() - t0, 3)))
         except (SwarmError, OSError, ExceptionGroup) as exc:

@@ -193,6 +193,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                            # Not the plan's floor of 2: one local slot expects nobody else.
                            expected_slots=max(1, workers + seen + len(opts.net.peers)))
         server.peers_seen, server.chunk_s = seen, chunk_s
+        if share is not None:
+            server.next_file_ready = share.next_ready.is_set
         if workers:
             server.add_local(_local_score(ffmpeg, opts.job.profile, opts.local.cache_dir),
                              workers, ffmpeg.short_version)

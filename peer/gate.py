@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -59,10 +59,12 @@ class SlotGate:
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """One file's place at the gate."""
+    """One file's place at the gate; ``next_ready`` is set once the next file of the batch
+    is planned and recruiting (then this file's idle peers are better used there)."""
 
     gate: SlotGate
     rank: int
+    next_ready: trio.Event = field(default_factory=trio.Event)
 
     async def acquire(self) -> None:
         await self.gate.acquire(self.rank)

@@ -25,6 +25,7 @@ from chunker.plan import ChunkPlan, split_plan
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan
+from swarm.batch import release_to_next
 from swarm.errors import VerifyError
 from swarm.events import (
     ChunkDone,
@@ -148,6 +149,9 @@ class JobServer:
         # Attempt times in the report are relative to this (trio clock, like the attempts').
         self.t0 = trio.current_time()
         self.source_path = f"/v1/jobs/{job_id}/source"
+        # In a batch (peer.batch): whether the next file is up and recruiting, so a peer
+        # with nothing left to do here is better used there.
+        self.next_file_ready: Callable[[], bool] = lambda: False
 
     # -- who encodes ----------------------------------------------------------------------
     def name_of(self, peer: str) -> str:
@@ -212,6 +216,10 @@ class JobServer:
         if isinstance(action, Finished):
             return JobDone(self.job_id)
         if isinstance(action, Retry):
+            if not prefetch and self.next_file_ready() and release_to_next(
+                    self.job, node_id, self.local_key):
+                self.peer_left(node_id, now)  # not counted on by the scheduler any more
+                return JobDone(self.job_id)
             return Wait(max(0.05, action.retry_after_s))
         p = self.plans[action.chunk]
         return Assignment(

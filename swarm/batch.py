@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from .events import ChunkStart, JobEvent, JobResumed, JobStart, PeerJoined, PeerLeft
+from .job import ChunkState, Job
 
 __all__ = ["MAX_IN_FLIGHT", "VIDEO_EXTENSIONS", "Found", "Lookahead", "Planned", "batch_eta",
-           "output_for", "plan"]
+           "output_for", "plan", "release_to_next"]
 
 # What a walk counts as a video, by name; the probe then decides. The containers ffmpeg
 # reads that cameras, phones, screen recorders, DVDs and broadcast captures write.
@@ -145,6 +146,21 @@ class Lookahead:
         if self.chunks is None:
             return False
         return self.chunks - len(self.handed) <= max(1, self.slots + len(self.peers))
+
+
+def release_to_next(job: Job, peer: str, local: str) -> bool:
+    """Whether a remote ``peer`` that finds nothing to claim here goes to the next file of
+    the batch (told the job is done for it) rather than waiting out this file's tail.
+
+    When no chunk is pending and the peer holds none of this job's (a peer of several
+    slots may still encode one). Only while this device's slots are in the job and
+    unbenched: a chunk requeued later (a lost lease, a failed verify) is then still encoded
+    here. Without local slots a peer is kept: it may be the only encoder left.
+    """
+    if local not in job.scheduler.peers or local in job.benched or job.done:
+        return False
+    return (all(c.state is not ChunkState.PENDING for c in job.chunks)
+            and not any(a.peer == peer for a in job.running()))
 
 
 def batch_eta(elapsed_s: float, sizes: list[int], done: list[float]) -> float | None:

@@ -141,9 +141,10 @@ PRESENTATION = {n for n in MODULES if n == "screens" or n.startswith("screens.")
 
 
 def test_the_presentation_is_screens() -> None:
-    assert {"screens.sinks", "screens.dashboard", "screens.report_html"} <= PRESENTATION
-    assert not any(n.startswith("peer.") and n.rpartition(".")[2] in ("dashboard", "report_html")
-                   for n in MODULES)
+    assert {"screens.sinks", "screens.dashboard", "screens.report_html",
+            "screens.batch_view"} <= PRESENTATION
+    assert not any(n.startswith("peer.") and n.rpartition(".")[2] in (
+        "dashboard", "report_html", "batch_view") for n in MODULES)
 
 
 def test_only_the_cli_imports_the_presentation() -> None:

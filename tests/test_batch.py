@@ -341,3 +341,56 @@ def test_the_batch_dashboard_shows_files_eta_and_the_running_files_chunk_maps(
                         "swarm: skipped /v/notes.txt (not a video by its name)"]
     assert "swarm: [2/5] failed /v/clip1.mp4: not a readable video" in said
     assert "swarm: [1/5] done o0 (5.4 s)" in said
+
+
+def test_a_peer_goes_to_the_next_file_only_when_nothing_is_left_for_it() -> None:
+    from swarm.batch import release_to_next
+    from swarm.job import Grant, Job
+
+    job = Job([10, 10, 10], lease_s=30.0, pixels=100)
+    job.add_peer("local", 1000.0, 0.0, slots=1)
+    job.add_peer("pi", 1000.0, 0.0, slots=1)
+    a = job.claim("local", 0.0)
+    b = job.claim("pi", 0.0)
+    assert isinstance(a, Grant) and isinstance(b, Grant)
+    assert not release_to_next(job, "pi", "local")  # a chunk pending, and pi holds one
+    c = job.claim("local", 0.1, prefetch=True)
+    assert isinstance(c, Grant)
+    assert not release_to_next(job, "pi", "local")  # pi still encodes its chunk
+    job.progress(b.attempt, 10, 0.5)
+    assert job.succeeded(b.attempt, 1.0)
+    assert release_to_next(job, "pi", "local")  # nothing pending, pi holds nothing
+    assert not release_to_next(job, "pi", "elsewhere")  # no local slots: keep every peer
+
+
+def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
+    """A `swarm join` peer named with --peer: invited to the first file, released to the next
+    one when nothing is left for it, and both outputs are whole."""
+    _video(tmp_path / "a.mp4", 3)
+    _video(tmp_path / "b.mp4", 8)  # long enough for the peer's invite (retried every 3 s)
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    joined = tmp_path / "join.jsonl"
+    with open(joined, "w") as out:
+        peer = subprocess.Popen([*SWARM, "join", "--no-bench", "--port", "0", "--name",
+                                 "bravo", "--json"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not joined.read_text():
+            assert time.monotonic() < deadline and peer.poll() is None, "join did not start"
+            time.sleep(0.1)
+        up = json.loads(joined.read_text().splitlines()[0])
+        res = swarm("encode", "a.mp4", "b.mp4", "-p", "480p", "-w", "1", "--chunk-seconds",
+                    "0.5", "--no-mdns", "--peer", f"127.0.0.1:{up['port']}", "--json",
+                    cwd=tmp_path)
+    finally:
+        peer.terminate()
+        peer.wait(timeout=30)
+    assert res.returncode == 0, res.stderr
+    events = _events(res.stdout)
+    by_peer = {(e["file"], e["peer"]) for e in events if e["event"] == "chunk_done"}
+    assert {(0, "bravo"), (1, "bravo")} <= by_peer, by_peer
+    for name, frames in (("a", 75), ("b", 200)):
+        out = tmp_path / f"{name}.480p.mp4"
+        assert media_info(out).video.frames == frames and decode_errors(out) == ""
+    assert [e["event"] for e in _events(joined.read_text())].count("job_joined") >= 2
