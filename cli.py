@@ -614,6 +614,115 @@ def encode(
         _tolerating_dead_pipes(typer.echo, out)
 
 
+class BadImages(StrEnum):
+    """``slideshow --bad-images``: what an image that cannot be shown does to the job."""
+
+    skip = "skip"
+    refuse = "refuse"
+
+
+def _slide_images(specs: list[str]) -> list[str]:
+    """Each argument a directory (its images, sorted by name), a glob pattern (quoted, or
+    the shell expands it: then each file is its own argument) or one image."""
+    import glob
+
+    from chunker.slides import IMAGE_EXTENSIONS
+
+    found: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found += sorted(os.path.join(spec, f) for f in os.listdir(spec)
+                            if Path(f).suffix.lower() in IMAGE_EXTENSIONS
+                            and not f.startswith(".")
+                            and os.path.isfile(os.path.join(spec, f)))
+        elif os.path.lexists(spec):
+            found.append(spec)
+        else:
+            matches = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+            if not matches:
+                raise UsageError(f"{spec}: no such file, directory or matching images")
+            found += matches
+    if not found:
+        raise UsageError(f"no images in {' '.join(specs)}")
+    return [os.path.abspath(p) for p in found]
+
+
+@app.command()
+def slideshow(
+    images: Annotated[list[str], typer.Argument(
+        help="A directory of images (taken in name order), a quoted glob ('trip/*.jpg'), "
+        "or image files.")],
+    output: Annotated[str, typer.Option(
+        "--output", "-o", metavar="FILE", help="The video to write (.mp4, .mov, .mkv).")],
+    seconds_per_image: Annotated[float, typer.Option(
+        "--seconds-per-image", min=0.04, max=3600, help="How long each image shows.")
+    ] = 3.0,
+    fade: Annotated[float, typer.Option(
+        "--fade", min=0, max=3600, help="Crossfade into the next image, in seconds, "
+        "within each image's time; 0: cuts.")] = 0.5,
+    audio: Annotated[str | None, typer.Option(
+        "--audio", metavar="FILE", help="Music, cut (or padded with silence) to the video's "
+        "length, fading out at the end.")] = None,
+    profile: Annotated[str, typer.Option(
+        "--profile", "-p", help="Built-in profile name or a .toml file: its box is the "
+        "frame; images are scaled to fit, keeping their aspect, and padded black.")] = "hd",
+    bad_images: Annotated[BadImages, typer.Option(
+        "--bad-images", help="skip: name and leave out an image that cannot be shown "
+        "(empty, truncated, not an image); refuse: fail before rendering.")
+    ] = BadImages.skip,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=0, max=64,
+        help="Local render processes. 0: one per two cores, at least 2.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")
+                     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print every event as one JSON object per line on stdout.")] = False,
+) -> None:
+    """Make a video of still images: each shown for the same whole number of frames (25
+    fps), crossfading into the next, with optional music.
+
+    The show is cut into runs of images rendered in parallel; a fade into the next run's
+    first image comes out exactly as in a single render. Rendered on this device only
+    (peers: not yet).
+    """
+    from peer.slideshow import SlideshowOptions, run_slideshow
+    from profiles import load_profile
+    from swarm.events import ChunkDone, ImageSkipped
+
+    env = _environment()
+    mode = _output_mode(quiet, as_json, env.term)
+    json_sink = JsonLines() if mode == "json" else None
+    total = [0]
+
+    def emit(e: Any) -> None:
+        if json_sink is not None:
+            _tolerating_dead_pipes(json_sink, e)
+        elif isinstance(e, ImageSkipped):  # said even under --quiet: the show lacks it
+            _tolerating_dead_pipes(typer.echo, f"swarm: skipped image {e.image} ({e.reason})",
+                                   err=True)
+        elif isinstance(e, ChunkDone) and mode != "quiet":
+            total[0] += 1
+            _tolerating_dead_pipes(typer.echo, f"swarm: slide chunk {e.chunk} rendered "
+                                   f"({e.frames_done} frames so far)", err=True)
+
+    def run() -> dict[str, Any]:
+        opts = SlideshowOptions(tuple(_slide_images(images)), output, load_profile(profile),
+                                seconds_per_image, fade, audio, bad_images.value, workers,
+                                force, env.ffmpeg)
+        result: dict[str, Any] = _until_signal(run_slideshow, opts, emit)
+        return result
+
+    report = _guarded(run)
+    if json_sink is not None:
+        sys.stdout.write(json.dumps({"event": "slideshow_end"} | report) + "\n")
+    elif mode != "quiet":
+        typer.echo(f"swarm: {report['images']} images, {report['frames']} frames "
+                   f"({report['duration_s']:.2f} s) in {report['chunks']} chunks, "
+                   f"{report['wall_s']:.1f} s", err=True)
+    _tolerating_dead_pipes(typer.echo, output) if json_sink is None else None
+
+
 @app.command()
 def jobs(
     directory: Annotated[str, typer.Option(

@@ -20,11 +20,12 @@ __all__ = [
     "AudioDone", "AudioStart", "BatchEnd", "BatchEvent", "BatchStart", "ChunkDone",
     "ChunkDuplicate", "ChunkFailed", "ChunkLost", "ChunkProgress", "ChunkRequeued",
     "ChunkSplit", "ChunkStart", "ChunkUpload", "FileDone", "FileFailed", "FileSkipped",
-    "FileStart", "HlsBehind", "HlsEnd", "HlsSegment", "InFile", "JobEnd", "JobEvent",
+    "FileStart", "HlsBehind", "HlsEnd", "HlsSegment", "ImageSkipped", "InFile", "JobEnd",
+    "JobEvent",
     "JobJoined", "JobLeft", "JobResumed", "JobStart", "Listening", "Merge", "NoPeers",
     "NodeEvent", "NodeUp", "PeerBenched", "PeerForeign", "PeerJoined", "PeerLeft",
     "PeerUnreachable", "PyzReady",
-    "SlotEnd", "SlotProgress", "SlotStart", "Tracks", "as_json",
+    "SlideEvent", "SlotEnd", "SlotProgress", "SlotStart", "Tracks", "as_json",
 ]
 
 # A track as ``chunker.tracks`` describes it for the report (plain JSON values).
@@ -368,6 +369,19 @@ class BatchEnd:
 BatchEvent = BatchStart | FileStart | InFile | FileSkipped | FileDone | FileFailed | BatchEnd
 
 
+# -- a slideshow (peer.slideshow) -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ImageSkipped:
+    """An image that cannot be shown (empty, not an image, truncated), left out."""
+
+    kind: ClassVar[str] = "image_skipped"
+    image: str
+    reason: str
+
+
+SlideEvent = ImageSkipped | ChunkStart | ChunkDone
+
+
 # -- a node, as `swarm join` sees it --------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class NodeUp:
@@ -429,7 +443,7 @@ class SlotEnd:
 
 NodeEvent = NodeUp | PyzReady | JobJoined | JobLeft | SlotStart | SlotProgress | SlotEnd
 
-Event = JobEvent | NodeEvent | BatchEvent
+Event = JobEvent | NodeEvent | BatchEvent | ImageSkipped
 
 
 def as_json(event: Event, t: float) -> dict[str, object]:

@@ -1,0 +1,168 @@
+"""A slideshow (`swarm slideshow`): still images to video, planned and spelled as ffmpeg argv.
+
+Pure: nothing runs here. The timeline is counted in frames, so it splits exactly:
+
+- every image lasts ``per_image`` frames; the crossfade into the next image takes the last
+  ``fade`` of them (the next image then starts fully shown), so the video is exactly
+  ``images x per_image`` frames and no image is shortened by its neighbours;
+- a chunk is a run of whole images. The crossfade at its end needs the next chunk's first
+  image, so a chunk reads its own images and that one, nothing else;
+- a crossfade frame is ``A + (B - A) * (k + 1) / (fade + 1)`` for its index ``k`` in the
+  fade, an integer the graph computes the same way whichever chunk renders it: a fade into
+  another chunk's image comes out as in a single render (tests/test_slides.py compares the
+  frames' checksums).
+
+Images are scaled to fit the profile's box, keeping their aspect ratio, and padded with
+black to fill it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from profiles import Profile
+
+from .commands import CHUNK_FORMAT, VideoPlan, _codec_args
+
+__all__ = ["IMAGE_EXTENSIONS", "SLIDE_FPS", "SlidePlan", "plan_slides", "slide_argv",
+           "slide_runs", "soundtrack_args"]
+
+# Frames per second of a slideshow: 25 makes every 0.04 s a whole frame, so the seconds per
+# image users type (2, 1.5, 0.4) are exact frame counts.
+SLIDE_FPS = 25
+# What a directory argument counts as an image, by name (the check decodes each one).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Chunks per encoder slot, as for videos: enough for the balance, each a run of images.
+CHUNKS_PER_SLOT = 3
+# The music fades out over this share of the video, at most this many seconds.
+AUDIO_FADE_SHARE = 0.25
+AUDIO_FADE_MAX_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SlidePlan:
+    images: tuple[str, ...]
+    per_image: int  # frames each image lasts
+    fade: int  # frames of the crossfade at the end of every image but the last
+    width: int
+    height: int
+    fps: int = SLIDE_FPS
+
+    @property
+    def frames(self) -> int:
+        return len(self.images) * self.per_image
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps
+
+
+def plan_slides(images: Sequence[str], seconds_per_image: float, fade_s: float,
+                profile: Profile) -> SlidePlan:
+    """Raises ValueError for a timing that cannot be shown (fade as long as the image)."""
+    if not images:
+        raise ValueError("no images")
+    per_image = round(seconds_per_image * SLIDE_FPS)
+    fade = round(fade_s * SLIDE_FPS)
+    if per_image < 1:
+        raise ValueError(f"{seconds_per_image:g} s per image is less than one frame")
+    if fade < 0 or fade >= per_image:
+        raise ValueError(f"a {fade_s:g} s fade needs more than {fade_s:g} s per image")
+    return SlidePlan(tuple(images), per_image, fade, profile.video.width,
+                     profile.video.height)
+
+
+def slide_runs(images: int, slots: int) -> list[tuple[int, int]]:
+    """(first image, images) of each chunk: ``CHUNKS_PER_SLOT`` chunks per slot at most,
+    every chunk a run of whole images, the runs as even as they divide."""
+    chunks = max(1, min(images, CHUNKS_PER_SLOT * max(1, slots)))
+    per = math.ceil(images / chunks)
+    return [(first, min(per, images - first)) for first in range(0, images, per)]
+
+
+def _fit(i: int, plan: SlidePlan, uses: int) -> str:
+    w, h = plan.width, plan.height
+    return (f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease:"
+            f"force_divisible_by=2:flags=bicubic,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,"
+            # Decoded and scaled once, then repeated as references to that one frame.
+            f"setsar=1,format=yuv420p,loop=loop=-1:size=1,split={uses}"
+            + "".join(f"[u{i}_{k}]" for k in range(uses)))
+
+
+def _frames(label: str, n: int, fps: int, out: str) -> str:
+    return f"[{label}]trim=end_frame={n},setpts=N/({fps}*TB)[{out}]"
+
+
+def slide_graph(plan: SlidePlan, first: int, count: int) -> tuple[list[str], str]:
+    """The chunk's images (its own, then the next one when a fade needs it) and its filter
+    graph, whose output ``[v]`` is the chunk's ``count x per_image`` frames."""
+    last = first + count  # the next chunk's first image, if any
+    fades_out = plan.fade > 0
+    reads = list(plan.images[first:last])
+    if fades_out and last < len(plan.images):
+        reads.append(plan.images[last])
+    parts: list[str] = []
+    pieces: list[str] = []
+    for j in range(len(reads)):
+        own = j < count
+        fade_out = own and fades_out and first + j + 1 < len(plan.images)
+        fade_in = fades_out and j > 0  # the end of the image before it blends into it
+        uses = int(own) + int(fade_out) + int(fade_in)
+        parts.append(_fit(j, plan, uses))
+        k = 0
+        if own:
+            still = plan.per_image - (plan.fade if fade_out else 0)
+            parts.append(_frames(f"u{j}_{k}", still, plan.fps, f"s{j}"))
+            pieces.append(f"[s{j}]")
+            k += 1
+        if fade_out:
+            parts.append(_frames(f"u{j}_{k}", plan.fade, plan.fps, f"a{j}"))
+            k += 1
+        if fade_in:
+            parts.append(_frames(f"u{j}_{k}", plan.fade, plan.fps, f"b{j}"))
+            # The fade of image j-1 into image j: both already in the graph.
+            d = plan.fade + 1
+            parts.append(f"[a{j - 1}][b{j}]blend=all_expr='A+(B-A)*(N+1)/{d}'[f{j - 1}]")
+    # Each image's still part, then its fade, in order.
+    ordered: list[str] = []
+    for j in range(count):
+        ordered.append(f"[s{j}]")
+        if fades_out and first + j + 1 < len(plan.images):
+            ordered.append(f"[f{j}]")
+    parts.append("".join(ordered) + f"concat=n={len(ordered)}:v=1:a=0,"
+                 f"setpts=N/({plan.fps}*TB)[v]")
+    return reads, ";".join(parts)
+
+
+def slide_argv(ffmpeg: str, plan: SlidePlan, first: int, count: int, profile: Profile,
+               out: str, *, threads: int = 0, raw: bool = False) -> list[str]:
+    """Render and encode one chunk to NUT at ``out``; ``raw``: each frame's checksum
+    instead (framemd5), what a test compares between a chunked and a single render."""
+    reads, graph = slide_graph(plan, first, count)
+    argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
+    for path in reads:
+        argv += ["-i", path]
+    argv += ["-filter_complex", graph, "-map", "[v]", "-frames:v", str(count * plan.per_image),
+             "-r", str(plan.fps)]
+    if raw:
+        return [*argv, "-f", "framemd5", "-y", out]
+    vplan = VideoPlan(plan.width, plan.height, max(1, round(profile.video.gop_s * plan.fps)))
+    for key, value in _codec_args(profile, vplan, threads).items():
+        argv += [f"-{key}", str(value)]
+    return [*argv, "-f", CHUNK_FORMAT, "-y", out]
+
+
+def soundtrack_args(music: str | None, duration_s: float, profile: Profile) -> list[str]:
+    """Input and output arguments for the merge's audio: ``music`` padded with silence or
+    cut to ``duration_s``, fading out at the end; no audio without music."""
+    if music is None:
+        return []
+    fade = min(AUDIO_FADE_MAX_S, AUDIO_FADE_SHARE * duration_s)
+    a = profile.audio
+    return ["-i", music, "-map", "1:a:0",
+            "-af", f"apad,atrim=end={duration_s:.6f},"
+                   f"afade=t=out:st={duration_s - fade:.6f}:d={fade:.6f}",
+            "-c:a", a.codec, "-b:a", f"{a.bitrate_k}k", "-ar", str(a.sample_rate),
+            "-ac", str(a.channels)]
