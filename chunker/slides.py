@@ -83,9 +83,12 @@ def slide_runs(images: int, slots: int) -> list[tuple[int, int]]:
 
 
 def _fit(i: int, plan: SlidePlan, uses: int) -> str:
+    # out_range=tv: ffmpeg 7 on negotiates the colour range across the graph, so an image
+    # that also feeds a blend was converted to another range than the same image feeding
+    # only the concat; their frames differed between a chunk and a single render (9.0.2).
     w, h = plan.width, plan.height
     return (f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease:"
-            f"force_divisible_by=2:flags=bicubic,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,"
+            f"force_divisible_by=2:flags=bicubic:out_range=tv,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,"
             # Decoded and scaled once, then repeated as references to that one frame.
             f"setsar=1,format=yuv420p,loop=loop=-1:size=1,split={uses}"
             + "".join(f"[u{i}_{k}]" for k in range(uses)))
@@ -124,7 +127,8 @@ def slide_graph(plan: SlidePlan, first: int, count: int) -> tuple[list[str], str
             parts.append(_frames(f"u{j}_{k}", plan.fade, plan.fps, f"b{j}"))
             # The fade of image j-1 into image j: both already in the graph.
             d = plan.fade + 1
-            parts.append(f"[a{j - 1}][b{j}]blend=all_expr='A+(B-A)*(N+1)/{d}'[f{j - 1}]")
+            # blend's N counts its frames from 1 (ffmpeg 5.1 to 9): N / (fade + 1).
+            parts.append(f"[a{j - 1}][b{j}]blend=all_expr='A+(B-A)*N/{d}'[f{j - 1}]")
     # Each image's still part, then its fade, in order.
     ordered: list[str] = []
     for j in range(count):
