@@ -12,6 +12,7 @@ import os
 import trio
 
 from chunker.commands import encode_chunk_argv
+from swarm.batch import only_duplicates_left
 from swarm.errors import EncodeError
 from swarm.events import AudioDone, AudioStart
 from swarm.job import Finished, Grant, Retry
@@ -44,6 +45,16 @@ async def local_slot(server: JobServer, slot: int, threads: int, share: Share | 
     try:
         async with trio.open_nursery() as checks:
             while True:
+                if (share is not None and share.next_ready.is_set()
+                        and only_duplicates_left(job)):
+                    # Only a duplicate of a running chunk left here: the next file's fresh
+                    # chunks are worth more. A chunk requeued later is pending again.
+                    server.core_idle.set()
+                    if holding:
+                        holding = False
+                        share.release()
+                    await trio.sleep(job.retry_after_s)
+                    continue
                 if share is not None and not holding:
                     await share.acquire()
                     holding = True

@@ -22,7 +22,7 @@ from .events import ChunkStart, JobEvent, JobResumed, JobStart, PeerJoined, Peer
 from .job import ChunkState, Job
 
 __all__ = ["MAX_IN_FLIGHT", "VIDEO_EXTENSIONS", "Found", "Lookahead", "Planned", "batch_eta",
-           "output_for", "plan", "release_to_next"]
+           "only_duplicates_left", "output_for", "plan", "release_to_next"]
 
 # What a walk counts as a video, by name; the probe then decides. The containers ffmpeg
 # reads that cameras, phones, screen recorders, DVDs and broadcast captures write.
@@ -148,6 +148,12 @@ class Lookahead:
         return self.chunks - len(self.handed) <= max(1, self.slots + len(self.peers))
 
 
+def only_duplicates_left(job: Job) -> bool:
+    """Nothing pending, not done: all a claim could get is a duplicate of a running chunk.
+    In a batch whose next file is up, a slot is better used on that file's fresh chunks."""
+    return not job.done and all(c.state is not ChunkState.PENDING for c in job.chunks)
+
+
 def release_to_next(job: Job, peer: str, local: str) -> bool:
     """Whether a remote ``peer`` that finds nothing to claim here goes to the next file of
     the batch (told the job is done for it) rather than waiting out this file's tail.
@@ -157,10 +163,9 @@ def release_to_next(job: Job, peer: str, local: str) -> bool:
     unbenched: a chunk requeued later (a lost lease, a failed verify) is then still encoded
     here. Without local slots a peer is kept: it may be the only encoder left.
     """
-    if local not in job.scheduler.peers or local in job.benched or job.done:
+    if local not in job.scheduler.peers or local in job.benched:
         return False
-    return (all(c.state is not ChunkState.PENDING for c in job.chunks)
-            and not any(a.peer == peer for a in job.running()))
+    return only_duplicates_left(job) and not any(a.peer == peer for a in job.running())
 
 
 def batch_eta(elapsed_s: float, sizes: list[int], done: list[float]) -> float | None:

@@ -394,3 +394,17 @@ def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
         out = tmp_path / f"{name}.480p.mp4"
         assert media_info(out).video.frames == frames and decode_errors(out) == ""
     assert [e["event"] for e in _events(joined.read_text())].count("job_joined") >= 2
+
+
+def test_with_the_next_file_up_a_slot_takes_no_duplicate() -> None:
+    from swarm.batch import only_duplicates_left
+    from swarm.job import Grant, Job
+
+    job = Job([10, 10], lease_s=30.0, pixels=100)
+    job.add_peer("local", 1000.0, 0.0, slots=2)
+    first = job.claim("local", 0.0)
+    assert isinstance(first, Grant) and not only_duplicates_left(job)
+    second = job.claim("local", 0.0)
+    assert isinstance(second, Grant) and only_duplicates_left(job)
+    job.failed(second.attempt, 1.0, "killed")  # requeued: fresh work again
+    assert not only_duplicates_left(job)
