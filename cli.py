@@ -306,7 +306,6 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
     import time
 
     from peer.batch import find_inputs, run_batch
-    from peer.coordinator import output_container
     from peer.host import default_workers
     from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
     from peer.recruit import parse_peer
@@ -338,8 +337,6 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
         ".toml") else profile, out_dir)
     if not planned:
         raise UsageError(f"no videos in {' '.join(inputs)}")
-    for item in planned:
-        output_container(item.output)
     env = _environment()
     local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
     tuning = Tuning(env.scheduler, _timings(lease_s))

@@ -189,6 +189,9 @@ def test_a_tree_encodes_every_video_and_a_failure_does_not_stop_the_others(
     assert {"job_start", "chunk_done", "job_end", "file_done"} <= by_file[2]
     assert "file_skipped" in by_file[1] and "job_start" not in by_file[1]
     assert "file_failed" in by_file[3]
+    # The overlap: b.mov was planned while a.mp4 still had chunks to finish and merge.
+    order = [(e["event"], e.get("file")) for e in events]
+    assert order.index(("job_start", 2)) < order.index(("job_end", 0)), order
     end = events[-1]
     assert end["event"] == "batch_end" and (end["done"], end["skipped"], end["failed"]) == (
         2, 1, 1)
