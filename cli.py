@@ -646,7 +646,7 @@ def _slide_images(specs: list[str]) -> list[str]:
 
 @app.command()
 def slideshow(
-    images: Annotated[list[str], typer.Argument(
+    images: Annotated[list[Path], typer.Argument(
         help="A directory of images (taken in name order), a quoted glob ('trip/*.jpg'), "
         "or image files.")],
     output: Annotated[str, typer.Option(
@@ -704,7 +704,8 @@ def slideshow(
                                    f"({e.frames_done} frames so far)", err=True)
 
     def run() -> dict[str, Any]:
-        opts = SlideshowOptions(tuple(_slide_images(images)), output, load_profile(profile),
+        found = _slide_images([str(p) for p in images])
+        opts = SlideshowOptions(tuple(found), output, load_profile(profile),
                                 seconds_per_image, fade, audio, bad_images.value, workers,
                                 force, env.ffmpeg)
         result: dict[str, Any] = _until_signal(run_slideshow, opts, emit)
