@@ -244,6 +244,10 @@ def test_a_batch_output_option_must_be_a_directory(tree: Path) -> None:
     empty.mkdir()
     res = swarm("encode", str(empty), cwd=tree)
     assert res.returncode == 2 and "no videos" in res.stderr
+    # --hls streams one file: a batch refuses it before encoding anything.
+    res = swarm("encode", str(tree), "--hls", str(tree / "hls"), cwd=tree)
+    assert res.returncode == 2 and "--hls streams one file" in res.stderr
+    assert not (tree / "hls").exists()
 
 
 def test_a_crashed_batch_resumes_its_file_from_the_journal(tmp_path: Path) -> None:
