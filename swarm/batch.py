@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from .events import ChunkStart, JobEvent, JobResumed, JobStart, PeerJoined, PeerLeft
+from .events import ChunkSplit, ChunkStart, JobEvent, JobResumed, JobStart, PeerJoined, PeerLeft
 from .job import ChunkState, Job
 
 __all__ = ["MAX_IN_FLIGHT", "VIDEO_EXTENSIONS", "Found", "Lookahead", "Planned", "batch_eta",
@@ -136,6 +136,9 @@ class Lookahead:
                 self.handed.update(e.chunks)
             case ChunkStart():
                 self.handed.add(e.chunk)
+            case ChunkSplit() if self.chunks is not None:
+                # The cut chunk's rest is a new chunk still to hand out.
+                self.chunks = max(self.chunks, e.rest + 1)
             case PeerJoined():
                 self.peers.add(e.peer)
             case PeerLeft():

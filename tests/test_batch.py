@@ -22,7 +22,16 @@ import trio
 from media import FFMPEG, decode_errors, media_info
 from peer.gate import Share, SlotGate
 from swarm.batch import Found, Lookahead, batch_eta, output_for, plan
-from swarm.events import ChunkStart, InFile, JobEnd, JobResumed, JobStart, PeerJoined, as_json
+from swarm.events import (
+    ChunkSplit,
+    ChunkStart,
+    InFile,
+    JobEnd,
+    JobResumed,
+    JobStart,
+    PeerJoined,
+    as_json,
+)
 
 SWARM = [sys.executable, "-c", "import cli; cli.main()"]
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +90,10 @@ def test_the_next_file_starts_one_round_of_chunks_before_the_end() -> None:
     assert not ahead.next_may_start  # 3 left for 2 slots
     ahead.feed(PeerJoined("pi", "h:1", "aarch64", "5.1", 4, 0.0))
     assert ahead.next_may_start  # 3 left for 3 encoders: one round
+    ahead.feed(ChunkSplit(7, 40, 10, 60))  # chunk 7 cut: its rest, chunk 10, is one more
+    assert not ahead.next_may_start  # 4 left for 3 encoders
+    ahead.feed(ChunkStart(7, "x7", "me", 10, False))
+    assert ahead.next_may_start
 
 
 def test_batch_eta_weighs_files_by_size() -> None:
