@@ -356,6 +356,11 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
                       stall_s=opts.tuning.timings.stall_s)
         if why is not None:
             raise EncodeError(why)
-        with trio.move_on_after(opts.tuning.timings.tick_s):
+        # Wake for the next lease or silence deadline too, so a dead peer's chunks go back
+        # when the rule says, not up to a tick later.
+        wait = opts.tuning.timings.tick_s
+        if (deadline := job.next_deadline()) is not None:
+            wait = max(0.0, min(wait, deadline - trio.current_time()))
+        with trio.move_on_after(wait):
             await server.finished.wait()
 

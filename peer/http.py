@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl
 from swarm.errors import RemoteProtocolError
 from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, encode
 
-__all__ = ["HTTPError", "Request", "end_after_request", "iter_body", "read_body", "respond",
-           "respond_message"]
+__all__ = ["ClientGone", "HTTPError", "Request", "end_after_request", "iter_body", "read_body",
+           "respond", "respond_message"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -29,6 +29,10 @@ MAX_QUERY_PARAMS = 8
 
 class HTTPError(RemoteProtocolError):
     """A request we refuse, with its status code."""
+
+
+class ClientGone(HTTPError):
+    """The client's connection closed before its request body was complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,7 @@ async def iter_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            raise HTTPError("client went away", status_code=400)
+            raise ClientGone("client went away", status_code=400)
         data = msg.get("body", b"")
         total += len(data)
         if total > limit:

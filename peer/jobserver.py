@@ -45,7 +45,7 @@ from swarm.protocol import Assignment, JobDone, Wait
 from swarm.verdict import hopeless_chunk, left_out
 
 from . import media, transfer
-from .http import HTTPError, Receive, Request, Send
+from .http import ClientGone, HTTPError, Receive, Request, Send
 from .journal import Journal, file_digest
 from .options import EncodeOptions
 from .transfer import unlink
@@ -111,8 +111,12 @@ class JobServer:
         self.workdir = workdir
         self.emit = emit
         self.local_key = local_key
-        self.job = Job([p.frames for p in plans], lease_s=opts.tuning.timings.lease_s,
+        timings = opts.tuning.timings
+        # Without a network every encoder is one of our slots, and they owe no heartbeat.
+        self.job = Job([p.frames for p in plans], lease_s=timings.lease_s,
                        pixels=vplan.width * vplan.height, policy=opts.tuning.policy,
+                       source_bytes=_chunk_bytes(info, plans),
+                       silent_s=timings.silent_s if opts.net.enabled else None,
                        cuts=cuts, min_piece=min_piece, expected_slots=expected_slots,
                        pipeline_frames=ENCODER_PIPELINE_FRAMES)
         self.journal = journal
@@ -166,13 +170,19 @@ class JobServer:
     def add_local(self, score: float | None, slots: int, ffmpeg: str) -> None:
         """This device's slots take part, with its benchmark (work/s per slot) if known."""
         self.peers[self.local_key].ffmpeg = ffmpeg
-        self.job.add_peer(self.local_key, score, self.t0, slots=slots)
+        # No heartbeat: the local slots die with us, and a big seek may delay ffmpeg's
+        # first progress line past the silence limit.
+        self.job.add_peer(self.local_key, score, self.t0, slots=slots, heartbeat=False)
 
     def _attempt(self, attempt: str) -> _AttemptRecord:
         return self.attempt_records.setdefault(attempt, _AttemptRecord())
 
     # -- hand-out ------------------------------------------------------------------------
     def claim(self, peer: str, now: float, prefetch: bool = False) -> Grant | Retry | Finished:
+        if peer == self.local_key and peer not in self.job.scheduler.peers:
+            # Our own slots die with us and owe no heartbeat (run_encode announces them;
+            # a caller that did not gets them at the default speed, one slot).
+            self.job.add_peer(peer, None, now, heartbeat=False)
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant) and action.split is not None:
             self._split(action.chunk, action.split)
@@ -209,6 +219,7 @@ class JobServer:
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> Assignment | Wait | JobDone:
         rec = self.peers.setdefault(node_id, PeerRecord(f"node-{node_id[:6]}"))
+        self.job.heard(node_id, now)
         if node_id not in self.job.scheduler.peers:
             self.job.add_peer(node_id, rec.score, now, slots=rec.slots)
         rec.claimed = True
@@ -248,6 +259,13 @@ class JobServer:
         if a is None or a.chunk != chunk:
             return False
         return self.progress(attempt, frames, now, fps)
+
+    def heard(self, attempt: str, now: float) -> None:
+        """A request naming ``attempt`` came from its peer: that peer is alive, whatever
+        the request (its reports are what the silence rule waits for, but any sign counts)."""
+        a = self.job.attempts.get(attempt)
+        if a is not None:
+            self.job.heard(a.peer, now)
 
     def fail(self, attempt: str, reason: str, *, bench: bool = False) -> None:
         a = self.job.attempts.get(attempt)
@@ -318,6 +336,13 @@ class JobServer:
             a = self.job.attempts[r.attempt]
             self.emit(ChunkRequeued(r.chunk, r.attempt, self.name_of(a.peer), r.reason))
 
+    def connection_lost(self, attempt: str) -> None:
+        now = trio.current_time()
+        for r in self.job.connection_lost(attempt, now):
+            self._journal_ended(r.attempt)
+            a = self.job.attempts[r.attempt]
+            self.emit(ChunkRequeued(r.chunk, r.attempt, self.name_of(a.peer), r.reason))
+
     def peer_left(self, peer: str, now: float) -> None:
         for r in self.job.peer_left(peer, now):
             self._journal_ended(r.attempt)
@@ -336,6 +361,9 @@ class JobServer:
             await trio.to_thread.run_sync(unlink, path)
             return False, "attempt no longer wanted"
         rec = self.records[a.chunk]
+        # The result is in; its peer waits for our answer and owes no reports meanwhile,
+        # however long the check takes on a slow coordinator.
+        self.job.delivering(attempt, trio.current_time())
         sets = await trio.to_thread.run_sync(self._param_sets_of, path)
         if (why := self._param_sets_mismatch(attempt, sets)) is not None:
             await trio.to_thread.run_sync(unlink, path)
@@ -420,11 +448,18 @@ class JobServer:
         path = os.path.join(self.workdir, f"recv_{attempt}.nut")
         a = self.job.attempts[attempt]
         self.emit(ChunkUpload(chunk, attempt, self.name_of(a.peer)))
+        self.heard(attempt, trio.current_time())
         try:
             def received(n: int) -> None:
                 self._attempt(attempt).uploaded += n
 
             await transfer.receive_file(receive, path, self._result_limit(chunk), received)
+        except ClientGone:
+            # The connection broke mid-body: the peer died or lost the network (no fault
+            # of its encoder). The chunk goes back now, and the rest it holds soon unless
+            # it shows it is alive (swarm.job.DROP_GRACE_S).
+            self.connection_lost(attempt)
+            raise
         except HTTPError as exc:
             self.fail(attempt, f"upload: {exc}")
             raise
@@ -435,17 +470,33 @@ class JobServer:
         """The source file, Range-capable, to the ffmpeg of a running attempt."""
         if not self.running_attempt(attempt):
             raise HTTPError("attempt is not running", status_code=410)
+        start = trio.current_time()
+        self.heard(attempt, start)
+        # A prefetch download (its attempt queued and not started) runs as fast as the link
+        # lets it; a source streamed into an encoder goes at the encoder's pace.
+        a = self.job.attempts[attempt]
+        saturated = a.queued and a.first_progress is None
+        nbytes = 0
 
         run = self._attempt(attempt)
 
         def sent(n: int) -> None:
+            nonlocal nbytes
+            nbytes += n
             run.served += n
 
         def read(n: int) -> None:
             self.source_read += n
 
-        await transfer.send_file(send, receive, self.info.path, self.info.size,
-                                 request.headers.get("range"), head, sent, read)
+        try:
+            await transfer.send_file(send, receive, self.info.path, self.info.size,
+                                     request.headers.get("range"), head, sent, read)
+        finally:
+            # What this response carried (bytes really sent), timed from its start: the
+            # peer's link.
+            now = trio.current_time()
+            self.job.observe_transfer(a.peer, nbytes, now - start, now,
+                                      saturated=saturated)
 
     async def restore_from_journal(self) -> None:
         """Count as done every journalled chunk whose file still has its recorded digest;
@@ -480,6 +531,16 @@ class JobServer:
             tb = self.vplan.time_base
             fields["out_time_base"] = f"{tb.numerator}/{tb.denominator}"
         return fields
+
+
+def _chunk_bytes(info: MediaInfo | None, plans: list[ChunkPlan]) -> list[float] | None:
+    """What a peer receives per chunk, as the scheduler counts transfer time: the chunk's
+    share of the file by frames (what a local slot is credited with, too). None without
+    media (bookkeeping that reads no file): no transfer cost is counted."""
+    if info is None:
+        return None
+    total = max(1, info.video.frames)
+    return [info.size * p.frames / total for p in plans]
 
 
 def _digest_or_none(path: str) -> str | None:

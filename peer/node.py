@@ -203,6 +203,8 @@ class JobEndpoints(Protocol):
 
     def fail(self, attempt: str, reason: str) -> None: ...
 
+    def heard(self, attempt: str, now: float) -> None: ...
+
     async def serve_source(self, attempt: str, request: Request, send: Send,
                            receive: Receive, head: bool) -> None: ...
 
@@ -495,6 +497,7 @@ class Node:
             body = await read_body(receive, request)
             self._check(request, body)
             failed = decode(body, AttemptFailed)
+            server.heard(failed.attempt, trio.current_time())
             known = server.running_attempt(failed.attempt, failed.chunk)
             if known:
                 server.fail(failed.attempt, failed.reason)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .job import SILENT_S
 
 __all__ = ["DEFAULT_TIMINGS", "POLICIES", "Environment", "Timings"]
 
@@ -28,6 +29,9 @@ POLICIES = ("swarm", "fifo", "equal")
 class Timings:
     # A peer reports progress every second; three missed reports plus a slow start is a loss.
     lease_s: float = 15.0
+    # A peer that reports every second and has not been heard from for this long has died:
+    # everything it holds, running or prefetched, is re-queued (swarm.job.SILENT_S).
+    silent_s: float = SILENT_S
     # How often the coordinator checks leases and whether the job can still finish.
     tick_s: float = 0.5
     # With nothing encoding anywhere for this long, the job cannot finish: fail it clearly.
