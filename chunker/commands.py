@@ -23,9 +23,11 @@ from .tracks import Kept, TrackPlan
 __all__ = [
     "AUDIO_COPY_EXACT",
     "CHUNK_FORMAT",
+    "COPY_TS_OFFSET_S",
     "AudioPlan",
     "VideoPlan",
     "audio_argv",
+    "copy_source_argv",
     "encode_chunk_argv",
     "merge_argv",
     "verify_chunk_argv",
@@ -106,7 +108,7 @@ def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, st
 def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: str,
                       seek_s: float | None, trim_s: float | None, frames: int, *,
                       threads: int = 0, recv_buffer: int | None = None,
-                      progress: bool = True) -> list[str]:
+                      progress: bool = True, copied: bool = False) -> list[str]:
     """Encode ``frames`` frames of the source's first video stream to NUT on stdout.
 
     ``-copyts`` with passthrough frame timing keeps the source's own timestamps, so VFR
@@ -114,9 +116,13 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     ``recv_buffer`` (bytes) fixes the TCP receive buffer of an http source: what it holds
     when ffmpeg closes a connection (each seek, and after the last frame) was sent for
     nothing, and left to autotuning it grew to megabytes (README, "Sending each byte once").
+    ``copied``: ``source`` is what ``copy_source_argv`` wrote from ``seek_s`` on (a
+    prefetch), so it starts where the seek would land and its times are shifted back.
     """
     in_args: dict[str, str | None] = {}
-    if seek_s is not None:
+    if copied:
+        in_args = {"f": CHUNK_FORMAT, "itsoffset": f"-{COPY_TS_OFFSET_S}"}
+    elif seek_s is not None:
         # Seek only positions the demuxer; the trim below decides which frames are ours.
         in_args = {"ss": f"{seek_s:.6f}", "noaccurate_seek": None}
     if recv_buffer is not None and source.startswith(("http://", "https://")):
@@ -142,6 +148,35 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     # Progress lines (frame=N) on stderr feed lease renewals and the dashboard.
     extra = ["-progress", "pipe:2", "-stats_period", "0.5"] if progress else []
     return [argv[0], *_QUIET, "-copyts", *extra, *argv[1:]]
+
+
+# NUT cannot hold a negative timestamp, which B-frames or an edit list give a source; the
+# copy is shifted later by this many whole seconds (exact in any time base 1/N) and the
+# encode shifts it back.
+COPY_TS_OFFSET_S = 100000
+
+
+def copy_source_argv(ffmpeg: str, source: str, seek_s: float, *,
+                     recv_buffer: int | None = None) -> list[str]:
+    """Copy the source's first video stream from ``seek_s`` on, packets unchanged, to NUT
+    on stdout: what a peer fetches ahead for a prefetched chunk.
+
+    The copy starts at the keyframe the encode's own seek would land on and keeps every
+    timestamp (shifted by COPY_TS_OFFSET_S), so encoding it (``copied=True``) decodes the
+    very packets and frames that seeking in the source would: tests/test_live compares the
+    encodes byte for byte. Not for a chunk without a seek: a source's edit list marks its
+    first packets to be discarded, and the copy would lose that mark. It reads until its
+    reader stops taking its output, which is how the reader bounds it. ``recv_buffer``: as
+    for ``encode_chunk_argv`` (what the socket holds when the reader stops was sent for
+    nothing).
+    """
+    buffer = (["-recv_buffer_size", str(int(recv_buffer))]
+              if recv_buffer is not None and source.startswith(("http://", "https://"))
+              else [])
+    return [ffmpeg, *_QUIET, "-copyts", "-ss", f"{seek_s:.6f}", "-noaccurate_seek",
+            *buffer, "-i", source, "-map", "0:V:0", "-c", "copy",
+            "-output_ts_offset", str(COPY_TS_OFFSET_S), "-avoid_negative_ts", "disabled",
+            "-f", CHUNK_FORMAT, "pipe:1"]
 
 
 def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:

@@ -80,6 +80,11 @@ class _AttemptRecord:
 # its last frame, and a prefetch sized on those reports ran alone at the end.
 ENCODER_PIPELINE_FRAMES = 40
 
+# Share of a queued chunk's estimated source bytes its peer fetches ahead (see
+# _prefetch_bytes): the estimate is the chunk's share of the file by frames, and a chunk
+# of simpler pictures weighs less than that.
+PREFETCH_SHARE = 0.8
+
 
 @dataclass(slots=True)
 class _ChunkRecord:
@@ -236,7 +241,15 @@ class JobServer:
         return Assignment(
             job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
             lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
-            source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s)
+            source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s,
+            prefetch_bytes=self._prefetch_bytes(action.chunk) if action.queued else None)
+
+    def _prefetch_bytes(self, chunk: int) -> int | None:
+        """How much of a queued chunk's source its peer may fetch ahead: most of the
+        chunk's share of the file, so that a chunk lighter than its share is not fetched
+        far past its end (the rest streams once the chunk starts)."""
+        share = self.job.scheduler.bytes[chunk]
+        return max(1, int(PREFETCH_SHARE * share)) if share > 0 else None
 
     def progress(self, attempt: str, frames: int, now: float, fps: float | None = None
                  ) -> bool:
@@ -259,6 +272,12 @@ class JobServer:
         if a is None or a.chunk != chunk:
             return False
         return self.progress(attempt, frames, now, fps)
+
+    def queued_wanted(self, reporting: str, queued: str) -> bool:
+        """Whether ``queued``, the prefetched attempt named in a report on ``reporting``,
+        is still wanted from that same peer (not stolen, its chunk not done elsewhere)."""
+        a, q = self.job.attempts.get(reporting), self.job.attempts.get(queued)
+        return a is not None and q is not None and q.peer == a.peer and q.running
 
     def heard(self, attempt: str, now: float) -> None:
         """A request naming ``attempt`` came from its peer: that peer is alive, whatever
@@ -470,20 +489,26 @@ class JobServer:
         """The source file, Range-capable, to the ffmpeg of a running attempt."""
         if not self.running_attempt(attempt):
             raise HTTPError("attempt is not running", status_code=410)
-        start = trio.current_time()
-        self.heard(attempt, start)
-        # A prefetch download (its attempt queued and not started) runs as fast as the link
-        # lets it; a source streamed into an encoder goes at the encoder's pace.
+        self.heard(attempt, trio.current_time())
         a = self.job.attempts[attempt]
-        saturated = a.queued and a.first_progress is None
-        nbytes = 0
+        # What each response carries teaches the scheduler the peer's link. Bytes sent to a
+        # prefetch (its attempt queued, not started) go as fast as the link lets them until
+        # the peer has its budget and stops reading; once the chunk is encoding, the
+        # encoder sets the pace and the rate is only a floor. Timed from the first piece's
+        # send to the last's of each kind (so a stalled prefetch's wait is not counted).
+        fetched: list[float] = [0, 0.0, 0.0]  # bytes, first and last send, not started
+        streamed: list[float] = [0, 0.0, 0.0]
 
         run = self._attempt(attempt)
 
         def sent(n: int) -> None:
-            nonlocal nbytes
-            nbytes += n
             run.served += n
+            now = trio.current_time()
+            kind = fetched if a.queued and a.first_progress is None else streamed
+            if not kind[0]:
+                kind[1] = now
+            kind[0] += n
+            kind[2] = now
 
         def read(n: int) -> None:
             self.source_read += n
@@ -492,11 +517,10 @@ class JobServer:
             await transfer.send_file(send, receive, self.info.path, self.info.size,
                                      request.headers.get("range"), head, sent, read)
         finally:
-            # What this response carried (bytes really sent), timed from its start: the
-            # peer's link.
             now = trio.current_time()
-            self.job.observe_transfer(a.peer, nbytes, now - start, now,
-                                      saturated=saturated)
+            for (nbytes, first, last), saturated in ((fetched, True), (streamed, False)):
+                self.job.observe_transfer(a.peer, nbytes, last - first, now,
+                                          saturated=saturated)
 
     async def restore_from_journal(self) -> None:
         """Count as done every journalled chunk whose file still has its recorded digest;

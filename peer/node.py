@@ -205,6 +205,8 @@ class JobEndpoints(Protocol):
 
     def heard(self, attempt: str, now: float) -> None: ...
 
+    def queued_wanted(self, reporting: str, queued: str) -> bool: ...
+
     async def serve_source(self, attempt: str, request: Request, send: Send,
                            receive: Receive, head: bool) -> None: ...
 
@@ -491,7 +493,9 @@ class Node:
             prog = decode(body, Progress)
             keep = server.progress_remote(prog.attempt, prog.chunk, prog.frames_done,
                                           prog.fps, trio.current_time())
-            await respond_message(send, ProgressAck(keep), request)
+            queued_keep = (prog.queued is None
+                           or server.queued_wanted(prog.attempt, prog.queued))
+            await respond_message(send, ProgressAck(keep, queued_keep), request)
             return
         if rest == "/failed" and method == "POST":
             body = await read_body(receive, request)

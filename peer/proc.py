@@ -45,6 +45,7 @@ async def run_ffmpeg(
     stdout: IO[bytes] | None = None,
     stdout_sink: Callable[[bytes], Awaitable[None]] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    stdin_feed: Callable[[trio.abc.SendStream], Awaitable[None]] | None = None,
     check: bool = True,
     what: str = "ffmpeg",
     stderr_lines: int = STDERR_KEEP_LINES,
@@ -52,13 +53,15 @@ async def run_ffmpeg(
     """Run one ffmpeg; its stdout goes to ``stdout`` (a file), ``stdout_sink``, or memory.
 
     ``on_progress`` receives the frame count from ``-progress pipe:2`` lines.
+    ``stdin_feed`` writes the child's stdin (closed after it returns); an encoder that has
+    what it needs and exits early ends the feed quietly.
     Raises EncodeError on a non-zero exit when ``check``. ``stderr_lines`` is how much of
     stderr's end is kept (the probe reads its whole stream dump from there).
     """
     piped = stdout is None
     proc = await trio.lowlevel.open_process(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin_feed is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE if piped else stdout,
         stderr=subprocess.PIPE,
     )
@@ -94,18 +97,32 @@ async def run_ffmpeg(
             else:
                 raise EncodeError(f"{what}: output larger than {MAX_CAPTURE_BYTES} bytes")
 
+    feeding = trio.CancelScope()
+
+    async def feed_stdin() -> None:
+        assert proc.stdin is not None and stdin_feed is not None
+        with feeding:
+            try:
+                async with proc.stdin:
+                    await stdin_feed(proc.stdin)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the child stopped reading: it has all it wants, or failed (said below)
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump_stderr)
+            if stdin_feed is not None:
+                nursery.start_soon(feed_stdin)
             if piped:
                 nursery.start_soon(pump_stdout)
             await proc.wait()
+            feeding.cancel()  # a feed waiting for more input has nobody to give it to
     finally:
         if proc.returncode is None:
             proc.kill()
         with trio.CancelScope(shield=True):
             returncode = await proc.wait()
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()

@@ -8,13 +8,18 @@ coordinator that stopped answering for ``Timings.coordinator_gone_s`` (the rule 
 
 While a chunk encodes, the slot asks for its next one (a prefetch claim): the next chunk
 then starts without a claim round trip, and an idle faster peer may steal it until it has
-started (the slot checks with a progress report before it starts a queued chunk).
+started (the slot checks with a progress report before it starts a queued chunk). Its
+source is fetched meanwhile into the slot's work directory (``peer.prefetch``), so the
+transfer overlaps the encode; every report names the queued attempt, and one the answer
+says is gone (stolen, or its chunk done elsewhere) is dropped with its file at once.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -53,6 +58,7 @@ from swarm.protocol import (
 )
 
 from .client import call, signed_headers, transport_errors
+from .prefetch import Prefetch
 from .proc import run_ffmpeg
 
 __all__ = ["JobTerms", "accept_invite", "work_slot"]
@@ -112,13 +118,53 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
                     timings: Timings = DEFAULT_TIMINGS) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone."""
+    workdir = await trio.to_thread.run_sync(
+        lambda: tempfile.mkdtemp(prefix=f"swarm-{terms.job_id[:16]}-{slot}-"))
+    try:
+        async with trio.open_nursery() as downloads:
+            await _work_slot(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
+                             client=client, on_event=on_event, timings=timings,
+                             workdir=workdir, downloads=downloads)
+            downloads.cancel_scope.cancel()  # a prefetch of a chunk we will not encode
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, True))
+
+
+class _Queued:
+    """The slot's prefetched chunk, and its source being fetched ahead (if it is)."""
+
+    def __init__(self) -> None:
+        self.assignment: Assignment | None = None
+        self.fetch: Prefetch | None = None
+
+    def take(self) -> tuple[Assignment, Prefetch | None] | None:
+        if self.assignment is None:
+            return None
+        out = self.assignment, self.fetch
+        self.assignment = self.fetch = None
+        return out
+
+    async def drop(self) -> None:
+        """The queued attempt is gone (taken over, or its chunk done): free its file now."""
+        fetch = self.fetch
+        self.assignment = self.fetch = None
+        if fetch is not None:
+            await fetch.close()
+
+
+async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
+                     on_event: Callable[[NodeEvent], None], timings: Timings, workdir: str,
+                     downloads: trio.Nursery) -> None:
     silence = Silence(timings.coordinator_gone_s, trio.current_time())
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
-    queued: list[Assignment] = []
+    queued = _Queued()
 
     async def prefetch(stop: trio.Event) -> None:
-        """Claim the next chunk ahead while one encodes. A request in flight is never
-        cancelled: an assignment the coordinator made must reach us."""
+        """Claim the next chunk ahead while one encodes, and start fetching its source. A
+        request in flight is never cancelled: an assignment the coordinator made must reach
+        us."""
         while not stop.is_set():
             try:
                 reply = await call(client, secret, "POST", claim_path,
@@ -126,7 +172,13 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             except PeerError:
                 return  # the plain claim after this chunk will sort it out
             if isinstance(reply, Assignment):
-                queued.append(reply)
+                queued.assignment = reply
+                # Only a chunk that seeks can be copied exactly (see copy_source_argv).
+                if (reply.prefetch_bytes is not None and reply.seek_s is not None
+                        and reply.trim_s is not None):
+                    queued.fetch = Prefetch(reply, ffmpeg.path, _source_url(terms, reply, secret),
+                                            workdir, recv_buffer=RECV_BUFFER)
+                    downloads.start_soon(queued.fetch.run)
                 return
             if isinstance(reply, JobDone):
                 return
@@ -134,9 +186,12 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                 await stop.wait()
 
     while True:
-        if queued:
-            held = queued.pop()
+        fetched: Prefetch | None = None
+        if (next_one := queued.take()) is not None:
+            held, fetched = next_one
             if not await _still_wanted(held, client, secret):
+                if fetched is not None:
+                    await fetched.close()
                 continue  # stolen by a faster peer before it started
             reply: Assignment | Wait | JobDone = held
         else:
@@ -168,11 +223,13 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
             try:
                 outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
                                          ffmpeg=ffmpeg, client=client, on_event=on_event,
-                                         timings=timings)
+                                         timings=timings, fetched=fetched, queued=queued)
             except CoordinatorGone:
                 nursery.cancel_scope.cancel()
             finally:
                 stop.set()
+                if fetched is not None:
+                    await fetched.close()
         if outcome == "gone":
             log.warning("job %s: coordinator gone; dropping it", terms.job_id)
             return
@@ -210,13 +267,26 @@ async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignm
             log.debug("chunk %d: could not report the failure: %s", a.chunk, exc)
 
 
+def _source_url(terms: JobTerms, a: Assignment, secret: str | None) -> str:
+    token = auth.url_token(secret, a.source_path, a.attempt)
+    return f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
+
+
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                   on_event: Callable[[NodeEvent], None], timings: Timings) -> str:
-    token = auth.url_token(secret, a.source_path, a.attempt)
-    source = f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
-    argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, source, a.seek_s,
-                             a.trim_s, a.frames, recv_buffer=RECV_BUFFER)
+                   on_event: Callable[[NodeEvent], None], timings: Timings,
+                   fetched: Prefetch | None = None, queued: _Queued | None = None) -> str:
+    """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
+    from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
+    ``queued``: the slot's next chunk, named in every report so that a stolen one is
+    dropped at once."""
+    if fetched is not None:
+        argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, "pipe:0", a.seek_s,
+                                 a.trim_s, a.frames, copied=True)
+    else:
+        argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan,
+                                 _source_url(terms, a, secret), a.seek_s, a.trim_s, a.frames,
+                                 recv_buffer=RECV_BUFFER)
     result_path = f"/v1/jobs/{a.job_id}/chunks/{a.chunk}/result?attempt={a.attempt}"
     send, recv = trio.open_memory_channel[bytes](UPLOAD_QUEUE)
     frames = 0
@@ -257,9 +327,11 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
         while True:
             await trio.sleep(timings.progress_every_s)
             elapsed = max(1e-3, trio.current_time() - started)
+            ahead = queued.assignment if queued is not None else None
             try:
                 ack = await call(client, secret, "POST", path,
-                                 Progress(a.job_id, a.chunk, a.attempt, frames, frames / elapsed),
+                                 Progress(a.job_id, a.chunk, a.attempt, frames, frames / elapsed,
+                                          queued=ahead.attempt if ahead else None),
                                  (ProgressAck,))
                 silence.heard(trio.current_time())
             except PeerError:
@@ -271,6 +343,9 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
                 continue
             on_event(SlotProgress(a.chunk, frames, frames / elapsed))
             assert isinstance(ack, ProgressAck)
+            if (not ack.queued_keep and queued is not None and ahead is not None
+                    and queued.assignment is ahead):
+                await queued.drop()
             if not ack.keep:
                 attempt_scope.cancel()  # replaced or the job is over: stop encoding now
                 return
@@ -286,6 +361,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
         nursery.start_soon(report_until_done)
         try:
             await run_ffmpeg(argv, stdout_sink=send.send, on_progress=progress,
+                             stdin_feed=fetched.feed if fetched is not None else None,
                              what=f"chunk {a.chunk}")
         except EncodeError as exc:
             # Abort the upload (the channel stays open) so the coordinator sees a broken

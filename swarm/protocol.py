@@ -87,6 +87,8 @@ MAX_FPS: Final = 1e6
 MAX_PROFILE_KEYS: Final = 48  # the flattened Profile.to_wire() has about 20
 MAX_PROFILE_STR: Final = 128
 MAX_REASON: Final = 200
+# Source bytes a peer may fetch ahead for one prefetched chunk (it keeps them in a file).
+MAX_PREFETCH_BYTES: Final = 1 << 34
 _INT64 = 2**63  # what msgpack can carry for a signed int
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # job and attempt ids: URL-safe, unguessable-sized
@@ -407,6 +409,10 @@ class Assignment(Message):
     # both None for a chunk that starts at the first frame. See chunker/plan.py.
     seek_s: Annotated[float | None, _optional(_float(0.0, MAX_MEDIA_S))] = None
     trim_s: Annotated[float | None, _optional(_float(-MAX_MEDIA_S, MAX_MEDIA_S))] = None
+    # A prefetched chunk (its peer is still busy): how many source bytes the peer may fetch
+    # ahead into a file while it finishes what it holds; the rest streams once it starts.
+    # None: stream it all at the start, as for a chunk granted to an idle slot.
+    prefetch_bytes: Annotated[int | None, _optional(_int(1, MAX_PREFETCH_BYTES))] = None
 
 
 @_message
@@ -452,6 +458,9 @@ class Progress(Message):
     attempt: Annotated[str, _token]
     frames_done: Annotated[int, _int(0, MAX_FRAMES)]
     fps: Annotated[float, _float(0.0, MAX_FPS)]
+    # The prefetched attempt the peer holds, not started yet (downloading its source): the
+    # answer says whether it is still wanted, so a stolen one is dropped within a report.
+    queued: Annotated[str | None, _optional(_token)] = None
 
 
 @_message
@@ -477,6 +486,8 @@ class ProgressAck(Message):
 
     TYPE: ClassVar[str] = "progress_ack"
     keep: Annotated[bool, _bool]
+    # For ``Progress.queued``: False when that attempt was taken over or ended.
+    queued_keep: Annotated[bool, _bool] = True
 
 
 @_message
