@@ -118,8 +118,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
                     timings: Timings = DEFAULT_TIMINGS) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone."""
-    workdir = await trio.to_thread.run_sync(
-        lambda: tempfile.mkdtemp(prefix=f"swarm-{terms.job_id[:16]}-{slot}-"))
+    workdir = _Workdir(f"swarm-{terms.job_id[:16]}-{slot}-")
     try:
         async with trio.open_nursery() as downloads:
             await _work_slot(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
@@ -127,8 +126,24 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                              workdir=workdir, downloads=downloads)
             downloads.cancel_scope.cancel()  # a prefetch of a chunk we will not encode
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, True))
+        if workdir.path is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(shutil.rmtree, workdir.path, True)
+
+
+class _Workdir:
+    """The slot's private directory for prefetched sources, made on first use (most jobs
+    on a fast peer never prefetch) and removed with everything in it when the slot ends."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.path: str | None = None
+
+    def get(self) -> str:
+        if self.path is None:
+            # One mkdir: not worth a thread hop (and none is made under a test's MockClock).
+            self.path = tempfile.mkdtemp(prefix=self.prefix)
+        return self.path
 
 
 class _Queued:
@@ -155,8 +170,8 @@ class _Queued:
 
 async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
                      ffmpeg: FFmpeg, client: httpx.AsyncClient,
-                     on_event: Callable[[NodeEvent], None], timings: Timings, workdir: str,
-                     downloads: trio.Nursery) -> None:
+                     on_event: Callable[[NodeEvent], None], timings: Timings,
+                     workdir: _Workdir, downloads: trio.Nursery) -> None:
     silence = Silence(timings.coordinator_gone_s, trio.current_time())
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
     queued = _Queued()
@@ -177,7 +192,7 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
                 if (reply.prefetch_bytes is not None and reply.seek_s is not None
                         and reply.trim_s is not None):
                     queued.fetch = Prefetch(reply, ffmpeg.path, _source_url(terms, reply, secret),
-                                            workdir, recv_buffer=RECV_BUFFER)
+                                            workdir.get(), recv_buffer=RECV_BUFFER)
                     downloads.start_soon(queued.fetch.run)
                 return
             if isinstance(reply, JobDone):

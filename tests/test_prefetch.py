@@ -10,9 +10,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
+import httpx
 import msgpack
 import pytest
 import trio
@@ -20,14 +27,20 @@ import trio
 import ffmpegs
 from chunker.commands import copy_source_argv, encode_chunk_argv, video_plan
 from chunker.plan import plan_chunks
-from chunker.tools import FFmpeg
+from chunker.tools import FFmpeg, find_ffmpeg
 from media import FFMPEG, make_source, media_info
+from peer import media as steps
+from peer.jobserver import JobServer
+from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from peer.prefetch import Prefetch
 from peer.proc import run_ffmpeg
+from peer.worker import JobTerms, work_slot
 from profiles import load_profile
 from swarm.errors import RemoteProtocolError
 from swarm.protocol import Assignment, Progress, ProgressAck, decode, encode
 
+T = TypeVar("T")
 # What one read of a child's stdout returns at most (trio's receive_some default).
 PIPE_PIECE = 64 * 1024
 HARD_CASES = ["open_gop", "vfr", "mpegts", "mpegts_wrap", "neg_cts"]
@@ -160,3 +173,98 @@ def test_reports_name_the_queued_attempt_and_hear_whether_it_is_still_wanted() -
     for bad in (0, -1, 1 << 40, "1000"):
         with pytest.raises(RemoteProtocolError, match="prefetch_bytes"):
             decode(msgpack.packb(fields | {"prefetch_bytes": bad}), Assignment)
+
+
+def _children(word: str) -> list[int]:
+    """This test process's ffmpeg children whose command line holds ``word``."""
+    me = str(os.getpid())
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if stat[1] == me and word.encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Path) -> None:
+    """A real slot (peer.worker) against a real coordinator node on 127.0.0.1: while its
+    first chunk encodes (held still with SIGSTOP), it prefetches the second; a much faster
+    peer then steals that one. The next report hears so, and the copy and its file go."""
+    src = tmp_path / "src.mp4"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25:duration=6", "-c:v", "libx264",
+                    # Near-lossless: megabytes, so the copy stalls at its budget (what is
+                    # left of a small one fits in the pipe, and that copy is over at once).
+                    "-preset", "ultrafast", "-qp", "4", "-g", "25", str(src)],
+                   check=True, timeout=60)
+    workdir = tmp_path / "coord"
+    workdir.mkdir()
+
+    async def main() -> None:
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+        info = await steps.probe(ffmpeg, str(src))
+        profile = load_profile("480p")
+        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
+                             LocalSettings(no_local=True),
+                             NetworkSettings(enabled=True, discover=False, name="coord"))
+        v = info.video
+        plans = plan_chunks(v, info.format_start_s, 3.0)
+        assert len(plans) == 2
+        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
+                           v.time_base)
+        server = JobServer(job_id="job-prefetch-steal", opts=opts, ffmpeg=ffmpeg, info=info,
+                           plans=plans, vplan=vplan, workdir=str(workdir),
+                           emit=lambda e: None, local_key="local")
+        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
+                               serve_pyz=False), ffmpeg, coordinator=True)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                node.jobs[server.job_id] = server
+                url = f"http://127.0.0.1:{node.port}"
+                terms = JobTerms(server.job_id, url, profile, vplan)
+                async with httpx.AsyncClient(base_url=url) as client:
+                    nursery.start_soon(partial(work_slot, terms, node_id="ab12cd34ef56ab12",
+                                               slot=0, secret=None, ffmpeg=ffmpeg,
+                                               client=client))
+                    encoder = await _until(lambda: _children("libx264"))
+                    for pid in encoder:
+                        os.kill(pid, signal.SIGSTOP)
+                    pattern = f"swarm-{server.job_id[:16]}-0-*/prefetch_*.nut"
+                    files = await _until(lambda: [
+                        f for f in Path(tempfile.gettempdir()).glob(pattern) if _size(f)])
+                    assert _children("-output_ts_offset")  # the copy runs
+                    # A peer a hundred times faster, idle, takes the unstarted chunk.
+                    now = trio.current_time()
+                    server.job.add_peer("fast", 1e9, now)
+                    steal = server.claim_remote("fast", now)
+                    assert isinstance(steal, Assignment) and steal.chunk == 1
+                    stolen = trio.current_time()
+                    await _until(lambda: not files[0].exists() and not _children(
+                        "-output_ts_offset"))
+                    # Within one report period (1 s) and its round trip.
+                    assert trio.current_time() - stolen < 2.5
+                    for pid in encoder:
+                        os.kill(pid, signal.SIGCONT)
+                nursery.cancel_scope.cancel()
+        assert not _children("ffmpeg")
+
+    trio.run(main)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def _until(check: Callable[[], T]) -> T:
+    """Poll what a child process does (it has no event to wait on) until it is true."""
+    while not (value := check()):  # noqa: ASYNC110
+        await trio.sleep(0.02)
+    return value
