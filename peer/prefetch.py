@@ -68,6 +68,12 @@ class Prefetch:
         self._wake.set()
         self._wake = trio.Event()
 
+    def _make_room(self) -> None:
+        # A fresh event each time: a copy waiting for room must block until the next read,
+        # not spin on an event that is already set.
+        self._room.set()
+        self._room = trio.Event()
+
     async def run(self) -> None:
         """Copy until the source ends, the copy fails or ``close`` cancels it."""
         with self._scope:
@@ -99,7 +105,7 @@ class Prefetch:
         Raises EncodeError if the copy failed: the encoder must not see a cut-off source as
         the source's end (a short chunk)."""
         self.started.set()
-        self._room.set()
+        self._make_room()
         async with await trio.open_file(self.path, "rb", buffering=0) as fh:
             while True:
                 wake, over = self._wake, self.ended.is_set()
@@ -107,8 +113,7 @@ class Prefetch:
                 if data:
                     await stdin.send_all(data)
                     self.fed += len(data)
-                    self._room.set()
-                    self._room = trio.Event()
+                    self._make_room()
                     continue
                 if over:
                     if self.error is not None:

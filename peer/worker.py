@@ -204,9 +204,13 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
         fetched: Prefetch | None = None
         if (next_one := queued.take()) is not None:
             held, fetched = next_one
-            if not await _still_wanted(held, client, secret):
-                if fetched is not None:
-                    await fetched.close()
+            wanted = await _still_wanted(held, client, secret)
+            if fetched is not None and (not wanted or fetched.error is not None):
+                # A copy that failed (the network, a refused range) costs nothing yet:
+                # the chunk streams from the source as if it had never been fetched.
+                await fetched.close()
+                fetched = None
+            if not wanted:
                 continue  # stolen by a faster peer before it started
             reply: Assignment | Wait | JobDone = held
         else:

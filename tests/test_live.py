@@ -8,16 +8,22 @@ node on 127.0.0.1 for an upload whose connection breaks.
 from __future__ import annotations
 
 import socket
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
+import pytest
 import trio
 import trio.testing
 
 from chunker.commands import VideoPlan
 from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
+from chunker.tools import find_ffmpeg
+from media import FFMPEG
+from peer import media as steps
 from peer.coordinator import _watch
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
@@ -160,3 +166,54 @@ def test_a_broken_upload_requeues_its_chunk_at_once_and_the_prefetch_after_the_g
 
     trio.run(main)
     assert not list(tmp_path.iterdir())  # the partial upload is gone
+
+
+def test_the_coordinator_learns_a_peers_link_from_the_source_it_sends(tmp_path: Path
+                                                                      ) -> None:
+    """A prefetch download (its attempt queued, not started) sets the link estimate; the
+    scheduler then counts each chunk's transfer time from it."""
+    src = tmp_path / "src.mp4"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25:duration=4", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-qp", "10", "-g", "25", str(src)],
+                   check=True, timeout=60)
+
+    async def main() -> None:
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+        info = await steps.probe(ffmpeg, str(src))
+        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"),
+                                       load_profile("480p")),
+                             net=NetworkSettings(enabled=True, discover=False, name="c"),
+                             tuning=Tuning(timings=TIMINGS))
+        plans = plan_chunks(info.video, info.format_start_s, 1.0)
+        server = JobServer(job_id="job-live-link", opts=opts, ffmpeg=ffmpeg, info=info,
+                           plans=plans, vplan=VideoPlan(640, 360, 50),
+                           workdir=str(tmp_path), emit=lambda e: None, local_key="local")
+        # The scheduler is told what each chunk weighs: its share of the file.
+        assert sum(server.job.scheduler.bytes) == pytest.approx(info.size)
+        node = Node(NodeConfig(name="c", port=0, host="127.0.0.1", advertise=False,
+                               serve_pyz=False), ffmpeg, coordinator=True)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                node.jobs[server.job_id] = server
+                t0 = trio.current_time()
+                server.claim_remote("n1", t0)
+                queued = server.claim_remote("n1", t0, prefetch=True)
+                assert queued.prefetch_bytes is not None
+                assert queued.prefetch_bytes <= server.job.scheduler.bytes[queued.chunk]
+                assert server.job.link("n1") is None
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.port}"
+                                             ) as client:
+                    n = info.size // 2
+                    resp = await client.get(f"{server.source_path}?attempt={queued.attempt}",
+                                            headers={"range": f"bytes=0-{n - 1}"})
+                    assert resp.status_code == 206 and len(resp.content) == n
+                nursery.cancel_scope.cancel()
+        link = server.job.link("n1")
+        assert link is not None and link > 1e6  # loopback: far above a megabyte a second
+        a = server.job.attempts[queued.attempt]
+        # A prefetch cannot be expected to finish before its source is in.
+        assert a.est_finish >= a.started + server.job.scheduler.bytes[a.chunk] / link
+
+    trio.run(main)
