@@ -482,7 +482,12 @@ class JobServer:
         except HTTPError as exc:
             self.fail(attempt, f"upload: {exc}")
             raise
-        return await self.accept(attempt, path, self._attempt(attempt).served)
+        try:
+            return await self.accept(attempt, path, self._attempt(attempt).served)
+        finally:
+            # The peer waited for this answer (however long the check took), and gets it
+            # now: its other chunks are not to be taken for silence meanwhile.
+            self.heard(attempt, trio.current_time())
 
     async def serve_source(self, attempt: str, request: Request, send: Send,
                            receive: Receive, head: bool) -> None:

@@ -252,6 +252,10 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
                         os.kill(pid, signal.SIGCONT)
                 nursery.cancel_scope.cancel()
         assert not _children("ffmpeg")
+        # The slot's directory went with it.
+        tmp = Path(tempfile.gettempdir())
+        left = list(tmp.glob(f"swarm-{server.job_id[:16]}-*"))  # noqa: ASYNC240
+        assert not left, left
 
     trio.run(main)
 
