@@ -342,10 +342,20 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
     # With no way for another encoder to come (no network, or no mDNS and no --peer), end
     # as soon as the last one is out.
     grace = BENCH_GRACE_S if opts.net.enabled and (opts.net.discover or opts.net.peers) else 0.0
+    tick_s = opts.tuning.timings.tick_s
+    woke_by: float | None = None  # when this loop meant to be awake again, at the latest
     while not server.finished.is_set() or server.fatal is not None:
         if server.fatal is not None:
             raise EncodeError(server.fatal)
         now = trio.current_time()
+        if woke_by is not None and now - woke_by > tick_s:
+            # This process itself did not run (a machine loaded far past its cores): what
+            # peers sent meanwhile waits unread in our sockets. Read it before anyone is
+            # judged silent, rather than take the chunks of live peers.
+            woke_by = None
+            with trio.move_on_after(tick_s):
+                await server.finished.wait()
+            continue
         server.tick(now)
         why = nobody_left(job, now, server.names, grace)
         if why is not None:
@@ -358,9 +368,10 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
             raise EncodeError(why)
         # Wake for the next lease or silence deadline too, so a dead peer's chunks go back
         # when the rule says, not up to a tick later.
-        wait = opts.tuning.timings.tick_s
+        wait = tick_s
         if (deadline := job.next_deadline()) is not None:
             wait = max(0.0, min(wait, deadline - trio.current_time()))
+        woke_by = trio.current_time() + wait
         with trio.move_on_after(wait):
             await server.finished.wait()
 

@@ -126,6 +126,36 @@ def test_any_request_naming_an_attempt_counts_as_a_sign_of_life() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_a_coordinator_that_did_not_run_reads_its_sockets_before_judging_silence() -> None:
+    """On a machine loaded past its cores the coordinator itself may not run for seconds;
+    the reports peers sent meanwhile wait in its sockets. Waking late, it reads them first
+    instead of taking a live peer's chunks for a silence that was its own."""
+    events: list[tuple[float, JobEvent]] = []
+
+    async def main() -> None:
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, trio.testing.MockClock)
+        server, opts = _server(events)
+        t0 = trio.current_time()
+        held = server.claim_remote("n1", t0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, server, 0, opts)
+            await trio.sleep_until(t0 + 1.0)
+            assert server.progress_remote(held.attempt, held.chunk, 10, 10.0,
+                                          trio.current_time())
+            await trio.sleep(0.1)
+            clock.jump(TIMINGS.silent_s + 2.0)  # nothing here ran for 5 s
+            await trio.sleep(0.05)  # then the report that came meanwhile is read
+            assert server.progress_remote(held.attempt, held.chunk, 50, 10.0,
+                                          trio.current_time())
+            await trio.sleep(2.0)
+            nursery.cancel_scope.cancel()
+        assert not _requeued(events)
+        assert server.job.attempts[held.attempt].running
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def _cut_upload(port: int, target: str) -> None:
     """A PUT whose body stops halfway and whose connection then closes, as a SIGKILLed
     peer's upload does."""
