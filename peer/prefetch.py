@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 import trio
 
@@ -29,7 +30,7 @@ from swarm.protocol import Assignment
 from .proc import run_ffmpeg
 from .transfer import unlink
 
-__all__ = ["AHEAD_BYTES", "Prefetch"]
+__all__ = ["AHEAD_BYTES", "PREFETCH_DIR_PREFIX", "Prefetch", "sweep_stale_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,33 @@ log = logging.getLogger(__name__)
 AHEAD_BYTES = 1 << 20
 # Pieces the encoder's stdin is fed in.
 FEED_PIECE = 256 * 1024
+# A slot's directory is named PREFIX<pid>-<job>-<slot>-<random>: a node SIGKILLed mid-job
+# cannot remove its own, so the next one to prefetch removes those of dead processes.
+PREFETCH_DIR_PREFIX = "swarm-prefetch-"
+
+
+def sweep_stale_dirs(parent: str) -> None:
+    """Remove the prefetch directories in ``parent`` whose process is gone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(PREFETCH_DIR_PREFIX):
+            continue
+        pid = name[len(PREFETCH_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 class Prefetch:

@@ -17,6 +17,7 @@ says is gone (stolen, or its chunk done elsewhere) is dropped with its file at o
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -58,7 +59,7 @@ from swarm.protocol import (
 )
 
 from .client import call, signed_headers, transport_errors
-from .prefetch import Prefetch
+from .prefetch import PREFETCH_DIR_PREFIX, Prefetch, sweep_stale_dirs
 from .proc import run_ffmpeg
 
 __all__ = ["JobTerms", "accept_invite", "work_slot"]
@@ -118,7 +119,7 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | N
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
                     timings: Timings = DEFAULT_TIMINGS) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone."""
-    workdir = _Workdir(f"swarm-{terms.job_id[:16]}-{slot}-")
+    workdir = _Workdir(f"{PREFETCH_DIR_PREFIX}{os.getpid()}-{terms.job_id[:16]}-{slot}-")
     try:
         async with trio.open_nursery() as downloads:
             await _work_slot(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
@@ -141,7 +142,8 @@ class _Workdir:
 
     def get(self) -> str:
         if self.path is None:
-            # One mkdir: not worth a thread hop (and none is made under a test's MockClock).
+            # A few syscalls: not worth a thread hop (none is made under a test's MockClock).
+            sweep_stale_dirs(tempfile.gettempdir())
             self.path = tempfile.mkdtemp(prefix=self.prefix)
         return self.path
 

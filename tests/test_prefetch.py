@@ -33,7 +33,7 @@ from peer import media as steps
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
-from peer.prefetch import Prefetch
+from peer.prefetch import Prefetch, sweep_stale_dirs
 from peer.proc import run_ffmpeg
 from peer.worker import JobTerms, work_slot
 from profiles import load_profile
@@ -234,7 +234,8 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
                     encoder = await _until(lambda: _children("libx264"))
                     for pid in encoder:
                         os.kill(pid, signal.SIGSTOP)
-                    pattern = f"swarm-{server.job_id[:16]}-0-*/prefetch_*.nut"
+                    pattern = (f"swarm-prefetch-{os.getpid()}-{server.job_id[:16]}-0-*"
+                               "/prefetch_*.nut")
                     files = await _until(lambda: [
                         f for f in Path(tempfile.gettempdir()).glob(pattern) if _size(f)])
                     assert _children("-output_ts_offset")  # the copy runs
@@ -254,7 +255,7 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
         assert not _children("ffmpeg")
         # The slot's directory went with it.
         tmp = Path(tempfile.gettempdir())
-        left = list(tmp.glob(f"swarm-{server.job_id[:16]}-*"))  # noqa: ASYNC240
+        left = list(tmp.glob(f"swarm-prefetch-*-{server.job_id[:16]}-*"))  # noqa: ASYNC240
         assert not left, left
 
     trio.run(main)
@@ -272,3 +273,16 @@ async def _until(check: Callable[[], T]) -> T:
     while not (value := check()):  # noqa: ASYNC110
         await trio.sleep(0.02)
     return value
+
+
+def test_the_directories_of_a_killed_node_are_swept_by_the_next(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    dead = tmp_path / f"swarm-prefetch-{gone.pid}-job-0-abc"
+    mine = tmp_path / f"swarm-prefetch-{os.getpid()}-job-0-def"
+    other = tmp_path / "swarm-lan-xyz"
+    for d in (dead, mine, other):
+        d.mkdir()
+        (d / "prefetch_c00001a001.nut").write_bytes(b"x")
+    sweep_stale_dirs(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
