@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from swarm_hosts import Swarm, SwarmProcess
 
 from media import FFMPEG, decode_errors, media_info
 from netns import lan, requires_netns
+from peer.prefetch import sweep_stale_dirs
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, requires_netns]
 
@@ -138,3 +140,7 @@ def test_a_peer_killed_half_a_second_into_its_chunk_stalls_nothing(tmp_path: Pat
     assert decode_errors(out) == ""
     assert sorted(c["index"] for c in report["chunks"]) == list(range(len(report["chunks"])))
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.mp4", "report.json"]
+    # The killed peer could not remove its prefetch directory; the next node to prefetch
+    # on this machine sweeps it (as it does here).
+    sweep_stale_dirs(tempfile.gettempdir())
+    assert not list(Path(tempfile.gettempdir()).glob(f"swarm-prefetch-{alpha.pid}-*"))
