@@ -97,6 +97,41 @@ def test_a_dropped_connection_loses_the_attempt_and_shortens_the_grace() -> None
     assert job.tick(1.0 + DROP_GRACE_S) == [] and job.attempts[b.attempt].running
 
 
+def test_silence_and_delivering_hold_for_pieces_cut_to_a_share() -> None:
+    """A chunk cut to its claimer's share (Grant.split): the piece it holds goes back when
+    it falls silent, its rest (never handed out) stays pending, each with its share of the
+    chunk's source bytes; a piece being verified is spared like any chunk."""
+    job = Job([150] * 3, cuts=[[30, 60, 90, 120]] * 3, min_piece=60, expected_slots=3,
+              silent_s=SILENT_S, source_bytes=[3000.0] * 3)
+    for peer, speed in (("slow", 1.0), ("mid", 2.0), ("fast", 3.0)):
+        job.add_peer(peer, speed, 0.0)
+        job.observe(peer, speed * 10, 10.0)
+    fast = _assign(job.claim("fast", 0.0))
+    mid = _assign(job.claim("mid", 0.0))
+    slow = _assign(job.claim("slow", 0.0))
+    assert slow.split is not None and job.chunks[slow.chunk].frames == 60
+    assert job.scheduler.bytes[slow.chunk] == pytest.approx(1200.0)
+    assert job.scheduler.bytes[slow.split] == pytest.approx(1800.0)
+    for t in (1.0, 2.0):
+        assert job.progress(fast.attempt, int(3 * t), t)
+        assert job.progress(mid.attempt, int(2 * t), t)
+    assert job.progress(slow.attempt, 1, 1.0)
+    job.delivering(mid.attempt, 2.0)  # mid's result is in and being checked
+    # slow is SIGKILLed after 1 s; fast reports on, mid waits for its answer.
+    assert job.tick(1.0 + SILENT_S - 0.01) == []
+    for t in (3.0, 4.0):
+        assert job.progress(fast.attempt, int(3 * t), t)
+    back = job.tick(1.0 + SILENT_S)
+    assert [r.chunk for r in back] == [slow.chunk]
+    assert back[0].reason.startswith("peer silent")
+    assert job.attempts[mid.attempt].running and job.attempts[fast.attempt].running
+    assert job.tick(6.5) == []  # mid, silent since 2 s, is being verified: owes nothing
+    # The piece and its rest both go out again, each whole as cut.
+    assert job.succeeded(mid.attempt, 6.5)
+    again = _assign(job.claim("mid", 6.5))
+    assert again.chunk in (slow.chunk, slow.split) and again.split is None
+
+
 def test_foresight_stops_counting_on_a_silent_peer() -> None:
     """The dead fast peer must not keep the live slow one waiting for it."""
     job = Job([100] * 3, silent_s=SILENT_S, lease_s=15.0)
