@@ -112,6 +112,7 @@ class JobServer:
         self.ffmpeg = ffmpeg
         self.info = info
         self.plans = plans
+        self.planned_chunks = len(plans)  # before any is cut to a claimer's share
         self.vplan = vplan
         self.workdir = workdir
         self.emit = emit

@@ -102,6 +102,8 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
         "source_bytes_read": server.source_read,
         "result_bytes_received": sum(r.uploaded for r in server.attempt_records.values()),
         "source_bytes": info.size,
+        # The plan's chunk count; "chunks" also lists the pieces cut from them.
+        "chunks_planned": server.planned_chunks,
     }
 
 

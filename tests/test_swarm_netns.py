@@ -222,7 +222,8 @@ def test_the_chunk_plan_follows_the_peers_found(sources: dict[str, Path], outdir
     # 2 local slots + 2 peers: 120 s / (4 x 4) = 7.5 s, 16 chunks, where the coordinator
     # alone would plan 120 s / (4 x 2) = 15 s, 8 chunks.
     assert report["chunk_s"] == default_chunk_seconds(TWO_MINUTES_S, 4) == 7.5
-    assert len(report["chunks"]) == 16
+    assert report["chunks_planned"] == 16
+    assert len(report["chunks"]) >= 16  # and pieces cut to the claimers' shares
     assert set(_chunks_by_peer(report)) == {"coord", "alpha", "beta"}
     _assert_frame_exact(src, out, report)
 
