@@ -130,6 +130,18 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _refuse_empty_secret(secret: str | None) -> None:
+    """An empty secret is a mistake (``--secret "$SWARM_SECRET"`` with the variable unset),
+    never a choice: no open swarm could use such a node and no closed one either, silently.
+    Refused before anything runs, whatever else the command line says. Click reads an
+    empty SWARM_SECRET as unset, which would make the swarm open: looked at here instead."""
+    if secret is None:
+        secret = _guarded(_environment).secret
+    if secret is not None and not secret.strip():
+        raise _fail("the swarm secret is empty (--secret \"\" or an empty SWARM_SECRET): "
+                    "give the swarm's secret, or leave both out", EXIT_USAGE)
+
+
 def _tolerating_dead_pipes(fn: Any, *args: Any, **kwargs: Any) -> None:
     """Call ``fn`` (something that prints); if the reader of stdout or stderr went away
     (`swarm encode --json | head`, a closed terminal), silence that stream and carry on.
@@ -590,6 +602,7 @@ def encode(
     """
     from peer.options import LocalSettings, NetworkSettings
 
+    _refuse_empty_secret(secret)
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
     batch = len(input) > 1 or input[0].is_dir()
@@ -874,6 +887,7 @@ def join(
     from peer.node import NodeConfig, check_port
     from peer.recruit import parse_peer
 
+    _refuse_empty_secret(secret)
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
     _guarded(check_port, NodeConfig().host, port)  # before the benchmark: it takes seconds
     env = _guarded(_environment)
@@ -953,6 +967,8 @@ def peers(
         help="Our swarm secret: peers with another are shown as foreign.")] = None,
 ) -> None:
     """List the swarm peers found on the LAN with mDNS."""
+
+    _refuse_empty_secret(secret)
 
     def run() -> list[Any]:
         import trio

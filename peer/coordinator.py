@@ -365,6 +365,8 @@ async def _watch(server: JobServer, workers: int, opts: EncodeOptions) -> None:
                       network=opts.net.enabled, idle_s=now - server.last_activity,
                       stall_s=opts.tuning.timings.stall_s)
         if why is not None:
+            if opts.net.enabled:
+                why = f"{why}; {server.census.summary()}"  # what was there, and why unused
             raise EncodeError(why)
         # Wake for the next lease or silence deadline too, so a dead peer's chunks go back
         # when the rule says, not up to a tick later.

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from swarm.errors import RemoteProtocolError
-from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, Message, encode
+from swarm.protocol import CONTENT_TYPE, MAX_CONTROL_BODY, PROTOCOL_VERSION, Message, encode
 
 __all__ = ["ClientGone", "HTTPError", "Request", "end_after_request", "iter_body", "read_body",
            "respond", "respond_message"]
@@ -138,7 +138,7 @@ async def respond_message(send: Send, msg: Message, request: Request, status: in
                           ) -> None:
     """msgpack by default; JSON when the caller asks for it (curl, browsers, people)."""
     if "application/json" in request.headers.get("accept", ""):
-        data = {"v": 1, "t": msg.TYPE, **{
+        data = {"v": PROTOCOL_VERSION, "t": msg.TYPE, **{
             k: (dict(v) if hasattr(v, "items") else v)  # read-only maps -> JSON objects
             for k, v in ((f, getattr(msg, f)) for f in msg.__dataclass_fields__)}}
         await respond(send, status, json.dumps(data).encode(), "application/json")

@@ -42,6 +42,7 @@ from swarm.events import (
 )
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.protocol import Assignment, JobDone, Wait
+from swarm.trust import Census
 from swarm.verdict import hopeless_chunk, left_out
 
 from . import media, transfer
@@ -136,6 +137,7 @@ class JobServer:
         self.fatal: str | None = None
         self.left_out: dict[str, str] = {}
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
+        self.census = Census()  # every device recruiting found, and what it is (peer.recruit)
         self.records = [_ChunkRecord(p) for p in plans]
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
         # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk

@@ -50,6 +50,7 @@ from swarm.protocol import (
     ClaimRequest,
     Hello,
     Invite,
+    InviteReply,
     JobDone,
     NodeInfo,
     Progress,
@@ -59,6 +60,7 @@ from swarm.protocol import (
     decode,
 )
 from swarm.protocol import Assignment as AssignmentMsg
+from swarm.trust import invite_address_problem
 
 from . import pyz as pyz_mod
 from .client import call
@@ -526,12 +528,23 @@ class Node:
             return
         raise HTTPError("no such endpoint or method", status_code=404)
 
+    def invite_reply(self, invite: Invite, reason: str = "") -> InviteReply:
+        """An acceptance that proves this node holds the swarm's secret (swarm.auth)."""
+        return InviteReply(True, reason, self.node_id, auth.reply_proof(
+            self.config.secret, invite.nonce, InviteReply.TYPE, invite.job_id, self.node_id,
+            "accepted"))
+
     async def _invite(self, invite: Invite, request: Request, send: Send) -> None:
+        # Work only for whoever sent the invite: the address in it must be the sender's.
+        problem = invite_address_problem(invite.coordinator_url, request.client)
+        if problem is not None:
+            raise HTTPError(problem, status_code=403)
         if self.coordinator:
             raise HTTPError("this node is coordinating its own job", status_code=409)
         if self.work is not None:
             if self.work.job_id == invite.job_id:
-                await respond_message(send, ResultAck(True, "already working on it"), request)
+                await respond_message(send, self.invite_reply(invite, "already working on it"),
+                                      request)
                 return
             raise HTTPError(f"busy with job {self.work.job_id}", status_code=409)
         terms = accept_invite(invite)  # ProfileError -> 422
@@ -541,4 +554,4 @@ class Node:
         assert self._nursery is not None
         self.work = _Work(invite.job_id, terms.coordinator_url, trio.CancelScope())
         self._nursery.start_soon(self._work, invite, terms)
-        await respond_message(send, ResultAck(True, ""), request)
+        await respond_message(send, self.invite_reply(invite), request)

@@ -8,6 +8,7 @@ the job is invited again; one that accepts invites but never claims is left alon
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ import trio
 
 from chunker.tools import short_version
 from swarm import auth
-from swarm.errors import PeerError, RemoteProtocolError, TransportError, UsageError
+from swarm.errors import AuthError, PeerError, RemoteProtocolError, TransportError, UsageError
 from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
 from swarm.presence import PeerEvent, classify, fruitless
-from swarm.protocol import PROTOCOL_VERSION, Invite, ResultAck
+from swarm.protocol import PROTOCOL_VERSION, Invite, InviteReply
+from swarm.trust import KINDS
 
 from .client import call, fetch_info, transport_errors
 from .lan import route_address
@@ -62,6 +64,14 @@ def parse_peer(spec: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--peer {spec}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _foreign_why(verdict: str) -> str:
+    """Why a device that was found is not used, after "peer NAME not used: "."""
+    if verdict == "foreign-secret":
+        return "it has another secret"
+    kind = KINDS.get(verdict)
+    return f"{kind.label} ({kind.hint})" if kind is not None and kind.hint else verdict
 
 
 def _our_fingerprint(opts: EncodeOptions) -> str:
@@ -119,6 +129,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                     continue
                 key = f"{rec.host}:{rec.port}"
                 if ev.kind == "removed":
+                    server.census.forget(rec.node_id)
                     server.peer_left(rec.node_id, trio.current_time())
                     if key in candidates:
                         candidates.pop(key)
@@ -127,7 +138,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 verdict = classify(rec, our_fp, PROTOCOL_VERSION)
                 if verdict != "ok":
                     if key not in candidates:
-                        emit(PeerForeign(rec.name, verdict))
+                        server.census.saw(rec.node_id, rec.name, verdict)
+                        emit(PeerForeign(rec.name, _foreign_why(verdict)))
                         candidates[key] = _Candidate(rec.host, rec.port, rec.node_id,
                                                      rec.name, unusable=verdict)
                     continue
@@ -170,16 +182,32 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             return
         c.invites += 1
         url = f"http://{route_address(c.host)}:{node.port}"
-        invite = Invite(server.job_id, url, server.invite_fields())
+        invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16))
         try:
-            ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite, (ResultAck,),
-                             base=c.base)
+            ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite,
+                             (InviteReply,), base=c.base)
         except PeerError as exc:
-            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 422):
+            if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 403, 422):
                 c.unusable = str(exc)
-                emit(PeerForeign(info.name, str(exc)))
+                if exc.status_code == 401:
+                    server.census.saw(info.node_id, info.name, "foreign-secret")
+                    emit(PeerForeign(info.name, _foreign_why("foreign-secret")))
+                else:
+                    emit(PeerForeign(info.name, str(exc)))
             return
-        assert isinstance(ack, ResultAck)
+        assert isinstance(ack, InviteReply)
+        try:
+            # A member proves the secret; an open node accepts anything and cannot.
+            if ack.node_id != info.node_id:
+                raise AuthError(f"the reply names node {ack.node_id}, not {info.node_id}")
+            auth.check_reply_proof(opts.net.secret, ack.proof, invite.nonce, InviteReply.TYPE,
+                                   invite.job_id, ack.node_id, "accepted")
+        except AuthError as exc:
+            c.unusable = "unproven"
+            server.census.saw(info.node_id, info.name, "unproven")
+            emit(PeerForeign(info.name, f"not a member of this swarm: {exc}"))
+            return
+        server.census.saw(info.node_id, info.name, "ok")
         if ack.accepted and not c.invited:
             c.invited = True
             server.peer_invited(info.node_id, info.name, info.scores.get(opts.job.profile.name),

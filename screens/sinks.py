@@ -36,6 +36,7 @@ from swarm.events import (
     NodeUp,
     NoPeers,
     PeerBenched,
+    PeerForeign,
     PeerJoined,
     PeerLeft,
     PeerUnreachable,
@@ -90,6 +91,8 @@ class Plain:
             case PeerUnreachable():
                 typer.echo(f"swarm: peer {e.peer} unreachable ({e.why}); still trying",
                            err=True)
+            case PeerForeign():
+                typer.echo(f"swarm: peer {e.peer} not used: {e.why}", err=True)
             case PeerJoined():
                 typer.echo(f"swarm: peer {e.peer} joined ({e.address})", err=True)
             case PeerLeft():

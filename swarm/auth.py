@@ -25,6 +25,12 @@ What can go wrong, and why it is shaped this way:
   derived with PBKDF2 once per process, so that each guess costs as much as a node's startup.
 
 With no secret (``None``) the swarm is open: ``sign`` adds nothing and ``verify`` accepts all.
+
+Replies are proven, not signed like requests: a request's signature tells the receiver the
+sender is of its swarm, but an open node accepts any signed request and answers it, so the
+sender learns nothing from an answer unless the answer proves the secret too.
+``reply_proof`` is an HMAC over a nonce the asker chose (fresh per request, so a recorded
+reply cannot be replayed) and the answer's meaning; ``check_reply_proof`` verifies it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ __all__ = [
     "STREAMED_BODY",
     "TIME_HEADER",
     "body_digest",
+    "check_reply_proof",
     "fingerprint",
+    "reply_proof",
     "sign",
     "streamed_digest",
     "verify",
@@ -68,6 +76,8 @@ _METHOD = re.compile(r"[A-Z]{1,16}")
 _DIGEST = re.compile(r"[0-9a-f]{64}|" + STREAMED_BODY + r"(?::[A-Za-z0-9_-]{8,64})?")
 _TIME = re.compile(r"[0-9]{1,16}")  # int() alone would accept "+1", " 1" and "1_0"
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_REPLY_DOMAIN: Final = b"swarm-v1 reply"
+_REPLY_PART = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # tokens, ids, tags: never a separator
 
 
 @lru_cache(maxsize=4)
@@ -214,3 +224,35 @@ def verify_url_token(secret: str | None, path: str, attempt: str, token: str) ->
         raise AuthError("malformed source request") from exc
     if not hmac.compare_digest(want, token):
         raise AuthError("wrong source token")
+
+
+def _reply_canonical(nonce: str, parts: tuple[str, ...]) -> bytes | None:
+    if not all(_REPLY_PART.fullmatch(p) for p in (nonce, *parts)):
+        return None
+    return b"\n".join((_REPLY_DOMAIN, nonce.encode(), *(p.encode() for p in parts)))
+
+
+def reply_proof(secret: str | None, nonce: str, *parts: str) -> str | None:
+    """Proof that a reply to the request with ``nonce`` comes from a holder of ``secret``;
+    ``parts`` are what the reply says (its type, job, node, answer). None when open."""
+    if secret is None:
+        return None
+    canonical = _reply_canonical(nonce, parts)
+    if canonical is None:
+        raise LocalProtocolError(f"cannot prove a reply with parts {parts!r}"[:200])
+    return _mac(secret, canonical)
+
+
+def check_reply_proof(secret: str | None, proof: str | None, nonce: str, *parts: str) -> None:
+    """Raise AuthError unless ``proof`` is ``reply_proof(secret, nonce, *parts)``.
+
+    In an open swarm (``secret`` None) every reply passes: there is nothing to prove."""
+    if secret is None:
+        return
+    if proof is None:
+        raise AuthError("the reply is not signed: the node is open, or of no swarm")
+    canonical = _reply_canonical(nonce, parts)
+    if canonical is None or _SIGNATURE.fullmatch(proof) is None:
+        raise AuthError("the reply's proof is malformed")
+    if not hmac.compare_digest(_mac(secret, canonical), proof):
+        raise AuthError("the reply is signed with another secret")

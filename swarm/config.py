@@ -67,6 +67,9 @@ class Environment:
     cache_dir: Path | None = None
     # TERM: "dumb" (or none) gets plain lines instead of the live dashboard.
     term: str = ""
+    # SWARM_SECRET exactly as set, "" included: click reads an empty variable as unset
+    # (an open swarm), so cli.py refuses an empty one from this instead.
+    secret: str | None = None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Environment:
@@ -74,7 +77,8 @@ class Environment:
         if policy not in POLICIES:
             raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
         return cls(scheduler=policy, ffmpeg=env.get("SWARM_FFMPEG") or None,
-                   cache_dir=_cache_dir(env), term=env.get("TERM", ""))
+                   cache_dir=_cache_dir(env), term=env.get("TERM", ""),
+                   secret=env.get("SWARM_SECRET"))
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path | None:

@@ -48,6 +48,7 @@ __all__ = [
     "ClaimRequest",
     "Hello",
     "Invite",
+    "InviteReply",
     "JobDone",
     "Message",
     "NodeInfo",
@@ -59,7 +60,11 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
+# Bumped whenever a message gains, loses or changes a field, or a message type is added:
+# an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
+# pyz_sha256, AttemptFailed, Invite's nonce and InviteReply). tests/test_protocol.py pins
+# the schema per version, so a wire change without a bump fails there.
+PROTOCOL_VERSION: Final = 2
 CONTENT_TYPE: Final = "application/msgpack"
 
 # The largest legitimate body is an Invite with a full profile (48 keys of 32 + 128 chars,
@@ -97,6 +102,7 @@ _VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,32}")  # PEP 440 and semver both fit
 _ARCH = re.compile(r"[A-Za-z0-9._-]{1,32}")  # platform.machine(): x86_64, aarch64, armv7l
 _VISIBLE = re.compile(r"[\x21-\x7e]{1,64}")  # ffmpeg version strings vary wildly; no spaces
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # a hex SHA-256 digest, lower case: one spelling
+_PROOF = re.compile(r"[0-9a-f]{64}")  # a hex HMAC-SHA256 (swarm.auth.reply_proof)
 _ENCODER = re.compile(r"[a-z0-9_-]{1,32}")  # ffmpeg encoder names: libx264, h264_nvenc
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # profile names come from file names
 _PROFILE_KEY = re.compile(r"[a-z0-9_]{1,32}")
@@ -374,6 +380,24 @@ class Invite(Message):
         Mapping[str, str | int | float | bool],
         _mapping_of(_str(_PROFILE_KEY, "a key of [a-z0-9_]"), _profile_value, MAX_PROFILE_KEYS),
     ]
+    # Fresh per invite; the reply's proof covers it, so a recorded reply cannot be replayed.
+    nonce: Annotated[str, _token]
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class InviteReply(Message):
+    """Answer to an invite. With a swarm secret, ``proof`` is ``swarm.auth.reply_proof``
+    over the invite's nonce, the job, this node and the answer: what tells a coordinator
+    that the node really holds its secret (an open node accepts any invite, and its reply
+    would otherwise look the same). None in an open swarm, where nobody can prove anything.
+    """
+
+    TYPE: ClassVar[str] = "invite_reply"
+    accepted: Annotated[bool, _bool]
+    reason: Annotated[str, _text(0, MAX_REASON)]
+    node_id: Annotated[str, _node_id]
+    proof: Annotated[str | None, _optional(_str(_PROOF, "a lower-case hex HMAC-SHA256"))]
 
 
 @_message

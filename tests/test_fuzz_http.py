@@ -436,7 +436,8 @@ _progress = st.builds(Progress, st.just(JOB) | _tokens, st.integers(0, 40),
                       _attempt_like | _tokens, st.integers(0, 10**7),
                       st.floats(0, 1e6))
 _invites = st.builds(Invite, _tokens, st.just("http://127.0.0.1:9"), st.just(
-    {**load_profile("hd").to_wire(), "out_width": 320, "out_height": 240, "out_gop": 50}))
+    {**load_profile("hd").to_wire(), "out_width": 320, "out_height": 240, "out_gop": 50}),
+    _tokens)
 _messages: st.SearchStrategy[Message] = _claims | _progress | _invites
 
 

@@ -25,7 +25,7 @@ from profiles import load_profile
 from swarm import auth
 from swarm.config import DEFAULT_TIMINGS, Timings
 from swarm.errors import ProfileError
-from swarm.protocol import Invite, NodeInfo, ResultAck, decode, encode
+from swarm.protocol import Invite, InviteReply, NodeInfo, decode, encode
 
 
 async def _start_peer(nursery: trio.Nursery, name: str, secret: str | None = None,
@@ -99,7 +99,7 @@ async def test_unsigned_and_stale_requests_are_refused() -> None:
         async with trio.open_nursery() as nursery:
             node = await _start_peer(nursery, "locked", secret="s")
             base = f"http://127.0.0.1:{node.port}"
-            invite = encode(Invite("job12345", "http://127.0.0.1:9", {"name": "x"}))
+            invite = encode(Invite("job12345", "http://127.0.0.1:9", {"name": "x"}, "nonce-123"))
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"{base}/v1/invite", content=invite)
                 assert r.status_code == 401
@@ -135,10 +135,10 @@ async def test_peer_drops_a_vanished_coordinator_within_seconds() -> None:
             # A coordinator that is not there: nothing listens on port 9 (discard) here.
             fields = load_profile("hd").to_wire() | {"out_width": 640, "out_height": 360,
                                                      "out_gop": 50}
-            invite = Invite("gonejob1", "http://127.0.0.1:9", fields)
+            invite = Invite("gonejob1", "http://127.0.0.1:9", fields, "nonce-123")
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"{base}/v1/invite", content=encode(invite))
-                assert r.status_code == 200 and decode(r.content, ResultAck).accepted
+                assert r.status_code == 200 and decode(r.content, InviteReply).accepted
                 t0 = trio.current_time()
                 info = decode((await client.get(f"{base}/v1/info")).content, NodeInfo)
                 assert info.state == "busy" and info.job_id == "gonejob1"
@@ -167,10 +167,11 @@ def test_invite_carries_the_source_time_base() -> None:
     fields = load_profile("hd").to_wire() | {"out_width": 640, "out_height": 360,
                                              "out_gop": 50}
     terms = accept_invite(Invite("tbjob123", "http://127.0.0.1:9",
-                                 fields | {"out_time_base": "1/90000"}))
+                                 fields | {"out_time_base": "1/90000"}, "nonce-123"))
     assert terms.plan.time_base == Fraction(1, 90000)
-    assert accept_invite(Invite("tbjob123", "http://127.0.0.1:9", fields)).plan.time_base is None
+    plain = Invite("tbjob123", "http://127.0.0.1:9", fields, "nonce-123")
+    assert accept_invite(plain).plan.time_base is None
     for bad in ("0/1", "1/0", "-1/25", "1/90000 ", "1/9999999999", 25):
         with pytest.raises(ProfileError, match="out_time_base"):
             accept_invite(Invite("tbjob123", "http://127.0.0.1:9",
-                                 fields | {"out_time_base": bad}))
+                                 fields | {"out_time_base": bad}, "nonce-123"))

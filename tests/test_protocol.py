@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -20,6 +21,7 @@ from swarm.protocol import (
     ClaimRequest,
     Hello,
     Invite,
+    InviteReply,
     JobDone,
     Message,
     NodeInfo,
@@ -67,7 +69,9 @@ SAMPLES: list[Message] = [
         job_id=JOB,
         coordinator_url="http://192.168.1.20:8710",
         profile={"name": "fhd", "video_codec": "libx264", "video_crf": 21.5, "video_ok": True},
+        nonce="n0nce-0123456789",
     ),
+    InviteReply(accepted=True, reason="", node_id="0123456789abcdef", proof="ab" * 32),
     ClaimRequest(node_id="deadbeef", slot=0, prefetch=True),
     Assignment(
         job_id=JOB,
@@ -155,7 +159,7 @@ def test_round_trip(msg: Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_envelope_has_version_and_tag(msg: Message) -> None:
     body = wire(msg)
-    assert body["v"] == PROTOCOL_VERSION == 1
+    assert body["v"] == PROTOCOL_VERSION == 2
     assert body["t"] == msg.TYPE
     assert MESSAGE_TYPES[msg.TYPE] is type(msg)
 
@@ -202,6 +206,7 @@ def test_largest_messages_fit_the_body_limit() -> None:
         job_id="j" * 64,
         coordinator_url="http://" + "h" * 200 + ":65535/",
         profile={f"k{i:02d}_" + "k" * 28: "v" * 128 for i in range(48)},
+        nonce="n" * 64,
     )
     for msg in (big_info, big_invite):
         data = encode(msg)
@@ -284,7 +289,7 @@ def test_oversized_body_is_413_before_parsing() -> None:
     refuse(good + b"\x00" * (MAX_CONTROL_BODY - len(good)), 400)
 
 
-@pytest.mark.parametrize("version", [2, 0, -1, 2**40])
+@pytest.mark.parametrize("version", [1, 3, 0, -1, 2**40])
 def test_wrong_version_is_400_with_a_clear_message(version: int) -> None:
     err = refuse(corrupt(BY_TYPE[JobDone], v=version), 400)
     assert f"version {version}" in str(err)
@@ -584,3 +589,35 @@ def test_mutated_messages_only_raise_remote_protocol_error(msg: Message, data: A
     else:
         body[key] = data.draw(_values, label="value")
     assert_decodes_or_refuses(pack(body))
+
+
+# The wire's shape at each protocol version: every message type and its fields, in order.
+# A change here without a PROTOCOL_VERSION bump is what let NodeInfo.pyz_sha256 and
+# AttemptFailed reach the wire as version 1, where an older node saw "missing fields"
+# instead of "protocol version". Bump the version, then add its line.
+WIRE_SCHEMAS = {
+    2: {
+        "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
+                   "seek_s", "trim_s"),
+        "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
+        "claim": ("node_id", "slot", "prefetch"),
+        "hello": ("node_id", "port"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce"),
+        "invite_reply": ("accepted", "reason", "node_id", "proof"),
+        "job_done": ("job_id",),
+        "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
+                      "scores", "state", "job_id", "slots", "pyz_sha256"),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps"),
+        "progress_ack": ("keep",),
+        "result_ack": ("accepted", "reason"),
+        "wait": ("retry_after_s",),
+    },
+}
+
+
+def test_the_wire_schema_is_pinned_to_the_protocol_version() -> None:
+    now = {tag: tuple(f.name for f in dataclasses.fields(cls))
+           for tag, cls in sorted(MESSAGE_TYPES.items())}
+    assert PROTOCOL_VERSION in WIRE_SCHEMAS, "new version: record its schema here"
+    assert now == WIRE_SCHEMAS[PROTOCOL_VERSION], (
+        "the wire changed: bump PROTOCOL_VERSION and record the new schema")
