@@ -37,8 +37,11 @@ def _compare(got: list[float], want: list[float], what: str) -> None:
 
 
 def check_chunk_listing(listing: str, stderr: str, source: MediaInfo, first: int,
-                        frames: int) -> None:
-    """A chunk decoded without a message, has the planned frames at the planned times."""
+                        frames: int) -> float:
+    """A chunk decoded without a message, has the planned frames at the planned times.
+
+    Returns the chunk's first timestamp (s, its own clock), which the content spot check
+    seeks from."""
     if stderr.strip():
         raise VerifyError(f"chunk does not decode cleanly: {stderr.strip().splitlines()[0]}")
     got, tb = _video_pts(listing)
@@ -46,6 +49,7 @@ def check_chunk_listing(listing: str, stderr: str, source: MediaInfo, first: int
     base = v.seconds(first)
     want = [v.seconds(i) - base for i in range(first, first + frames)]
     _compare([float((g - got[0]) * tb) for g in got], want, "chunk")
+    return float(got[0] * tb)
 
 
 def check_output(out: MediaInfo, source: MediaInfo, tracks: TrackPlan | None = None) -> None:

@@ -14,6 +14,7 @@ bytes served) and a ``_ChunkRecord`` per chunk (the accepted result).
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ from swarm.events import (
 )
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.protocol import Assignment, JobDone, Wait
+from swarm.spotcheck import sample_frames
+from swarm.spotcheck import verdict as spot_verdict
 from swarm.trust import Census
 from swarm.verdict import hopeless_chunk, left_out
 
@@ -85,6 +88,9 @@ ENCODER_PIPELINE_FRAMES = 40
 # _prefetch_bytes): the estimate is the chunk's share of the file by frames, and a chunk
 # of simpler pictures weighs less than that.
 PREFETCH_SHARE = 0.8
+# Which frames are compared is drawn after the upload, from the OS's randomness: a peer
+# must not be able to predict them (swarm.spotcheck).
+_RANDOM = secrets.SystemRandom()
 
 
 @dataclass(slots=True)
@@ -396,14 +402,21 @@ class JobServer:
             self.fail(attempt, reason, bench=True)
             return False, reason
         try:
-            await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
-                                     rec.plan.frames)
+            chunk_start_s = await media.verify_chunk(self.ffmpeg, path, self.info,
+                                                     rec.plan.first, rec.plan.frames)
         except VerifyError as exc:
             await trio.to_thread.run_sync(unlink, path)
             if self.param_sets_from == attempt and not self.param_sets_kept:
                 self.param_sets = None  # a broken chunk must not set the job's reference
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
+        if a.peer != self.local_key and (
+                why := await self._content_problem(rec.plan, path, chunk_start_s)):
+            await trio.to_thread.run_sync(unlink, path)
+            if self.param_sets_from == attempt and not self.param_sets_kept:
+                self.param_sets = None
+            self.fail(attempt, why, bench=True)  # wrong pictures are no accident: bench now
+            return False, why
         digest = await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(unlink, path)
@@ -432,6 +445,18 @@ class JobServer:
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
         return True, ""
+
+    async def _content_problem(self, plan: ChunkPlan, path: str, chunk_start_s: float
+                               ) -> str | None:
+        """A peer's chunk compared with the source on a few frames it could not predict
+        (swarm.spotcheck); our own slots' results are our own work and skip it."""
+        samples = sample_frames(plan.frames, _RANDOM)
+        try:
+            tiles = await media.spot_check(self.ffmpeg, path, chunk_start_s, self.info,
+                                           self.vplan, plan.first, samples)
+        except VerifyError as exc:
+            return str(exc)
+        return spot_verdict(samples, tiles)
 
     def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
         """The chunk's decoding parameter sets; None if its header does not parse (the

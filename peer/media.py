@@ -10,8 +10,15 @@ from pathlib import Path
 
 import trio
 
-from chunker.commands import audio_argv, merge_argv, verify_chunk_argv, write_concat_list
+from chunker.commands import (
+    VideoPlan,
+    audio_argv,
+    merge_argv,
+    verify_chunk_argv,
+    write_concat_list,
+)
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
+from chunker.spotcheck import parse_tile_psnr, spot_check_argv
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan, ffmetadata_text
 from chunker.verify import check_chunk_listing, check_output
@@ -28,6 +35,7 @@ __all__ = [
     "encode_audio",
     "merge",
     "probe",
+    "spot_check",
     "verify_chunk",
     "verify_output",
 ]
@@ -42,12 +50,29 @@ async def probe(ffmpeg: FFmpeg, path: str) -> MediaInfo:
 
 
 async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
-                       frames: int) -> None:
-    """Decode the chunk fully; raises VerifyError unless frames and times are as planned."""
+                       frames: int) -> float:
+    """Decode the chunk fully; raises VerifyError unless frames and times are as planned.
+    Returns the chunk's first timestamp (``check_chunk_listing``)."""
     res = await run_ffmpeg(verify_chunk_argv(ffmpeg, path), check=False, what="verify")
     if res.returncode != 0:
         raise VerifyError(f"chunk does not decode: {res.stderr.strip()[-200:]}")
-    check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first, frames)
+    return check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first,
+                               frames)
+
+
+async def spot_check(ffmpeg: FFmpeg, path: str, chunk_start_s: float, source: MediaInfo,
+                     plan: VideoPlan, first: int, samples: list[int]) -> list[list[float]]:
+    """Tile PSNRs of the chunk's frames ``samples`` against the source's (chunker.spotcheck);
+    VerifyError if the comparison cannot be made (a frame missing on either side)."""
+    argv = spot_check_argv(ffmpeg, path, chunk_start_s, source, plan, first, samples)
+    res = await run_ffmpeg(argv,
+                           check=False, what="content check")
+    if res.returncode != 0:
+        raise VerifyError(f"content check failed to run: {res.stderr.strip()[-200:]}")
+    try:
+        return parse_tile_psnr(res.stdout.decode("utf-8", "replace"), len(samples))
+    except ValueError as exc:
+        raise VerifyError(f"content check: {exc}") from exc
 
 
 async def encode_audio(ffmpeg: FFmpeg, source: MediaInfo, profile: Profile,

@@ -56,12 +56,13 @@ from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSetting
 from profiles import load_profile
 from swarm import auth
 from swarm.config import Timings
-from swarm.errors import LocalProtocolError, RemoteProtocolError
+from swarm.errors import AuthError, LocalProtocolError, RemoteProtocolError
 from swarm.protocol import (
     MAX_CONTROL_BODY,
     Assignment,
     ClaimRequest,
     Invite,
+    InviteReply,
     JobDone,
     Message,
     NodeInfo,
@@ -820,3 +821,133 @@ def test_node_survived_the_fuzzing(node: FuzzedNode) -> None:
     assert reply.status == 200 and reply.body == node.source
     # The promise of test_result_for_an_unknown_attempt_writes_nothing, once more overall.
     assert os.listdir(node.workdir) == []
+
+
+# -- a peer node: invites from anywhere, and the proof in its replies ------------------------
+@dataclass
+class PeerNode:
+    port: int
+    secret: str | None
+    node_id: str
+    token: trio.lowlevel.TrioToken
+    stop: trio.CancelScope
+    app_errors: list[logging.LogRecord]
+
+    def __repr__(self) -> str:
+        return f"PeerNode(port={self.port}, secret={self.secret is not None})"
+
+
+async def _serve_peer(secret: str | None, ready: Callable[[PeerNode], None]) -> None:
+    ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+    # A coordinator at port 9 of loopback never answers: an accepted invite is dropped
+    # within half a second, and the node takes invites again.
+    node = Node(NodeConfig(name="fuzz-peer", port=0, host="127.0.0.1", secret=secret,
+                           advertise=False, serve_pyz=False,
+                           timings=Timings(coordinator_gone_s=0.5)), ffmpeg)
+    with trio.CancelScope() as stop:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            ready(PeerNode(node.port, secret, node.node_id, trio.lowlevel.current_trio_token(),
+                           stop, []))
+
+
+@pytest.fixture(scope="module", params=[None, SECRET], ids=["open", "secret"])
+def peer_node(request: pytest.FixtureRequest) -> Iterator[PeerNode]:
+    handoff: queue.Queue[PeerNode | BaseException] = queue.Queue()
+
+    def main() -> None:
+        try:
+            trio.run(_serve_peer, request.param, handoff.put)
+        except BaseException as exc:
+            handoff.put(exc)
+
+    thread = threading.Thread(target=main, name="fuzzed-peer", daemon=True)
+    thread.start()
+    got = handoff.get(timeout=60)
+    if isinstance(got, BaseException):
+        raise got
+    collect = _Collect(got.app_errors)
+    logging.getLogger("hypercorn.error").addHandler(collect)
+    try:
+        yield got
+        assert thread.is_alive(), handoff.get_nowait()
+        reply = exchange(got.port, http_request("GET", "/v1/info"))
+        assert reply.status == 200 and decode(reply.body, NodeInfo).node_id == got.node_id
+        assert not got.app_errors, [r.getMessage() for r in got.app_errors]
+    finally:
+        logging.getLogger("hypercorn.error").removeHandler(collect)
+        if thread.is_alive():
+            trio.from_thread.run_sync(got.stop.cancel, trio_token=got.token)
+        thread.join(10)
+
+
+_HOSTS = st.sampled_from([
+    "127.0.0.1", "127.9.9.9", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0", "10.0.0.1",
+    "192.0.2.1", "255.255.255.255", "[fe80::1%25eth0]", "[::ffff:10.0.0.1]", "[2001:db8::1]",
+    "localhost", "example.com", "nas.local", "127.0.0.1.nip.io",
+]) | st.ip_addresses(v=4).map(str)
+# Ports where nothing listens: an invite that is believed sends its claims nowhere.
+_URLS = st.builds(lambda scheme, host, port: f"{scheme}://{host}:{port}",
+                  st.sampled_from(["http", "https"]), _HOSTS, st.sampled_from([1, 9]))
+
+
+def _is_loopback(host: str) -> bool:
+    """Independently of swarm.trust: an IP literal on loopback (the test's own address)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _invite_fields() -> dict[str, Any]:
+    return {**load_profile("hd").to_wire(), "out_width": 320, "out_height": 240, "out_gop": 50}
+
+
+@FUZZ
+@given(url=_URLS, job=_tokens, nonce=_tokens)
+def test_invites_are_believed_only_from_the_coordinator_they_name(
+        peer_node: PeerNode, url: str, job: str, nonce: str) -> None:
+    """The test sends from 127.0.0.1: only loopback coordinators are its own address. A
+    believed invite is answered with a reply whose proof verifies (with a secret), or 409
+    while the node still works on an earlier one."""
+    body = encode(Invite(job, url, _invite_fields(), nonce))
+    headers = list(auth.sign(peer_node.secret, "POST", "/v1/invite", time.time(),
+                             auth.body_digest(body)).items())
+    reply = exchange(peer_node.port, http_request("POST", "/v1/invite", headers, body))
+    host = url.split("://", 1)[1].rsplit(":", 1)[0]
+    if not _is_loopback(host):
+        assert reply.status == 403, (url, reply)
+        return
+    assert reply.status in (200, 409), (url, reply)
+    if reply.status == 200:
+        ack = decode(reply.body, InviteReply)
+        assert ack.accepted and ack.node_id == peer_node.node_id
+        auth.check_reply_proof(peer_node.secret, ack.proof, nonce, InviteReply.TYPE, job,
+                               peer_node.node_id, "accepted")
+        if peer_node.secret is not None:
+            with pytest.raises(AuthError):  # the proof is bound to this invite's nonce
+                auth.check_reply_proof(peer_node.secret, ack.proof, nonce + "x",
+                                       InviteReply.TYPE, job, peer_node.node_id, "accepted")
+
+
+@FUZZ
+@given(method=_methods, target=_targets(), headers=_headers, body=_bodies,
+       sign=st.booleans())
+def test_a_peer_node_answers_anything_below_500(peer_node: PeerNode, method: str,
+                                                target: bytes,
+                                                headers: list[tuple[str, bytes]],
+                                                body: bytes, sign: bool) -> None:
+    hdrs: list[tuple[str | bytes, str | bytes]] = list(headers)
+    if sign and peer_node.secret is not None and method.isascii() and method.isalpha() \
+            and len(method) <= 16:
+        text = target.decode("latin-1")
+        if text.startswith("/") and text.isascii() and text.isprintable():
+            hdrs += auth.sign(peer_node.secret, method, text, time.time(),
+                              auth.body_digest(body)).items()
+    reply = exchange(peer_node.port, http_request(method, target, hdrs, body),
+                     head=method == "HEAD")
+    assert reply.status is None or reply.status < 500, reply
