@@ -35,6 +35,9 @@ _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 _STATS = re.compile(r"\bmse_avg:(\S+)")
 # Past a frame's time by less than any frame interval, above the 1 us rounding of -ss.
 _SEEK_PAST_S = 0.0005
+# A frame-threaded decoder works ahead on frames nobody wants once the one frame we take is
+# out: one thread per input costs 10 % less CPU (measured on 720p, 3 samples).
+_ONE_THREAD = ("-threads", "1")
 
 
 def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
@@ -69,7 +72,7 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
             argv += ["-ss", f"{rel + _SEEK_PAST_S:.6f}", "-noaccurate_seek"]
             mid = (v.seconds(at - 1) + v.seconds(at)) / 2 - base
             keep = f"trim=start={chunk_start_s + mid:.6f},"
-        argv += ["-i", chunk_path]
+        argv += [*_ONE_THREAD, "-i", chunk_path]
         graph.append(f"[{2 * i}:v:0]{keep}trim=end_frame=1[c{i}]")
         # The source: exactly as the encode seeked and trimmed to start at that frame.
         seek = trim = None
@@ -79,7 +82,7 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
             seek, trim = cut.seek_s, cut.trim_s
         if seek is not None:
             argv += ["-ss", f"{seek:.6f}", "-noaccurate_seek"]
-        argv += ["-i", source.path]
+        argv += [*_ONE_THREAD, "-i", source.path]
         keep = f"trim=start={trim:.6f}," if trim is not None else ""
         graph.append(f"[{2 * i + 1}:V:0]{keep}trim=end_frame=1,"
                      f"scale={plan.width}:{plan.height}:flags=bicubic,setsar=1[s{i}]")
