@@ -350,6 +350,13 @@ class JobServer:
     def named_peer_reached(self, spec: str) -> None:
         self.unreachable.pop(spec, None)
 
+    def device_seen(self, node_id: str, name: str, verdict: str) -> None:
+        """Recruiting found a device and judged it (a swarm.trust.KINDS verdict)."""
+        self.census.saw(node_id, name, verdict)
+
+    def device_gone(self, node_id: str) -> None:
+        self.census.forget(node_id)
+
     def _journal_ended(self, *attempts: str) -> None:
         if self.journal is None:
             return

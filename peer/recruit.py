@@ -129,7 +129,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                     continue
                 key = f"{rec.host}:{rec.port}"
                 if ev.kind == "removed":
-                    server.census.forget(rec.node_id)
+                    server.device_gone(rec.node_id)
                     server.peer_left(rec.node_id, trio.current_time())
                     if key in candidates:
                         candidates.pop(key)
@@ -138,7 +138,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 verdict = classify(rec, our_fp, PROTOCOL_VERSION)
                 if verdict != "ok":
                     if key not in candidates:
-                        server.census.saw(rec.node_id, rec.name, verdict)
+                        server.device_seen(rec.node_id, rec.name, verdict)
                         emit(PeerForeign(rec.name, _foreign_why(verdict)))
                         candidates[key] = _Candidate(rec.host, rec.port, rec.node_id,
                                                      rec.name, unusable=verdict)
@@ -190,7 +190,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 403, 422):
                 c.unusable = str(exc)
                 if exc.status_code == 401:
-                    server.census.saw(info.node_id, info.name, "foreign-secret")
+                    server.device_seen(info.node_id, info.name, "foreign-secret")
                     emit(PeerForeign(info.name, _foreign_why("foreign-secret")))
                 else:
                     emit(PeerForeign(info.name, str(exc)))
@@ -204,10 +204,10 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                                    invite.job_id, ack.node_id, "accepted")
         except AuthError as exc:
             c.unusable = "unproven"
-            server.census.saw(info.node_id, info.name, "unproven")
+            server.device_seen(info.node_id, info.name, "unproven")
             emit(PeerForeign(info.name, f"not a member of this swarm: {exc}"))
             return
-        server.census.saw(info.node_id, info.name, "ok")
+        server.device_seen(info.node_id, info.name, "ok")
         if ack.accepted and not c.invited:
             c.invited = True
             server.peer_invited(info.node_id, info.name, info.scores.get(opts.job.profile.name),
