@@ -598,7 +598,7 @@ def test_mutated_messages_only_raise_remote_protocol_error(msg: Message, data: A
 WIRE_SCHEMAS = {
     2: {
         "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
-                   "seek_s", "trim_s"),
+                   "seek_s", "trim_s", "prefetch_bytes"),
         "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
         "claim": ("node_id", "slot", "prefetch"),
         "hello": ("node_id", "port"),
@@ -607,8 +607,8 @@ WIRE_SCHEMAS = {
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
                       "scores", "state", "job_id", "slots", "pyz_sha256"),
-        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps"),
-        "progress_ack": ("keep",),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
+        "progress_ack": ("keep", "queued_keep"),
         "result_ack": ("accepted", "reason"),
         "wait": ("retry_after_s",),
     },
