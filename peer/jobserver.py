@@ -417,7 +417,7 @@ class JobServer:
                 self.param_sets = None  # a broken chunk must not set the job's reference
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
-        if a.peer != self.local_key and (
+        if a.peer != self.local_key and self.opts.tuning.spot_checks and (
                 why := await self._content_problem(rec.plan, path, chunk_start_s)):
             await trio.to_thread.run_sync(unlink, path)
             if self.param_sets_from == attempt and not self.param_sets_kept:

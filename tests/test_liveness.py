@@ -227,7 +227,8 @@ def test_reports_renew_the_lease_and_the_watch_requeues_after_lease_s_without_on
     """The shell's own loop (``_watch``, ticking every tick_s) against the lease: a peer
     reporting every second keeps its chunk for three leases; silent, it loses it after
     lease_s, to the tick."""
-    timings = Timings(lease_s=15.0, tick_s=0.5, stall_s=600.0)
+    # The silence rule (silent_s) would requeue sooner: held off, so the lease is what acts.
+    timings = Timings(lease_s=15.0, tick_s=0.5, stall_s=600.0, silent_s=600.0)
     lost_lease = trio.Event()
 
     class Events(list[JobEvent]):
