@@ -387,7 +387,9 @@ def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
     """A `swarm join` peer named with --peer: invited to the first file, released to the next
     one when nothing is left for it, and both outputs are whole."""
     _video(tmp_path / "a.mp4", 3)
-    _video(tmp_path / "b.mp4", 8)  # long enough for the peer's invite (retried every 3 s)
+    # Long enough for the peer's invite to the next file (a busy peer is re-invited at most
+    # every 3 s), even on an idle machine, where one slot encodes this 320x240 at ~200 fps.
+    _video(tmp_path / "b.mp4", 40)
     env = os.environ | {"PYTHONPATH": str(REPO)}
     joined = tmp_path / "join.jsonl"
     with open(joined, "w") as out:
@@ -410,7 +412,7 @@ def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
     events = _events(res.stdout)
     by_peer = {(e["file"], e["peer"]) for e in events if e["event"] == "chunk_done"}
     assert {(0, "bravo"), (1, "bravo")} <= by_peer, by_peer
-    for name, frames in (("a", 75), ("b", 200)):
+    for name, frames in (("a", 75), ("b", 1000)):
         out = tmp_path / f"{name}.480p.mp4"
         assert media_info(out).video.frames == frames and decode_errors(out) == ""
     assert [e["event"] for e in _events(joined.read_text())].count("job_joined") >= 2
