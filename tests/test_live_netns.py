@@ -122,8 +122,12 @@ def test_a_peer_killed_half_a_second_into_its_chunk_stalls_nothing(tmp_path: Pat
         e = requeued[attempt]
         assert e["t"] - killed_at <= REQUEUED_WITHIN_S, (e, killed_at)
         assert e["reason"] == "connection lost" or e["reason"].startswith("peer silent"), e
-    # The prefetched one too: the case that waited out the 15 s lease before.
-    assert queued & set(lost), (lost, report["attempts"])
+    # The prefetched one too, the case that waited out the 15 s lease before, when alpha held
+    # one at its death: whether it had claimed it 0.5 s into its chunk depends on the
+    # machine's speed (a prefetch waits for a trusted rate). tests/test_live.py covers it
+    # deterministically, under MockClock.
+    held_queued = queued & {a["id"] for a in report["attempts"] if a["peer"] == "alpha"}
+    assert held_queued <= set(lost) | done, (lost, report["attempts"])
     # And the coordinator's own slots took them over first, before any fresh chunk: the
     # next slot to free up encodes them, instead of waiting out a lease.
     done_by = {e["chunk"]: e["peer"] for e in lines if e["event"] == "chunk_done"}
