@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,6 +200,7 @@ def lan(n_hosts: int, prefix: str = "sw") -> Iterator[Lan]:
     """Build n hosts on one bridge; tear everything down on exit, whatever happened."""
     if not 1 <= n_hosts <= MAX_HOSTS:
         raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}, not {n_hosts}")
+    _sweep_orphans()
     tag = f"{prefix}{os.getpid()}-{next(_lan_counter)}"
     net = Lan(hosts=[], bridge_namespace=f"{tag}-lan")
     # Recorded before creation, so an interruption mid-way still cleans up; deleting a
@@ -227,6 +230,19 @@ def lan(n_hosts: int, prefix: str = "sw") -> Iterator[Lan]:
         yield net
     finally:
         _teardown(net, created)
+
+
+def _sweep_orphans() -> None:
+    """Remove the namespaces of test processes that died without their ``finally`` (a
+    SIGKILLed pytest): the pid in each name says whose they were."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                         timeout=IP_TIMEOUT_S).stdout
+    for name in (line.split()[0] for line in out.splitlines() if line.strip()):
+        m = re.fullmatch(r"[a-z]+(\d+)-\d+-(lan|h\d+)", name)  # any test's prefix
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            _kill_inside(name)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True,
+                           timeout=IP_TIMEOUT_S)
 
 
 def _teardown(net: Lan, namespaces: list[str]) -> None:
