@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Fragment", "Track", "parse", "retime"]
+__all__ = ["Fragment", "Track", "edit_list", "find_box", "parse", "retime"]
 
 _CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"moof",
                          b"traf", b"edts"})
@@ -248,3 +248,54 @@ def retime(frag: Fragment, decode_start: int, sequence: int) -> bytes:
         else:
             children.append(data[s:e])
     return _box(b"moof", b"".join(children)) + data[me:]
+
+
+def find_box(data: bytes, path: list[bytes]) -> bytes | None:
+    """The payload of the first box at ``path`` (e.g. moov/trak/mdia/.../avcC)."""
+    start, end = 0, len(data)
+    for kind in path:
+        pos = start
+        found = None
+        while pos + 8 <= end:
+            size, k = struct.unpack_from(">I4s", data, pos)
+            if size < 8:
+                return None
+            if k == kind:
+                found = (pos + 8, pos + size)
+                break
+            pos += size
+        if found is None:
+            return None
+        start, end = found
+        if kind == b"stsd":
+            start += 8  # version, flags, entry count
+        elif kind in (b"avc1", b"mp4a"):
+            start += 78 if kind == b"avc1" else 28  # the sample entry's fixed fields
+    return data[start:end]
+
+
+def edit_list(moov: bytes) -> tuple[float, int, int]:
+    """(delay in seconds, media time skipped, media time scale) of a moov's first track:
+    its empty edits and where its first real edit starts."""
+    mvhd = find_box(moov, [b"moov", b"mvhd"])
+    mdhd = find_box(moov, [b"moov", b"trak", b"mdia", b"mdhd"])
+    if mvhd is None or mdhd is None:
+        raise ValueError("moov without mvhd or mdhd")
+    movie_ts = struct.unpack_from(">I", mvhd, 20 if mvhd[0] == 1 else 12)[0]
+    rate = struct.unpack_from(">I", mdhd, 20 if mdhd[0] == 1 else 12)[0]
+    elst = find_box(moov, [b"moov", b"trak", b"edts", b"elst"])
+    if elst is None:
+        return 0.0, 0, rate
+    v = elst[0]
+    (count,) = struct.unpack_from(">I", elst, 4)
+    delay = 0
+    for j in range(count):
+        if v == 1:
+            dur, media = struct.unpack_from(">Qq", elst, 8 + 20 * j)
+        else:
+            dur, media = struct.unpack_from(">Ii", elst, 8 + 12 * j)
+        if media < 0:
+            delay += dur  # an empty edit: the track starts this much later
+        else:
+            return delay / movie_ts, media, rate
+    return delay / movie_ts, 0, rate

@@ -84,30 +84,6 @@ def _append(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _find(data: bytes, path: list[bytes]) -> bytes | None:
-    """The payload of the first box at ``path`` (e.g. moov/trak/mdia/.../avcC)."""
-    start, end = 0, len(data)
-    for kind in path:
-        pos = start
-        found = None
-        while pos + 8 <= end:
-            size, k = struct.unpack_from(">I4s", data, pos)
-            if size < 8:
-                return None
-            if k == kind:
-                found = (pos + 8, pos + size)
-                break
-            pos += size
-        if found is None:
-            return None
-        start, end = found
-        if kind == b"stsd":
-            start += 8  # version, flags, entry count
-        elif kind in (b"avc1", b"mp4a"):
-            start += 78 if kind == b"avc1" else 28  # the sample entry's fixed fields
-    return data[start:end]
-
-
 def audio_edit(path: str) -> tuple[float, int, int]:
     """(delay in seconds, samples skipped, sample rate) from the audio file's edit list: its
     offset from the source's first stream (an empty edit) and the encoder's priming (the
@@ -125,34 +101,9 @@ def audio_edit(path: str) -> tuple[float, int, int]:
                 break
             if kind == b"moov":
                 fh.seek(pos)
-                return _edit_of(fh.read(size))
+                return fmp4.edit_list(fh.read(size))
             pos += size
     raise ValueError(f"{path}: no moov")
-
-
-def _edit_of(moov: bytes) -> tuple[float, int, int]:
-    mvhd = _find(moov, [b"moov", b"mvhd"])
-    mdhd = _find(moov, [b"moov", b"trak", b"mdia", b"mdhd"])
-    if mvhd is None or mdhd is None:
-        raise ValueError("moov without mvhd or mdhd")
-    movie_ts = struct.unpack_from(">I", mvhd, 20 if mvhd[0] == 1 else 12)[0]
-    rate = struct.unpack_from(">I", mdhd, 20 if mdhd[0] == 1 else 12)[0]
-    elst = _find(moov, [b"moov", b"trak", b"edts", b"elst"])
-    if elst is None:
-        return 0.0, 0, rate
-    v = elst[0]
-    (count,) = struct.unpack_from(">I", elst, 4)
-    delay = 0
-    for j in range(count):
-        if v == 1:
-            dur, media = struct.unpack_from(">Qq", elst, 8 + 20 * j)
-        else:
-            dur, media = struct.unpack_from(">Ii", elst, 8 + 12 * j)
-        if media < 0:
-            delay += dur  # an empty edit: the track starts this much later
-        else:
-            return delay / movie_ts, media, rate
-    return delay / movie_ts, 0, rate
 
 
 @dataclass
@@ -256,7 +207,7 @@ class HlsPublisher:
             await trio.to_thread.run_sync(_write_whole, self.out_dir / name, init)
             self._inits[init] = name
             if self._codecs is None:
-                avcc = _find(init, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd",
+                avcc = fmp4.find_box(init, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd",
                                     b"avc1", b"avcC"])
                 self._codecs = avc_codec(avcc) if avcc is not None else ""
         first_pts = frags[0].first_pts
