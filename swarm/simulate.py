@@ -142,12 +142,13 @@ class Result:
 
 def lower_bound(sc: Scenario) -> float:
     """max(F, C) of the module docstring."""
-    wpb = sc.pixels / sc.bytes_per_frame  # work per source byte
+    # Work per source byte; a scenario without source bytes is bound by the CPUs alone.
+    wpb = sc.pixels / sc.bytes_per_frame if sc.bytes_per_frame > 0 else math.inf
     uplink = sc.uplink if sc.uplink is not None else math.inf
 
     def rate(p: PeerSpec, t: float) -> float:
         # Prefetch can hide transfers, never beat them: the sustained rate is the slower.
-        return min(p.speed, p.link(t) * wpb)
+        return p.speed if wpb == math.inf else min(p.speed, p.link(t) * wpb)
 
     total = sum(sc.work)
     jittery = any(p.jitter for p in sc.peers)
@@ -303,6 +304,8 @@ def run(sc: Scenario, policy: str, *, baseline_prefetch: bool = False,
             reschedule(f, r, t)
 
     def open_flow(i: int, aid: str, nbytes: float, t: float) -> None:
+        if nbytes <= 0:
+            return  # nothing to send: the attempt never waits on the link
         f = _Flow(aid, i, nbytes, nbytes, t, t)
         flows[aid] = f
         peers[i].flows[aid] = f

@@ -16,6 +16,7 @@ from swarm.simulate import (
     _share,
     lan_scenarios,
     lower_bound,
+    make_scenario,
     run,
 )
 
@@ -234,3 +235,16 @@ def test_simulated_peer_killed_after_claiming_costs_seconds_not_a_lease() -> Non
     # b's last sign of life is its claim at 0: its chunks are back at SILENT_S (+ a tick).
     assert fast.makespan <= SILENT_S + 2 * 1.0 + 0.5
     assert slow.makespan >= fast.makespan + 3.0
+
+
+def test_a_scenario_without_source_bytes_is_bound_by_the_cpus_alone() -> None:
+    """A source of no bytes (a generated one, say) never waits on a link: the run finishes
+    with the same makespan as with a negligible source, against the CPU-only bound."""
+    sc = make_scenario("nobytes", 10)
+    none = dataclasses.replace(sc, bytes_per_frame=0.0)
+    tiny = dataclasses.replace(sc, bytes_per_frame=1e-6)
+    a, b = run(none, "swarm"), run(tiny, "swarm")
+    assert a.finished and b.finished
+    assert a.makespan == b.makespan
+    assert lower_bound(none) == lower_bound(tiny)
+    assert a.makespan >= a.lower_bound
