@@ -875,6 +875,22 @@ def join(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print every node event as one JSON object per line on stdout, and "
         "nothing else there. Errors stay on stderr.")] = False,
+    hls: Annotated[str | None, typer.Option(
+        "--hls", metavar="DIR", help="Jobs submitted from the web page also publish HLS "
+        "under DIR, and the page plays them while they encode.")] = None,
+    hlsjs: Annotated[str | None, typer.Option(
+        "--hlsjs", metavar="FILE", envvar="SWARM_HLSJS", show_envvar=True,
+        help="A local hls.min.js that the page loads in browsers without native HLS "
+        "(the node never fetches it from the internet).")] = None,
+    uploads: Annotated[str | None, typer.Option(
+        "--uploads", metavar="DIR", help="Where videos uploaded from the web page and their "
+        "results are kept. Default: uploads/ in the cache directory.")] = None,
+    no_uploads: Annotated[bool, typer.Option(
+        "--no-uploads", help="The web page only shows the swarm; it takes no videos.")
+    ] = False,
+    max_upload_mb: Annotated[int, typer.Option(
+        "--max-upload-mb", min=1, max=1_000_000, help="Largest video the web page takes.")
+    ] = 4096,
 ) -> None:
     """Make this device an encoder peer: advertise it on the LAN and encode what it is given.
 
@@ -882,6 +898,9 @@ def join(
     leaves cleanly: unregisters from mDNS, stops its ffmpeg, and the coordinator re-queues
     what it held. Coordinators on other subnets can name this node with
     `swarm encode --peer HOST:PORT`.
+
+    The node also serves a web page at http://HOST:PORT/: the swarm's devices, its jobs
+    live, a player for --hls streams, and a form to encode a video from a phone.
     """
 
     from peer.node import NodeConfig, check_port
@@ -891,6 +910,10 @@ def join(
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
     _guarded(check_port, NodeConfig().host, port)  # before the benchmark: it takes seconds
     env = _guarded(_environment)
+    web_config = _guarded(partial(_web_config, env, secret=secret, hls=hls, hlsjs=hlsjs,
+                          uploads=None if no_uploads else uploads, no_uploads=no_uploads,
+                          max_upload_mb=max_upload_mb, name=name or socket.gethostname(),
+                          peers=tuple(peer or ())))
     mode = _output_mode(quiet, as_json, env.term)
     sink: Any = None
 
@@ -917,7 +940,13 @@ def join(
                                    slots=slots, peers=peers_to_greet,
                                    cache_dir=env.cache_dir), ffmpeg, scores,
                         on_event=sink or join_plain(mode == "quiet"))
-            await node.run()
+            from peer.web import Web
+
+            web = Web(web_config, node)
+            node.web, node.on_event = web, web.tee(node.on_event)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(web.run)
+                await node.run()
 
         try:
             _until_signal(main)
@@ -934,6 +963,33 @@ def join(
             typer.echo(f"swarm: {view.jobs} job(s), {view.done} chunk(s), {view.frames} frames "
                        f"encoded, {view.failed} failed", err=True)
         typer.echo("swarm: left the swarm", err=True)
+
+
+def _web_config(env: Environment, *, secret: str | None, hls: str | None,
+                hlsjs: str | None, uploads: str | None, no_uploads: bool, max_upload_mb: int,
+                name: str, peers: tuple[str, ...], browse: bool = True) -> Any:
+    """The web page of a node, from join's options: what it takes and how its jobs run."""
+    from peer.options import LocalSettings, NetworkSettings
+    from peer.web import WebConfig
+    from screens.web_assets import web_assets
+
+    if hlsjs is not None and not Path(hlsjs).is_file():
+        raise UsageError(f"--hlsjs {hlsjs}: no such file")
+    upload_dir: Path | None = None
+    if not no_uploads:
+        upload_dir = Path(uploads) if uploads else (
+            env.cache_dir / "uploads" if env.cache_dir is not None else None)
+    if hls is not None:
+        Path(hls).mkdir(parents=True, exist_ok=True)
+        _check_writable("--hls", str(Path(hls) / "x"))
+    return WebConfig(
+        web_assets(), secret=secret, uploads=upload_dir,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        hls_root=Path(hls) if hls is not None else None,
+        hlsjs=Path(hlsjs) if hlsjs is not None else None,
+        job_net=NetworkSettings(enabled=True, discover=browse, peers=peers, secret=secret,
+                                name=name),
+        job_local=LocalSettings(ffmpeg=env.ffmpeg, cache_dir=env.cache_dir), browse=browse)
 
 
 def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:

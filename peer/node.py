@@ -81,7 +81,8 @@ from .options import NetworkSettings
 from .transfer import SEND_BUFFER
 from .worker import accept_invite, work_slot
 
-__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "check_port"]
+__all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "WebRoutes",
+           "check_port"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,15 @@ class NodeConfig:
                    timings=timings, cache_dir=cache_dir)
 
 
+class WebRoutes(Protocol):
+    """The page a node serves besides the protocol (``peer.web.Web``), at ``/`` and
+    ``/web/``; None: those paths are 404 as any unknown one."""
+
+    def handles(self, path: str) -> bool: ...
+
+    async def handle(self, request: Request, receive: Receive, send: Send) -> None: ...
+
+
 class JobEndpoints(Protocol):
     """What the routes under /v1/jobs/ID/ need of a job this node coordinates
     (``peer.jobserver.JobServer``). Each answers a peer's request; ``now`` is trio's clock."""
@@ -248,6 +258,7 @@ class Node:
         self.hello_sink: Callable[[str, int], None] | None = None
         self.pyz: pyz_mod.Pyz | None = None
         self._pyz_tried = trio.Event()
+        self.web: WebRoutes | None = None
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -439,6 +450,9 @@ class Node:
 
     async def _route(self, request: Request, receive: Receive, send: Send) -> None:
         path, method = request.path, request.method
+        if self.web is not None and self.web.handles(path):
+            await self.web.handle(request, receive, send)
+            return
         if path == "/v1/info":
             if method != "GET":
                 raise HTTPError("use GET", status_code=405)

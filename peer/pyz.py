@@ -42,7 +42,7 @@ BOOTSTRAP_NAME = "swarm.pyz"
 ROOT_DIST = "swarm-encode"
 # The program's top-level modules and packages (pyproject.toml's py-modules and packages).
 PROGRAM = ("cli", "screens", "swarm", "peer", "chunker", "profiles")
-PROGRAM_DATA = (".py", ".toml")  # profiles/*.toml are package data
+PROGRAM_DATA = (".py", ".toml", ".html", ".js", ".css")  # profiles/*.toml, screens/web/
 SHEBANG = b"#!/usr/bin/env python3\n"
 # Checked before anything else is imported, in syntax any Python 3 (and 2) parses, so an old
 # interpreter prints one line instead of a SyntaxError from deep inside a dependency.
