@@ -370,6 +370,7 @@ class Web:
         out = cfg.uploads / f"{job_id}.{profile}.mp4"
         hls: str | None = None
         if cfg.hls_root is not None:
+            cfg.hls_root.mkdir(parents=True, exist_ok=True)
             hls = str(cfg.hls_root / job_id)
             self._hls[job_id] = Path(hls)
         intent = JobIntent(str(src), str(out), load_profile(profile), hls=hls)
