@@ -20,6 +20,7 @@ from screens.web_assets import web_assets
 from swarm.websession import COOKIE
 
 HLSJS = Path("/var/cache/swarm-ci/hls.js-1.7.4/hls.min.js")
+HAVE_HLSJS = HLSJS.is_file()
 
 
 def _video(path: Path, seconds: int = 4) -> Path:
@@ -38,7 +39,7 @@ async def _serve(nursery: trio.Nursery, tmp: Path, secret: str | None = None,
     web = Web(WebConfig(web_assets(), secret=secret,
                         uploads=tmp / "up" if uploads else None,
                         max_upload_bytes=max_upload_bytes, hls_root=tmp / "hls",
-                        hlsjs=HLSJS if HLSJS.is_file() else None,
+                        hlsjs=HLSJS if HAVE_HLSJS else None,
                         job_net=NetworkSettings(enabled=False),
                         job_local=LocalSettings(workers=1)), node)
     node.web, node.on_event = web, web.tee(node.on_event)

@@ -101,6 +101,8 @@ function jobCard(j) {
 
 // -- the player -------------------------------------------------------------------------
 let hls = null;
+// ?hlsjs: use hls.js even where the browser plays HLS itself (a test of both paths).
+const forceHlsjs = new URLSearchParams(location.search).has("hlsjs");
 function play(j, chosen = false) {
   if (window.player.job === j.id && !chosen) return;
   window.player.job = j.id;
@@ -110,7 +112,7 @@ function play(j, chosen = false) {
   $("playertitle").textContent = j.title;
   video.onplaying = () => { window.player.playing = true; };
   if (hls) { hls.destroy(); hls = null; }
-  if (video.canPlayType("application/vnd.apple.mpegurl")) {
+  if (!forceHlsjs && video.canPlayType("application/vnd.apple.mpegurl")) {
     window.player.mode = "native";
     video.src = src;
     video.play().catch(() => {});
