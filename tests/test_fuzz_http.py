@@ -53,7 +53,9 @@ from peer import media
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.web import Web, WebConfig
 from profiles import load_profile
+from screens.web_assets import web_assets
 from swarm import auth
 from swarm.config import Timings
 from swarm.errors import AuthError, LocalProtocolError, RemoteProtocolError
@@ -181,8 +183,13 @@ async def _serve(source: Path, workdir: Path, secret: str | None,
                     workdir=str(workdir), emit=lambda e: None, local_key="local")
     node = Node(NodeConfig(name="fuzz", port=0, host="127.0.0.1", secret=secret,
                            advertise=False), ffmpeg, coordinator=True)
+    # The web page too (peer.web): its routes answer fuzzed requests beside the protocol's.
+    web = Web(WebConfig(web_assets(), secret=secret, uploads=workdir / "up",
+                        max_upload_bytes=64 * 1024, hls_root=workdir / "hls"), node)
+    node.web = web
     with trio.CancelScope() as stop:
         async with trio.open_nursery() as nursery:
+            await nursery.start(web.run)
             await nursery.start(node.run)
             node.jobs[JOB] = job
             nursery.start_soon(_tick, job)
@@ -342,7 +349,11 @@ _attempts = _attempt_like | _tokens | st.text(max_size=80) | st.just("")
 _ROUTES = ["/v1/info", "/v1/invite", f"/v1/jobs/{JOB}", f"/v1/jobs/{JOB}/claim",
            f"/v1/jobs/{JOB}/progress", f"/v1/jobs/{JOB}/failed", f"/v1/jobs/{JOB}/source",
            f"/v1/jobs/{JOB}/chunks/0/result", f"/v1/jobs/{JOB}/chunks/999999/result",
-           "/v1/jobs/someOtherJob42/claim", "/v1/jobs/short/claim", "/", "/v1", "/v2/info"]
+           "/v1/jobs/someOtherJob42/claim", "/v1/jobs/short/claim", "/", "/v1", "/v2/info",
+           # The web page's (peer.web); not /web/events, whose answer never ends.
+           "/web/app.js", "/web/style.css", "/web/login", "/web/upload", "/web/hls.min.js",
+           f"/web/jobs/{JOB}/result", f"/web/jobs/{JOB}/hls/master.m3u8",
+           f"/web/jobs/{JOB}/hls/v00000.m4s", "/web/jobs/../../etc/passwd", "/web/"]
 _TRAVERSALS = [
     "/v1/jobs/../info", "/v1/info/..", "/v1/./info", "//v1/info", "/v1//info", "/V1/INFO",
     f"/v1/jobs/{JOB}/../../../../etc/passwd", f"/v1/jobs/{JOB}/chunks/../../source",
@@ -475,12 +486,17 @@ def _may_succeed(node: FuzzedNode, method: str, target: bytes) -> bool:
     """Whether the protocol has a 2xx for this method and target at all (nothing else may).
 
     Unsigned requests never qualify in a swarm with a secret, and these tests cannot sign
-    a fuzzed request, so there only ``GET /v1/info`` ever succeeds.
+    a fuzzed request, so there only ``GET /v1/info`` and the web page's public files ever
+    succeed (and, in an open swarm, its sign-in, which then asks for nothing).
     """
     path = unquote(target.split(b"?")[0].decode("ascii", "replace"))
     method = method.upper()  # as hypercorn hands it to the app
     if path == "/v1/info":
         return method == "GET"
+    if path in ("/", "/web/app.js", "/web/style.css"):
+        return method in ("GET", "HEAD")
+    if path == "/web/login":
+        return method == "POST" and node.secret is None
     m = _JOB_PATH.fullmatch(path)
     if node.secret is not None or m is None:
         return False
