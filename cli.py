@@ -235,8 +235,9 @@ def _timings(lease_s: float | None) -> Timings:
 def _run_encode(input: str, profile: str, output: str | None, report: str | None,
                 quiet: bool, *, local: Any = None, net: Any = None, as_json: bool = False,
                 report_html: str | None = None, lease_s: float | None = None,
-                **intent: Any) -> str:
-    """``intent``: the JobIntent fields besides the paths and profile."""
+                web: Any = None, **intent: Any) -> str:
+    """``intent``: the JobIntent fields besides the paths and profile; ``web``: the node's
+    page (``peer.web.Web``), fed every event."""
     from peer.coordinator import run_encode
     from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
     from peer.recruit import parse_peer
@@ -282,6 +283,8 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
                     typer.echo(f"swarm: {d['message']}", err=True)
         if sink is not None:
             _tolerating_dead_pipes(sink, e)
+        if web is not None:
+            web.watch(e, opts.job.hls)
 
     try:
         result = _until_signal(run_encode, opts, emit)
@@ -584,6 +587,10 @@ def encode(
         "--hls", metavar="DIR", help="Also publish the encode as fMP4 HLS in DIR while it "
         "runs (master.m3u8: play it before the job ends). Chunk N is published once chunks "
         "0..N are verified; the directory is removed if the job fails.")] = None,
+    hlsjs: Annotated[str | None, typer.Option(
+        "--hlsjs", metavar="FILE", envvar="SWARM_HLSJS", show_envvar=True,
+        help="A local hls.min.js for the node's web page, whose player then plays --hls in "
+        "browsers without native HLS.")] = None,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -608,12 +615,22 @@ def encode(
     batch = len(input) > 1 or input[0].is_dir()
     run: Any = partial(_run_batch, [str(p) for p in input]) if batch else partial(
         _run_encode, str(input[0]))
+    web: Any = None
+    if not local_only and not batch:  # the node's page follows this one job
+        from peer.web import Web
+
+        web = Web(_guarded(partial(
+            _web_config, _environment(), secret=secret, hls=None, hlsjs=hlsjs, uploads=None,
+            no_uploads=True, max_upload_mb=1, name=name or socket.gethostname(), peers=(),
+            browse=False)))
     out = _guarded(partial(
         run, profile, output, report, quiet,
         local=LocalSettings(workers=workers, no_local=no_local),
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
-                            name=name or socket.gethostname()),
+                            name=name or socket.gethostname(),
+                            page=web.attach if web is not None else None),
+        **({"web": web} if web is not None else {}),
         as_json=as_json, report_html=report_html, lease_s=lease_seconds,
         chunk_seconds=chunk_seconds,
         upscale=upscale, fresh=fresh, force=force, audio=audio.value,

@@ -279,6 +279,8 @@ async def _encoders(server: JobServer, opts: EncodeOptions, ffmpeg: FFmpeg,
             node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings,
                                                 opts.local.cache_dir), ffmpeg,
                         coordinator=True)
+            if opts.net.page is not None:
+                node.web = opts.net.page(node)
             await nursery.start(node.run)
             node.jobs[server.job_id] = server
             emit(Listening(node.port))

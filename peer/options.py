@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from profiles import Profile
 from swarm.config import DEFAULT_TIMINGS, Timings
@@ -52,6 +54,8 @@ class NetworkSettings:
     port: int = 0  # where the coordinator serves; taken or 0: any free port
     interfaces: tuple[str, ...] | None = None  # IPv4 addresses for mDNS; None: all
     name: str = field(default_factory=socket.gethostname)  # this device, as peers see it
+    # The web page of this job's node, given the node (peer.web.Web.attach); None: no page.
+    page: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

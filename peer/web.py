@@ -111,12 +111,13 @@ class Web:
     node refuses invites as a coordinating node does).
     """
 
-    def __init__(self, config: WebConfig, node: Any) -> None:
+    def __init__(self, config: WebConfig, node: Any = None) -> None:
         self.config = config
         self.node = node
-        here = Device(node.node_id, node.config.name, platform.machine() or "?",
-                      node.scores.get("hd", 0.0), "idle", True, here=True)
-        self.board = Board(here, secret=config.secret is not None)
+        self.board = Board(Device("here", "this node", platform.machine() or "?", 0.0,
+                                  "idle", True, here=True), secret=config.secret is not None)
+        if node is not None:
+            self.attach(node)
         self.profiles = builtin_names()
         self._changed = trio.Event()
         self._watchers = 0
@@ -127,6 +128,15 @@ class Web:
         self._external: str | None = None
         hlsjs = config.hlsjs
         self.hlsjs: bytes | None = hlsjs.read_bytes() if hlsjs is not None else None
+
+    def attach(self, node: Any) -> Web:
+        """Serve on ``node`` (``swarm encode``'s node exists only once its job started:
+        ``NetworkSettings.page`` calls this there)."""
+        self.node = node
+        self.board.set_here(Device(node.node_id, node.config.name, platform.machine() or "?",
+                                   node.scores.get("hd", 0.0),
+                                   "busy" if node.coordinator else "idle", True, here=True))
+        return self
 
     # -- what the node and its jobs report ---------------------------------------------
     def _poke(self) -> None:

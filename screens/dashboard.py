@@ -264,7 +264,7 @@ class JobView:
             case ChunkDuplicate():
                 self._log(now, f"chunk {e.chunk} from {e.peer}: already done, dropped")
             case Listening():
-                self._log(now, f"serving peers on port {e.port}")
+                self._log(now, f"serving peers and the web page on port {e.port}")
             case AudioStart():
                 self._log(now, "encoding the audio beside the chunks")
             case AudioDone():

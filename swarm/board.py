@@ -148,6 +148,13 @@ class Board:
         if key != self._here and self._devices.pop(key, None) is not None:
             self.version += 1
 
+    def set_here(self, here: Device) -> None:
+        """This node, once it is known (a coordinator's node starts after its job does)."""
+        del self._devices[self._here]
+        self._here = here.key
+        self._devices[here.key] = here
+        self.version += 1
+
     def set_here_state(self, state: str) -> None:
         here = self._devices[self._here]
         if here.state != state:

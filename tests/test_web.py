@@ -205,3 +205,59 @@ async def test_no_uploads_leaves_the_page_read_only(tmp_path: Path) -> None:
             first = await _snapshots(client, base).__anext__()
             assert first["uploads"] is False
             nursery.cancel_scope.cancel()
+
+
+async def test_an_encode_node_serves_the_page_of_its_job(tmp_path: Path) -> None:
+    from peer.coordinator import run_encode
+    from peer.options import EncodeOptions, JobIntent
+    from profiles import load_profile
+    from swarm.events import Listening
+
+    src = _video(tmp_path / "src.mp4", seconds=8)
+    hls = tmp_path / "hls"
+    web = Web(WebConfig(web_assets()))  # no uploads: `swarm encode`'s page shows its job
+    listening: list[int] = []
+    heard = trio.Event()
+
+    def emit(e: object) -> None:
+        web.watch(e, str(hls))  # type: ignore[arg-type]
+        if isinstance(e, Listening):
+            listening.append(e.port)
+            heard.set()
+
+    opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), load_profile("480p"),
+                                   hls=str(hls)),
+                         LocalSettings(workers=1),
+                         NetworkSettings(enabled=True, discover=False, name="encoder",
+                                         page=web.attach))
+    seen: list[dict[str, object]] = []
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+            done = trio.Event()
+
+            async def job() -> None:
+                await run_encode(opts, emit)
+                done.set()
+            nursery.start_soon(job)
+            await heard.wait()
+            base = f"http://127.0.0.1:{listening[0]}"
+            assert "encoder" in (await client.get(f"{base}/")).text
+            played = False
+            try:
+                async for snap in _snapshots(client, base):
+                    seen.append(snap)
+                    card = snap["jobs"][0] if snap["jobs"] else {}  # type: ignore[index]
+                    if card.get("hls") and not played:
+                        m = await client.get(f"{base}/web/jobs/{card['id']}/hls/master.m3u8")
+                        assert m.status_code == 200 and m.text.startswith("#EXTM3U")
+                        played = True
+                    if card.get("state") == "done":
+                        break
+            except httpx.HTTPError:
+                pass  # the job ended and its node with it
+            await done.wait()
+    here = seen[0]["devices"][0]  # type: ignore[index]
+    assert here["name"] == "encoder" and here["here"] and here["state"] == "busy"
+    maps = [str(s["jobs"][0]["chunks"]) for s in seen if s["jobs"]]  # type: ignore[index]
+    assert any(m and set(m) != {"d"} for m in maps), maps
+    assert played  # its stream, from the page's own route
