@@ -208,6 +208,7 @@ def join_plain(quiet: bool) -> Any:
             case NodeUp():
                 typer.echo(f"swarm: {e.name} ready on port {e.port} at {e.address} "
                            f"(node {e.node_id})", err=True)
+                typer.echo(f"swarm: web page at http://{e.address}/", err=True)
             case PyzReady():
                 typer.echo(f"swarm: another device joins with:\n{e.bootstrap}\n"
                            f"# sha256 {e.sha256}", err=True)
