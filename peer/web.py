@@ -71,6 +71,9 @@ PUSH_EVERY_S = 0.25
 KEEPALIVE_S = 2.0
 PIECE = 256 * 1024
 MAX_LOGIN_BODY = 1024
+# A wrong secret is answered after this long, one at a time over all connections: at most
+# two online guesses a second, unnoticeable for a person who mistyped.
+WRONG_SECRET_S = 0.5
 # A video's extension as uploads may carry it; the file on disk gets our own name.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg")
 _JOB_ID = r"[A-Za-z0-9_-]{8,64}"
@@ -126,6 +129,7 @@ class Web:
         self._results: dict[str, tuple[Path, str]] = {}  # job id -> (file, download name)
         self._hls: dict[str, Path] = {}
         self._external: str | None = None
+        self._guessing = trio.Lock()
         hlsjs = config.hlsjs
         self.hlsjs: bytes | None = hlsjs.read_bytes() if hlsjs is not None else None
 
@@ -308,7 +312,8 @@ class Web:
         except (UnicodeDecodeError, ValueError) as exc:
             raise HTTPError("a form with the secret") from exc
         if not secret_matches(self.config.secret, form.get("secret", "")):
-            await trio.sleep(0.5)  # guesses one at a time, slowly
+            async with self._guessing:  # wrong guesses one at a time, each slowly
+                await trio.sleep(WRONG_SECRET_S)
             raise HTTPError("wrong secret", status_code=403)
         cookie = (f"{COOKIE}={new_session(self.config.secret, time.time())}; HttpOnly; "
                   f"SameSite=Strict; Path=/; Max-Age={SESSION_S}")
@@ -434,10 +439,14 @@ async def _receive_file(receive: Receive, dest: Path, length: int) -> None:
     """The request body into ``dest``: exactly ``length`` bytes, or no file at all."""
     got = 0
     try:
-        async with await trio.open_file(dest, "xb") as f:
-            async for piece in iter_body(receive, length):
-                got += len(piece)
-                await f.write(piece)
+        try:
+            async with await trio.open_file(dest, "xb") as f:
+                async for piece in iter_body(receive, length):
+                    got += len(piece)
+                    await f.write(piece)
+        except OSError as exc:  # a full disk is the node's trouble, not a crash
+            raise HTTPError(f"cannot store the upload: {exc.strerror}", status_code=507
+                            ) from exc
         if got != length:
             raise ClientGone(f"the upload ended after {got} of {length} bytes",
                              status_code=400)
