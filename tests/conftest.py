@@ -1,12 +1,29 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chunker.tools import find_ffmpeg
 from media import SOURCES, crashes_on, make_source
+
+# A device's identity and pairings live in its config dir (peer.identity); no test may touch
+# the user's ~/.config. Processes started by session fixtures get this run's own dir;
+# each test then gets a dir of its own (config_dir below).
+_RUN_CONFIG = tempfile.TemporaryDirectory(prefix="swarm-test-config-")
+os.environ["SWARM_CONFIG_DIR"] = _RUN_CONFIG.name
+
+
+@pytest.fixture(autouse=True)
+def config_dir(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This test's own SWARM_CONFIG_DIR (inherited by the processes it starts)."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("SWARM_CONFIG_DIR", str(folder))
+    yield folder
 
 
 @pytest.fixture(scope="session")

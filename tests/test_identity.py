@@ -1,0 +1,88 @@
+"""peer.identity: the device's key pair and devices.json, in the test's own config dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from peer import identity
+from peer.identity import Devices, load_identity
+from swarm.errors import UsageError
+from swarm.pairing import Paired
+
+
+def test_every_test_has_its_own_config_dir(config_dir: Path) -> None:
+    assert identity.config_dir() == config_dir
+    assert not str(config_dir).startswith(str(Path.home() / ".config"))
+
+
+def test_config_dir_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SWARM_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert identity.config_dir() == tmp_path / "xdg" / "swarm"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert identity.config_dir() == tmp_path / "home" / ".config" / "swarm"
+
+
+def test_identity_is_made_once_private_and_stable(config_dir: Path) -> None:
+    first = load_identity()
+    path = config_dir / "identity.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config_dir.stat().st_mode) in (0o700, 0o755)  # tmp made it already
+    assert load_identity() == first
+    assert len(first.device_id) == 32 and first.name
+    assert [p.name for p in config_dir.iterdir()] == ["identity.json"]  # no temporary left
+
+
+def test_a_damaged_identity_is_an_error_not_replaced(config_dir: Path) -> None:
+    load_identity()
+    path = config_dir / "identity.json"
+    raw = json.loads(path.read_text())
+    raw["device_id"] = "0" * 32
+    path.write_text(json.dumps(raw))
+    with pytest.raises(UsageError, match="damaged"):
+        load_identity()
+    path.write_text("{not json")
+    with pytest.raises(UsageError, match="cannot read"):
+        load_identity()
+    assert path.read_text() == "{not json"
+
+
+def test_devices_add_rename_revoke(config_dir: Path) -> None:
+    devs = Devices()
+    assert devs.devices == {}
+    a = devs.add(Paired("a" * 32, "pi", b"k" * 32), now=5.0)
+    b = devs.add(Paired("b" * 32, "pi", b"j" * 32), now=6.0)
+    assert a.name == "pi" and b.name == "pi-bbbbbbbb"  # names keep devices apart
+    path = config_dir / "devices.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = Devices()
+    assert again.key_for("a" * 32) == b"k" * 32 and again.devices["b" * 32].added == 6.0
+    again.rename("pi", "kitchen")
+    with pytest.raises(UsageError, match="already called"):
+        again.rename("bbbb", "kitchen")
+    assert Devices().find("aaaa").name == "kitchen"
+    assert Devices().revoke("kitchen").device_id == "a" * 32
+    left = Devices()
+    assert left.key_for("a" * 32) is None and list(left.devices) == ["b" * 32]
+    with pytest.raises(UsageError, match="no paired device"):
+        left.find("kitchen")
+
+
+def test_damaged_devices_file(config_dir: Path) -> None:
+    (config_dir / "devices.json").write_text('{"version": 1, "devices": [{"id": "x"}]}')
+    with pytest.raises(UsageError, match="damaged"):
+        Devices()
+
+
+def test_write_private_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError):
+        identity.write_private(target, b"x")  # os.replace over a directory fails
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(target) == []
