@@ -1,9 +1,10 @@
 """This device's identity and the devices it is paired with, kept in the user's config dir.
 
-Where: ``$SWARM_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/swarm``, else ``~/.config/swarm``
-(the directory mode 0700). Two files, each mode 0600 and written atomically (a temporary
-file in the same directory, fsynced, then renamed over the old one), so a crash or a
-concurrent reader never sees half a file:
+Where: ``Environment.config_dir`` (swarm.config: ``$SWARM_CONFIG_DIR``, else
+``$XDG_CONFIG_HOME/swarm``, else ``~/.config/swarm``), made mode 0700.
+Two files, each mode 0600 and written atomically (a temporary file in the same directory,
+fsynced, then renamed over the old one), so a crash or a concurrent reader never sees
+half a file:
 
 - ``identity.json``: a Diffie-Hellman key pair in the pairing group (``swarm.pairing``),
   made on first run; the device id is the first 128 bits of SHA-256 of the public key, so
@@ -32,22 +33,12 @@ from typing import Any
 from swarm.errors import UsageError
 from swarm.pairing import GENERATOR, PRIME, Paired
 
-__all__ = ["Device", "Devices", "Identity", "config_dir", "load_identity", "write_private"]
+__all__ = ["Device", "Devices", "Identity", "load_identity", "write_private"]
 
 _VERSION = 1
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_DEVICES = 256  # a swarm is a household's or an office's machines
-
-
-def config_dir() -> Path:
-    explicit = os.environ.get("SWARM_CONFIG_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    if xdg:
-        return Path(xdg) / "swarm"
-    return Path.home() / ".config" / "swarm"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -97,9 +88,9 @@ def _device_id(public: int) -> str:
     return hashlib.sha256(public.to_bytes(256, "big")).hexdigest()[:32]
 
 
-def load_identity(folder: Path | None = None) -> Identity:
+def load_identity(folder: Path) -> Identity:
     """This device's identity, made (and written) on first use."""
-    path = (folder or config_dir()) / "identity.json"
+    path = folder / "identity.json"
     if not path.exists():
         private = secrets.randbits(320) | (1 << 319)
         public = pow(GENERATOR, private, PRIME)
@@ -138,8 +129,8 @@ class Device:
 class Devices:
     """devices.json, read on construction; every change is written at once."""
 
-    def __init__(self, folder: Path | None = None) -> None:
-        self.path = (folder or config_dir()) / "devices.json"
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "devices.json"
         self.devices: dict[str, Device] = {}
         if self.path.exists():
             raw = _read_json(self.path)

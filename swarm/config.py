@@ -70,6 +70,9 @@ class Environment:
     # SWARM_SECRET exactly as set, "" included: click reads an empty variable as unset
     # (an open swarm), so cli.py refuses an empty one from this instead.
     secret: str | None = None
+    # This device's identity and paired devices (peer.identity): SWARM_CONFIG_DIR, else
+    # $XDG_CONFIG_HOME/swarm, else $HOME/.config/swarm; None (no HOME): pairing unavailable.
+    config_dir: Path | None = None
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Environment:
@@ -78,7 +81,17 @@ class Environment:
             raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
         return cls(scheduler=policy, ffmpeg=env.get("SWARM_FFMPEG") or None,
                    cache_dir=_cache_dir(env), term=env.get("TERM", ""),
-                   secret=env.get("SWARM_SECRET"))
+                   secret=env.get("SWARM_SECRET"), config_dir=_config_dir(env))
+
+
+def _config_dir(env: Mapping[str, str]) -> Path | None:
+    if own := env.get("SWARM_CONFIG_DIR"):
+        return Path(own)
+    xdg = env.get("XDG_CONFIG_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "swarm"
+    home = env.get("HOME")
+    return Path(home) / ".config" / "swarm" if home else None
 
 
 def _cache_dir(env: Mapping[str, str]) -> Path | None:

@@ -11,64 +11,67 @@ import pytest
 
 from peer import identity
 from peer.identity import Devices, load_identity
+from swarm.config import Environment
 from swarm.errors import UsageError
 from swarm.pairing import Paired
 
 
+def _where(env: dict[str, str]) -> Path | None:
+    return Environment.from_environ(env).config_dir
+
+
 def test_every_test_has_its_own_config_dir(config_dir: Path) -> None:
-    assert identity.config_dir() == config_dir
+    assert _where(dict(os.environ)) == config_dir
     assert not str(config_dir).startswith(str(Path.home() / ".config"))
 
 
-def test_config_dir_fallbacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("SWARM_CONFIG_DIR")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    assert identity.config_dir() == tmp_path / "xdg" / "swarm"
-    monkeypatch.delenv("XDG_CONFIG_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert identity.config_dir() == tmp_path / "home" / ".config" / "swarm"
+def test_config_dir_fallbacks(tmp_path: Path) -> None:
+    assert _where({"SWARM_CONFIG_DIR": "/c", "XDG_CONFIG_HOME": "/x"}) == Path("/c")
+    assert _where({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}) == Path("/x/swarm")
+    assert _where({"XDG_CONFIG_HOME": "rel", "HOME": "/h"}) == Path("/h/.config/swarm")
+    assert _where({}) is None
 
 
 def test_identity_is_made_once_private_and_stable(config_dir: Path) -> None:
-    first = load_identity()
+    first = load_identity(config_dir)
     path = config_dir / "identity.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(config_dir.stat().st_mode) in (0o700, 0o755)  # tmp made it already
-    assert load_identity() == first
+    assert load_identity(config_dir) == first
     assert len(first.device_id) == 32 and first.name
     assert [p.name for p in config_dir.iterdir()] == ["identity.json"]  # no temporary left
 
 
 def test_a_damaged_identity_is_an_error_not_replaced(config_dir: Path) -> None:
-    load_identity()
+    load_identity(config_dir)
     path = config_dir / "identity.json"
     raw = json.loads(path.read_text())
     raw["device_id"] = "0" * 32
     path.write_text(json.dumps(raw))
     with pytest.raises(UsageError, match="damaged"):
-        load_identity()
+        load_identity(config_dir)
     path.write_text("{not json")
     with pytest.raises(UsageError, match="cannot read"):
-        load_identity()
+        load_identity(config_dir)
     assert path.read_text() == "{not json"
 
 
 def test_devices_add_rename_revoke(config_dir: Path) -> None:
-    devs = Devices()
+    devs = Devices(config_dir)
     assert devs.devices == {}
     a = devs.add(Paired("a" * 32, "pi", b"k" * 32), now=5.0)
     b = devs.add(Paired("b" * 32, "pi", b"j" * 32), now=6.0)
     assert a.name == "pi" and b.name == "pi-bbbbbbbb"  # names keep devices apart
     path = config_dir / "devices.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = Devices()
+    again = Devices(config_dir)
     assert again.key_for("a" * 32) == b"k" * 32 and again.devices["b" * 32].added == 6.0
     again.rename("pi", "kitchen")
     with pytest.raises(UsageError, match="already called"):
         again.rename("bbbb", "kitchen")
-    assert Devices().find("aaaa").name == "kitchen"
-    assert Devices().revoke("kitchen").device_id == "a" * 32
-    left = Devices()
+    assert Devices(config_dir).find("aaaa").name == "kitchen"
+    assert Devices(config_dir).revoke("kitchen").device_id == "a" * 32
+    left = Devices(config_dir)
     assert left.key_for("a" * 32) is None and list(left.devices) == ["b" * 32]
     with pytest.raises(UsageError, match="no paired device"):
         left.find("kitchen")
@@ -77,7 +80,7 @@ def test_devices_add_rename_revoke(config_dir: Path) -> None:
 def test_damaged_devices_file(config_dir: Path) -> None:
     (config_dir / "devices.json").write_text('{"version": 1, "devices": [{"id": "x"}]}')
     with pytest.raises(UsageError, match="damaged"):
-        Devices()
+        Devices(config_dir)
 
 
 def test_write_private_leaves_nothing_on_failure(tmp_path: Path) -> None:
