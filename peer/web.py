@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -393,9 +394,20 @@ class Web:
         self._results[job_id] = (out, f"{Path(title).stem}.{profile}.mp4")
         self.board.queued(job_id, title, profile, trio.current_time(), hls=hls is not None,
                           download=True)
+        await self._forget_dropped()
         self._send.send_nowait(_Queued(job_id, opts))
         self._poke()
         await respond(send, 201, json.dumps({"job": job_id}).encode(), "application/json")
+
+    async def _forget_dropped(self) -> None:
+        """Delete the results and streams of the browser's jobs that left the board: what
+        the page no longer offers takes no disk (at most ``MAX_JOBS`` results are kept)."""
+        for job_id in [j for j in self._results if self.board.job(j) is None]:
+            out, _ = self._results.pop(job_id)
+            folder = self._hls.pop(job_id, None)
+            await trio.to_thread.run_sync(partial(out.unlink, missing_ok=True))
+            if folder is not None:
+                await trio.to_thread.run_sync(partial(shutil.rmtree, folder, True))
 
     @contextmanager
     def _counted(self) -> Iterator[None]:

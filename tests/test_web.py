@@ -17,6 +17,8 @@ from peer.node import Node, NodeConfig
 from peer.options import LocalSettings, NetworkSettings
 from peer.web import Web, WebConfig
 from screens.web_assets import web_assets
+from swarm.board import MAX_JOBS
+from swarm.events import JobEnd
 from swarm.websession import COOKIE
 
 HLSJS = Path("/var/cache/swarm-ci/hls.js-1.7.4/hls.min.js")
@@ -61,7 +63,7 @@ async def test_open_swarm_page_upload_job_download_and_stream(tmp_path: Path) ->
     src = _video(tmp_path / "src.mp4")
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
-            base, _web = await _serve(nursery, tmp_path)
+            base, web = await _serve(nursery, tmp_path)
             page = await client.get(f"{base}/")
             assert page.status_code == 200 and "text/html" in page.headers["content-type"]
             assert "web&lt;node&gt;" in page.text and "<node>" not in page.text
@@ -105,6 +107,18 @@ async def test_open_swarm_page_upload_job_download_and_stream(tmp_path: Path) ->
             assert seg.status_code == 200 and len(seg.content) > 1000
             # The upload is spent: only the result stays in the uploads folder.
             assert sorted(p.name for p in (tmp_path / "up").iterdir()) == [f"{job}.480p.mp4"]
+
+            # Once the board drops the job (MAX_JOBS newer ones), its files go with it.
+            for n in range(MAX_JOBS):
+                web.board.queued(f"other{n:04d}", "x.mp4", "480p", 1e6 + n)
+                web.board.job_event(f"other{n:04d}", JobEnd("x", 1.0), 1e6 + n)
+            again = await client.post(f"{base}/web/upload",
+                                      params={"name": "b.mp4", "profile": "480p"},
+                                      content=_video(tmp_path / "b.mp4", 1).read_bytes())
+            assert again.status_code == 201, again.text
+            assert (await client.get(f"{base}/web/jobs/{job}/result")).status_code == 404
+            assert not (tmp_path / "up" / f"{job}.480p.mp4").exists()
+            assert not (tmp_path / "hls" / job).exists()
             nursery.cancel_scope.cancel()
 
 
