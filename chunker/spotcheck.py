@@ -2,11 +2,14 @@
 
 A result's frame count and timestamps are verified in full (chunker.verify); what its frames
 show is checked on a few of them: each sampled frame of the chunk is compared with the
-source frame at the same timestamp, decoded and scaled exactly as the encode scaled it
-(``encode_chunk_argv``'s seek, trim and scale). The comparison is PSNR per tile: each frame
-is cut into ``GRID`` x ``GRID`` tiles, so that a small altered region (a box drawn over 1/16
-of the frame) weighs on one tile's PSNR instead of vanishing in the frame's average. The
-verdict on the numbers is ``swarm.spotcheck``'s.
+source frame at the same timestamp and with the source's frames just before and after it,
+the source decoded exactly as the encode decoded it (``encode_chunk_argv``'s seek, trim and
+scale). Both sides are then reduced to ``WIDTH`` pixels wide the same way: what an encoder
+is allowed to lose (grain, fine texture) mostly goes, what a wrong picture changes (shapes,
+colours, positions) stays, and the comparison costs almost nothing beside the decodes. The
+comparison is PSNR per tile of a ``GRID`` x ``GRID`` grid, so that a small altered region
+weighs on one tile instead of vanishing in the frame's average. The verdict on the numbers
+is ``swarm.spotcheck``'s.
 
 One ffmpeg process per check, reading the chunk and the source once per sample, each
 seeking to the keyframe before the sample (for the source exactly as the encode did:
@@ -19,18 +22,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .commands import VideoPlan
 from .plan import plans_from_cuts
 from .probe import MediaInfo
 from .tools import FFmpeg
 
-__all__ = ["GRID", "parse_tile_psnr", "spot_check_argv"]
+__all__ = ["GRID", "WIDTH", "Compared", "neighbours", "parse_compared", "spot_check_argv"]
 
-# 4 x 4 tiles: measured (bench/spotcheck) to separate a box over 1/16 of the frame from
-# every correct encode of the built-in profiles; finer grids make flat tiles of noisy
-# content the weakest link of a correct encode.
-GRID = 4
+# 8 x 8 tiles of a picture 192 pixels wide (tiles of 24 x 13 at 16:9): measured with
+# bench/spotcheck (README "What is checked"). A box over 1/64 of the frame covers at least
+# a quarter of some tile wherever it is drawn; at this size the grain of a noisy source
+# averages out, and a frame's decodes are what the check costs, not its comparison.
+GRID = 8
+WIDTH = 192
 _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 _STATS = re.compile(r"\bmse_avg:(\S+)")
 # Past a frame's time by less than any frame interval, above the 1 us rounding of -ss.
@@ -40,12 +46,38 @@ _SEEK_PAST_S = 0.0005
 _ONE_THREAD = ("-threads", "1")
 
 
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """One sampled frame's tile PSNRs (dB, ``inf`` for identical tiles): against its own
+    source frame, and against each neighbouring source frame (before, after; one at either
+    end of the source); and its source frame's against each of those neighbours."""
+
+    own: list[float]
+    others: list[list[float]]
+    changes: list[list[float]]  # the source frame against each neighbour, as in others
+
+
+def neighbours(at: int, frames: int) -> list[int]:
+    """The source frames a sample at source frame ``at`` is compared with, in order: the one
+    before it, itself, the one after it (those that exist)."""
+    return [i for i in (at - 1, at, at + 1) if 0 <= i < frames]
+
+
+def reduced_size(plan: VideoPlan, grid: int = GRID) -> tuple[int, int]:
+    """The compared picture's size: ``WIDTH`` wide (never wider than the output), the
+    output's aspect, whole tiles of even sides (4:2:0 chroma)."""
+    w = min(WIDTH, plan.width)
+    h = max(1, round(w * plan.height / plan.width))
+    step = 2 * grid
+    return max(step, w - w % step), max(step, h - h % step)
+
+
 def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
                     source: MediaInfo, plan: VideoPlan, first: int, samples: Sequence[int],
                     grid: int = GRID) -> list[str]:
     """Compare frames ``samples`` (indices within the chunk, ascending) of the chunk file
-    with the source's frames ``first + k``; per-tile PSNR statistics on stdout, one line per
-    tile, sample after sample (``parse_tile_psnr``).
+    with the source's frames ``neighbours(first + k)``; per-tile PSNR statistics on stdout,
+    one line per tile, comparison after comparison (``parse_compared``).
 
     ``chunk_start_s`` is the chunk's first timestamp as its verification listed it: the
     chunk's frames are found by their time after it, which verification checked against
@@ -56,13 +88,17 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
         raise ValueError("samples must be distinct ascending frame indices")
     v = source.video
     argv = [ffmpeg.path, *_QUIET, "-copyts"]
-    # Crop both sides to whole tiles (even tile sides, for 4:2:0 chroma).
-    cw, ch = plan.width - plan.width % (2 * grid), plan.height - plan.height % (2 * grid)
-    common = f"format=yuv420p,crop={cw}:{ch}:0:0,untile={grid}x{grid},settb=AVTB,setpts=N"
-    graph, chunks, refs = [], [], []
+    rw, rh = reduced_size(plan, grid)
+    # The same reduction on both sides, from the output's size: area averaging, as a
+    # camera's or encoder's loss of fine detail would be judged by eye from afar.
+    reduce = f"scale={rw}:{rh}:flags=area,format=yuv420p"
+    common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
+    graph: list[str] = []
+    chunks, refs, self_main, self_ref = [], [], [], []
     base = v.seconds(first)
     for i, k in enumerate(samples):
         at = first + k
+        near = neighbours(at, v.frames)
         # The chunk: seek (from its start, to the keyframe at or before the frame: a little
         # past the frame's time, so that a keyframe there is not skipped back from), then
         # keep frames from halfway after the previous one.
@@ -73,35 +109,51 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
             mid = (v.seconds(at - 1) + v.seconds(at)) / 2 - base
             keep = f"trim=start={chunk_start_s + mid:.6f},"
         argv += [*_ONE_THREAD, "-i", chunk_path]
-        graph.append(f"[{2 * i}:v:0]{keep}trim=end_frame=1[c{i}]")
-        # The source: exactly as the encode seeked and trimmed to start at that frame.
+        # One chunk frame, shown once per source frame it is compared with.
+        again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
+        graph.append(f"[{2 * i}:v:0]{keep}trim=end_frame=1,setsar=1,{reduce}{again}[c{i}]")
+        own = near.index(at)
+        # The source: exactly as the encode seeked and trimmed to start at that frame, here
+        # the first of its neighbours.
         seek = trim = None
-        if at > 0:
-            cut = plans_from_cuts(v, source.format_start_s, [0, at],
+        if near[0] > 0:
+            cut = plans_from_cuts(v, source.format_start_s, [0, near[0]],
                                   keyframe_seek=source.keyframe_seek)[1]
             seek, trim = cut.seek_s, cut.trim_s
         if seek is not None:
             argv += ["-ss", f"{seek:.6f}", "-noaccurate_seek"]
         argv += [*_ONE_THREAD, "-i", source.path]
         keep = f"trim=start={trim:.6f}," if trim is not None else ""
-        graph.append(f"[{2 * i + 1}:V:0]{keep}trim=end_frame=1,"
-                     f"scale={plan.width}:{plan.height}:flags=bicubic,setsar=1[s{i}]")
+        graph.append(f"[{2 * i + 1}:V:0]{keep}trim=end_frame={len(near)},"
+                     f"scale={plan.width}:{plan.height}:flags=bicubic,setsar=1,{reduce},"
+                     f"split=3[s{i}][o{i}][n{i}]")
         chunks.append(f"[c{i}]")
         refs.append(f"[s{i}]")
-    joined = f"concat=n={len(samples)}:v=1:a=0," if len(samples) > 1 else ""
+        if len(near) > 1:
+            # Then the source frame against its neighbours: how much the picture changes
+            # from one frame to the next, the scale a correct encode's loss is judged on.
+            graph.append(f"[o{i}]select=eq(n\\,{own}),loop=loop={len(near) - 2}:size=1:start=0"
+                         f"[so{i}]")
+            graph.append(f"[n{i}]select=not(eq(n\\,{own}))[sn{i}]")
+            self_main.append(f"[so{i}]")
+            self_ref.append(f"[sn{i}]")
+        else:
+            graph.append(f"[o{i}]nullsink;[n{i}]nullsink")
+    chunks, refs = chunks + self_main, refs + self_ref
+    joined = f"concat=n={len(chunks)}:v=1:a=0," if len(chunks) > 1 else ""
     graph.append(f"{''.join(chunks)}{joined}{common}[chunk]")
     graph.append(f"{''.join(refs)}{joined}{common}[ref]")
     graph.append("[chunk][ref]psnr=stats_file=-[out]")
     return [*argv, "-filter_complex", ";".join(graph), "-map", "[out]", "-f", "null", "-"]
 
 
-def parse_tile_psnr(stats: str, samples: int, grid: int = GRID) -> list[list[float]]:
-    """Per-tile PSNR (dB; ``inf`` for identical tiles) of each sample, from the psnr
-    filter's statistics.
+def parse_compared(stats: str, first: int, samples: Sequence[int], source_frames: int,
+                   grid: int = GRID) -> list[Compared]:
+    """Each sample's comparisons, from the psnr filter's statistics of ``spot_check_argv``.
 
-    Computed from the mean squared error over all planes, so that a change of colour
-    counts as much as a change of brightness. Raises ValueError unless there is exactly one
-    line per tile of every sample: a frame that is missing on either side is not a pass.
+    PSNR from the mean squared error over all planes, so that a change of colour counts as
+    much as a change of brightness. Raises ValueError unless there is exactly one line per
+    tile of every comparison: a frame that is missing on either side is not a pass.
     """
     values = []
     for line in stats.splitlines():
@@ -112,7 +164,23 @@ def parse_tile_psnr(stats: str, samples: int, grid: int = GRID) -> list[list[flo
         if not mse >= 0:  # NaN or negative: not a measurement
             raise ValueError(f"unreadable psnr statistics: {line[:80]!r}")
         values.append(math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse))
-    if len(values) != samples * grid * grid:
-        raise ValueError(f"{len(values)} tiles compared, expected {samples * grid * grid}")
     per = grid * grid
-    return [values[i * per:(i + 1) * per] for i in range(samples)]
+    nears = [neighbours(first + k, source_frames) for k in samples]
+    expected = per * sum(2 * len(n) - 1 for n in nears)
+    if len(values) != expected:
+        raise ValueError(f"{len(values)} tiles compared, expected {expected}")
+    tiles = [values[j:j + per] for j in range(0, len(values), per)]
+    # In the order of spot_check_argv's concatenation: each sample's chunk frame against
+    # its neighbours, then each sample's source frame against the others.
+    compared, pos = [], 0
+    for k, near in zip(samples, nears, strict=True):
+        own = near.index(first + k)
+        mine = tiles[pos:pos + len(near)]
+        pos += len(near)
+        compared.append((own, mine))
+    out = []
+    for (own, mine), near in zip(compared, nears, strict=True):
+        changes = tiles[pos:pos + len(near) - 1]
+        pos += len(near) - 1
+        out.append(Compared(mine[own], [t for j, t in enumerate(mine) if j != own], changes))
+    return out

@@ -14,6 +14,7 @@ bytes served) and a ``_ChunkRecord`` per chunk (the accepted result).
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from swarm.events import (
 )
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.protocol import Assignment, JobDone, Wait
-from swarm.spotcheck import sample_frames
+from swarm.spotcheck import check_result, sample_frames
 from swarm.spotcheck import verdict as spot_verdict
 from swarm.trust import Census
 from swarm.verdict import hopeless_chunk, left_out
@@ -88,9 +89,6 @@ ENCODER_PIPELINE_FRAMES = 40
 # _prefetch_bytes): the estimate is the chunk's share of the file by frames, and a chunk
 # of simpler pictures weighs less than that.
 PREFETCH_SHARE = 0.8
-# Which frames are compared is drawn after the upload, from the OS's randomness: a peer
-# must not be able to predict them (swarm.spotcheck).
-_RANDOM = secrets.SystemRandom()
 
 
 @dataclass(slots=True)
@@ -145,6 +143,10 @@ class JobServer:
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
         self.census = Census()  # every device recruiting found, and what it is (peer.recruit)
         self.records = [_ChunkRecord(p) for p in plans]
+        # Which results and frames are content-checked (swarm.spotcheck): a generator per
+        # job, seeded from the OS's randomness, so that no peer can predict them.
+        self.spot_rng = random.Random(secrets.randbits(128))
+        self.spot_seen: dict[str, int] = {}  # results each peer delivered, checked or not
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
         # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
         # with them is kept, before which a failed reference chunk gives way to the next.
@@ -417,7 +419,7 @@ class JobServer:
                 self.param_sets = None  # a broken chunk must not set the job's reference
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
-        if a.peer != self.local_key and self.opts.tuning.spot_checks and (
+        if a.peer != self.local_key and self._spot_check_due(a.peer) and (
                 why := await self._content_problem(rec.plan, path, chunk_start_s)):
             await trio.to_thread.run_sync(unlink, path)
             if self.param_sets_from == attempt and not self.param_sets_kept:
@@ -453,17 +455,24 @@ class JobServer:
             self.finished.set()
         return True, ""
 
+    def _spot_check_due(self, peer: str) -> bool:
+        """Whether this result of ``peer`` is content-checked: its first ones, then a share
+        drawn at random (swarm.spotcheck.check_result)."""
+        before = self.spot_seen.get(peer, 0)
+        self.spot_seen[peer] = before + 1
+        return check_result(before, self.spot_rng)
+
     async def _content_problem(self, plan: ChunkPlan, path: str, chunk_start_s: float
                                ) -> str | None:
         """A peer's chunk compared with the source on a few frames it could not predict
         (swarm.spotcheck); our own slots' results are our own work and skip it."""
-        samples = sample_frames(plan.frames, _RANDOM)
+        samples = sample_frames(plan.frames, self.spot_rng)
         try:
-            tiles = await media.spot_check(self.ffmpeg, path, chunk_start_s, self.info,
-                                           self.vplan, plan.first, samples)
+            compared = await media.spot_check(self.ffmpeg, path, chunk_start_s, self.info,
+                                              self.vplan, plan.first, samples)
         except VerifyError as exc:
             return str(exc)
-        return spot_verdict(samples, tiles)
+        return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
     def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
         """The chunk's decoding parameter sets; None if its header does not parse (the

@@ -18,7 +18,7 @@ from chunker.commands import (
     write_concat_list,
 )
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
-from chunker.spotcheck import parse_tile_psnr, spot_check_argv
+from chunker.spotcheck import Compared, parse_compared, spot_check_argv
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan, ffmetadata_text
 from chunker.verify import check_chunk_listing, check_output
@@ -61,16 +61,18 @@ async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
 
 
 async def spot_check(ffmpeg: FFmpeg, path: str, chunk_start_s: float, source: MediaInfo,
-                     plan: VideoPlan, first: int, samples: list[int]) -> list[list[float]]:
-    """Tile PSNRs of the chunk's frames ``samples`` against the source's (chunker.spotcheck);
-    VerifyError if the comparison cannot be made (a frame missing on either side)."""
+                     plan: VideoPlan, first: int, samples: list[int]) -> list[Compared]:
+    """Tile PSNRs of the chunk's frames ``samples`` against the source's frames there and
+    around (chunker.spotcheck); VerifyError if the comparison cannot be made (a frame
+    missing on either side)."""
     argv = spot_check_argv(ffmpeg, path, chunk_start_s, source, plan, first, samples)
     res = await run_ffmpeg(argv,
                            check=False, what="content check")
     if res.returncode != 0:
         raise VerifyError(f"content check failed to run: {res.stderr.strip()[-200:]}")
     try:
-        return parse_tile_psnr(res.stdout.decode("utf-8", "replace"), len(samples))
+        return parse_compared(res.stdout.decode("utf-8", "replace"), first, samples,
+                              source.video.frames)
     except ValueError as exc:
         raise VerifyError(f"content check: {exc}") from exc
 

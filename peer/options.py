@@ -62,10 +62,6 @@ class NetworkSettings:
 class Tuning:
     policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
     timings: Timings = DEFAULT_TIMINGS  # leases, ticks, stall and gone limits
-    # Compare peers' results with the source on sampled frames (swarm.spotcheck). Off only
-    # where a test's source is pure random noise: a correct 480p encode of lossless noise
-    # scores 13-14 dB, below the 22 dB threshold (a known false positive; see the README).
-    spot_checks: bool = True
 
 
 @dataclass(frozen=True, slots=True)

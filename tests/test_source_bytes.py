@@ -25,7 +25,7 @@ from chunker.verify import check_output
 from media import FFMPEG, decode_errors, media_info
 from peer.coordinator import run_encode
 from peer.node import Node, NodeConfig
-from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from profiles import load_profile
 
 # At least 50 MB (issue 14): lossless noise makes that many bytes of 320x240 in seconds.
@@ -88,10 +88,7 @@ async def test_peers_get_each_source_byte_once(layout: str, large: dict[str, Pat
                 JobIntent(str(src), str(out), load_profile("480p"), chunk_seconds=CHUNK_S),
                 LocalSettings(no_local=True),
                 NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
-                                peers=tuple(f"127.0.0.1:{p.port}" for p in peers)),
-                # Lossless noise (for 50 MB quickly) defeats the content check's absolute
-                # PSNR threshold: a known false positive, recorded in Tuning.spot_checks.
-                Tuning(spot_checks=False))
+                                peers=tuple(f"127.0.0.1:{p.port}" for p in peers)))
             report = await run_encode(opts)
             nursery.cancel_scope.cancel()
     chunks, attempts = len(report["chunks"]), len(report["attempts"])
