@@ -113,13 +113,18 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
         again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
         graph.append(f"[{2 * i}:v:0]{keep}trim=end_frame=1,setsar=1,{reduce}{again}[c{i}]")
         own = near.index(at)
-        # The source: exactly as the encode seeked and trimmed to start at that frame, here
-        # the first of its neighbours.
+        # The source: seeked as the encode of a chunk starting at the keyframe at or before
+        # the first of the neighbours would be, then trimmed to start at that neighbour.
+        # (Not seeked for the neighbour itself: the -ss of a frame between an open GOP's
+        # keyframe and its leading B-frames lands on that keyframe, past the frame.)
         seek = trim = None
         if near[0] > 0:
-            cut = plans_from_cuts(v, source.format_start_s, [0, near[0]],
-                                  keyframe_seek=source.keyframe_seek)[1]
-            seek, trim = cut.seek_s, cut.trim_s
+            trim = plans_from_cuts(v, source.format_start_s, [0, near[0]],
+                                   keyframe_seek=source.keyframe_seek)[1].trim_s
+            key = max((f for f in v.keyframes if f <= near[0]), default=0)
+            if key > 0:
+                seek = plans_from_cuts(v, source.format_start_s, [0, key],
+                                       keyframe_seek=source.keyframe_seek)[1].seek_s
         if seek is not None:
             argv += ["-ss", f"{seek:.6f}", "-noaccurate_seek"]
         argv += [*_ONE_THREAD, "-i", source.path]

@@ -35,6 +35,7 @@ from swarm.events import ChunkFailed, JobEvent, PeerBenched
 from swarm.spotcheck import (
     ABSOLUTE_DB,
     CHANGE_MARGIN_DB,
+    FAIR_DB,
     FIRST_CHECKED,
     LEAD_MARGIN_DB,
     ONE_IN,
@@ -70,11 +71,16 @@ def test_a_peers_first_results_are_all_checked_then_one_in_four() -> None:
 
 def test_a_tile_passes_close_to_its_frame_or_as_close_as_the_source_moves() -> None:
     n = GRID * GRID
-    far = ABSOLUTE_DB - 15  # where a correct encode of strong grain scores
     assert judge([ABSOLUTE_DB] * n, [[ABSOLUTE_DB + 5] * n], [[99.0] * n]) is None  # close
     assert judge([math.inf] * n, [], []) is None  # identical tiles, no neighbour
-    # Grain: no closer to its own frame than the source frames are to each other, by less
-    # than the margin, and not nearer a neighbour by the margin: a correct encode.
+    # Fairly close, however little the source moves, if not nearer a neighbour.
+    fair = [FAIR_DB] * n
+    assert judge(fair, [[FAIR_DB + LEAD_MARGIN_DB] * n], [[99.0] * n]) is None
+    why = judge(fair, [[FAIR_DB + LEAD_MARGIN_DB + 0.1] * n], [[99.0] * n])
+    assert why is not None and "tile 0 " in why and "another frame" in why
+    # Grain: further from its own frame than that frame is from the next by less than the
+    # margin, and not nearer a neighbour by the margin: a correct encode.
+    far = FAIR_DB - 5
     noisy = [far] * n
     near = [[far + LEAD_MARGIN_DB] * n] * 2
     moves = [[far + CHANGE_MARGIN_DB] * n] * 2
