@@ -78,6 +78,7 @@ from .http import (
 )
 from .lan import lan_address
 from .options import NetworkSettings
+from .pairing import PAIR_ROUTES, PairingService
 from .transfer import SEND_BUFFER
 from .worker import accept_invite, work_slot
 
@@ -181,6 +182,9 @@ class NodeConfig:
     serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
     timings: Timings = field(default_factory=Timings)  # how long a coordinator may be silent
     cache_dir: Path | None = None  # where a swarm.pyz build is kept; None: nowhere
+    # This device's pairing (peer.pairing): its door while unpaired, and the keys of the
+    # devices it is paired with, which may sign requests instead of the secret. None: none.
+    pairing: PairingService | None = None
 
     @classmethod
     def coordinating(cls, net: NetworkSettings, timings: Timings,
@@ -444,9 +448,16 @@ class Node:
 
     def _check(self, request: Request, body: bytes | None = None, digest: str | None = None
                ) -> None:
+        digest = digest if digest is not None else auth.body_digest(body or b"")
+        pairing = self.config.pairing
+        if pairing is not None and auth.DEVICE_HEADER.lower() in request.headers:
+            # A paired device signs with the key pinned for it; that suffices with or
+            # without a secret, and a bad one is refused even in an open swarm.
+            auth.verify_device(pairing.key_for, request.method, request.target,
+                               request.headers, digest, time.time())
+            return
         auth.verify(self.config.secret, request.method, request.target, request.headers,
-                    digest if digest is not None else auth.body_digest(body or b""),
-                    time.time())
+                    digest, time.time())
 
     async def _route(self, request: Request, receive: Receive, send: Send) -> None:
         path, method = request.path, request.method
@@ -464,6 +475,10 @@ class Node:
             if method not in ("GET", "HEAD"):
                 raise HTTPError("use GET", status_code=405)
             await self._serve_pyz(send, method == "HEAD")
+            return
+        if path in PAIR_ROUTES and self.config.pairing is not None:
+            # Unsigned: the new device has no key yet; the code is what the PAKE checks.
+            await self.config.pairing.route(request, receive, send)
             return
         if path == "/v1/invite":
             if method != "POST":

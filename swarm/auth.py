@@ -26,6 +26,11 @@ What can go wrong, and why it is shaped this way:
 
 With no secret (``None``) the swarm is open: ``sign`` adds nothing and ``verify`` accepts all.
 
+Paired devices (swarm.pairing) sign the same canonical string with their per-pair key
+instead of the secret: ``sign_device`` adds ``X-Swarm-Device`` (the sender's device id,
+bound into the MAC under its own domain), and ``verify_device`` looks the key up by that id.
+A per-pair key is 256 random bits, so it is used as is (no PBKDF2).
+
 Replies are proven, not signed like requests: a request's signature tells the receiver the
 sender is of its swarm, but an open node accepts any signed request and answers it, so the
 sender learns nothing from an answer unless the answer proves the secret too.
@@ -38,13 +43,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Final
 
 from swarm.errors import AuthError, LocalProtocolError, UsageError
 
 __all__ = [
+    "DEVICE_HEADER",
     "MAX_SKEW_S",
     "SIGNATURE_HEADER",
     "STREAMED_BODY",
@@ -54,12 +60,17 @@ __all__ = [
     "fingerprint",
     "reply_proof",
     "sign",
+    "sign_device",
     "streamed_digest",
     "verify",
+    "verify_device",
 ]
 
 TIME_HEADER: Final = "X-Swarm-Time"
 SIGNATURE_HEADER: Final = "X-Swarm-Signature"
+DEVICE_HEADER: Final = "X-Swarm-Device"
+_DEVICE_DOMAIN: Final = b"swarm-v1 device"
+_DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 # Digest of a body streamed without a known hash; streamed_digest() appends the attempt id.
 STREAMED_BODY: Final = "streamed"
 # Laptops and Pis on NTP agree within a second; 30 s tolerates a Pi without an RTC that has
@@ -256,3 +267,44 @@ def check_reply_proof(secret: str | None, proof: str | None, nonce: str, *parts:
         raise AuthError("the reply's proof is malformed")
     if not hmac.compare_digest(_mac(secret, canonical), proof):
         raise AuthError("the reply is signed with another secret")
+
+
+def sign_device(key: bytes, device_id: str, method: str, path_with_query: str,
+                timestamp: float, body_digest: str) -> dict[str, str]:
+    """Headers that authenticate one request from paired device ``device_id`` with the key
+    it shares with the receiver."""
+    millis = round(timestamp * 1000)
+    canonical = _canonical(method.upper(), path_with_query, millis, body_digest)
+    if canonical is None or millis < 0 or _DEVICE_ID.fullmatch(device_id) is None:
+        raise LocalProtocolError(f"cannot sign {method!r} {path_with_query[:80]!r}")
+    mac = hmac.new(key, _DEVICE_DOMAIN + b"\n" + device_id.encode() + b"\n" + canonical,
+                   hashlib.sha256).hexdigest()
+    return {DEVICE_HEADER: device_id, TIME_HEADER: str(millis), SIGNATURE_HEADER: mac}
+
+
+def verify_device(key_for: Callable[[str], bytes | None], method: str, path_with_query: str,
+                  headers: Mapping[str, str], body_digest: str, now: float,
+                  max_skew_s: float = MAX_SKEW_S) -> str:
+    """The id of the paired device that signed the request; AuthError (401) if none did.
+
+    ``key_for`` maps a device id to the key pinned for it (None: not paired, or revoked)."""
+    device_id = _header(headers, DEVICE_HEADER)
+    if _DEVICE_ID.fullmatch(device_id) is None:
+        raise AuthError(f"unparseable {DEVICE_HEADER} header")
+    key = key_for(device_id)
+    if key is None:
+        raise AuthError(f"device {device_id[:8]} is not paired with this one "
+                        "(run `swarm pair` with the code it shows)")
+    raw_time = _header(headers, TIME_HEADER)
+    raw_signature = _header(headers, SIGNATURE_HEADER)
+    if _TIME.fullmatch(raw_time) is None or _SIGNATURE.fullmatch(raw_signature) is None:
+        raise AuthError("unparseable signature headers")
+    millis = int(raw_time)
+    age = now - millis / 1000
+    if not -max_skew_s <= age <= max_skew_s:  # NaN fails closed
+        raise AuthError(f"request signed {age:.1f} s from now: are both clocks set?")
+    want = sign_device(key, device_id, method, path_with_query, millis / 1000, body_digest) \
+        if _canonical(method.upper(), path_with_query, millis, body_digest) else None
+    if want is None or not hmac.compare_digest(want[SIGNATURE_HEADER], raw_signature):
+        raise AuthError(f"wrong signature from device {device_id[:8]}: paired again since?")
+    return device_id

@@ -1,0 +1,117 @@
+"""Pairing over HTTP: the new device's door (``/v1/pair/start``, ``/v1/pair/finish``) and
+the client that ``swarm pair CODE`` runs, around the sans-I/O ``swarm.pairing``.
+
+Bodies are JSON (a person may try them with curl), bounded to ``MAX_PAIR_BODY``; a bad one
+is a 400, a wrong code a 403, too many starts a 429, and the node carries on. The group
+arithmetic takes a fraction of a second on a Pi, so it runs in a thread, one run at a time.
+The door is open while this device is paired with no one; it closes once it is paired.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from swarm.errors import RemoteProtocolError
+from swarm.pairing import Door, Initiator, Paired, PairingFailed, parse_started
+
+from .client import transport_errors
+from .http import HTTPError, Receive, Request, Send, read_body, respond
+from .identity import Device, Devices, Identity
+
+__all__ = ["MAX_PAIR_BODY", "PAIR_ROUTES", "PairingService", "pair_with"]
+
+PAIR_ROUTES = ("/v1/pair/start", "/v1/pair/finish")
+MAX_PAIR_BODY = 2048  # an element is 512 hex digits; the rest are ids and names
+
+
+class PairingService:
+    """The routes of a node that shows a pairing code, and the devices it has paired."""
+
+    def __init__(self, folder: Path, identity: Identity,
+                 on_code: Callable[[str], None] | None = None,
+                 on_paired: Callable[[Device], None] | None = None) -> None:
+        self.folder = folder
+        self.identity = identity
+        self.devices = Devices(folder)
+        self.door: Door | None = (None if self.devices.devices
+                                  else Door(identity.device_id, identity.name))
+        self._on_code = on_code or (lambda code: None)
+        self._on_paired = on_paired or (lambda dev: None)
+        self._lock = trio.Lock()
+        self._stamp = -1
+        if self.door is not None:
+            self._on_code(self.door.code)
+
+    def key_for(self, device_id: str) -> bytes | None:
+        """The pinned key of a paired device, as devices.json holds it now (``swarm pair``
+        and ``swarm devices revoke`` change it from another process): re-read when its
+        modification time changed."""
+        try:
+            stamp = self.devices.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        if stamp != self._stamp:
+            self.devices, self._stamp = Devices(self.folder), stamp
+        return self.devices.key_for(device_id)
+
+    async def route(self, request: Request, receive: Receive, send: Send) -> None:
+        if request.method != "POST":
+            raise HTTPError("use POST", status_code=405)
+        body = await read_body(receive, request, MAX_PAIR_BODY)
+        if self.door is None:
+            raise HTTPError("this device is paired already and shows no pairing code",
+                            status_code=404)
+        try:
+            obj: Any = json.loads(body)
+        except ValueError as exc:
+            raise HTTPError("the body is not JSON") from exc
+        door = self.door
+        async with self._lock:
+            code = door.code
+            now = trio.current_time()
+            if request.path == PAIR_ROUTES[0]:
+                started = await trio.to_thread.run_sync(door.start, obj, now)
+                reply: dict[str, Any] = started.to_json()
+            else:
+                paired = door.finish(obj, now)
+                dev = Devices(self.folder).add(paired)
+                self.door = None  # paired: this device is in the swarm now
+                self._on_paired(dev)
+                reply = {"paired": True, "name": dev.name}
+            if self.door is not None and door.code != code:
+                self._on_code(door.code)  # attempts spent: the screen shows the new code
+        await respond(send, 200, json.dumps(reply).encode(), "application/json")
+
+
+async def pair_with(client: httpx.AsyncClient, base_url: str, code: str, identity: Identity,
+                    folder: Path) -> Device:
+    """Run the initiator's side against the device at ``base_url`` showing ``code``; store
+    and return that device. Raises PairingFailed on a wrong code, PeerError otherwise."""
+    init = await trio.to_thread.run_sync(Initiator, code, identity.device_id, identity.name)
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        with transport_errors():
+            resp = await client.post(base_url + path, json=body)
+        if resp.status_code != 200:
+            cls = PairingFailed if resp.status_code in (403, 404, 409, 429) else \
+                RemoteProtocolError
+            raise cls(f"{base_url}{path}: {resp.status_code} {resp.text[:200].strip()}",
+                      status_code=resp.status_code)
+        if len(resp.content) > MAX_PAIR_BODY:
+            raise RemoteProtocolError("pairing reply too large")
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise RemoteProtocolError(f"{base_url}{path}: reply is not JSON") from exc
+
+    started = parse_started(await post(PAIR_ROUTES[0], init.start_body()))
+    paired: Paired
+    paired, finish = await trio.to_thread.run_sync(init.finish, started)
+    await post(PAIR_ROUTES[1], finish)
+    return Devices(folder).add(paired)

@@ -1,0 +1,128 @@
+"""Pairing over real HTTP: a node showing a code, a device running the initiator, each with
+its own config dir; then requests signed with the per-pair key."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from chunker.tools import find_ffmpeg
+from peer.identity import Devices, load_identity
+from peer.node import Node, NodeConfig
+from peer.pairing import PairingService, pair_with
+from swarm import auth, pairing
+from swarm.pairing import MAX_ATTEMPTS, PairingFailed
+from swarm.protocol import Invite, encode
+
+
+async def _door_node(nursery: trio.Nursery, folder: Path, codes: list[str],
+                     secret: str | None = None) -> Node:
+    service = PairingService(folder, load_identity(folder), on_code=codes.append)
+    node = Node(NodeConfig(name="newdev", port=0, host="127.0.0.1", secret=secret,
+                           advertise=False, serve_pyz=False, pairing=service), find_ffmpeg())
+    await nursery.start(node.run)
+    return node
+
+
+def _invite() -> bytes:
+    return encode(Invite("job12345", "http://127.0.0.1:9", {"name": "x"}, "nonce-123"))
+
+
+async def test_pair_then_sign_with_the_pair_key(tmp_path: Path) -> None:
+    new_dir, old_dir = tmp_path / "new", tmp_path / "old"
+    codes: list[str] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = await _door_node(nursery, new_dir, codes, secret="s")
+            base = f"http://127.0.0.1:{node.port}"
+            old = load_identity(old_dir)
+            new = load_identity(new_dir)
+            async with httpx.AsyncClient() as client:
+                dev = await pair_with(client, base, codes[-1], old, old_dir)
+                assert dev.device_id == new.device_id
+                mine = Devices(old_dir).devices[new.device_id]
+                theirs = Devices(new_dir).devices[old.device_id]
+                assert mine.key == theirs.key and len(mine.key) == 32
+                # Paired: the door is shut, the code pairs no one else.
+                r = await client.post(f"{base}/v1/pair/start", json={})
+                assert r.status_code == 404
+
+                body = _invite()
+                r = await client.post(f"{base}/v1/invite", content=body)
+                assert r.status_code == 401  # unsigned, with a secret set
+                headers = auth.sign_device(mine.key, old.device_id, "POST", "/v1/invite",
+                                           time.time(), auth.body_digest(body))
+                r = await client.post(f"{base}/v1/invite", content=body, headers=headers)
+                assert r.status_code == 422, r.text  # past auth: the profile is refused
+                forged = auth.sign_device(b"x" * 32, old.device_id, "POST", "/v1/invite",
+                                          time.time(), auth.body_digest(body))
+                r = await client.post(f"{base}/v1/invite", content=body, headers=forged)
+                assert r.status_code == 401
+                # Revoked in another process's way (devices.json changes): refused at once.
+                await trio.sleep(0.01)  # a distinct mtime on coarse file systems
+                Devices(new_dir).revoke(old.device_id[:8])
+                headers = auth.sign_device(mine.key, old.device_id, "POST", "/v1/invite",
+                                           time.time(), auth.body_digest(body))
+                r = await client.post(f"{base}/v1/invite", content=body, headers=headers)
+                assert r.status_code == 401 and "not paired" in r.text
+            nursery.cancel_scope.cancel()
+
+
+async def test_wrong_codes_are_bounded_and_the_code_changes(tmp_path: Path) -> None:
+    codes: list[str] = []
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            node = await _door_node(nursery, tmp_path / "new", codes)
+            base = f"http://127.0.0.1:{node.port}"
+            me = load_identity(tmp_path / "old")
+            first = codes[-1]
+            wrong = f"{(int(first) + 1) % 10 ** 6:06d}"
+            async with httpx.AsyncClient() as client:
+                for _ in range(MAX_ATTEMPTS):
+                    with pytest.raises(PairingFailed) as exc:
+                        await pair_with(client, base, wrong, me, tmp_path / "old")
+                    assert exc.value.status_code == 403
+                    await trio.sleep(pairing.MIN_START_INTERVAL_S)
+                assert len(codes) == 2 and codes[-1] != first  # burnt: a new code is shown
+                with pytest.raises(PairingFailed):
+                    await pair_with(client, base, first, me, tmp_path / "old")
+                # Too fast: the door says so rather than spending an attempt.
+                with pytest.raises(PairingFailed) as fast:
+                    await pair_with(client, base, codes[-1], me, tmp_path / "old")
+                assert fast.value.status_code == 429
+                await trio.sleep(pairing.MIN_START_INTERVAL_S)
+                await pair_with(client, base, codes[-1], me, tmp_path / "old")
+            assert Devices(tmp_path / "old").devices
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("GET", "/v1/pair/start", b"", 405),
+    ("POST", "/v1/pair/start", b"not json", 400),
+    ("POST", "/v1/pair/start", b"[1, 2]", 400),
+    ("POST", "/v1/pair/start", json.dumps({"device_id": "a" * 32, "name": "x",
+                                           "element": "1"}).encode(), 400),
+    ("POST", "/v1/pair/start", b"{" + b" " * 5000 + b"}", 413),
+    ("POST", "/v1/pair/finish", json.dumps({"session": "s" * 20,
+                                            "confirm": "0" * 64}).encode(), 404),
+    ("POST", "/v1/pair/finish", b"{}", 400),
+])
+async def test_bad_pairing_requests_get_4xx(tmp_path: Path, method: str, path: str,
+                                            body: bytes, status: int) -> None:
+    codes: list[str] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            node = await _door_node(nursery, tmp_path, codes)
+            base = f"http://127.0.0.1:{node.port}"
+            async with httpx.AsyncClient() as client:
+                r = await client.request(method, base + path, content=body)
+                assert r.status_code == status, r.text
+                assert (await client.get(f"{base}/v1/info")).status_code == 200
+            door = node.config.pairing.door if node.config.pairing else None
+            assert door is not None and door.attempts_left == MAX_ATTEMPTS  # none spent
+            nursery.cancel_scope.cancel()
