@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from enum import StrEnum
@@ -26,7 +27,8 @@ from swarm.events import BatchEnd, JobEvent, JobStart, Tracks
 # The order `swarm --help` lists the commands in: the everyday ones first, then the tools.
 # typer (0.29, its vendored click too) lists them as registered, i.e. in source order; a
 # command not named here follows, in that order.
-COMMAND_ORDER = ("encode", "demo", "join", "peers", "jobs", "profiles", "bench", "pack")
+COMMAND_ORDER = ("encode", "demo", "join", "pair", "devices", "peers", "jobs", "profiles",
+                 "bench", "pack")
 
 
 def _name_values(params: list[Any]) -> list[Any]:
@@ -955,8 +957,9 @@ def join(
                 sink = JsonLines()
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
                                    slots=slots, peers=peers_to_greet,
-                                   cache_dir=env.cache_dir), ffmpeg, scores,
-                        on_event=sink or join_plain(mode == "quiet"))
+                                   cache_dir=env.cache_dir,
+                                   pairing=_pairing_service(env, port, mode == "quiet")),
+                        ffmpeg, scores, on_event=sink or join_plain(mode == "quiet"))
             from peer.web import Web
 
             web = Web(web_config, node)
@@ -1154,3 +1157,156 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- pairing (peer.pairing, swarm.pairing) ---------------------------------------------------
+
+def _config_dir(env: Environment) -> Path:
+    if env.config_dir is None:
+        raise UsageError("no config directory for this device's identity: set "
+                         "SWARM_CONFIG_DIR (or HOME)")
+    return env.config_dir
+
+
+def _pairing_service(env: Environment, port: int, quiet: bool) -> Any:
+    """The join's pairing: its door and code while unpaired, the pinned keys after."""
+    from peer.identity import load_identity
+    from peer.lan import lan_address
+    from peer.pairing import PairingService
+
+    if env.config_dir is None:  # no HOME: a throwaway node, nothing to pair
+        return None
+    folder = env.config_dir
+    where = f"{lan_address()}:{port}" if port else "HOST:PORT"
+
+    def show_code(code: str) -> None:
+        if not quiet:
+            typer.echo(f"swarm: not paired yet. On a device already in the swarm, run:\n"
+                       f"    swarm pair {code[:3]} {code[3:]}  --peer {where}\n"
+                       "  (the code changes after a few wrong tries)", err=True)
+
+    def show_paired(dev: Any) -> None:
+        if not quiet:
+            typer.echo(f"swarm: paired with {dev.name} ({dev.device_id[:8]})", err=True)
+
+    return PairingService(folder, load_identity(folder), show_code, show_paired)
+
+
+@app.command()
+def pair(
+    code: Annotated[list[str], typer.Argument(
+        help="The code the new device's `swarm join` shows (spaces allowed).")],
+    peer: Annotated[str | None, typer.Option(
+        "--peer", metavar="HOST:PORT", help="The new device's address; default: every "
+        "device found with mDNS that shows a code.")] = None,
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0.5, max=60, help="Seconds to look for devices with mDNS.")] = 3.0,
+) -> None:
+    """Admit a new device: run this, with the code it shows, on a device of the swarm.
+
+    The code is checked with a PAKE (SPAKE2): someone listening on the LAN learns nothing
+    that lets them guess it, and each wrong try is one of a few the new device allows. Both
+    devices then keep each other's id and a shared key (`swarm devices`).
+    """
+    from peer.recruit import parse_peer
+    from swarm.pairing import normalise_code
+
+    env = _guarded(_environment)
+    folder = _guarded(_config_dir, env)
+    typed = _guarded(normalise_code, "".join(code))
+    targets = [_guarded(parse_peer, peer)] if peer else []
+
+    def run() -> Any:
+        import httpx
+        import trio
+
+        from peer.identity import load_identity
+        from peer.pairing import pair_with
+        from swarm.errors import PeerError
+        from swarm.pairing import PairingFailed
+
+        async def main() -> Any:
+            me = load_identity(folder)
+            found = targets
+            if not found:
+                from peer.discovery import find_peers
+
+                found = [(r.host, r.port) for r in await find_peers(wait)]
+                if not found:
+                    raise UsageError(f"no device found with mDNS in {wait:g} s; name the new "
+                                     "one with --peer HOST:PORT (its `swarm join` shows it)")
+            problems = []
+            async with httpx.AsyncClient(timeout=30) as client:
+                for host, port in found:
+                    try:
+                        return await pair_with(client, f"http://{host}:{port}", typed, me,
+                                               folder)
+                    except PairingFailed as exc:
+                        if exc.status_code != 404 or peer:  # 404: it shows no code
+                            problems.append(f"{host}:{port}: {exc}")
+                    except PeerError as exc:
+                        if peer:
+                            problems.append(f"{host}:{port}: {exc}")
+            raise PeerError("not paired: " + ("; ".join(problems) or
+                            f"none of the {len(found)} devices found shows a pairing code"))
+
+        return trio.run(main)
+
+    dev = _guarded(run)
+    typer.echo(f"swarm: paired with {dev.name} ({dev.device_id[:8]}); it is in the swarm now",
+               err=True)
+
+
+devices_app = _App(name="devices", cls=_Commands, no_args_is_help=True,
+                   help="The devices this one is paired with: list, rename, revoke.")
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("list")
+def devices_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the paired devices (never their keys)."""
+    from peer.identity import Devices, load_identity
+
+    folder = _guarded(_config_dir, _guarded(_environment))
+    me = _guarded(load_identity, folder)
+    devs = _guarded(Devices, folder)
+    rows = [{"id": d.device_id, "name": d.name,
+             "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(d.added))}
+            for d in devs.devices.values()]
+    if as_json:
+        typer.echo(json.dumps({"this_device": {"id": me.device_id, "name": me.name},
+                               "paired": rows}, indent=2))
+        return
+    typer.echo(f"this device: {me.name} ({me.device_id})")
+    if not rows:
+        typer.echo("paired with no device: `swarm join` shows a code to pair with")
+    for r in rows:
+        typer.echo(f"{r['name']:<24} {r['id']}  added {r['added']}")
+
+
+@devices_app.command("rename")
+def devices_rename(
+    device: Annotated[str, typer.Argument(help="Its name or the start of its id.")],
+    new_name: Annotated[str, typer.Argument(help="The new name.")],
+) -> None:
+    """Rename a paired device (on this device only)."""
+    from peer.identity import Devices
+
+    devs = _guarded(Devices, _guarded(_config_dir, _guarded(_environment)))
+    dev = _guarded(devs.rename, device, new_name)
+    typer.echo(f"swarm: {dev.device_id[:8]} is now called {dev.name}", err=True)
+
+
+@devices_app.command("revoke")
+def devices_revoke(
+    device: Annotated[str, typer.Argument(help="Its name or the start of its id.")],
+) -> None:
+    """Forget a paired device: its requests are refused from now on, also by a running
+    `swarm join` here. To have it back, pair it again."""
+    from peer.identity import Devices
+
+    devs = _guarded(Devices, _guarded(_config_dir, _guarded(_environment)))
+    dev = _guarded(devs.revoke, device)
+    typer.echo(f"swarm: revoked {dev.name} ({dev.device_id[:8]})", err=True)

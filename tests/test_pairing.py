@@ -4,6 +4,10 @@ its own config dir; then requests signed with the per-pair key."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +130,62 @@ async def test_bad_pairing_requests_get_4xx(tmp_path: Path, method: str, path: s
             door = node.config.pairing.door if node.config.pairing else None
             assert door is not None and door.attempts_left == MAX_ATTEMPTS  # none spent
             nursery.cancel_scope.cancel()
+
+
+SWARM = [sys.executable, "-c", "import cli; cli.main()"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(folder: Path) -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": str(REPO), "SWARM_CONFIG_DIR": str(folder),
+                         "TERM": "dumb"}
+
+
+def _swarm(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SWARM, *args], capture_output=True, text=True, timeout=120,
+                          env=_env(folder), stdin=subprocess.DEVNULL)
+
+
+def test_join_shows_a_code_and_swarm_pair_admits_it(tmp_path: Path) -> None:
+    new_dir, old_dir = tmp_path / "new", tmp_path / "old"
+    join = subprocess.Popen([*SWARM, "join", "--no-bench", "--port", "0", "--name", "newdev"],
+                            env=_env(new_dir), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert join.stderr is not None
+    try:
+        code = port = None
+        seen = []
+        deadline = time.monotonic() + 90
+        while (code is None or port is None) and time.monotonic() < deadline:
+            line = join.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+            if m := re.search(r"swarm pair (\d{3}) (\d{3})", line):
+                code = m.group(1) + " " + m.group(2)
+            if m := re.search(r"ready on port (\d+)", line):
+                port = int(m.group(1))
+        assert code and port, "".join(seen)
+        wrong = f"{(int(code.replace(' ', '')) + 1) % 10 ** 6:06d}"
+        bad = _swarm(old_dir, "pair", wrong, "--peer", f"127.0.0.1:{port}")
+        assert bad.returncode == 1 and "wrong code" in bad.stderr, bad.stderr
+        assert _swarm(old_dir, "pair", "12", "--peer", "127.0.0.1:1").returncode == 2
+        time.sleep(pairing.MIN_START_INTERVAL_S)
+        ok = _swarm(old_dir, "pair", *code.split(), "--peer", f"127.0.0.1:{port}")
+        assert ok.returncode == 0, ok.stderr
+        assert "paired with" in ok.stderr
+    finally:
+        join.terminate()
+        rest = join.communicate(timeout=60)[1]
+    assert "paired with" in rest  # the new device's screen says so
+    old = json.loads(_swarm(old_dir, "devices", "list", "--json").stdout)
+    new = json.loads(_swarm(new_dir, "devices", "list", "--json").stdout)
+    assert [d["id"] for d in old["paired"]] == [new["this_device"]["id"]]
+    assert [d["id"] for d in new["paired"]] == [old["this_device"]["id"]]
+    assert "key" not in json.dumps(old)  # keys are never printed
+    renamed = _swarm(old_dir, "devices", "rename", old["paired"][0]["id"][:8], "kitchen")
+    assert renamed.returncode == 0, renamed.stderr
+    listed = _swarm(old_dir, "devices", "list")
+    assert "kitchen" in listed.stdout
+    assert _swarm(old_dir, "devices", "revoke", "nosuch").returncode == 2
+    assert _swarm(old_dir, "devices", "revoke", "kitchen").returncode == 0
+    assert json.loads(_swarm(old_dir, "devices", "list", "--json").stdout)["paired"] == []
