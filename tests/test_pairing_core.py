@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from swarm import pairing
-from swarm.errors import UsageError
+from swarm import auth, pairing
+from swarm.errors import AuthError, UsageError
 from swarm.pairing import (
     GENERATOR,
     MAX_ATTEMPTS,
@@ -192,3 +192,34 @@ def test_codes() -> None:
             pairing.normalise_code(bad)
     codes = {pairing.new_code() for _ in range(50)}
     assert all(len(c) == 6 and c.isdigit() for c in codes) and len(codes) > 40
+
+
+def test_requests_signed_with_a_pair_key() -> None:
+    key, dev = b"k" * 32, "d" * 32
+    keys = {dev: key}
+    digest = auth.body_digest(b"body")
+    headers = auth.sign_device(key, dev, "POST", "/v1/invite", 1000.0, digest)
+    assert auth.verify_device(keys.get, "POST", "/v1/invite", headers, digest, 1001.0) == dev
+    for kwargs in [
+        {"body_digest": auth.body_digest(b"other")},
+        {"path_with_query": "/v1/hello"},
+        {"now": 1000.0 + auth.MAX_SKEW_S + 1},  # stale
+        {"now": float("nan")},  # a broken clock fails closed
+    ]:
+        args = {"key_for": keys.get, "method": "POST", "path_with_query": "/v1/invite",
+                "headers": headers, "body_digest": digest, "now": 1001.0} | kwargs
+        with pytest.raises(AuthError):
+            auth.verify_device(**args)  # type: ignore[arg-type]
+    # The id is bound: the same MAC under another paired device's id fails.
+    other = {"e" * 32: key, dev: key}
+    moved = headers | {auth.DEVICE_HEADER: "e" * 32}
+    with pytest.raises(AuthError):
+        auth.verify_device(other.get, "POST", "/v1/invite", moved, digest, 1001.0)
+    # A device that is not paired (or was revoked) is told so.
+    with pytest.raises(AuthError, match="not paired"):
+        auth.verify_device({}.get, "POST", "/v1/invite", headers, digest, 1001.0)
+    # A secret's signature is not a pair key's: the domains differ.
+    with pytest.raises(AuthError):
+        auth.verify_device(keys.get, "POST", "/v1/invite",
+                           auth.sign("s", "POST", "/v1/invite", 1000.0, digest)
+                           | {auth.DEVICE_HEADER: dev}, digest, 1001.0)
