@@ -1161,6 +1161,12 @@ if __name__ == "__main__":
 
 # -- pairing (peer.pairing, swarm.pairing) ---------------------------------------------------
 
+def text(value: str) -> str:
+    """The parser of a str argument: help names a parser's type after it (``<text>``, as
+    click calls strings), where typer would show Python's ``<str>``."""
+    return value
+
+
 def _config_dir(env: Environment) -> Path:
     if env.config_dir is None:
         raise UsageError("no config directory for this device's identity: set "
@@ -1195,7 +1201,7 @@ def _pairing_service(env: Environment, port: int, quiet: bool) -> Any:
 @app.command()
 def pair(
     code: Annotated[list[str], typer.Argument(
-        help="The code the new device's `swarm join` shows (spaces allowed).")],
+        parser=text, help="The code the new device's `swarm join` shows (spaces allowed).")],
     peer: Annotated[str | None, typer.Option(
         "--peer", metavar="HOST:PORT", help="The new device's address; default: every "
         "device found with mDNS that shows a code.")] = None,
@@ -1288,8 +1294,9 @@ def devices_list(
 
 @devices_app.command("rename")
 def devices_rename(
-    device: Annotated[str, typer.Argument(help="Its name or the start of its id.")],
-    new_name: Annotated[str, typer.Argument(help="The new name.")],
+    device: Annotated[str, typer.Argument(
+        parser=text, help="Its name or the start of its id.")],
+    new_name: Annotated[str, typer.Argument(parser=text, help="The new name.")],
 ) -> None:
     """Rename a paired device (on this device only)."""
     from peer.identity import Devices
@@ -1301,7 +1308,8 @@ def devices_rename(
 
 @devices_app.command("revoke")
 def devices_revoke(
-    device: Annotated[str, typer.Argument(help="Its name or the start of its id.")],
+    device: Annotated[str, typer.Argument(
+        parser=text, help="Its name or the start of its id.")],
 ) -> None:
     """Forget a paired device: its requests are refused from now on, also by a running
     `swarm join` here. To have it back, pair it again."""
