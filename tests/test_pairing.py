@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -189,3 +192,56 @@ def test_join_shows_a_code_and_swarm_pair_admits_it(tmp_path: Path) -> None:
     assert _swarm(old_dir, "devices", "revoke", "nosuch").returncode == 2
     assert _swarm(old_dir, "devices", "revoke", "kitchen").returncode == 0
     assert json.loads(_swarm(old_dir, "devices", "list", "--json").stdout)["paired"] == []
+
+
+def _mutations(rng: random.Random, valid: dict[str, Any]) -> Iterator[bytes]:
+    """Bodies near a valid one: fields dropped, added, retyped, stretched; and raw bytes."""
+    odd: list[Any] = [None, True, 0, -1, 2 ** 80, 1.5, float("inf"), "", "é" * 40, [], {},
+                      [1] * 50, {"a": {"b": {}}}, "0" * 600, "A" * 32, "/../etc/passwd"]
+    for _ in range(120):
+        body = dict(valid)
+        kind = rng.randrange(5)
+        key = rng.choice(list(body))
+        if kind == 0:
+            del body[key]
+        elif kind == 1:
+            body[rng.choice(["x", "v", key + " "])] = rng.choice(odd)
+        elif kind == 2:
+            body[key] = rng.choice(odd)
+        elif kind == 3:
+            body[key] = str(body[key]) * rng.randint(2, 8)
+        else:
+            yield bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
+            continue
+        try:
+            yield json.dumps(body).encode()
+        except ValueError:  # inf is not JSON; send Python's spelling anyway
+            yield repr(body).encode()
+
+
+async def test_fuzzed_pairing_bodies_get_4xx_and_the_door_keeps_working(tmp_path: Path
+                                                                        ) -> None:
+    codes: list[str] = []
+    rng = random.Random(15)
+    me = load_identity(tmp_path / "old")
+    init = pairing.Initiator("123456", me.device_id, me.name)
+    finish = {"session": "s" * 24, "confirm": "0" * 64}
+    statuses: set[int] = set()
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            node = await _door_node(nursery, tmp_path / "new", codes)
+            base = f"http://127.0.0.1:{node.port}"
+            async with httpx.AsyncClient(timeout=30) as client:
+                for path, valid in (("/v1/pair/start", init.start_body()),
+                                    ("/v1/pair/finish", finish)):
+                    for body in _mutations(rng, valid):
+                        r = await client.post(base + path, content=body)
+                        assert r.status_code < 500, (path, body[:100], r.text)
+                        if r.status_code == 200:  # a mutation that is still a valid start
+                            pairing.parse_start(json.loads(body))
+                        statuses.add(r.status_code)
+                await trio.sleep(pairing.MIN_START_INTERVAL_S)
+                # The door still pairs with the right code afterwards.
+                await pair_with(client, base, codes[-1], me, tmp_path / "old")
+            nursery.cancel_scope.cancel()
+    assert statuses <= {200, 400, 404, 413, 429} and 400 in statuses
