@@ -55,6 +55,7 @@ __all__ = [
     "Progress",
     "ProgressAck",
     "ResultAck",
+    "SlideRun",
     "Wait",
     "decode",
     "encode",
@@ -62,9 +63,10 @@ __all__ = [
 
 # Bumped whenever a message gains, loses or changes a field, or a message type is added:
 # an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
-# pyz_sha256, AttemptFailed, Invite's nonce and InviteReply). tests/test_protocol.py pins
-# the schema per version, so a wire change without a bump fails there.
-PROTOCOL_VERSION: Final = 2
+# pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides).
+# tests/test_protocol.py pins the schema per version, so a wire change without a bump
+# fails there.
+PROTOCOL_VERSION: Final = 3
 CONTENT_TYPE: Final = "application/msgpack"
 
 # The largest legitimate body is an Invite with a full profile (48 keys of 32 + 128 chars,
@@ -94,6 +96,11 @@ MAX_PROFILE_STR: Final = 128
 MAX_REASON: Final = 200
 # Source bytes a peer may fetch ahead for one prefetched chunk (it keeps them in a file).
 MAX_PREFETCH_BYTES: Final = 1 << 34
+# A slideshow chunk's own images: with the next chunk's first one (its fade), an array of
+# _MAX_WIRE_ITEMS. The coordinator cuts longer runs (chunker.slides.slide_runs).
+MAX_SLIDE_RUN: Final = 63
+MAX_IMAGE_BYTES: Final = 1 << 28  # 256 MiB: larger than any photograph's file
+MAX_SLIDE_BOX: Final = 8192  # profiles.profile.MAX_BOX; kept here so the core imports nothing
 _INT64 = 2**63  # what msgpack can carry for a signed int
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # job and attempt ids: URL-safe, unguessable-sized
@@ -411,6 +418,88 @@ class ClaimRequest(Message):
     slot: Annotated[int, _int(0, MAX_SLOTS - 1)]
     prefetch: Annotated[bool, _bool]
 
+@dataclass(frozen=True, slots=True)
+class SlideRun:
+    """What a slideshow chunk is, on an ``Assignment``: ``images`` whole images of
+    ``per_image`` frames each, the last ``fade`` of every one but the show's last
+    crossfading into the next, in a ``width`` x ``height`` box. ``sizes`` and ``sha256``
+    describe the images the peer fetches, in order, by index (``source_path/<k>``): its
+    own ``images``, then the next chunk's first one when its last image fades into it.
+    Validated on construction like a message: nothing in it is a path or an argument."""
+
+    images: int
+    per_image: int
+    fade: int
+    width: int
+    height: int
+    sizes: tuple[int, ...]
+    sha256: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            _check_slide_run(self)
+        except _Invalid as exc:
+            raise LocalProtocolError(f"invalid SlideRun: {exc}") from exc
+        object.__setattr__(self, "sizes", tuple(self.sizes))
+        object.__setattr__(self, "sha256", tuple(self.sha256))
+
+    @property
+    def frames(self) -> int:
+        return self.images * self.per_image
+
+    @property
+    def fades_out(self) -> bool:
+        """Whether the run's last image crossfades into the next chunk's first."""
+        return len(self.sizes) > self.images
+
+    def to_wire(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_SLIDE_FIELDS: Final = ("images", "per_image", "fade", "width", "height", "sizes", "sha256")
+
+
+def _check_slide_run(run: SlideRun) -> None:
+    side = _int(2, MAX_SLIDE_BOX)
+    for name, check in (("images", _int(1, MAX_SLIDE_RUN)), ("per_image", _int(1, MAX_FRAMES)),
+                        ("fade", _int(0, MAX_FRAMES)), ("width", side), ("height", side),
+                        ("sizes", _tuple_of(_int(1, MAX_IMAGE_BYTES), _MAX_WIRE_ITEMS)),
+                        ("sha256", _tuple_of(_str(_SHA256, "a lower-case hex SHA-256"),
+                                             _MAX_WIRE_ITEMS))):
+        try:
+            check(getattr(run, name))
+        except _Invalid as exc:
+            raise _Invalid(f"{name}: {exc}") from exc
+    if run.width % 2 or run.height % 2:
+        raise _Invalid("box sides must be even")
+    if run.fade >= run.per_image:
+        raise _Invalid(f"a {run.fade}-frame fade does not fit in {run.per_image} frames")
+    if run.images * run.per_image > MAX_FRAMES:
+        raise _Invalid("more frames than a chunk may have")
+    if len(run.sha256) != len(run.sizes):
+        raise _Invalid(f"{len(run.sizes)} sizes for {len(run.sha256)} digests")
+    # Its own images, and the next one only if there is a fade into it.
+    if len(run.sizes) not in (run.images, run.images + (run.fade > 0)):
+        raise _Invalid(f"{len(run.sizes)} images described for a run of {run.images}")
+
+
+def _slide_run(value: object) -> object:
+    if isinstance(value, SlideRun):
+        return value  # validated when it was built
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be a map, got {type(value).__name__}")
+    if set(value) != set(_SLIDE_FIELDS):
+        shown = sorted(map(_show, set(value) ^ set(_SLIDE_FIELDS)))[:5]
+        raise _Invalid(f"must have exactly the fields {', '.join(_SLIDE_FIELDS)}; "
+                       f"not {', '.join(shown)}")
+    for name in ("sizes", "sha256"):
+        if not isinstance(value[name], list | tuple):
+            raise _Invalid(f"{name}: must be an array, got {type(value[name]).__name__}")
+    try:
+        return SlideRun(**{k: value[k] for k in _SLIDE_FIELDS})
+    except LocalProtocolError as exc:
+        raise _Invalid(str(exc).removeprefix("invalid SlideRun: ")) from exc
+
 
 @_message
 @dataclass(frozen=True, slots=True)
@@ -437,6 +526,9 @@ class Assignment(Message):
     # ahead into a file while it finishes what it holds; the rest streams once it starts.
     # None: stream it all at the start, as for a chunk granted to an idle slot.
     prefetch_bytes: Annotated[int | None, _optional(_int(1, MAX_PREFETCH_BYTES))] = None
+    # A slideshow chunk: rendered from images fetched at ``source_path/<k>`` instead of
+    # encoded from the source (``start_s``, ``seek_s`` and ``trim_s`` then mean nothing).
+    slides: Annotated[SlideRun | None, _optional(_slide_run)] = None
 
 
 @_message
@@ -529,7 +621,8 @@ def encode(msg: Message) -> bytes:
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": msg.TYPE}
     for f in fields(msg):
         value = getattr(msg, f.name)
-        body[f.name] = dict(value) if isinstance(value, Mapping) else value
+        body[f.name] = (dict(value) if isinstance(value, Mapping)
+                        else value.to_wire() if isinstance(value, SlideRun) else value)
     data: bytes = msgpack.packb(body, use_bin_type=True)
     if len(data) > MAX_CONTROL_BODY:  # the field bounds make this unreachable; keep it so
         raise LocalProtocolError(f"{type(msg).__name__} encodes to {len(data)} bytes")

@@ -28,6 +28,7 @@ from swarm.protocol import (
     Progress,
     ProgressAck,
     ResultAck,
+    SlideRun,
     Wait,
     decode,
     encode,
@@ -73,6 +74,17 @@ SAMPLES: list[Message] = [
     ),
     InviteReply(accepted=True, reason="", node_id="0123456789abcdef", proof="ab" * 32),
     ClaimRequest(node_id="deadbeef", slot=0, prefetch=True),
+    Assignment(  # a slideshow chunk: 3 images and the next one, which the last fades into
+        job_id=JOB,
+        chunk=2,
+        attempt=ATTEMPT,
+        lease_s=30.0,
+        start_s=0.0,
+        frames=75,
+        source_path=f"/v1/jobs/{JOB}/images",
+        slides=SlideRun(images=3, per_image=25, fade=5, width=1920, height=1080,
+                        sizes=(310_000, 2_000_000, 1, 45_000), sha256=("ab" * 32,) * 4),
+    ),
     Assignment(
         job_id=JOB,
         chunk=17,
@@ -159,7 +171,7 @@ def test_round_trip(msg: Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_envelope_has_version_and_tag(msg: Message) -> None:
     body = wire(msg)
-    assert body["v"] == PROTOCOL_VERSION == 2
+    assert body["v"] == PROTOCOL_VERSION == 3
     assert body["t"] == msg.TYPE
     assert MESSAGE_TYPES[msg.TYPE] is type(msg)
 
@@ -289,7 +301,7 @@ def test_oversized_body_is_413_before_parsing() -> None:
     refuse(good + b"\x00" * (MAX_CONTROL_BODY - len(good)), 400)
 
 
-@pytest.mark.parametrize("version", [1, 3, 0, -1, 2**40])
+@pytest.mark.parametrize("version", [1, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 0, -1, 2**40])
 def test_wrong_version_is_400_with_a_clear_message(version: int) -> None:
     err = refuse(corrupt(BY_TYPE[JobDone], v=version), 400)
     assert f"version {version}" in str(err)
@@ -612,6 +624,22 @@ WIRE_SCHEMAS = {
         "result_ack": ("accepted", "reason"),
         "wait": ("retry_after_s",),
     },
+    3: {
+        "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
+                   "seek_s", "trim_s", "prefetch_bytes", "slides"),
+        "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
+        "claim": ("node_id", "slot", "prefetch"),
+        "hello": ("node_id", "port"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce"),
+        "invite_reply": ("accepted", "reason", "node_id", "proof"),
+        "job_done": ("job_id",),
+        "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
+                      "scores", "state", "job_id", "slots", "pyz_sha256"),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
+        "progress_ack": ("keep", "queued_keep"),
+        "result_ack": ("accepted", "reason"),
+        "wait": ("retry_after_s",),
+    },
 }
 
 
@@ -621,3 +649,53 @@ def test_the_wire_schema_is_pinned_to_the_protocol_version() -> None:
     assert PROTOCOL_VERSION in WIRE_SCHEMAS, "new version: record its schema here"
     assert now == WIRE_SCHEMAS[PROTOCOL_VERSION], (
         "the wire changed: bump PROTOCOL_VERSION and record the new schema")
+
+
+# -- a slideshow chunk's run (Assignment.slides) ------------------------------------------------
+SLIDES = SAMPLES[next(i for i, m in enumerate(SAMPLES)
+                      if isinstance(m, Assignment) and m.slides is not None)]
+
+
+def _with_run(**changes: object) -> bytes:
+    assert isinstance(SLIDES, Assignment) and SLIDES.slides is not None
+    run = SLIDES.slides.to_wire() | changes
+    for key in [k for k, v in changes.items() if v is _DELETE]:
+        del run[key]
+    return corrupt(SLIDES, slides=run)
+
+
+def test_a_slide_run_round_trips_and_knows_its_frames() -> None:
+    back = decode(encode(SLIDES), Assignment)
+    assert back == SLIDES and back.slides is not None
+    assert (back.slides.frames, back.slides.fades_out) == (75, True)
+    assert isinstance(back.slides.sizes, tuple)
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"images": 0}, "images"),
+    ({"images": 64, "sizes": [1] * 64, "sha256": ["ab" * 32] * 64}, "images"),
+    ({"images": True}, "images"),
+    ({"fade": 25}, "fade"),
+    ({"width": 1919}, "even"),
+    ({"height": 0}, "height"),
+    ({"sizes": [1, 2, 3]}, "sizes for"),
+    ({"sizes": [0, 1, 1, 1]}, "sizes"),
+    ({"sizes": [1, 1, 1, 1 << 40]}, "sizes"),
+    ({"sha256": ["AB" * 32] * 4}, "sha256"),
+    ({"sha256": ["../etc/passwd"] * 4}, "sha256"),
+    ({"sizes": [1] * 5, "sha256": ["ab" * 32] * 5}, "described"),  # two images past its run
+    ({"fade": 0}, "described"),  # no fade: no next image to fetch
+    ({"sizes": "1,2,3,4"}, "array"),
+    ({"path": "/etc/passwd"}, "exactly the fields"),
+    ({"width": _DELETE}, "exactly the fields"),
+])
+def test_a_bad_slide_run_is_refused_with_422(changes: dict[str, object], why: str) -> None:
+    err = refuse(_with_run(**changes), 422)
+    assert "slides" in str(err) and why in str(err), err
+
+
+def test_a_slide_run_is_a_map_and_bounded_by_the_wire() -> None:
+    assert "must be a map" in str(refuse(corrupt(SLIDES, slides=[1, 2]), 422))
+    refuse(_with_run(sizes=[1] * 65, sha256=["ab" * 32] * 65), 400)  # msgpack's array bound
+    with pytest.raises(LocalProtocolError, match="fade"):
+        SlideRun(images=1, per_image=2, fade=2, width=2, height=2, sizes=(1,), sha256=("0" * 64,))
