@@ -707,17 +707,45 @@ def slideshow(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print every event as one JSON object per line on stdout.")] = False,
+    peer: Annotated[list[str] | None, typer.Option(
+        "--peer", metavar="HOST:PORT", help="A peer to invite as HOST:PORT, for networks "
+        "mDNS does not reach. Repeatable.")] = None,
+    no_local: Annotated[bool, typer.Option(
+        "--no-local", help="Do not render on this device; only coordinate peers.")] = False,
+    local_only: Annotated[bool, typer.Option(
+        "--local-only", help="Use no peers at all: no mDNS, no HTTP server.")] = False,
+    no_mdns: Annotated[bool, typer.Option(
+        "--no-mdns", help="Do not look for peers with mDNS; only --peer ones.")] = False,
+    secret: Annotated[str | None, typer.Option(
+        "--secret", envvar="SWARM_SECRET", show_envvar=True,
+        help="Swarm secret: requests are signed and only peers with the same secret "
+        "take part. Without it the swarm is open.")] = None,
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, help="Port the coordinator serves images on; if taken, "
+        "any free port. 0: any free port.")] = 7800,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="This node's name in reports. Default: the hostname.")] = None,
+    lease_seconds: Annotated[float | None, typer.Option(
+        "--lease-seconds", hidden=True, help="As for encode (tests only).")] = None,
 ) -> None:
     """Make a video of still images: each shown for the same whole number of frames (25
     fps), crossfading into the next, with optional music.
 
-    The show is cut into runs of images rendered in parallel; a fade into the next run's
-    first image comes out exactly as in a single render. Rendered on this device only
-    (peers: not yet).
+    The show is cut into runs of images rendered in parallel, here and on peers (`swarm
+    join`, found as for encode), each fetching only its run's images; a fade into the next
+    run's first image comes out exactly as in a single render.
     """
+    from peer.options import NetworkSettings, Tuning
     from peer.slideshow import SlideshowOptions, run_slideshow
     from profiles import load_profile
     from swarm.events import ChunkDone, ImageSkipped
+
+    _refuse_empty_secret(secret)
+    if no_local and local_only:
+        raise _fail("--no-local and --local-only leave nobody to render", EXIT_USAGE)
+    net = NetworkSettings(enabled=not local_only, discover=not no_mdns,
+                          peers=tuple(peer or ()), secret=secret, port=port,
+                          name=name or socket.gethostname())
 
     env = _environment()
     mode = _output_mode(quiet, as_json, env.term)
@@ -732,14 +760,15 @@ def slideshow(
                                    err=True)
         elif isinstance(e, ChunkDone) and mode != "quiet":
             total[0] += 1
-            _tolerating_dead_pipes(typer.echo, f"swarm: slide chunk {e.chunk} rendered "
-                                   f"({e.frames_done} frames so far)", err=True)
+            _tolerating_dead_pipes(typer.echo, f"swarm: slide chunk {e.chunk} rendered by "
+                                   f"{e.peer} ({e.frames_done} frames so far)", err=True)
 
     def run() -> dict[str, Any]:
         found = _slide_images([str(p) for p in images])
         opts = SlideshowOptions(tuple(found), output, load_profile(profile),
                                 seconds_per_image, fade, audio, bad_images.value, workers,
-                                force, env.ffmpeg)
+                                force, env.ffmpeg, no_local, net,
+                                Tuning(timings=_timings(lease_seconds)))
         result: dict[str, Any] = _until_signal(run_slideshow, opts, emit)
         return result
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from profiles import Profile
+from swarm.protocol import MAX_SLIDE_RUN
 
 from .commands import CHUNK_FORMAT, VideoPlan, _codec_args
 
@@ -39,6 +40,8 @@ CHUNKS_PER_SLOT = 3
 # The music fades out over this share of the video, at most this many seconds.
 AUDIO_FADE_SHARE = 0.25
 AUDIO_FADE_MAX_S = 2.0
+# The longest run of images in one chunk: what a peer's assignment can list.
+MAX_RUN = MAX_SLIDE_RUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +77,12 @@ def plan_slides(images: Sequence[str], seconds_per_image: float, fade_s: float,
                      profile.video.height)
 
 
-def slide_runs(images: int, slots: int) -> list[tuple[int, int]]:
+def slide_runs(images: int, slots: int, max_run: int = MAX_RUN) -> list[tuple[int, int]]:
     """(first image, images) of each chunk: ``CHUNKS_PER_SLOT`` chunks per slot at most,
-    every chunk a run of whole images, the runs as even as they divide."""
+    and none longer than ``max_run`` images (what one assignment can describe), every chunk
+    a run of whole images, the runs as even as they divide."""
     chunks = max(1, min(images, CHUNKS_PER_SLOT * max(1, slots)))
+    chunks = max(chunks, math.ceil(images / max(1, max_run)))
     per = math.ceil(images / chunks)
     return [(first, min(per, images - first)) for first in range(0, images, per)]
 
@@ -86,11 +91,16 @@ def _fit(i: int, plan: SlidePlan, uses: int) -> str:
     # out_range=tv: ffmpeg 7 on negotiates the colour range across the graph, so an image
     # that also feeds a blend was converted to another range than the same image feeding
     # only the concat; their frames differed between a chunk and a single render (9.0.2).
+    # The colour description too: x264 writes the first frame's into the chunk's SPS, and a
+    # JPEG (tagged bt470bg) and a PNG (untagged) made chunks whose parameter sets differ,
+    # which cannot be joined under one avcC. Every image becomes BT.709, tagged so.
     w, h = plan.width, plan.height
     return (f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease:"
-            f"force_divisible_by=2:flags=bicubic:out_range=tv,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,"
+            f"force_divisible_by=2:flags=bicubic:out_range=tv:out_color_matrix=bt709,"
+            f"pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p,"
+            "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709,"
             # Decoded and scaled once, then repeated as references to that one frame.
-            f"setsar=1,format=yuv420p,loop=loop=-1:size=1,split={uses}"
+            f"loop=loop=-1:size=1,split={uses}"
             + "".join(f"[u{i}_{k}]" for k in range(uses)))
 
 
@@ -141,15 +151,19 @@ def slide_graph(plan: SlidePlan, first: int, count: int) -> tuple[list[str], str
 
 
 def slide_argv(ffmpeg: str, plan: SlidePlan, first: int, count: int, profile: Profile,
-               out: str, *, threads: int = 0, raw: bool = False) -> list[str]:
+               out: str, *, threads: int = 0, raw: bool = False,
+               progress: bool = False) -> list[str]:
     """Render and encode one chunk to NUT at ``out``; ``raw``: each frame's checksum
-    instead (framemd5), what a test compares between a chunked and a single render."""
+    instead (framemd5), what a test compares between a chunked and a single render.
+    ``progress``: frame counts on stderr (``peer.proc.run_ffmpeg``'s on_progress)."""
     reads, graph = slide_graph(plan, first, count)
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
     for path in reads:
         argv += ["-i", path]
     argv += ["-filter_complex", graph, "-map", "[v]", "-frames:v", str(count * plan.per_image),
              "-r", str(plan.fps)]
+    if progress:
+        argv += ["-progress", "pipe:2", "-stats_period", "0.5"]
     if raw:
         return [*argv, "-f", "framemd5", "-y", out]
     vplan = VideoPlan(plan.width, plan.height, max(1, round(profile.video.gop_s * plan.fps)))

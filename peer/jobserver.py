@@ -571,6 +571,11 @@ class JobServer:
                 self.job.observe_transfer(a.peer, nbytes, last - first, now,
                                           saturated=saturated)
 
+    async def serve_image(self, attempt: str, index: int, request: Request, send: Send,
+                          receive: Receive, head: bool) -> None:
+        """A slideshow's images (``peer.slideshow.SlideServer``); a video job has none."""
+        raise HTTPError("this job is not a slideshow", status_code=404)
+
     async def restore_from_journal(self) -> None:
         """Count as done every journalled chunk whose file still has its recorded digest;
         anything missing or altered is re-encoded, never trusted."""

@@ -95,6 +95,8 @@ ADVERTISED_ENCODERS = ("libx264", "libx265", "libsvtav1", "aac", "ac3", "libopus
 # any Unicode digit): a decoded "/claim%0A" or "/chunks/%D9%A1/result" is no route of ours.
 _JOB_ROUTE = re.compile(r"^/v1/jobs/([A-Za-z0-9_-]{8,64})(/.*)?\Z")
 _RESULT_ROUTE = re.compile(r"^/chunks/([0-9]{1,6})/result\Z")
+# A slideshow chunk's k-th image (peer.slidework): an index into the attempt's run only.
+_IMAGE_ROUTE = re.compile(r"^/images/([0-9]{1,2})\Z")
 # A node named with --peer is greeted this often while idle; a coordinator that appears
 # there invites us within one period.
 GREET_EVERY_S = 3.0
@@ -228,6 +230,9 @@ class JobEndpoints(Protocol):
 
     async def receive_result(self, attempt: str, chunk: int, request: Request,
                              receive: Receive) -> tuple[bool, str]: ...
+
+    async def serve_image(self, attempt: str, index: int, request: Request, send: Send,
+                          receive: Receive, head: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -544,6 +549,14 @@ class Node:
             auth.verify_url_token(self.config.secret, path, attempt,
                                   request.query.get("token", ""))
             await server.serve_source(attempt, request, send, receive, method == "HEAD")
+            return
+        im = _IMAGE_ROUTE.match(rest)
+        if im and method in ("GET", "HEAD"):
+            attempt = request.query.get("attempt", "")
+            auth.verify_url_token(self.config.secret, path, attempt,
+                                  request.query.get("token", ""))
+            await server.serve_image(attempt, int(im.group(1)), request, send, receive,
+                                     method == "HEAD")
             return
         rm = _RESULT_ROUTE.match(rest)
         if rm and method == "PUT":

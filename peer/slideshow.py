@@ -1,38 +1,53 @@
 """`swarm slideshow`: still images to one video, the chunks (runs of images) rendered in
-parallel on this device's slots, then joined with the music.
+parallel on this device's slots and on peers, then joined with the music.
 
-The plan and every argv are ``chunker.slides``'; this module checks the images, runs the
-chunk renders, verifies each chunk's frame count, merges, and verifies the output. Its work
-directory (``.<output>.slides/`` beside the output) goes on success, failure and Ctrl-C; the
-output appears only whole and verified.
-
-Not done yet (issue 16): remote peers. A chunk reads only its own images and the next
-chunk's first one, so a peer would fetch just those; the wire protocol has no assignment
-for image runs yet.
+The plan and every argv are ``chunker.slides``'; this module checks the images, hands the
+chunks out through the same machinery as ``swarm encode`` (``SlideServer``, a
+``peer.jobserver.JobServer``: claims, leases, retries, recruiting), verifies each chunk,
+merges, and verifies the output. A peer's assignment describes its run
+(``swarm.protocol.SlideRun``); it fetches only that run's images, by index, from
+``/v1/jobs/ID/images/<k>`` while its attempt runs (``peer.slidework``). The work directory
+(``.<output>.slides/`` beside the output) goes on success, failure and Ctrl-C; the output
+appears only whole and verified.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 
-from chunker.commands import write_concat_list
+from chunker.commands import VideoPlan, write_concat_list
+from chunker.plan import ChunkPlan
+from chunker.probe import MediaInfo
 from chunker.slides import SlidePlan, plan_slides, slide_argv, slide_runs, soundtrack_args
 from chunker.tools import FFmpeg, find_ffmpeg
 from profiles import Profile
 from swarm.errors import EncodeError, UsageError, VerifyError
-from swarm.events import ChunkDone, ChunkStart, ImageSkipped, SlideEvent
+from swarm.events import ChunkDone, ChunkDuplicate, ImageSkipped, Listening, SlideEvent
+from swarm.job import Finished, Grant, Retry
+from swarm.protocol import Assignment, JobDone, SlideRun, Wait
 
-from . import media
+from . import media, transfer
+from .coordinator import _watch
 from .host import default_workers
+from .http import HTTPError, Receive, Request, Send
+from .jobserver import JobServer
+from .local import WRITE_BATCH
+from .node import Node, NodeConfig
+from .options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from .proc import run_ffmpeg
+from .recruit import census, recruit
+from .transfer import unlink
 
 __all__ = ["SlideshowOptions", "check_image", "run_slideshow"]
 
@@ -55,6 +70,10 @@ class SlideshowOptions:
     workers: int = 0  # local slots; 0: host.default_workers()
     force: bool = False
     ffmpeg: str | None = None  # SWARM_FFMPEG (swarm.config.Environment), passed down by cli.py
+    no_local: bool = False  # only coordinate peers
+    # Peers as for `swarm encode` (--peer, mDNS, --secret); disabled: this device only.
+    net: NetworkSettings = field(default_factory=NetworkSettings)
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 async def check_image(ffmpeg: FFmpeg, path: str) -> str | None:
@@ -128,12 +147,29 @@ async def run_slideshow(opts: SlideshowOptions,
         plan = plan_slides(images, opts.seconds_per_image, opts.fade_s, opts.profile)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    workers = opts.workers or default_workers()
-    runs = slide_runs(len(images), workers)
+    if opts.no_local and not opts.net.enabled:
+        raise UsageError("--no-local needs peers: leave networking on")
+    workers = 0 if opts.no_local else (opts.workers or default_workers())
+    eopts = EncodeOptions(JobIntent(images[0], opts.output, opts.profile, force=opts.force),
+                          LocalSettings(workers=workers, no_local=opts.no_local,
+                                        ffmpeg=opts.ffmpeg),
+                          opts.net, opts.tuning)
+    # The chunks follow the swarm, as for a video: peers that answer now count a slot each.
+    seen = await census(eopts) if opts.net.enabled and opts.net.discover else 0
+    runs = slide_runs(len(images), max(1, workers + seen + len(opts.net.peers)))
+    # What a peer checks each image it fetches against (only peers fetch them).
+    described = (await trio.to_thread.run_sync(_describe, images) if opts.net.enabled
+                 else [])
     try:
         await trio.Path(workdir).mkdir(exist_ok=True)
-        files = await _render(ffmpeg, plan, runs, opts.profile, str(workdir), workers, emit)
+        server = SlideServer(job_id=secrets.token_urlsafe(12), opts=eopts, ffmpeg=ffmpeg,
+                             plan=plan, runs=runs, described=described, workdir=str(workdir),
+                             emit=emit, expected_slots=max(1, workers + seen))
+        if workers:
+            server.add_local(None, workers, ffmpeg.short_version)
+        await _render(server, eopts, workers)
         tmp_out = str(workdir / ("output" + Path(opts.output).suffix.lower()))
+        files = [r.file for r in server.records]
         await _merge(ffmpeg, plan, runs, files, opts, str(workdir), tmp_out)
         os.replace(tmp_out, opts.output)
     finally:
@@ -142,36 +178,239 @@ async def run_slideshow(opts: SlideshowOptions,
     return {"output": opts.output, "images": len(images), "frames": plan.frames,
             "duration_s": round(plan.duration_s, 6), "chunks": len(runs),
             "skipped": [{"image": p, "reason": why} for p, why in sorted(bad.items())],
-            "audio": opts.audio, "wall_s": round(trio.current_time() - t0, 3)}
+            "audio": opts.audio, "wall_s": round(trio.current_time() - t0, 3),
+            "rendered": server.rendered(), "left_out": dict(server.left_out)}
 
 
-async def _render(ffmpeg: FFmpeg, plan: SlidePlan, runs: list[tuple[int, int]],
-                  profile: Profile, workdir: str, workers: int,
-                  emit: Callable[[SlideEvent], None]) -> list[str]:
-    slots = trio.CapacityLimiter(workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    files = [os.path.join(workdir, f"chunk_{i:05d}.nut") for i in range(len(runs))]
-    done = 0
+def _describe(paths: list[str]) -> list[tuple[int, str]]:
+    """Each image's size and SHA-256, read once."""
+    out = []
+    for path in paths:
+        sha = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as fh:
+            while piece := fh.read(1 << 20):
+                sha.update(piece)
+                size += len(piece)
+        out.append((size, sha.hexdigest()))
+    return out
 
-    async def one(i: int, first: int, count: int) -> None:
-        nonlocal done
-        async with slots:
-            t = trio.current_time()
-            frames = count * plan.per_image
-            emit(ChunkStart(i, f"c{i:05d}a001", "local", frames, False))
-            await run_ffmpeg(slide_argv(ffmpeg.path, plan, first, count, profile, files[i],
-                                        threads=threads), what=f"slide chunk {i}")
-            got = (await media.probe(ffmpeg, files[i])).video.frames
-            if got != frames:
-                raise VerifyError(f"slide chunk {i}: {got} frames, expected {frames}")
-            done += frames
-            emit(ChunkDone(i, f"c{i:05d}a001", "local", round(trio.current_time() - t, 3),
-                           frames, done))
 
-    async with trio.open_nursery() as n:
-        for i, (first, count) in enumerate(runs):
-            n.start_soon(one, i, first, count)
-    return files
+class SlideServer(JobServer):
+    """A slideshow as its encoders see it: the JobServer of a job whose chunks are runs of
+    images. Claims, leases, retries and recruiting are the JobServer's; what differs is
+    what a peer is told (its run, ``Assignment.slides``), what it may fetch (the run's
+    images, by index, while its attempt runs) and how a chunk is checked (its frames and
+    box, and a clean decode)."""
+
+    def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, plan: SlidePlan,
+                 runs: list[tuple[int, int]], described: list[tuple[int, str]], workdir: str,
+                 emit: Callable[[Any], None], expected_slots: int) -> None:
+        per, fps = plan.per_image, plan.fps
+        plans = [ChunkPlan(i, first * per, count * per, None, None, first * per / fps,
+                           count * per / fps, True) for i, (first, count) in enumerate(runs)]
+        gop = max(1, round(opts.job.profile.video.gop_s * fps))
+        # No source video: the JobServer's uses of ``info`` (seeking, cutting chunks,
+        # serving the source, the video checks) are all replaced here or never reached
+        # (no cuts are offered).
+        super().__init__(job_id=job_id, opts=opts, ffmpeg=ffmpeg, info=cast(MediaInfo, None),
+                         plans=plans, vplan=VideoPlan(plan.width, plan.height, gop),
+                         workdir=workdir, emit=emit, local_key="local",
+                         expected_slots=expected_slots)
+        self.slides = plan
+        self.runs = runs
+        self.described = described
+        self.images_path = f"/v1/jobs/{job_id}/images"
+        self.served: dict[int, set[int]] = {}  # chunk -> images its peers fetched
+
+    def reads(self, chunk: int) -> list[int]:
+        """The images a chunk's render reads: its own, and the next one it fades into."""
+        first, count = self.runs[chunk]
+        end = first + count + (self.slides.fade > 0)
+        return list(range(first, min(end, len(self.slides.images))))
+
+    def claim_remote(self, node_id: str, now: float, prefetch: bool = False
+                     ) -> Assignment | Wait | JobDone:
+        reply = super().claim_remote(node_id, now, prefetch)
+        if not isinstance(reply, Assignment):
+            return reply
+        reads = self.reads(reply.chunk)
+        run = SlideRun(images=self.runs[reply.chunk][1], per_image=self.slides.per_image,
+                       fade=self.slides.fade, width=self.slides.width,
+                       height=self.slides.height,
+                       sizes=tuple(self.described[i][0] for i in reads),
+                       sha256=tuple(self.described[i][1] for i in reads))
+        return dataclasses.replace(reply, source_path=self.images_path, seek_s=None,
+                                   trim_s=None, prefetch_bytes=None, slides=run)
+
+    async def serve_image(self, attempt: str, index: int, request: Request, send: Send,
+                          receive: Receive, head: bool) -> None:
+        """The ``index``-th image of the attempt's run, to the peer rendering it."""
+        if not self.running_attempt(attempt) or attempt not in self.job.attempts:
+            raise HTTPError("attempt is not running", status_code=410)
+        a = self.job.attempts[attempt]
+        reads = self.reads(a.chunk)
+        if index >= len(reads):
+            raise HTTPError("no such image in this chunk", status_code=404)
+        self.heard(attempt, trio.current_time())
+        image = reads[index]
+        size = self.described[image][0]
+        path = self.slides.images[image]
+        try:
+            now_size = (await trio.Path(path).stat()).st_size
+        except OSError:
+            now_size = -1
+        if now_size != size:
+            raise HTTPError("the image changed since the show was planned", status_code=409)
+        self.served.setdefault(a.chunk, set()).add(image)
+        run = self._attempt(attempt)
+
+        def sent(n: int) -> None:
+            run.served += n
+
+        await transfer.send_file(send, receive, path, size, request.headers.get("range"),
+                                 head, sent)
+
+    async def serve_source(self, attempt: str, request: Request, send: Send,
+                           receive: Receive, head: bool) -> None:
+        raise HTTPError("a slideshow has no source video; fetch its images", status_code=404)
+
+    async def accept(self, attempt: str, path: str, bytes_in: int) -> tuple[bool, str]:
+        """Verify a rendered chunk (frames, box, decoding parameters, a clean decode for a
+        peer's); keep it if it is the first valid one."""
+        a = self.job.attempts.get(attempt)
+        if a is None or not self.running_attempt(attempt):
+            await trio.to_thread.run_sync(unlink, path)
+            return False, "attempt no longer wanted"
+        self.job.delivering(attempt, trio.current_time())
+        rec = self.records[a.chunk]
+        sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+        why = self._param_sets_mismatch(attempt, sets)
+        if why is None:
+            try:
+                await self._verify(path, rec.plan.frames, a.peer != self.local_key)
+            except VerifyError as exc:
+                why = f"verification: {exc}"
+                if self.param_sets_from == attempt and not self.param_sets_kept:
+                    self.param_sets = None
+        if why is not None:
+            await trio.to_thread.run_sync(unlink, path)
+            self.fail(attempt, why, bench=a.peer != self.local_key)
+            return False, why
+        if not self.job.succeeded(attempt, trio.current_time()):
+            await trio.to_thread.run_sync(unlink, path)
+            self.emit(ChunkDuplicate(a.chunk, attempt, self.name_of(a.peer)))
+            return False, "chunk already done"
+        final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
+        os.replace(path, final)
+        self.param_sets_kept = True
+        now = trio.current_time()
+        started = self._attempt(attempt).started
+        rec.peer, rec.file, rec.bytes_in = self.name_of(a.peer), final, bytes_in
+        rec.encode_s = now - (started if started is not None else now)
+        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        self.emit(ChunkDone(a.chunk, attempt, rec.peer, round(rec.encode_s, 3),
+                            rec.plan.frames, self.job.frames_done))
+        if self.job.done:
+            self.last_done_remote = a.peer != self.local_key
+            self.finished.set()
+        return True, ""
+
+    async def _verify(self, path: str, frames: int, decode: bool) -> None:
+        info = await media.probe(self.ffmpeg, path)
+        if info.video.frames != frames:
+            raise VerifyError(f"{info.video.frames} frames, expected {frames}")
+        box = (info.video.width, info.video.height)
+        if box != (self.slides.width, self.slides.height):
+            raise VerifyError(f"{box[0]}x{box[1]}, expected "
+                              f"{self.slides.width}x{self.slides.height}")
+        if decode:  # a peer's file: every frame must decode (ours come from our ffmpeg)
+            res = await run_ffmpeg([self.ffmpeg.path, "-nostdin", "-v", "error", "-i", path,
+                                    "-f", "null", "-"], check=False, what="chunk decode")
+            if res.returncode != 0 or res.stderr.strip():
+                first = (res.stderr.strip().splitlines() or ["decoding failed"])[0]
+                raise VerifyError(first[:_WHY_CHARS])
+
+    def rendered(self) -> list[dict[str, Any]]:
+        """Who rendered each chunk, and which images its peers fetched (the report)."""
+        return [{"chunk": i, "first_image": first, "images": count,
+                 "peer": self.records[i].peer,
+                 "fetched": sorted(self.served.get(i, ())),
+                 "encode_s": round(self.records[i].encode_s, 3)}
+                for i, (first, count) in enumerate(self.runs)]
+
+
+async def _render(server: SlideServer, opts: EncodeOptions, workers: int) -> None:
+    """This device's slots, and with networking a node that peers claim from and the
+    recruiting of peers, until every chunk is in (the watch is ``swarm encode``'s)."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    async with trio.open_nursery() as nursery:
+        if opts.net.enabled:
+            node = Node(NodeConfig.coordinating(opts.net, opts.tuning.timings,
+                                                opts.local.cache_dir), server.ffmpeg,
+                        coordinator=True)
+            await nursery.start(node.run)
+            node.jobs[server.job_id] = server
+            server.emit(Listening(node.port))
+            nursery.start_soon(recruit, server, node, opts, server.emit)
+        for _ in range(workers):
+            nursery.start_soon(_slide_slot, server, threads)
+        await _watch(server, workers, opts)
+        if opts.net.enabled and server.last_done_remote:
+            # Let the reply to the last result reach its peer before the server stops.
+            await trio.sleep(opts.tuning.timings.response_grace_s)
+        nursery.cancel_scope.cancel()
+
+
+async def _slide_slot(server: SlideServer, threads: int) -> None:
+    """One local slot: claim a chunk, render it into the work directory, hand it over."""
+    while True:
+        action = server.claim(server.local_key, trio.current_time())
+        if isinstance(action, Finished):
+            return
+        if isinstance(action, Retry):
+            if server.local_key in server.job.benched:
+                return
+            await trio.sleep(action.retry_after_s)
+            continue
+        name = await _render_local(server, action, threads)
+        if name is not None:
+            await server.accept(action.attempt, name, 0)
+
+
+async def _render_local(server: SlideServer, a: Grant, threads: int) -> str | None:
+    """Render one chunk into the work directory; its file, or None if the attempt failed
+    or is no longer wanted."""
+    first, count = server.runs[a.chunk]
+    name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
+    argv = slide_argv(server.ffmpeg.path, server.slides, first, count,
+                      server.opts.job.profile, "pipe:1", threads=threads, progress=True)
+    with trio.CancelScope() as scope:
+
+        def progress(frames: int) -> None:
+            if not server.progress(a.attempt, frames, trio.current_time()):
+                scope.cancel()  # done elsewhere, or its lease lost
+
+        try:
+            # Through a pipe, as a video chunk: if we die, ffmpeg dies at its next write.
+            async with await trio.open_file(name, "wb") as fh:
+                pending = bytearray()
+
+                async def sink(data: bytes) -> None:
+                    pending.extend(data)
+                    if len(pending) >= WRITE_BATCH:
+                        await fh.write(pending)
+                        pending.clear()
+
+                await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
+                                 what=f"slide chunk {a.chunk}")
+                await fh.write(pending)
+            return name
+        except EncodeError as exc:
+            server.fail(a.attempt, str(exc))
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(unlink, name)
+    return None
 
 
 async def _merge(ffmpeg: FFmpeg, plan: SlidePlan, runs: list[tuple[int, int]],

@@ -61,6 +61,7 @@ from swarm.protocol import (
 from .client import call, signed_headers, transport_errors
 from .prefetch import PREFETCH_DIR_PREFIX, Prefetch, sweep_stale_dirs
 from .proc import run_ffmpeg
+from .slidework import fetch_run, render_argv, slide_run_of
 
 __all__ = ["JobTerms", "accept_invite", "work_slot"]
 
@@ -296,12 +297,22 @@ def _source_url(terms: JobTerms, a: Assignment, secret: str | None) -> str:
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
-                   fetched: Prefetch | None = None, queued: _Queued | None = None) -> str:
+                   fetched: Prefetch | None = None, queued: _Queued | None = None,
+                   slide_dir: str | None = None) -> str:
     """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
     from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
     ``queued``: the slot's next chunk, named in every report so that a stolen one is
-    dropped at once."""
-    if fetched is not None:
+    dropped at once. A slideshow chunk (``a.slides``) fetches its images into
+    ``slide_dir`` (peer.slidework), a directory that goes with the attempt."""
+    if a.slides is not None and slide_dir is None:
+        prefix = f"{PREFETCH_DIR_PREFIX}{os.getpid()}-slides-"
+        with tempfile.TemporaryDirectory(prefix=prefix) as images:
+            return await _attempt(terms, a, node_id=node_id, secret=secret, ffmpeg=ffmpeg,
+                                  client=client, on_event=on_event, timings=timings,
+                                  queued=queued, slide_dir=images)
+    if a.slides is not None:
+        argv: list[str] = []  # built once its images are here
+    elif fetched is not None:
         argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, "pipe:0", a.seek_s,
                                  a.trim_s, a.frames, copied=True)
     else:
@@ -381,6 +392,11 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
 
         nursery.start_soon(report_until_done)
         try:
+            if slide_dir is not None:
+                # Inside the attempt, so that its reports keep the lease while it fetches.
+                run = slide_run_of(a, terms.plan.width, terms.plan.height)
+                paths = await fetch_run(client, secret, a, run, slide_dir)
+                argv = render_argv(ffmpeg.path, run, paths, terms.profile)
             await run_ffmpeg(argv, stdout_sink=send.send, on_progress=progress,
                              stdin_feed=fetched.feed if fetched is not None else None,
                              what=f"chunk {a.chunk}")

@@ -379,7 +379,7 @@ class ImageSkipped:
     reason: str
 
 
-SlideEvent = ImageSkipped | ChunkStart | ChunkDone
+SlideEvent = ImageSkipped | JobEvent  # a slideshow is a job of images
 
 
 # -- a node, as `swarm join` sees it --------------------------------------------------------
