@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -590,6 +590,8 @@ class Node:
                 return
             raise HTTPError(f"busy with job {self.work.job_id}", status_code=409)
         terms = accept_invite(invite)  # ProfileError -> 422
+        slots = max(1, self.config.slots)
+        terms = replace(terms, threads=max(1, (os.cpu_count() or 1) // slots))
         missing = [c for c in (terms.profile.video.codec,) if c not in self.ffmpeg.encoders]
         if missing:
             raise HTTPError(f"this node's ffmpeg lacks {missing[0]}", status_code=422)

@@ -47,6 +47,7 @@ from .node import Node, NodeConfig
 from .options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from .proc import run_ffmpeg
 from .recruit import census, recruit
+from .slidework import image_kind
 from .transfer import unlink
 
 __all__ = ["SlideshowOptions", "check_image", "run_slideshow"]
@@ -84,6 +85,14 @@ async def check_image(ffmpeg: FFmpeg, path: str) -> str | None:
         return exc.strerror or str(exc)
     if size == 0:
         return "empty file"
+    try:
+        async with await trio.open_file(path, "rb") as fh:
+            head = await fh.read(16)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if image_kind(head) is None:
+        # What a peer would refuse to render (peer.slidework): the same show everywhere.
+        return "not a JPEG, PNG, WebP, BMP or TIFF image"
     res = await run_ffmpeg([ffmpeg.path, "-nostdin", "-hide_banner", "-v", "error", "-i",
                             path, "-frames:v", "1", "-f", "null", "-"], check=False,
                            what="image check")

@@ -75,7 +75,10 @@ async def fetch_run(client: httpx.AsyncClient, secret: str | None, a: Assignment
         got = 0
         try:
             with transport_errors():
-                async with client.stream("GET", url) as resp:
+                # One connection per image: a second request on a connection that
+                # peer.transfer.send_file answered waits forever (hypercorn 0.18).
+                async with client.stream("GET", url, headers={"connection": "close"}
+                                         ) as resp:
                     if resp.status_code != 200:
                         raise EncodeError(f"image {k}: the coordinator answered "
                                           f"{resp.status_code}")
@@ -103,8 +106,9 @@ async def fetch_run(client: httpx.AsyncClient, secret: str | None, a: Assignment
     return paths
 
 
-def render_argv(ffmpeg: str, run: SlideRun, paths: list[str], profile: Profile
-                ) -> list[str]:
+def render_argv(ffmpeg: str, run: SlideRun, paths: list[str], profile: Profile,
+                threads: int = 0) -> list[str]:
     """Render and encode the run to NUT on stdout, with progress on stderr."""
     plan = SlidePlan(tuple(paths), run.per_image, run.fade, run.width, run.height)
-    return slide_argv(ffmpeg, plan, 0, run.images, profile, "pipe:1", progress=True)
+    return slide_argv(ffmpeg, plan, 0, run.images, profile, "pipe:1", threads=threads,
+                      progress=True)

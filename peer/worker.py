@@ -87,6 +87,9 @@ class JobTerms:
     coordinator_url: str
     profile: Profile
     plan: VideoPlan
+    # Encoder threads per slot for what this node renders itself (slideshow chunks): its
+    # cores shared among its slots, as a coordinator's local slots share them. 0: ffmpeg's.
+    threads: int = 0
 
 
 def accept_invite(invite: Invite) -> JobTerms:
@@ -396,7 +399,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
                 # Inside the attempt, so that its reports keep the lease while it fetches.
                 run = slide_run_of(a, terms.plan.width, terms.plan.height)
                 paths = await fetch_run(client, secret, a, run, slide_dir)
-                argv = render_argv(ffmpeg.path, run, paths, terms.profile)
+                argv = render_argv(ffmpeg.path, run, paths, terms.profile, terms.threads)
             await run_ffmpeg(argv, stdout_sink=send.send, on_progress=progress,
                              stdin_feed=fetched.feed if fetched is not None else None,
                              what=f"chunk {a.chunk}")

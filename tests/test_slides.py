@@ -203,3 +203,153 @@ def test_json_lines(album: Path, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     assert lines[-1]["event"] == "slideshow_end" and lines[-1]["frames"] == 20
     assert {"chunk_start", "chunk_done"} <= {x["event"] for x in lines}
+
+
+# -- on peers, over real HTTP ------------------------------------------------------------------
+# A quality-targeted profile: x264 at a CRF decodes to the same frames whatever its thread
+# count (a bitrate target does not), so a peer's chunks and ours can be compared exactly.
+CRF_PROFILE = """description = "test: 480p CRF"
+[video]
+codec = "libx264"
+width = 480
+height = 270
+profile = "high"
+level = "4.0"
+preset = "veryfast"
+crf = 23
+[audio]
+codec = "aac"
+bitrate_k = 128
+sample_rate = 44100
+channels = 2
+"""
+
+
+def _bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _decoded(path: Path) -> list[str]:
+    out = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", "0:v", "-f",
+                          "framemd5", "-"], capture_output=True, text=True, check=True).stdout
+    return [line.rsplit(",", 1)[1].strip() for line in out.splitlines()
+            if not line.startswith("#")]
+
+
+async def test_peers_render_only_their_runs_and_the_show_is_the_same_frames(
+        album: Path, tmp_path: Path) -> None:
+    import trio
+
+    from chunker.tools import find_ffmpeg
+    from peer.node import Node, NodeConfig
+    from peer.options import NetworkSettings
+    from peer.slideshow import SlideshowOptions, run_slideshow
+
+    (tmp_path / "crf.toml").write_text(CRF_PROFILE)
+    profile = load_profile(str(tmp_path / "crf.toml"))
+    images = tuple(_good(album))
+    spi, fade = 0.8, 0.32  # 20 frames, 8 of them fading into the next image
+    # One slot here, one peer there: the same runs (three of two images), and the same
+    # encoder threads (a node shares its cores among its slots as we do).
+    local = SlideshowOptions(images, str(tmp_path / "local.mp4"), profile, spi, fade,
+                             workers=1)
+    with trio.fail_after(240):
+        ours = await run_slideshow(local)
+        async with trio.open_nursery() as nursery:
+            peers = []
+            for name in ("peer-a",):
+                node = Node(NodeConfig(name=name, port=0, host="127.0.0.1", secret="k",
+                                       advertise=False), find_ffmpeg())
+                await nursery.start(node.run)
+                peers.append(f"127.0.0.1:{node.port}")
+            remote = SlideshowOptions(
+                images, str(tmp_path / "peers.mp4"), profile, spi, fade, no_local=True,
+                net=NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
+                                    peers=tuple(peers)))
+            theirs = await run_slideshow(remote)
+            nursery.cancel_scope.cancel()
+    # Three chunks, each fading into the next one's first image.
+    assert ours["chunks"] == theirs["chunks"] == 3
+    assert {c["peer"] for c in theirs["rendered"]} == {"peer-a"}
+    for c in theirs["rendered"]:
+        # Its own images and the next one its last fades into: nothing else was fetched.
+        last = c["first_image"] + c["images"] + 1
+        assert c["fetched"] == list(range(c["first_image"], min(last, len(images)))), c
+    assert all(c["fetched"] == [] for c in ours["rendered"])  # local slots read the files
+    frames = _decoded(tmp_path / "peers.mp4")
+    assert len(frames) == len(images) * 20
+    assert frames == _decoded(tmp_path / "local.mp4")
+    assert decode_errors(tmp_path / "peers.mp4") == ""
+    assert sorted(os.listdir(tmp_path)) == ["crf.toml", "local.mp4", "peers.mp4"]
+
+
+async def test_a_peer_may_fetch_only_its_runs_images_while_its_attempt_runs(
+        album: Path, tmp_path: Path) -> None:
+    import httpx
+    import trio
+
+    from chunker.tools import find_ffmpeg
+    from peer.client import call
+    from peer.node import Node, NodeConfig
+    from peer.options import EncodeOptions, JobIntent, NetworkSettings
+    from peer.slideshow import SlideServer, _describe
+    from peer.slidework import fetch_run
+    from swarm import auth
+    from swarm.errors import EncodeError
+    from swarm.protocol import Assignment, ClaimRequest, SlideRun
+
+    images = _good(album)
+    plan = plan_slides(images, 0.8, 0.32, PROFILE)
+    runs = slide_runs(len(images), 2)
+    secret = "k"
+    net = NetworkSettings(enabled=True, discover=False, name="coord", secret=secret)
+    opts = EncodeOptions(JobIntent(images[0], str(tmp_path / "x.mp4"), PROFILE), net=net)
+    ffmpeg = find_ffmpeg()
+    server = SlideServer(job_id="slides-job-1", opts=opts, ffmpeg=ffmpeg, plan=plan, runs=runs,
+                         described=_describe(images), workdir=str(tmp_path), emit=lambda e: None,
+                         expected_slots=1)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(NodeConfig.coordinating(net, opts.tuning.timings), ffmpeg,
+                        coordinator=True)
+            await nursery.start(node.run)
+            node.jobs[server.job_id] = server
+            base = f"http://127.0.0.1:{node.port}"
+            async with httpx.AsyncClient(base_url=base) as client:
+                a = await call(client, secret, "POST", "/v1/jobs/slides-job-1/claim",
+                               ClaimRequest("0123456789abcdef", 0, False), (Assignment,))
+                assert a.slides is not None and a.source_path == "/v1/jobs/slides-job-1/images"
+                reads = server.reads(a.chunk)
+                assert len(a.slides.sizes) == len(reads) and a.frames == a.slides.frames
+
+                async def status(k: object, attempt: str = a.attempt) -> int:
+                    path = f"{a.source_path}/{k}"
+                    token = auth.url_token(secret, path, attempt)
+                    r = await client.get(f"{path}?attempt={attempt}&token={token}",
+                                         headers={"connection": "close"})
+                    return r.status_code
+
+                got = await fetch_run(client, secret, a, a.slides, str(tmp_path))
+                assert [_bytes(p) for p in got] == [_bytes(images[i]) for i in reads]
+                assert server.served == {a.chunk: set(reads)}
+                assert await status(len(reads)) == 404  # past its run
+                assert await status("-1") == 404 and await status("..%2Fx") == 404
+                assert await status(0, "not-an-attempt-0") == 410
+                bad = await client.get(f"{a.source_path}/0?attempt={a.attempt}&token={'0' * 64}")
+                assert bad.status_code == 401
+                source = "/v1/jobs/slides-job-1/source"
+                token = auth.url_token(secret, source, a.attempt)
+                r = await client.get(f"{source}?attempt={a.attempt}&token={token}")
+                assert r.status_code == 404  # a slideshow has no source video
+                # The peer checks what it fetched against the run it was given.
+                run = a.slides
+                for wrong, why in (
+                        (SlideRun(run.images, run.per_image, run.fade, run.width, run.height,
+                                  run.sizes, ("0" * 64,) * len(run.sizes)), "SHA-256"),
+                        (SlideRun(run.images, run.per_image, run.fade, run.width, run.height,
+                                  tuple(s - 1 for s in run.sizes), run.sha256), "more than")):
+                    with pytest.raises(EncodeError, match=why):
+                        await fetch_run(client, secret, a, wrong, str(tmp_path))
+                assert server.served == {a.chunk: set(reads)}  # still nothing else
+            nursery.cancel_scope.cancel()
