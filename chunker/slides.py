@@ -169,6 +169,9 @@ def slide_argv(ffmpeg: str, plan: SlidePlan, first: int, count: int, profile: Pr
     vplan = VideoPlan(plan.width, plan.height, max(1, round(profile.video.gop_s * plan.fps)))
     for key, value in _codec_args(profile, vplan, threads).items():
         argv += [f"-{key}", str(value)]
+    # x264 writes the first frame's chroma siting into the SPS too: a decoded JPEG's is
+    # "center", a converted PNG's unset. H.264's default for every chunk.
+    argv += ["-chroma_sample_location", "left"]
     return [*argv, "-f", CHUNK_FORMAT, "-y", out]
 
 

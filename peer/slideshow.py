@@ -394,15 +394,27 @@ async def _render_local(server: SlideServer, a: Grant, threads: int) -> str | No
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
     argv = slide_argv(server.ffmpeg.path, server.slides, first, count,
                       server.opts.job.profile, "pipe:1", threads=threads, progress=True)
+    done = 0
     with trio.CancelScope() as scope:
 
         def progress(frames: int) -> None:
+            nonlocal done
+            done = frames
             if not server.progress(a.attempt, frames, trio.current_time()):
                 scope.cancel()  # done elsewhere, or its lease lost
 
+        async def alive() -> None:
+            # Our slot is alive while its ffmpeg runs: a 1080p render on a slow device
+            # reported nothing for over a lease (15 s) before its first frame and after
+            # its last (x264's lookahead), and lost its chunk every time (bench/slides).
+            while True:
+                await trio.sleep(server.opts.tuning.timings.lease_s / 3)
+                progress(done)
+
         try:
             # Through a pipe, as a video chunk: if we die, ffmpeg dies at its next write.
-            async with await trio.open_file(name, "wb") as fh:
+            async with trio.open_nursery() as keep, await trio.open_file(name, "wb") as fh:
+                keep.start_soon(alive)
                 pending = bytearray()
 
                 async def sink(data: bytes) -> None:
@@ -414,6 +426,7 @@ async def _render_local(server: SlideServer, a: Grant, threads: int) -> str | No
                 await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
                                  what=f"slide chunk {a.chunk}")
                 await fh.write(pending)
+                keep.cancel_scope.cancel()
             return name
         except EncodeError as exc:
             server.fail(a.attempt, str(exc))
