@@ -223,6 +223,20 @@ def _check_writable(option: str, path: str | None) -> None:
             raise UsageError(f"{option} {path}: directory is not writable")
 
 
+def _ladder_heights(text: str) -> tuple[int, ...]:
+    """``--ladder 1080,720,480``: even heights, at most MAX_RUNGS of them."""
+    from profiles import MAX_RUNGS
+
+    try:
+        heights = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        raise _fail(f"--ladder {text}: give heights like 1080,720,480", EXIT_USAGE) from None
+    if not 1 <= len(heights) <= MAX_RUNGS or any(h % 2 or not 16 <= h <= 8192 for h in heights):
+        raise _fail(f"--ladder {text}: 1 to {MAX_RUNGS} even heights from 16 to 8192",
+                    EXIT_USAGE)
+    return heights
+
+
 def _timings(lease_s: float | None) -> Timings:
     """The shell's timings: the defaults, with the lease ``--lease-seconds`` sets."""
     from swarm.protocol import MAX_LEASE_S  # what an Assignment may carry
@@ -347,6 +361,8 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
     if hls is not None:
         raise UsageError("--hls streams one file; a batch cannot publish its files to one "
                          "directory")
+    if intent.get("ladder") or prof.ladder:
+        raise UsageError("a ladder encodes one file at a time (its renditions share -o DIR)")
     _check_writable("--report", report)
     for spec in net.peers:
         parse_peer(spec)
@@ -593,6 +609,15 @@ def encode(
         "--hlsjs", metavar="FILE", envvar="SWARM_HLSJS", show_envvar=True,
         help="A local hls.min.js for the node's web page, whose player then plays --hls in "
         "browsers without native HLS.")] = None,
+    ladder: Annotated[str | None, typer.Option(
+        "--ladder", metavar="H,H,...", help="Several renditions from the same chunks, e.g. "
+        "1080,720,480 (heights; widths from the source's aspect): each chunk is decoded once "
+        "and split to every rendition, keyframes aligned. With --hls: a master playlist of "
+        "them; -o DIR/ writes one mp4 per rendition. Replaces a profile's [[ladder]].")
+    ] = None,
+    segment_seconds: Annotated[float, typer.Option(
+        "--segment-seconds", min=1.0, max=60.0, help="With --hls: segment length; longer "
+        "chunks are cut at keyframes forced every this many seconds.")] = 4.0,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -636,7 +661,8 @@ def encode(
         as_json=as_json, report_html=report_html, lease_s=lease_seconds,
         chunk_seconds=chunk_seconds,
         upscale=upscale, fresh=fresh, force=force, audio=audio.value,
-        subtitles=subtitles.value, hls=hls))
+        subtitles=subtitles.value, hls=hls, segment_s=segment_seconds,
+        **({"ladder": _ladder_heights(ladder)} if ladder is not None else {})))
     if batch:
         raise typer.Exit(out)
     if not as_json:

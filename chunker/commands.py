@@ -14,7 +14,9 @@ from fractions import Fraction
 
 import ffmpeg as ffmpeg_py
 
-from profiles import Profile, fit_box
+from profiles import Profile, Rung, fit_box
+from profiles.profile import MAX_BOX
+from swarm.errors import UsageError
 
 from .streams import StreamInfo
 from .tools import FFmpeg
@@ -29,6 +31,7 @@ __all__ = [
     "audio_argv",
     "copy_source_argv",
     "encode_chunk_argv",
+    "ladder_plan",
     "merge_argv",
     "verify_chunk_argv",
     "video_plan",
@@ -62,6 +65,13 @@ class VideoPlan:
     # The source's video time base, which every chunk is encoded in (None: ffmpeg's default,
     # for synthetic sources such as the benchmark's). See encode_chunk_argv.
     time_base: Fraction | None = None
+    # A ladder: every rendition, tallest first, each sized and with its rate control; the
+    # first is width x height. Empty: one rendition, the profile's.
+    rungs: tuple[Rung, ...] = ()
+
+    @property
+    def renditions(self) -> int:
+        return max(1, len(self.rungs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,34 @@ def video_plan(profile: Profile, display_w: float, display_h: float, fps: float,
     w, h = fit_box(display_w, display_h, profile.video.width, profile.video.height, upscale)
     return VideoPlan(width=w, height=h, gop_frames=max(1, round(profile.video.gop_s * fps)),
                      time_base=time_base)
+
+
+def ladder_plan(profile: Profile, plan: VideoPlan, display_w: float, display_h: float,
+                upscale: bool) -> VideoPlan:
+    """``plan`` with the profile's ladder sized for the source: each rung's short side, the
+    long one from the source's aspect (even); its rate control set (``rung_rate``)."""
+    if not profile.ladder:
+        return plan
+    rungs = []
+    for r in profile.ladder:
+        w, h = fit_box(display_w, display_h, MAX_BOX, r.height, upscale)
+        if min(w, h) < r.height - 1 and not upscale:
+            raise UsageError(f"ladder rung {r.height}: the source is only "
+                             f"{round(min(display_w, display_h))} high (--upscale enlarges it)")
+        rungs.append(profile.rung_rate(Rung(r.height, w, r.bitrate_k, r.maxrate_k,
+                                            r.bufsize_k, r.crf)))
+    sizes = [(r.width, r.height) for r in rungs]
+    if len(set(sizes)) != len(sizes):
+        raise UsageError("ladder: two rungs come out the same size")
+    return VideoPlan(rungs[0].width, rungs[0].height, plan.gop_frames, plan.time_base,
+                     tuple(rungs))
+
+
+def _rate_args(v: Rung, spec: str) -> dict[str, str | int]:
+    if v.bitrate_k:
+        return {f"b:{spec}": f"{v.bitrate_k}k", f"maxrate:{spec}": f"{v.maxrate_k}k",
+                f"bufsize:{spec}": f"{v.bufsize_k}k"}
+    return {f"crf:{spec}": f"{v.crf:g}"}
 
 
 def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, str | int]:
@@ -91,13 +129,22 @@ def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, st
             args["level:v"] = v.level
             if threads:
                 args["threads"] = threads
+            if plan.rungs:
+                # Keyframes only at the GOP grid and forced times: the same frames in every
+                # rung (each rung's encoder would find its own scene cuts).
+                args["sc_threshold"] = 0
         else:
             # x265 prints its banner on stderr unless told; level goes through its params.
             params = ["log-level=error", f"level-idc={v.level}"]
             if threads:
                 params.append(f"pools={threads}")
+            if plan.rungs:
+                params.append("scenecut=0")
             args["x265-params"] = ":".join(params)
-    if v.bitrate_k:
+    if plan.rungs:
+        for i, r in enumerate(plan.rungs):
+            args.update(_rate_args(r, f"v:{i}"))
+    elif v.bitrate_k:
         args.update({"b:v": f"{v.bitrate_k}k", "maxrate": f"{v.maxrate_k}k",
                      "bufsize": f"{v.bufsize_k}k"})
     else:
@@ -108,8 +155,11 @@ def _codec_args(profile: Profile, plan: VideoPlan, threads: int) -> dict[str, st
 def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: str,
                       seek_s: float | None, trim_s: float | None, frames: int, *,
                       threads: int = 0, recv_buffer: int | None = None,
-                      progress: bool = True, copied: bool = False) -> list[str]:
-    """Encode ``frames`` frames of the source's first video stream to NUT on stdout.
+                      progress: bool = True, copied: bool = False,
+                      keyframes_s: Sequence[float] = ()) -> list[str]:
+    """Encode ``frames`` frames of the source's first video stream to NUT on stdout; with a
+    ladder (``plan.rungs``), the frames are decoded once and split to one video stream per
+    rung, in the rungs' order.
 
     ``-copyts`` with passthrough frame timing keeps the source's own timestamps, so VFR
     footage stays VFR and the merge can place every frame where the source had it.
@@ -118,6 +168,8 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     nothing, and left to autotuning it grew to megabytes (README, "Sending each byte once").
     ``copied``: ``source`` is what ``copy_source_argv`` wrote from ``seek_s`` on (a
     prefetch), so it starts where the seek would land and its times are shifted back.
+    ``keyframes_s``: source timestamps (the trim's clock) from which the next frame is a
+    keyframe in every rung: where HLS segments start inside the chunk.
     """
     in_args: dict[str, str | None] = {}
     if copied:
@@ -130,7 +182,11 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
     video = ffmpeg_py.input(source, **in_args)["V:0"]
     if trim_s is not None:
         video = video.filter("trim", start=f"{trim_s:.6f}")
-    video = video.filter("scale", plan.width, plan.height, flags="bicubic").filter("setsar", 1)
+    sizes = [(r.width, r.height) for r in plan.rungs] or [(plan.width, plan.height)]
+    branches = video.split() if len(sizes) > 1 else None
+    videos = [(branches[i] if branches is not None else video)
+              .filter("scale", w, h, flags="bicubic").filter("setsar", 1)
+              for i, (w, h) in enumerate(sizes)]
     timing: dict[str, str] = {}
     if plan.time_base is not None:
         # Unless told, ffmpeg encodes in 1/(the stream's frame rate), and that rate is guessed
@@ -140,8 +196,13 @@ def encode_chunk_argv(ffmpeg: str, profile: Profile, plan: VideoPlan, source: st
         # is spelled the same from ffmpeg 5.1 to 9 (the "demuxer's" keyword is not).
         tb = plan.time_base
         timing["enc_time_base:v"] = f"{tb.numerator}/{tb.denominator}"
+    if keyframes_s:
+        times = ",".join(f"{t:.6f}" for t in keyframes_s)
+        # One per stream: ffmpeg 9.0.2 given it once forced only the first time in the
+        # second of two streams (measured).
+        timing.update({f"force_key_frames:v:{i}": times for i in range(len(sizes))})
     out = ffmpeg_py.output(
-        video, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough", **timing,
+        *videos, "pipe:1", f=CHUNK_FORMAT, fps_mode="passthrough", **timing,
         **{"frames:v": frames}, **_codec_args(profile, plan, threads),
     )
     argv: list[str] = out.compile(cmd=ffmpeg)
@@ -179,8 +240,9 @@ def copy_source_argv(ffmpeg: str, source: str, seek_s: float, *,
             "-f", CHUNK_FORMAT, "pipe:1"]
 
 
-def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:
-    """Decode a chunk fully and list every frame's timestamp (framecrc on stdout).
+def verify_chunk_argv(ffmpeg: FFmpeg, path: str, stream: int = 0) -> list[str]:
+    """Decode a chunk's video stream ``stream`` (a ladder's rung) fully and list every
+    frame's timestamp (framecrc on stdout).
 
     The frames keep the demuxer's time base, which each ffmpeg spells its own way (5.1: -1,
     8.0 on: demux): ``ffmpeg_info`` found which one this binary accepts.
@@ -189,7 +251,7 @@ def verify_chunk_argv(ffmpeg: FFmpeg, path: str) -> list[str]:
         raise ValueError(f"{ffmpeg.describe()} cannot list frames in the demuxer's time base")
     # wrapped_avframe: the frames are decoded in full but not copied out and checksummed;
     # only their timestamps are read (20 % less CPU than rawvideo, measured on 720p).
-    return [ffmpeg.path, *_QUIET, "-copyts", "-i", path, "-map", "0:v:0",
+    return [ffmpeg.path, *_QUIET, "-copyts", "-i", path, "-map", f"0:v:{stream}",
             "-fps_mode", "passthrough", "-enc_time_base:v", ffmpeg.demux_time_base,
             "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
 
@@ -246,11 +308,11 @@ def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
                tracks: TrackPlan, video_offset_s: float, time_base: Fraction, out: str,
                container: str = "mp4", audio_file: str | None = None, *,
                source_start_s: float = 0.0, metadata_file: str | None = None,
-               video: StreamInfo | None = None) -> list[str]:
-    """Concatenate the chunks (copied) and encode the source's kept audio tracks once, in
-    one process; or, given ``audio_file`` (made by ``audio_argv``), copy them from it.
-    Subtitles and attachments the plan keeps come from the source; chapters and global
-    tags from ``metadata_file`` (``ffmetadata_text``).
+               video: StreamInfo | None = None, rung: int = 0) -> list[str]:
+    """Concatenate the chunks' video stream ``rung`` (copied) and encode the source's kept
+    audio tracks once, in one process; or, given ``audio_file`` (made by ``audio_argv``),
+    copy them from it. Subtitles and attachments the plan keeps come from the source;
+    chapters and global tags from ``metadata_file`` (``ffmetadata_text``).
 
     Encoding the audio here, beside the video it is muxed with, gives it exactly the timing
     a single-process encode would: the source's own offset between audio and video, and the
@@ -284,7 +346,7 @@ def merge_argv(ffmpeg: str, concat_list: str, source: str, profile: Profile,
     if metadata_file is not None:
         argv += ["-f", "ffmetadata", "-i", metadata_file]
         meta_in = n_inputs
-    argv += ["-map", "0:v:0"]
+    argv += ["-map", f"0:v:{rung}"]
     for i, k in enumerate(tracks.audio):
         argv += ["-map", f"{audio_in}:a:{i}" if audio_in is not None else f"{src_in}:a:{k.track}"]
     for k in tracks.subtitles:

@@ -16,12 +16,13 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from chunker.commands import AUDIO_COPY_EXACT, video_plan
+from chunker.commands import AUDIO_COPY_EXACT, VideoPlan, ladder_plan, video_plan
 from chunker.plan import (
     ChunkPlan,
     cut_offsets,
@@ -33,7 +34,7 @@ from chunker.plan import (
 from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg, find_ffmpeg
 from chunker.tracks import AUDIO_MODES, SUBTITLE_MODES, TrackPlan, plan_tracks
-from profiles import Profile
+from profiles import Profile, Rung, ladder_order
 from swarm.errors import EncodeError, UsageError
 from swarm.events import JobEnd, JobEvent, JobResumed, JobStart, Listening, Merge, Tracks
 from swarm.liveness import stalled
@@ -120,11 +121,49 @@ def _refuse_overwrite(opts: EncodeOptions, ours: str | None = None) -> str | Non
     return stamp
 
 
+def with_ladder(opts: EncodeOptions) -> EncodeOptions:
+    """``--ladder`` heights put into the profile; with a ladder and ``-o DIR/``, the output
+    named for the first rendition inside DIR (``ladder_outputs`` names the others)."""
+    job = opts.job
+    if job.ladder:
+        rungs = ladder_order([Rung(h) for h in job.ladder], "--ladder")
+        job = replace(job, profile=replace(job.profile, ladder=rungs))
+    if job.profile.ladder and (job.output.endswith(os.sep) or os.path.isdir(job.output)):
+        out_dir = Path(job.output)
+        if not out_dir.is_dir():
+            try:
+                out_dir.mkdir()
+            except OSError as exc:
+                raise UsageError(f"-o {job.output}: {exc.strerror or exc}") from exc
+        top = job.profile.ladder[0].height
+        job = replace(job, output=str(out_dir / f"{Path(job.input).stem}.{top}p.mp4"))
+    return replace(opts, job=job)
+
+
+def ladder_outputs(output: str, plan: VideoPlan) -> list[str]:
+    """Where each rendition after the first is written: beside the output, named for its
+    height (``clip.720p.mp4`` next to ``clip.1080p.mp4``; ``out.480p.mp4`` next to
+    ``out.mp4``)."""
+    p = Path(output)
+    stem = p.stem
+    if plan.rungs and stem.endswith(f".{min(plan.width, plan.height)}p"):
+        stem = stem.rsplit(".", 1)[0]
+    return [str(p.with_name(f"{stem}.{min(r.width, r.height)}p{p.suffix}"))
+            for r in plan.rungs[1:]]
+
+
+def _refuse_extra(paths: list[str], force: bool) -> None:
+    for path in paths:
+        if os.path.lexists(path) and not force:
+            raise UsageError(f"{path} exists; use --force to replace it")
+
+
 async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lambda e: None,
                      share: Share | None = None) -> dict[str, Any]:
     """Encode one file; returns the report. Raises SwarmError subclasses on failure.
     ``share``: this file's place at a batch's gate for the local slots (``peer.batch``)."""
     t_start = trio.current_time()
+    opts = with_ladder(opts)
     container, outdir = _check_paths(opts)
     ours = _refuse_overwrite(opts)
     if opts.job.hls is not None:
@@ -164,6 +203,9 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
     dw, dh = info.video.display_size
     vplan = video_plan(opts.job.profile, dw, dh, fps, opts.job.upscale, info.video.time_base)
+    vplan = ladder_plan(opts.job.profile, vplan, dw, dh, opts.job.upscale)
+    extra_outputs = ladder_outputs(opts.job.output, vplan)
+    _refuse_extra(extra_outputs, opts.job.force)
     tracks = plan_tracks(info, container, opts.job.profile.audio.channels,
                          opts.job.profile.audio.codec, opts.job.audio, opts.job.subtitles,
                          mkv_name=Path(opts.job.output).with_suffix(".mkv").name)
@@ -193,6 +235,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                            # Not the plan's floor of 2: one local slot expects nobody else.
                            expected_slots=max(1, workers + seen + len(opts.net.peers)))
         server.peers_seen, server.chunk_s = seen, chunk_s
+        if opts.job.hls is not None:
+            server.segment_s = opts.job.segment_s
         if share is not None:
             server.next_file_ready = share.next_ready.is_set
         if workers:
@@ -244,11 +288,27 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         await media.merge(ffmpeg, workdir, [r.file for r in ordered],
                           [r.plan.span_s for r in ordered], info, opts.job.profile, tracks,
                           tmp_out, container, audio_file)
-        await media.verify_output(ffmpeg, tmp_out, info, tracks)
+        await _verify_rendition(ffmpeg, tmp_out, info, tracks, vplan.width, vplan.height)
+        # The other renditions: the same chunks' other video streams, the same audio.
+        extra_tmp = []
+        for i, path in enumerate(extra_outputs, start=1):
+            tmp = os.path.join(workdir, f"output{i}" + Path(path).suffix.lower())
+            await media.merge(ffmpeg, workdir, [r.file for r in ordered],
+                              [r.plan.span_s for r in ordered], info, opts.job.profile, tracks,
+                              tmp, output_container(path), audio_file, rung=i)
+            await _verify_rendition(ffmpeg, tmp, info, tracks, vplan.rungs[i].width,
+                                    vplan.rungs[i].height)
+            extra_tmp.append(tmp)
         _refuse_overwrite(opts, ours)
         journal.set(MERGED_KEY, output_stamp(tmp_out))
+        for tmp, path in zip(extra_tmp, extra_outputs, strict=True):
+            os.replace(tmp, path)
         os.replace(tmp_out, opts.job.output)
         report = build_report(server, trio.current_time() - t_start)
+        if extra_outputs:
+            report["renditions"] = [
+                {"output": path, "width": r.width, "height": r.height}
+                for path, r in zip([opts.job.output, *extra_outputs], vplan.rungs, strict=True)]
         if hls is not None:
             report["hls"] = hls.report()
         emit(JobEnd(opts.job.output, report["wall_s"]))
@@ -262,6 +322,14 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             hls.remove()  # a stream that will never end is not left behind
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+
+async def _verify_rendition(ffmpeg: FFmpeg, path: str, info: MediaInfo, tracks: TrackPlan,
+                            width: int, height: int) -> None:
+    out = await media.verify_output(ffmpeg, path, info, tracks)
+    if (out.video.width, out.video.height) != (width, height):
+        raise EncodeError(f"{path}: {out.video.width}x{out.video.height}, "
+                          f"planned {width}x{height}")
 
 
 async def _encoders(server: JobServer, opts: EncodeOptions, ffmpeg: FFmpeg,
@@ -307,9 +375,14 @@ async def _open_plan(journal: Journal, opts: EncodeOptions, info: MediaInfo,
                      ) -> tuple[list[ChunkPlan], str, bool]:
     """Resume the journalled job if it is this one (same input file, same settings), else
     start the journal afresh. Returns the plan, the job id and whether we resume."""
+    extra: dict[str, object] = {}
+    if opts.job.profile.ladder:  # chunks of another ladder hold other streams
+        extra["ladder"] = [[r.height, r.bitrate_k, r.crf] for r in opts.job.profile.ladder]
+    if opts.job.hls is not None:  # nor are their keyframes where these segments start
+        extra["segment_s"] = opts.job.segment_s
     settings = json.dumps(opts.job.profile.to_wire() | {"upscale": opts.job.upscale,
                                                      "audio": opts.job.audio,
-                                                     "subtitles": opts.job.subtitles},
+                                                     "subtitles": opts.job.subtitles} | extra,
                           sort_keys=True)
     old = journal.get("input")
     if (not opts.job.fresh and old is not None and journal.get("settings") == settings

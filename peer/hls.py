@@ -14,6 +14,7 @@ priming) must come before the first frame, and a decode time cannot be negative.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -36,10 +37,14 @@ from swarm.events import HlsBehind, HlsEnd, HlsSegment, JobEvent
 from swarm.hls import (
     InOrder,
     MediaPlaylist,
+    Variant,
     audio_groups,
     avc_codec,
     behind_live,
+    group_segments,
     master_playlist,
+    segment_cuts,
+    segment_pieces,
     target_duration,
 )
 
@@ -107,6 +112,26 @@ def audio_edit(path: str) -> tuple[float, int, int]:
 
 
 @dataclass
+class _Rendition:
+    """One video rendition's playlist and what its master entry is measured from."""
+
+    stream: int  # the chunk files' video stream (a ladder's rung)
+    tag: str  # "" for a single rendition, else "_720p": in its file names
+    width: int
+    height: int
+    playlist: MediaPlaylist
+    inits: dict[bytes, str] = field(default_factory=dict)
+    codecs: str | None = None
+    segments: list[tuple[float, float, int]] = field(default_factory=list)  # start, s, bytes
+    files: int = 0
+    seq: int = 1
+
+    @property
+    def uri(self) -> str:
+        return f"video{self.tag}.m3u8"
+
+
+@dataclass
 class HlsPublisher:
     """The HLS output of one job, published chunk by chunk."""
 
@@ -119,22 +144,28 @@ class HlsPublisher:
     width: int
     height: int
     emit: Callable[[JobEvent], None] | None = None
+    # A ladder's renditions (width, height), tallest first: the chunks' video streams.
+    # Empty: one rendition, width x height.
+    rungs: list[tuple[int, int]] = field(default_factory=list)
+    # Cut chunks longer than this into segments at the keyframes forced there (None: one
+    # segment per chunk).
+    segment_s: float | None = None
     order: InOrder = field(init=False)
-    video: MediaPlaylist = field(init=False)
+    renditions: list[_Rendition] = field(init=False)
     audio: MediaPlaylist | None = field(init=False, default=None)
     _created: bool = False
-    _inits: dict[bytes, str] = field(default_factory=dict)
-    _seq: int = 1
     _lead: int | None = None  # in the video timescale
     _published_end_s: float = 0.0
     _audio_frags: list[bytes] | None = None
     _audio_ends: list[float] = field(default_factory=list)
     _audio_done = 0
     _audio_seg = 0
-    _bits: list[tuple[int, float]] = field(default_factory=list)  # (bytes, seconds)
-    _codecs: str | None = None
     _has_audio: bool = False
     _pending_files: dict[int, str] = field(default_factory=dict)
+    # Chunks free to go out but held until the audio is fragmented: a player must find
+    # the audio of the first segment listed when it reads it (it stalled, or played the
+    # video silent, when audio.m3u8 was still empty).
+    _held: list[int] = field(default_factory=list)
     # The video and the audio publish from two tasks; each publish is a few awaits long.
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _audio_codec: str = "aac"
@@ -148,8 +179,19 @@ class HlsPublisher:
         self.order = InOrder(len(self.starts_s))
         spans = [s for s in self.spans_s if s is not None]
         last = self.info.duration_s - self.starts_s[-1] if self.starts_s else 1.0
-        self.video = MediaPlaylist(target_duration([*spans, last]) + 1)
+        if self.segment_s is not None:
+            spans = [p for s in [*spans, last] for p in segment_pieces(s, self.segment_s)]
+        else:
+            spans = [*spans, last]
+        target = target_duration(spans) + 1
+        sizes = self.rungs or [(self.width, self.height)]
+        self.renditions = [
+            _Rendition(i, f"_{min(w, h)}p" if len(sizes) > 1 else "", w, h,
+                       MediaPlaylist(target)) for i, (w, h) in enumerate(sizes)]
+        self.video = self.renditions[0].playlist
         self.ts = _timescale(self.info)
+        self.frame_s = (self.info.duration_s / self.info.video.frames
+                        if self.info.video.frames else 1 / 30)
 
     # -- set-up and tear-down --------------------------------------------------------------
     def create(self, has_audio: bool) -> None:
@@ -166,6 +208,7 @@ class HlsPublisher:
         """The report's ``hls`` section: when the stream became playable, and complete."""
         return {"directory": str(self.out_dir), "segments": self.video.segments,
                 "target_duration_s": self.video.target_s,
+                "renditions": [f"{r.width}x{r.height}" for r in self.renditions],
                 "first_segment_s": None if self.first_segment_s is None
                 else round(self.first_segment_s, 3),
                 "published_s": None if self.published_s is None else round(self.published_s, 3)}
@@ -191,46 +234,70 @@ class HlsPublisher:
         return data
 
     async def chunk_verified(self, index: int, chunk_file: str, now: float) -> None:
-        """Chunk ``index`` is verified: publish it and every chunk it unblocks."""
+        """Chunk ``index`` is verified: publish it and every chunk it unblocks (once the
+        audio, if any, is there to go with them)."""
         async with self._lock:
             self._pending_files[index] = chunk_file
-            for n in self.order.verified(index):
-                await self._publish_chunk(n, self._pending_files.pop(n), now)
+            self._held += self.order.verified(index)
+            await self._release(now)
+
+    async def _release(self, now: float) -> None:
+        if self._has_audio and self._audio_frags is None:
+            return
+        while self._held:
+            n = self._held.pop(0)
+            await self._publish_chunk(n, self._pending_files.pop(n), now)
+
+    def _span(self, n: int) -> float:
+        span = self.spans_s[n]
+        return span if span is not None else self.info.duration_s - self.starts_s[n]
 
     async def _publish_chunk(self, n: int, chunk_file: str, now: float) -> None:
-        data = await self._fragment(chunk_file, str(self.out_dir / f".c{n}.mp4"), "0:v:0")
-        init, _tracks, frags = fmp4.parse(data)
-        if not frags:
-            raise ValueError(f"chunk {n} gave no fragment")
-        if init not in self._inits:
-            name = "init.mp4" if not self._inits else f"init{len(self._inits)}.mp4"
-            await trio.to_thread.run_sync(_write_whole, self.out_dir / name, init)
-            self._inits[init] = name
-            if self._codecs is None:
-                avcc = fmp4.find_box(init, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd",
-                                    b"avc1", b"avcC"])
-                self._codecs = avc_codec(avcc) if avcc is not None else ""
-        first_pts = frags[0].first_pts
+        parsed = []
+        for r in self.renditions:
+            data = await self._fragment(chunk_file, str(self.out_dir / f".c{n}_{r.stream}.mp4"),
+                                        f"0:v:{r.stream}")
+            init, _tracks, frags = fmp4.parse(data)
+            if not frags:
+                raise ValueError(f"chunk {n} gave no fragment")
+            parsed.append((init, frags))
         if self._lead is None:
             # Room before the first frame for the B-frame delay (and audio priming, below).
-            self._lead = max(first_pts, self.ts // 10)
+            self._lead = max([self.ts // 10, *(f[0].first_pts for _, f in parsed)])
         place = round((self.starts_s[n] + self.video_offset_s) * self.ts) + self._lead
-        shift = place - first_pts
-        body = b"".join(fmp4.retime(f, f.decode_start + shift, self._next_seq()) for f in frags)
-        duration = sum(f.duration for f in frags) / self.ts
-        name = f"v{n:05d}.m4s"
-        await trio.to_thread.run_sync(_write_whole, self.out_dir / name, body)
+        cuts = segment_cuts(self._span(n), self.segment_s) if self.segment_s else []
         first = self.video.segments == 0
-        text = (self.video.header() if first else "") + self.video.segment(
-            name, duration, self._inits[init])
-        await trio.to_thread.run_sync(_append, self.out_dir / VIDEO_PLAYLIST, text)
-        self._bits.append((len(body), duration))
-        self._published_end_s = (place + sum(f.duration for f in frags)) / self.ts
+        texts: list[str] = []
+        end_s = self._published_end_s
+        duration = 0.0
+        for r, (init, frags) in zip(self.renditions, parsed, strict=True):
+            map_uri = await self._init_for(r, init)
+            first_pts = frags[0].first_pts
+            shift = place - first_pts
+            starts = [(f.first_pts - first_pts) / self.ts for f in frags]
+            edges = [*group_segments(starts, cuts, self.frame_s), len(frags)]
+            text = r.playlist.header() if first else ""
+            for a, b in itertools.pairwise(edges):
+                group = frags[a:b]
+                body = b"".join(fmp4.retime(f, f.decode_start + shift, self._next_seq(r))
+                                for f in group)
+                seg_s = sum(f.duration for f in group) / self.ts
+                name = f"v{r.files:05d}{r.tag}.m4s"
+                r.files += 1
+                await trio.to_thread.run_sync(_write_whole, self.out_dir / name, body)
+                text += r.playlist.segment(name, seg_s, map_uri)
+                r.segments.append((self.starts_s[n] + starts[a], seg_s, len(body)))
+            texts.append(text)
+            if r.stream == 0:
+                duration = sum(f.duration for f in frags) / self.ts
+                end_s = (place + sum(f.duration for f in frags)) / self.ts
+        self._published_end_s = end_s
+        # The audio this video covers is listed first: a player that reads the video
+        # playlist finds the audio to go with every segment in it.
+        await self._publish_audio(done=False, first=first)
+        for r, text in zip(self.renditions, texts, strict=True):
+            await trio.to_thread.run_sync(_append, self.out_dir / r.uri, text)
         if first:
-            if self.audio is not None:
-                # The master names the audio playlist: it exists (empty) from the start.
-                await trio.to_thread.run_sync(_append, self.out_dir / AUDIO_PLAYLIST,
-                                              self.audio.header())
             await self._write_master()
         if self.first_segment_s is None:
             self.first_segment_s = now - self.t0
@@ -241,33 +308,62 @@ class HlsPublisher:
             self._warned = True
             if self.emit is not None:
                 self.emit(HlsBehind(round(media_s, 3), round(since, 3)))
-        await self._publish_audio(done=False)
         if self.emit is not None:
             self.emit(HlsSegment(n, round(duration, 6), round(now - self.t0, 3)))
 
-    def _next_seq(self) -> int:
-        s = self._seq
-        self._seq += 1
+    async def _init_for(self, r: _Rendition, init: bytes) -> str:
+        if init not in r.inits:
+            k = len(r.inits)
+            name = f"init{r.tag}{k or ''}.mp4"
+            await trio.to_thread.run_sync(_write_whole, self.out_dir / name, init)
+            r.inits[init] = name
+            if r.codecs is None:
+                avcc = fmp4.find_box(init, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd",
+                                    b"avc1", b"avcC"])
+                r.codecs = avc_codec(avcc) if avcc is not None else ""
+        return r.inits[init]
+
+    @staticmethod
+    def _next_seq(r: _Rendition) -> int:
+        s = r.seq  # mfhd sequence numbers run on across a rendition's chunks
+        r.seq += 1
         return s
 
-    async def _write_master(self) -> None:
-        peak = max((b * 8 / d for b, d in self._bits if d > 0), default=1.0)
-        total_b = sum(b for b, _ in self._bits)
-        total_d = sum(d for _, d in self._bits)
-        avg = int(total_b * 8 / total_d) if total_d > 0 else None
-        codecs = self._codecs or None
+    def _audio_rate(self, start: float, seconds: float) -> float:
+        """Bits per second of the audio over [start, start + seconds) of the media."""
+        if not self._audio_frags or seconds <= 0:
+            return 0.0
+        bits = 0.0
+        prev = 0.0
+        for data, end in zip(self._audio_frags, self._audio_ends, strict=True):
+            overlap = min(end, start + seconds) - max(prev, start)
+            if overlap > 0 and end > prev:
+                bits += len(data) * 8 * overlap / (end - prev)
+            prev = end
+        return bits / seconds
+
+    def _variant(self, r: _Rendition) -> Variant:
+        rates = [b * 8 / d + self._audio_rate(s, d) for s, d, b in r.segments if d > 0]
+        total_d = sum(d for _, d, _ in r.segments)
+        total_b = sum(b for _, _, b in r.segments) * 8
+        audio_b = self._audio_rate(0.0, total_d) * total_d
+        avg = int((total_b + audio_b) / total_d) if total_d > 0 else None
+        codecs = r.codecs or None
         if codecs and self._has_audio:
             codecs += ",mp4a.40.2" if self._audio_codec == "aac" else ",opus"
-        text = master_playlist(video_uri=VIDEO_PLAYLIST, bandwidth=int(peak), average=avg,
-                               codecs=codecs, width=self.width, height=self.height,
+        return Variant(r.uri, int(max(rates, default=1.0)), avg, codecs, r.width, r.height)
+
+    async def _write_master(self) -> None:
+        text = master_playlist([self._variant(r) for r in self.renditions],
                                audio_uri=AUDIO_PLAYLIST if self._has_audio else None)
         await trio.to_thread.run_sync(_write_whole, self.out_dir / MASTER, text.encode())
 
     # -- audio ------------------------------------------------------------------------------
     async def audio_ready(self, audio_file: str, codec: str) -> None:
-        """The audio is encoded: fragment it once, then publish what the video covers."""
+        """The audio is encoded: fragment it once, then publish the video held for it."""
         async with self._lock:
             await self._audio_ready(audio_file, codec)
+            await self._release(trio.current_time())
 
     async def _audio_ready(self, audio_file: str, codec: str) -> None:
         self._audio_codec = codec
@@ -290,11 +386,14 @@ class HlsPublisher:
                             - lead_s for f in frags]
         await self._publish_audio(done=False)
 
-    async def _publish_audio(self, done: bool) -> None:
-        if self.audio is None or self._audio_frags is None or self.video.segments == 0:
+    async def _publish_audio(self, done: bool, first: bool = False) -> None:
+        if self.audio is None or self._audio_frags is None:
             return
+        if self._published_end_s == 0.0 and not done:
+            return  # no video yet: the audio goes out with the first segment
         until = None if done else self._published_end_s - (self._lead or 0) / self.ts
         left = audio_groups(self._audio_ends, self._audio_done, until)
+        text = self.audio.header() if first else ""
         while left > 0:
             start = self._audio_done
             prev_end = self._audio_ends[start - 1] if start else 0.0
@@ -305,11 +404,12 @@ class HlsPublisher:
             name = f"a{self._audio_seg:05d}.m4s"
             await trio.to_thread.run_sync(_write_whole, self.out_dir / name,
                                           b"".join(self._audio_frags[start:start + n]))
-            text = self.audio.segment(name, duration, "audio_init.mp4")
-            await trio.to_thread.run_sync(_append, self.out_dir / AUDIO_PLAYLIST, text)
+            text += self.audio.segment(name, duration, "audio_init.mp4")
             self._audio_done += n
             self._audio_seg += 1
             left -= n
+        if text:
+            await trio.to_thread.run_sync(_append, self.out_dir / AUDIO_PLAYLIST, text)
 
     async def finish(self, now: float) -> None:
         """Every chunk is out: the rest of the audio, the measured master, the end tags."""
@@ -319,11 +419,14 @@ class HlsPublisher:
             await self._finish(now)
 
     async def _finish(self, now: float) -> None:
+        if self._held:
+            raise ValueError("finish with chunks still held for the audio")
         await self._publish_audio(done=True)
         await self._write_master()
         if self.audio is not None:
             await trio.to_thread.run_sync(_append, self.out_dir / AUDIO_PLAYLIST, self.audio.end())
-        await trio.to_thread.run_sync(_append, self.out_dir / VIDEO_PLAYLIST, self.video.end())
+        for r in self.renditions:
+            await trio.to_thread.run_sync(_append, self.out_dir / r.uri, r.playlist.end())
         self.published_s = now - self.t0
         if self.emit is not None:
             self.emit(HlsEnd(str(self.out_dir), self.video.segments,
@@ -358,7 +461,8 @@ async def publish(pub: HlsPublisher, server: JobServer, audio_file: str | None,
     await pub.finish(trio.current_time())
 
 
-_OURS = re.compile(r"(master|video|audio)\.m3u8|(audio_)?init\d*\.mp4|[va]\d{5}\.m4s|\..*\.part")
+_OURS = re.compile(r"(master|video(_\d+p)?|audio)\.m3u8|(audio_)?init(_\d+p)?\d*\.mp4"
+                   r"|[va]\d{5}(_\d+p)?\.m4s|\..*\.part")
 
 
 def check_hls_dir(path: str, replace: bool) -> None:
@@ -395,7 +499,9 @@ def hls_publisher(opts: EncodeOptions, ffmpeg: FFmpeg, info: MediaInfo, plans: l
     pub = HlsPublisher(ffmpeg=ffmpeg, info=info, out_dir=Path(opts.job.hls),
                        starts_s=[p.start_s for p in plans], spans_s=[p.span_s for p in plans],
                        video_offset_s=info.video.start_s - first_stream, width=vplan.width,
-                       height=vplan.height, emit=emit, t0=t0)
+                       height=vplan.height, emit=emit, t0=t0,
+                       rungs=[(r.width, r.height) for r in vplan.rungs],
+                       segment_s=opts.job.segment_s)
     if Path(opts.job.hls).exists():
         shutil.rmtree(opts.job.hls)
     pub.create(has_audio=bool(tracks.audio))

@@ -42,6 +42,7 @@ from swarm.events import (
     JobEvent,
     PeerBenched,
 )
+from swarm.hls import segment_cuts
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.protocol import Assignment, JobDone, Wait
 from swarm.spotcheck import check_result, sample_frames
@@ -172,6 +173,9 @@ class JobServer:
         # In a batch (peer.batch): whether the next file is up and recruiting, so a peer
         # with nothing left to do here is better used there.
         self.next_file_ready: Callable[[], bool] = lambda: False
+        # --hls: the segment length; each chunk longer than it gets keyframes forced where
+        # its segments start (swarm.hls.segment_cuts). None: nothing is forced.
+        self.segment_s: float | None = None
 
     # -- who encodes ----------------------------------------------------------------------
     def name_of(self, peer: str) -> str:
@@ -253,7 +257,19 @@ class JobServer:
             job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
             lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
             source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s,
-            prefetch_bytes=self._prefetch_bytes(action.chunk) if action.queued else None)
+            prefetch_bytes=self._prefetch_bytes(action.chunk) if action.queued else None,
+            keyframes_s=self.keyframes_s(action.chunk))
+
+    def keyframes_s(self, chunk: int) -> tuple[float, ...]:
+        """Where chunk ``chunk``'s HLS segments after its first start, as source timestamps
+        (the trim's clock); a millisecond early, so that rounding cannot move the keyframe
+        to the frame after."""
+        if self.segment_s is None:
+            return ()
+        p = self.plans[chunk]
+        span = p.span_s if p.span_s is not None else self.info.duration_s - p.start_s
+        base = self.info.video.seconds(p.first) + self.info.format_start_s
+        return tuple(round(base + c - 0.001, 6) for c in segment_cuts(span, self.segment_s))
 
     def _prefetch_bytes(self, chunk: int) -> int | None:
         """How much of a queued chunk's source its peer may fetch ahead: most of the
@@ -411,8 +427,12 @@ class JobServer:
             self.fail(attempt, reason, bench=True)
             return False, reason
         try:
+            # Every rung of a ladder holds the same frames at the same times.
             chunk_start_s = await media.verify_chunk(self.ffmpeg, path, self.info,
                                                      rec.plan.first, rec.plan.frames)
+            for rung in range(1, self.vplan.renditions):
+                await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
+                                         rec.plan.frames, rung)
         except VerifyError as exc:
             await trio.to_thread.run_sync(unlink, path)
             if self.param_sets_from == attempt and not self.param_sets_kept:
@@ -499,8 +519,9 @@ class JobServer:
 
     def _result_limit(self, chunk: int) -> int:
         # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.
-        raw = self.plans[chunk].frames * self.vplan.width * self.vplan.height * 3 // 2
-        return raw + (1 << 20)
+        pixels = (sum(r.width * r.height for r in self.vplan.rungs) if self.vplan.rungs
+                  else self.vplan.width * self.vplan.height)
+        return self.plans[chunk].frames * pixels * 3 // 2 + (1 << 20)
 
     async def receive_result(self, attempt: str, chunk: int, request: Request,
                              receive: Receive) -> tuple[bool, str]:
@@ -601,6 +622,9 @@ class JobServer:
             self.finished.set()
 
     # -- invite --------------------------------------------------------------------------
+    def invite_ladder(self) -> tuple[str, ...]:
+        return tuple(r.wire() for r in self.vplan.rungs)
+
     def invite_fields(self) -> dict[str, str | int | float | bool]:
         fields = self.opts.job.profile.to_wire()
         fields.update({"out_width": self.vplan.width, "out_height": self.vplan.height,

@@ -129,7 +129,7 @@ async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str,
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
     argv = encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile, server.vplan,
                              server.opts.job.input, plan.seek_s, plan.trim_s, plan.frames,
-                             threads=threads)
+                             threads=threads, keyframes_s=server.keyframes_s(a.chunk))
     with trio.CancelScope() as scope:
 
         def progress(frames: int) -> None:

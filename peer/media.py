@@ -50,12 +50,13 @@ async def probe(ffmpeg: FFmpeg, path: str) -> MediaInfo:
 
 
 async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
-                       frames: int) -> float:
-    """Decode the chunk fully; raises VerifyError unless frames and times are as planned.
-    Returns the chunk's first timestamp (``check_chunk_listing``)."""
-    res = await run_ffmpeg(verify_chunk_argv(ffmpeg, path), check=False, what="verify")
+                       frames: int, rung: int = 0) -> float:
+    """Decode the chunk's video stream ``rung`` fully; raises VerifyError unless frames and
+    times are as planned. Returns the chunk's first timestamp (``check_chunk_listing``)."""
+    res = await run_ffmpeg(verify_chunk_argv(ffmpeg, path, rung), check=False, what="verify")
     if res.returncode != 0:
-        raise VerifyError(f"chunk does not decode: {res.stderr.strip()[-200:]}")
+        where = f" (rung {rung})" if rung else ""
+        raise VerifyError(f"chunk does not decode{where}: {res.stderr.strip()[-200:]}")
     return check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first,
                                frames)
 
@@ -89,10 +90,10 @@ async def encode_audio(ffmpeg: FFmpeg, source: MediaInfo, profile: Profile,
 async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
                 spans: list[float | None], source: MediaInfo, profile: Profile,
                 tracks: TrackPlan, out: str, container: str,
-                audio_file: str | None = None) -> None:
+                audio_file: str | None = None, rung: int = 0) -> None:
     """Concatenate verified chunks with the kept tracks, into ``out``: the audio is encoded
     here unless ``audio_file`` holds it already."""
-    concat = os.path.join(workdir, "chunks.ffconcat")
+    concat = os.path.join(workdir, f"chunks{rung or ''}.ffconcat")
     await trio.to_thread.run_sync(write_concat_list, concat, chunk_files, spans)
     first_stream = min([source.video.start_s, *(a.start_s for a in source.audios)])
     meta = None
@@ -106,7 +107,7 @@ async def merge(ffmpeg: FFmpeg, workdir: str, chunk_files: list[str],
         merge_argv(ffmpeg.path, concat, source.path, profile, tracks,
                    source.video.start_s - first_stream, source.video.time_base, out,
                    container, audio_file, source_start_s=source.format_start_s,
-                   metadata_file=meta, video=videos[0] if videos else None),
+                   metadata_file=meta, video=videos[0] if videos else None, rung=rung),
         what="merge",
     )
 

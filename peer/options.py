@@ -34,6 +34,12 @@ class JobIntent:
     fresh: bool = False  # ignore a journal left by a crashed run of the same job
     force: bool = False  # replace an existing output (see _refuse_overwrite)
     hls: str | None = None  # also publish fMP4 HLS into this directory while encoding
+    # HLS segment length: chunks longer than it are cut at keyframes forced every this
+    # many seconds (swarm.hls.segment_cuts).
+    segment_s: float = 4.0
+    # --ladder: rendition heights replacing the profile's [[ladder]] (its rate control for
+    # each, scaled by pixels); empty: the profile's own ladder, if any.
+    ladder: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

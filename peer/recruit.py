@@ -182,7 +182,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             return
         c.invites += 1
         url = f"http://{route_address(c.host)}:{node.port}"
-        invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16))
+        invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16),
+                        server.invite_ladder())
         try:
             ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite,
                              (InviteReply,), base=c.base)

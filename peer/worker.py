@@ -30,7 +30,7 @@ import trio
 
 from chunker.commands import VideoPlan, encode_chunk_argv
 from chunker.tools import FFmpeg
-from profiles import Profile
+from profiles import Profile, parse_rung
 from profiles.profile import MAX_BOX
 from swarm import auth
 from swarm.config import DEFAULT_TIMINGS, Timings
@@ -114,8 +114,13 @@ def accept_invite(invite: Invite) -> JobTerms:
         time_base = Fraction(int(m.group(1)), int(m.group(2)))
     profile = Profile.from_mapping(fields, "invite")
     assert isinstance(w, int) and isinstance(h, int) and isinstance(gop, int)
+    rungs = tuple(parse_rung(r, profile.video.codec) for r in invite.ladder)
+    if rungs and (rungs[0].width, rungs[0].height) != (w, h):
+        raise ProfileError("invite: the ladder's first rung is not out_width x out_height")
+    if len({(r.width, r.height) for r in rungs}) != len(rungs):
+        raise ProfileError("invite: two ladder rungs of the same size")
     return JobTerms(invite.job_id, invite.coordinator_url.rstrip("/"), profile,
-                    VideoPlan(w, h, gop, time_base))
+                    VideoPlan(w, h, gop, time_base, rungs))
 
 
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
@@ -317,11 +322,11 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
         argv: list[str] = []  # built once its images are here
     elif fetched is not None:
         argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, "pipe:0", a.seek_s,
-                                 a.trim_s, a.frames, copied=True)
+                                 a.trim_s, a.frames, copied=True, keyframes_s=a.keyframes_s)
     else:
         argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan,
                                  _source_url(terms, a, secret), a.seek_s, a.trim_s, a.frames,
-                                 recv_buffer=RECV_BUFFER)
+                                 recv_buffer=RECV_BUFFER, keyframes_s=a.keyframes_s)
     result_path = f"/v1/jobs/{a.job_id}/chunks/{a.chunk}/result?attempt={a.attempt}"
     send, recv = trio.open_memory_channel[bytes](UPLOAD_QUEUE)
     frames = 0

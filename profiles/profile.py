@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from swarm.errors import ProfileError
 
-__all__ = ["AudioSpec", "Profile", "VideoSpec", "builtin_names", "fit_box", "load_profile"]
+__all__ = ["MAX_RUNGS", "AudioSpec", "Profile", "Rung", "VideoSpec", "builtin_names", "fit_box",
+           "ladder_order", "load_profile", "parse_rung"]
 
 VIDEO_CODECS = ("libx264", "libx265", "libsvtav1")
 AUDIO_CODECS = ("aac", "ac3", "libopus")
@@ -65,11 +67,57 @@ class AudioSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Rung:
+    """One rendition of a ladder: its short side, and its rate control (all zero: the
+    profile's own, an average bitrate scaled by the rung's pixels). ``width`` is 0 in a
+    profile and set from the source's aspect when a job is planned."""
+
+    height: int
+    width: int = 0
+    bitrate_k: int = 0
+    maxrate_k: int = 0
+    bufsize_k: int = 0
+    crf: float = 0.0
+
+    def wire(self) -> str:
+        """The invite's form: ``1280x720:crf=23`` or ``1280x720:b=2000:m=3000:s=4000``."""
+        rate = (f"b={self.bitrate_k}:m={self.maxrate_k}:s={self.bufsize_k}" if self.bitrate_k
+                else f"crf={self.crf:g}")
+        return f"{self.width}x{self.height}:{rate}"
+
+
+_RUNG = re.compile(r"([1-9][0-9]{1,3})x([1-9][0-9]{1,3}):(?:crf=([0-9]{1,2}(?:\.[0-9]{1,3})?)"
+                   r"|b=([1-9][0-9]{0,5}):m=([1-9][0-9]{0,5}):s=([1-9][0-9]{0,6}))")
+
+
+def parse_rung(text: str, codec: str) -> Rung:
+    """A rung as ``Rung.wire`` writes it, every number checked as a profile's would be."""
+    m = _RUNG.fullmatch(text)
+    if m is None:
+        raise ProfileError(f"ladder rung {text[:40]!r}: expected WxH:crf=N or WxH:b=K:m=K:s=K")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w % 2 or h % 2 or not 16 <= min(w, h) or max(w, h) > MAX_BOX:
+        raise ProfileError(f"ladder rung {text}: sides must be even, 16 to {MAX_BOX}")
+    if m.group(3) is not None:
+        crf = float(m.group(3))
+        if not 0 < crf <= (63 if codec == "libsvtav1" else 51):
+            raise ProfileError(f"ladder rung {text}: crf out of range")
+        return Rung(h, w, crf=crf)
+    b, mx, buf = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    if b > 400_000 or mx > 800_000 or buf > 1_600_000 or mx < b:
+        raise ProfileError(f"ladder rung {text}: rates out of range")
+    return Rung(h, w, bitrate_k=b, maxrate_k=mx, bufsize_k=buf)
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     description: str
     video: VideoSpec
     audio: AudioSpec
+    # Renditions made from the same chunks (``[[ladder]]`` tables; ``--ladder``), tallest
+    # first. Not part of ``to_wire``: an invite carries the job's rungs, sized, by itself.
+    ladder: tuple[Rung, ...] = ()
 
     @property
     def rate_label(self) -> str:
@@ -83,11 +131,24 @@ class Profile:
         out.update({f"audio_{k}": v for k, v in asdict(self.audio).items()})
         return out
 
+    def rung_rate(self, rung: Rung) -> Rung:
+        """``rung`` with its rate control set: its own, or the profile's (an average
+        bitrate scaled by the rung's pixels against the profile's box)."""
+        if rung.bitrate_k or rung.crf:
+            return rung
+        v = self.video
+        if not v.bitrate_k:
+            return replace(rung, crf=v.crf)
+        share = rung.width * rung.height / (v.width * v.height) if rung.width else 1.0
+        return replace(rung, bitrate_k=max(1, round(v.bitrate_k * share)),
+                       maxrate_k=max(1, round(v.maxrate_k * share)),
+                       bufsize_k=max(1, round(v.bufsize_k * share)))
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "profile") -> Profile:
         """Validate a nested (TOML) or flat (wire) mapping; raises ProfileError."""
         if "video" in data or "audio" in data:
-            unknown = set(data) - {"name", "description", "video", "audio"}
+            unknown = set(data) - {"name", "description", "video", "audio", "ladder"}
             video = data.get("video", {})
             audio = data.get("audio", {})
         else:
@@ -107,8 +168,9 @@ class Profile:
         desc = data.get("description", "")
         if not isinstance(desc, str) or len(desc) > 128:
             raise ProfileError(f"{source}: description must be text of at most 128 characters")
-        return cls(name=name, description=desc, video=_video(video, source),
-                   audio=_audio(audio, source))
+        v = _video(video, source)
+        return cls(name=name, description=desc, video=v, audio=_audio(audio, source),
+                   ladder=_ladder(data.get("ladder", []), v, source))
 
 
 class _Fields:
@@ -192,6 +254,45 @@ def _video(table: Mapping[str, Any], source: str) -> VideoSpec:
     return VideoSpec(codec=codec, width=width, height=height, preset=preset, profile=profile,
                      level=level, bitrate_k=bitrate, maxrate_k=maxrate, bufsize_k=bufsize,
                      crf=crf, gop_s=gop)
+
+
+MAX_RUNGS = 8  # a ladder of more renditions than this is a typo, and 8 encoders per chunk
+
+
+def _ladder(tables: Any, video: VideoSpec, source: str) -> tuple[Rung, ...]:
+    """``[[ladder]]`` tables: ``height`` and optionally their own ``crf`` or ``bitrate_k``
+    (``maxrate_k``, ``bufsize_k``); tallest first, heights distinct."""
+    if not isinstance(tables, list) or len(tables) > MAX_RUNGS:
+        raise ProfileError(f"{source}: ladder must be at most {MAX_RUNGS} [[ladder]] tables")
+    rungs = []
+    for i, t in enumerate(tables):
+        if not isinstance(t, Mapping):
+            raise ProfileError(f"{source}: ladder[{i}] must be a table")
+        f = _Fields(t, f"{source}: ladder[{i}]")
+        h = f.integer("height", 16, MAX_BOX)
+        crf = f.number("crf", 0, 63 if video.codec == "libsvtav1" else 51, 0)
+        b = f.integer("bitrate_k", 0, 400_000, 0)
+        mx = f.integer("maxrate_k", 0, 800_000, 0)
+        buf = f.integer("bufsize_k", 0, 1_600_000, 0)
+        f.done()
+        if h % 2:
+            raise f.fail("height", "must be even")
+        if b and crf:
+            raise f.fail("bitrate_k", "set at most one of bitrate_k and crf")
+        if b:
+            mx, buf = mx or b * 3 // 2, buf or b * 2
+            if mx < b:
+                raise f.fail("maxrate_k", "must be at least bitrate_k")
+        rungs.append(Rung(h, bitrate_k=b, maxrate_k=mx if b else 0, bufsize_k=buf if b else 0,
+                          crf=crf))
+    return ladder_order(rungs, source)
+
+
+def ladder_order(rungs: list[Rung], source: str) -> tuple[Rung, ...]:
+    heights = [r.height for r in rungs]
+    if len(set(heights)) != len(heights):
+        raise ProfileError(f"{source}: ladder heights must differ")
+    return tuple(sorted(rungs, key=lambda r: -r.height))
 
 
 def _audio(table: Mapping[str, Any], source: str) -> AudioSpec:

@@ -15,12 +15,14 @@ exists but is unpublished.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["HLS_VERSION", "InOrder", "MediaPlaylist", "audio_groups", "avc_codec", "behind_live",
-           "master_playlist", "target_duration"]
+__all__ = ["HLS_VERSION", "InOrder", "MediaPlaylist", "Variant", "audio_groups", "avc_codec",
+           "behind_live", "group_segments", "master_playlist", "segment_cuts", "segment_pieces",
+           "target_duration"]
 
 # fMP4 segments (EXT-X-MAP in a media playlist without I-frames only) need version 7.
 HLS_VERSION = 7
@@ -30,6 +32,40 @@ def target_duration(spans: Sequence[float]) -> int:
     """The playlists' target duration for segments no longer than the longest of ``spans``
     (seconds): an integer, rounded up as RFC 8216 4.3.3.1 requires, at least 1."""
     return max(1, math.ceil(max(spans, default=1.0) - 1e-6))
+
+
+def segment_cuts(span_s: float, seconds: float) -> list[float]:
+    """Where a chunk of ``span_s`` seconds is cut into segments after its first, as offsets
+    from its first frame: every ``seconds``, but none that would leave a last segment
+    shorter than a quarter of that (it goes to the one before)."""
+    if seconds <= 0:
+        raise ValueError("segment length must be positive")
+    cuts: list[float] = []
+    k = 1
+    while k * seconds < span_s - seconds / 4 - 1e-9:
+        cuts.append(k * seconds)
+        k += 1
+    return cuts
+
+
+def segment_pieces(span_s: float, seconds: float) -> list[float]:
+    """The lengths of a chunk's segments (for the target duration, before any is made)."""
+    edges = [0.0, *segment_cuts(span_s, seconds), span_s]
+    return [b - a for a, b in itertools.pairwise(edges)]
+
+
+def group_segments(starts_s: Sequence[float], cuts: Sequence[float], frame_s: float
+                   ) -> list[int]:
+    """Indices into a chunk's fragments (``starts_s``: each one's first presentation time,
+    from the chunk's first frame) where each segment starts: the first fragment, then the
+    first at each cut (keyframes were forced there; half a frame of rounding allowed)."""
+    out = [0]
+    for cut in cuts:
+        at = next((i for i, t in enumerate(starts_s) if t >= cut - frame_s / 2), None)
+        if at is None or at <= out[-1]:
+            raise ValueError(f"no keyframe at the segment cut {cut:.3f} s")
+        out.append(at)
+    return out
 
 
 @dataclass
@@ -120,19 +156,35 @@ def avc_codec(avcc: bytes) -> str:
     return f"avc1.{avcc[1]:02x}{avcc[2]:02x}{avcc[3]:02x}"
 
 
-def master_playlist(*, video_uri: str, bandwidth: int, average: int | None, codecs: str | None,
-                    width: int, height: int, audio_uri: str | None = None) -> str:
-    """The master playlist: one video rendition, and the audio as its own rendition."""
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One video rendition of the master playlist. ``bandwidth`` and ``average``: bits per
+    second of its segments, the audio's included (RFC 8216 4.3.4.2: the peak segment bit
+    rate of the variant, all its renditions)."""
+
+    uri: str
+    bandwidth: int
+    average: int | None
+    codecs: str | None
+    width: int
+    height: int
+
+
+def master_playlist(variants: Sequence[Variant], audio_uri: str | None = None) -> str:
+    """The master playlist: each video rendition, tallest first (players start with the
+    first listed), and the audio once, as its own rendition every variant shares."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    attrs = [f"BANDWIDTH={max(1, bandwidth)}"]
-    if average is not None:
-        attrs.append(f"AVERAGE-BANDWIDTH={max(1, average)}")
-    if codecs:
-        attrs.append(f'CODECS="{codecs}"')
-    attrs.append(f"RESOLUTION={width}x{height}")
     if audio_uri is not None:
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,'
                      f'AUTOSELECT=YES,URI="{audio_uri}"')
-        attrs.append('AUDIO="audio"')
-    lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), video_uri]
+    for v in variants:
+        attrs = [f"BANDWIDTH={max(1, v.bandwidth)}"]
+        if v.average is not None:
+            attrs.append(f"AVERAGE-BANDWIDTH={max(1, v.average)}")
+        if v.codecs:
+            attrs.append(f'CODECS="{v.codecs}"')
+        attrs.append(f"RESOLUTION={v.width}x{v.height}")
+        if audio_uri is not None:
+            attrs.append('AUDIO="audio"')
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), v.uri]
     return "\n".join(lines) + "\n"

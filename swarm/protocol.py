@@ -101,6 +101,8 @@ MAX_PREFETCH_BYTES: Final = 1 << 34
 MAX_SLIDE_RUN: Final = 63
 MAX_IMAGE_BYTES: Final = 1 << 28  # 256 MiB: larger than any photograph's file
 MAX_SLIDE_BOX: Final = 8192  # profiles.profile.MAX_BOX; kept here so the core imports nothing
+MAX_RUNGS: Final = 8  # renditions of a ladder (profiles.MAX_RUNGS)
+MAX_KEYFRAMES: Final = 1200  # forced keyframes in one chunk: 600 s in 0.5 s segments
 _INT64 = 2**63  # what msgpack can carry for a signed int
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{8,64}")  # job and attempt ids: URL-safe, unguessable-sized
@@ -113,6 +115,7 @@ _PROOF = re.compile(r"[0-9a-f]{64}")  # a hex HMAC-SHA256 (swarm.auth.reply_proo
 _ENCODER = re.compile(r"[a-z0-9_-]{1,32}")  # ffmpeg encoder names: libx264, h264_nvenc
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # profile names come from file names
 _PROFILE_KEY = re.compile(r"[a-z0-9_]{1,32}")
+_RUNG = re.compile(r"[0-9]{2,4}x[0-9]{2,4}:[a-z0-9=.:]{5,40}")  # profiles.parse_rung checks it
 # An absolute http(s) base URL: host and port only. No userinfo, query or fragment, and a
 # strict host grammar so that nothing odd reaches the HTTP client or the logs.
 _URL = re.compile(
@@ -389,6 +392,10 @@ class Invite(Message):
     ]
     # Fresh per invite; the reply's proof covers it, so a recorded reply cannot be replayed.
     nonce: Annotated[str, _token]
+    # A ladder: every rendition as ``profiles.Rung.wire`` writes it (``1280x720:crf=23``),
+    # tallest first; the peer splits each decoded chunk to one stream per rung. Empty: one.
+    ladder: Annotated[tuple[str, ...], _tuple_of(_str(_RUNG, "a rung like 1280x720:crf=23"),
+                                                 MAX_RUNGS)] = ()
 
 
 @_message
@@ -529,6 +536,10 @@ class Assignment(Message):
     # A slideshow chunk: rendered from images fetched at ``source_path/<k>`` instead of
     # encoded from the source (``start_s``, ``seek_s`` and ``trim_s`` then mean nothing).
     slides: Annotated[SlideRun | None, _optional(_slide_run)] = None
+    # Source timestamps (the trim's clock) from which the next frame must be a keyframe:
+    # where the chunk's HLS segments start after its first (``--segment-seconds``).
+    keyframes_s: Annotated[tuple[float, ...],
+                           _tuple_of(_float(-MAX_MEDIA_S, MAX_MEDIA_S), MAX_KEYFRAMES)] = ()
 
 
 @_message
