@@ -57,14 +57,17 @@ def segment_pieces(span_s: float, seconds: float) -> list[float]:
 def group_segments(starts_s: Sequence[float], cuts: Sequence[float], frame_s: float
                    ) -> list[int]:
     """Indices into a chunk's fragments (``starts_s``: each one's first presentation time,
-    from the chunk's first frame) where each segment starts: the first fragment, then the
-    first at each cut (keyframes were forced there; half a frame of rounding allowed)."""
+    from the chunk's first frame; a fragment starts at each keyframe) where each segment
+    starts: the first fragment, then the first one at each cut (keyframes are forced there;
+    half a frame of rounding allowed). A cut without a keyframe before the next cut (an
+    encoder that did not force it) is left out: that segment runs on to the next."""
     out = [0]
-    for cut in cuts:
-        at = next((i for i, t in enumerate(starts_s) if t >= cut - frame_s / 2), None)
-        if at is None or at <= out[-1]:
-            raise ValueError(f"no keyframe at the segment cut {cut:.3f} s")
-        out.append(at)
+    for j, cut in enumerate(cuts):
+        after = cuts[j + 1] if j + 1 < len(cuts) else math.inf
+        at = next((i for i, t in enumerate(starts_s)
+                   if i > out[-1] and t >= cut - frame_s / 2), None)
+        if at is not None and starts_s[at] < after - frame_s / 2:
+            out.append(at)
     return out
 
 
