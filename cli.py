@@ -324,6 +324,8 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         _tolerating_dead_pipes(sink.finish, summary)
     elif human:
         _tolerating_dead_pipes(print_summary, summary, result["wall_s"], result)
+    if result.get("renditions"):
+        return "\n".join(str(r["output"]) for r in result["renditions"])
     return out
 
 

@@ -199,7 +199,9 @@ def test_builtin_profiles_match_the_seed_table() -> None:
 def test_every_builtin_profile_round_trips_the_wire_form() -> None:
     for name in builtin_names():
         p = load_profile(name)
-        assert Profile.from_mapping(p.to_wire() | {"description": p.description}) == p
+        # A ladder travels sized, in the invite's own field (Invite.ladder), not in the profile.
+        assert Profile.from_mapping(p.to_wire() | {"description": p.description}) == replace(
+            p, ladder=())
 
 
 @pytest.mark.parametrize(("text", "field"), [

@@ -612,11 +612,11 @@ def test_mutated_messages_only_raise_remote_protocol_error(msg: Message, data: A
 WIRE_SCHEMAS = {
     2: {
         "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
-                   "seek_s", "trim_s", "prefetch_bytes", "keyframes_s"),
+                   "seek_s", "trim_s", "prefetch_bytes"),
         "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
         "claim": ("node_id", "slot", "prefetch"),
         "hello": ("node_id", "port"),
-        "invite": ("job_id", "coordinator_url", "profile", "nonce", "ladder"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce"),
         "invite_reply": ("accepted", "reason", "node_id", "proof"),
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
@@ -628,11 +628,12 @@ WIRE_SCHEMAS = {
     },
     3: {
         "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
-                   "seek_s", "trim_s", "prefetch_bytes", "slides"),
+                   "seek_s", "trim_s", "prefetch_bytes", "slides",
+                   "keyframes_s"),
         "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
         "claim": ("node_id", "slot", "prefetch"),
         "hello": ("node_id", "port"),
-        "invite": ("job_id", "coordinator_url", "profile", "nonce"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce", "ladder"),
         "invite_reply": ("accepted", "reason", "node_id", "proof"),
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
