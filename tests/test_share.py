@@ -1,0 +1,187 @@
+"""The node's turns among several coordinators' jobs (swarm.share), in virtual time."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from swarm.errors import LocalProtocolError
+from swarm.share import PRIORITIES, Share, Turn
+
+
+@dataclass
+class _Sim:
+    """A node's slots in virtual time: every granted turn holds its slot for the chunk
+    length its job draws, then asks again (or is told Wait / Done by ``reply``)."""
+
+    share: Share
+    chunk_s: dict[str, Callable[[], float]]
+    reply: Callable[[str, float], str | float] = lambda job, now: "chunk"
+    now: float = 0.0
+    held: dict[str, float] = field(default_factory=dict)  # slot-seconds per job
+    order: list[str] = field(default_factory=list)  # grants, in order
+    _ends: list[tuple[float, int, Turn, float]] = field(default_factory=list)
+
+    def add(self, job: str, priority: str = "normal", slots: int = 1) -> None:
+        self.share.join(job, priority)
+        for _ in range(slots):
+            self.share.want(job)
+
+    def run_until(self, until: float, on_window: tuple[float, float] | None = None) -> None:
+        while True:
+            while (turn := self.share.grant(self.now)) is not None:
+                what = self.reply(turn.job_id, self.now)
+                if what == "done":
+                    self.share.done(turn, self.now)
+                    continue
+                if isinstance(what, float):  # Wait that long
+                    self.share.wait(turn, self.now, what)
+                    continue
+                self.order.append(turn.job_id)
+                length = self.chunk_s[turn.job_id]()
+                heapq.heappush(self._ends, (self.now + length, turn.number, turn, self.now))
+            wake = [t for t in (self.share.next_change(self.now),) if t is not None]
+            if self._ends:
+                wake.append(self._ends[0][0])
+            if not wake or min(wake) > until:
+                self.now = until
+                return
+            self.now = min(wake)
+            while self._ends and self._ends[0][0] <= self.now:
+                end, _, turn, start = heapq.heappop(self._ends)
+                lo, hi = on_window if on_window else (-1.0, float("inf"))
+                self.held[turn.job_id] = (self.held.get(turn.job_id, 0.0)
+                                          + max(0.0, min(end, hi) - max(start, lo)))
+                self.share.end(turn, end)
+
+
+def _fixed(s: float) -> Callable[[], float]:
+    return lambda: s
+
+
+def test_one_slot_alternates_between_two_coordinators() -> None:
+    sim = _Sim(Share(1), {"a": _fixed(10.0), "b": _fixed(10.0)})
+    sim.add("a")
+    sim.add("b")
+    sim.run_until(95.0)
+    assert sim.order == ["a", "b"] * 5
+
+
+def test_two_slots_hold_a_chunk_of_each_job() -> None:
+    sim = _Sim(Share(2), {"a": _fixed(10.0), "b": _fixed(10.0)})
+    sim.add("a", slots=2)
+    sim.add("b", slots=2)
+    sim.run_until(1.0)
+    assert sorted(sim.order) == ["a", "b"]
+
+
+def test_turns_are_fair_in_slot_seconds_not_in_chunks() -> None:
+    # b's chunks are five times longer: it gets a fifth as many turns, the same slot time.
+    sim = _Sim(Share(1), {"a": _fixed(2.0), "b": _fixed(10.0)})
+    sim.add("a")
+    sim.add("b")
+    sim.run_until(1000.0, on_window=(0.0, 1000.0))
+    assert sim.held["a"] == pytest.approx(sim.held["b"], abs=10.0)
+    assert sim.order.count("a") == pytest.approx(5 * sim.order.count("b"), abs=5)
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_many_jobs_get_slot_time_in_proportion_to_their_weights(slots: int) -> None:
+    rng = random.Random(slots)
+    priorities = ["low", "normal", "high", "normal", "low", "high", "normal", "normal"]
+    jobs = {f"job{i}": p for i, p in enumerate(priorities)}
+    # Chunks of 1-20 s, each job its own mean: fairness must not depend on chunk length.
+    means = {j: rng.uniform(1.0, 20.0) for j in jobs}
+    sim = _Sim(Share(slots), {j: (lambda m=means[j]: rng.uniform(0.5 * m, 1.5 * m))
+                              for j in jobs})
+    for j, p in jobs.items():
+        sim.add(j, p, slots=slots)
+    window = (200.0, 20_200.0)
+    sim.run_until(window[1], on_window=window)
+    total = sum(sim.held.values())
+    weights = sum(PRIORITIES[p] for p in priorities)
+    assert total == pytest.approx(slots * (window[1] - window[0]), rel=0.01)  # never idle
+    for j, p in jobs.items():
+        fair = total * PRIORITIES[p] / weights
+        # One turn of slack per slot, at most 30 s (1.5 x the longest mean): over 20,000 s
+        # that is within a few percent of the weighted share.
+        assert sim.held[j] == pytest.approx(fair, abs=slots * 30.0 + 0.02 * fair), (j, p)
+
+
+def test_a_job_that_was_away_banks_no_credit() -> None:
+    sim = _Sim(Share(1), {"a": _fixed(5.0), "b": _fixed(5.0)})
+    sim.add("a")
+    sim.run_until(500.0)  # a alone for 500 s: b, absent, must not be owed 500 s
+    sim.add("b")
+    sim.order.clear()
+    sim.run_until(600.0)
+    assert sim.order[:6] in (["b", "a"] * 3, ["a", "b"] * 3)
+    assert sim.order.count("b") <= sim.order.count("a") + 1
+
+
+def test_a_job_told_to_wait_is_skipped_for_that_turn_and_not_owed_it() -> None:
+    waits = {"b": 3}  # b's coordinator has nothing for its first three claims
+
+    def reply(job: str, now: float) -> str | float:
+        if waits.get(job, 0) > 0:
+            waits[job] -= 1
+            return 4.0
+        return "chunk"
+
+    sim = _Sim(Share(1), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
+    sim.add("a")
+    sim.add("b")
+    sim.run_until(200.0)
+    # While b waited, a took the slot; afterwards the two alternate, with no burst of b.
+    first_b = sim.order.index("b")
+    assert first_b > 0 and set(sim.order[:first_b]) == {"a"}
+    later = sim.order[first_b:]
+    assert all(x != y for x, y in zip(later, later[1:], strict=False))
+
+
+def test_a_job_whose_coordinator_is_done_gets_no_more_turns() -> None:
+    def reply(job: str, now: float) -> str | float:
+        return "done" if job == "b" and now >= 20.0 else "chunk"
+
+    sim = _Sim(Share(2), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
+    sim.add("a", slots=2)
+    sim.add("b", slots=2)
+    sim.run_until(100.0)
+    assert sim.share.finished("b") and not sim.share.finished("a")
+    assert sim.share.running("b") == 0 and sim.share.next_change(sim.now) is None
+    tail = sim.order[-10:]
+    assert tail == ["a"] * 10  # both slots serve a now
+
+
+def test_high_priority_takes_twice_the_turns_of_normal() -> None:
+    sim = _Sim(Share(1), {"hi": _fixed(4.0), "n": _fixed(4.0)})
+    sim.add("hi", "high")
+    sim.add("n", "normal")
+    sim.run_until(1200.0)
+    assert sim.order.count("hi") == pytest.approx(2 * sim.order.count("n"), abs=2)
+    assert sim.order[0] == "hi"  # at a tie the heavier job goes first
+
+
+def test_a_job_that_leaves_mid_turn_frees_its_slot() -> None:
+    share = Share(1)
+    share.join("a")
+    share.join("b")
+    share.want("a")
+    share.want("b")
+    turn = share.grant(0.0)
+    assert turn is not None and turn.job_id == "a" and share.grant(0.0) is None
+    share.leave("a")
+    share.end(turn, 3.0)  # the chunk's end after its job left: nothing to charge
+    nxt = share.grant(3.0)
+    assert nxt is not None and nxt.job_id == "b" and share.others_waiting("b") is False
+
+
+def test_bad_priority_and_slots_are_refused() -> None:
+    with pytest.raises(LocalProtocolError):
+        Share(0)
+    with pytest.raises(LocalProtocolError):
+        Share(1).join("a", "urgent")
