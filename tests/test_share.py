@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ def test_a_job_told_to_wait_is_skipped_for_that_turn_and_not_owed_it() -> None:
     first_b = sim.order.index("b")
     assert first_b > 0 and set(sim.order[:first_b]) == {"a"}
     later = sim.order[first_b:]
-    assert all(x != y for x, y in zip(later, later[1:], strict=False))
+    assert all(x != y for x, y in itertools.pairwise(later))
 
 
 def test_a_job_whose_coordinator_is_done_gets_no_more_turns() -> None:
