@@ -97,8 +97,10 @@ def test_many_jobs_get_slot_time_in_proportion_to_their_weights(slots: int) -> N
     jobs = {f"job{i}": p for i, p in enumerate(priorities)}
     # Chunks of 1-20 s, each job its own mean: fairness must not depend on chunk length.
     means = {j: rng.uniform(1.0, 20.0) for j in jobs}
-    sim = _Sim(Share(slots), {j: (lambda m=means[j]: rng.uniform(0.5 * m, 1.5 * m))
-                              for j in jobs})
+    def draw(mean: float) -> Callable[[], float]:
+        return lambda: rng.uniform(0.5 * mean, 1.5 * mean)
+
+    sim = _Sim(Share(slots), {j: draw(means[j]) for j in jobs})
     for j, p in jobs.items():
         sim.add(j, p, slots=slots)
     window = (200.0, 20_200.0)
