@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Final, TypeVar, get_type_hints, overload
 
@@ -41,6 +41,7 @@ from swarm.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "CONTENT_TYPE",
     "MAX_CONTROL_BODY",
+    "MAX_JOBS",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Assignment",
@@ -63,10 +64,11 @@ __all__ = [
 
 # Bumped whenever a message gains, loses or changes a field, or a message type is added:
 # an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
-# pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides).
-# tests/test_protocol.py pins the schema per version, so a wire change without a bump
-# fails there.
-PROTOCOL_VERSION: Final = 3
+# pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides and
+# keyframes_s, Invite's ladder; v4: Invite's priority and coordinator_name, NodeInfo's
+# working_for). tests/test_protocol.py pins the schema per version, so a wire change
+# without a bump fails there.
+PROTOCOL_VERSION: Final = 4
 CONTENT_TYPE: Final = "application/msgpack"
 
 # The largest legitimate body is an Invite with a full profile (48 keys of 32 + 128 chars,
@@ -88,6 +90,10 @@ MAX_LEASE_S: Final = 3600.0  # an hour without progress means the peer is gone
 MAX_RETRY_AFTER_S: Final = 60.0  # longer and the peer may as well leave the job
 MIN_RETRY_AFTER_S: Final = 0.05  # shorter is a busy loop against the coordinator
 MAX_SLOTS: Final = 64  # concurrent encodes per node; more than cores on any machine we target
+# Jobs (coordinators) one node works for at once. Each held job costs the node an HTTP
+# client and a waiting task per slot, and its coordinator a share of the node's slot time;
+# two or three people encoding at once on one LAN is the case, eight is ample headroom.
+MAX_JOBS: Final = 8
 MAX_CPUS: Final = 1024
 MAX_SCORE: Final = 1e13  # work/s = frames x pixels / s; 8K at 10,000 fps is about 3e11
 MAX_FPS: Final = 1e6
@@ -372,6 +378,10 @@ class NodeInfo(Message):
     slots: Annotated[int, _int(1, MAX_SLOTS)]
     # SHA-256 of the swarm.pyz this node serves at GET /swarm.pyz; None until it is built.
     pyz_sha256: Annotated[str | None, _optional(_str(_SHA256, "a lower-case hex SHA-256"))]
+    # The jobs it works on, each with its coordinator's name (``swarm peers`` shows them).
+    working_for: Annotated[
+        Mapping[str, str], _mapping_of(_token, _text(0, 64), MAX_JOBS)
+    ] = field(default_factory=dict)
 
 
 @_message
@@ -396,6 +406,9 @@ class Invite(Message):
     # tallest first; the peer splits each decoded chunk to one stream per rung. Empty: one.
     ladder: Annotated[tuple[str, ...], _tuple_of(_str(_RUNG, "a rung like 1280x720:crf=23"),
                                                  MAX_RUNGS)] = ()
+    # How this job shares a node that serves several coordinators (swarm.share).
+    priority: Annotated[str, _choice("low", "normal", "high")] = "normal"
+    coordinator_name: Annotated[str, _text(0, 64)] = ""
 
 
 @_message

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from swarm.errors import LocalProtocolError, RemoteProtocolError
 from swarm.protocol import (
     MAX_CONTROL_BODY,
+    MAX_JOBS,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     Assignment,
@@ -51,6 +52,7 @@ SAMPLES: list[Message] = [
         job_id=JOB,
         slots=2,
         pyz_sha256="0f" * 32,
+        working_for={JOB: "Anna's laptop", "job_other-01": "studio"},
     ),
     NodeInfo(  # a node whose swarm.pyz is not built yet
         node_id="0123456789abcdef",
@@ -72,6 +74,14 @@ SAMPLES: list[Message] = [
         profile={"name": "fhd", "video_codec": "libx264", "video_crf": 21.5, "video_ok": True},
         nonce="n0nce-0123456789",
         ladder=("1920x1080:b=5000:m=7500:s=10000", "854x480:crf=23"),
+    ),
+    Invite(
+        job_id=JOB,
+        coordinator_url="http://192.168.1.21:8710",
+        profile={"name": "hd"},
+        nonce="n0nce-0123456789",
+        priority="high",
+        coordinator_name="studio",
     ),
     InviteReply(accepted=True, reason="", node_id="0123456789abcdef", proof="ab" * 32),
     ClaimRequest(node_id="deadbeef", slot=0, prefetch=True),
@@ -173,7 +183,7 @@ def test_round_trip(msg: Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_envelope_has_version_and_tag(msg: Message) -> None:
     body = wire(msg)
-    assert body["v"] == PROTOCOL_VERSION == 3
+    assert body["v"] == PROTOCOL_VERSION == 4
     assert body["t"] == msg.TYPE
     assert MESSAGE_TYPES[msg.TYPE] is type(msg)
 
@@ -214,6 +224,7 @@ def test_largest_messages_fit_the_body_limit() -> None:
             "name": "n" * 64,
             "encoders": tuple(f"enc_{i:02d}_" + "x" * 25 for i in range(64)),
             "scores": {f"profile-{i:02d}-" + "p" * 52: 1e12 for i in range(64)},
+            "working_for": {f"job{i}" + "j" * 60: "c" * 64 for i in range(MAX_JOBS)},
         }
     )
     big_invite = Invite(
@@ -221,6 +232,8 @@ def test_largest_messages_fit_the_body_limit() -> None:
         coordinator_url="http://" + "h" * 200 + ":65535/",
         profile={f"k{i:02d}_" + "k" * 28: "v" * 128 for i in range(48)},
         nonce="n" * 64,
+        priority="normal",
+        coordinator_name="c" * 64,
     )
     for msg in (big_info, big_invite):
         data = encode(msg)
@@ -247,6 +260,10 @@ def vars_of(msg: Message) -> dict[str, Any]:
         (Assignment, {"source_path": "/v1/jobs/../secret"}),
         (Invite, {"coordinator_url": "http://example.com"}),
         (ResultAck, {"reason": "line\ninjected"}),
+        (Invite, {"priority": "urgent"}),
+        (Invite, {"coordinator_name": "two\nlines"}),
+        (NodeInfo, {"working_for": {f"job-{i:04d}": "c" for i in range(MAX_JOBS + 1)}}),
+        (NodeInfo, {"working_for": {"../etc": "c"}}),
     ],
 )
 def test_invalid_local_construction_is_our_bug(
@@ -638,6 +655,24 @@ WIRE_SCHEMAS = {
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
                       "scores", "state", "job_id", "slots", "pyz_sha256"),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
+        "progress_ack": ("keep", "queued_keep"),
+        "result_ack": ("accepted", "reason"),
+        "wait": ("retry_after_s",),
+    },
+    4: {
+        "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
+                   "seek_s", "trim_s", "prefetch_bytes", "slides",
+                   "keyframes_s"),
+        "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
+        "claim": ("node_id", "slot", "prefetch"),
+        "hello": ("node_id", "port"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce", "ladder", "priority",
+                   "coordinator_name"),
+        "invite_reply": ("accepted", "reason", "node_id", "proof"),
+        "job_done": ("job_id",),
+        "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
+                      "scores", "state", "job_id", "slots", "pyz_sha256", "working_for"),
         "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
         "progress_ack": ("keep", "queued_keep"),
         "result_ack": ("accepted", "reason"),
