@@ -16,8 +16,9 @@ What can go wrong, and the answer here:
   coordinator said Wait) would come back far behind the others and then take every slot
   until it caught up. It banks no credit instead: on coming back it is lifted to the least
   virtual time among the jobs that kept competing (never lowered).
-- A coordinator that answers Wait has nothing for us now: its job is skipped until the
-  retry time it gave, and the slot goes to the next job in turn. One that answers Done is
+- A coordinator that answers Wait has nothing for that slot now: the slot's request is
+  skipped until the retry time it gave, and the slot goes to the next job in turn (the
+  job's other slots, asked separately, may still have work). One that answers Done is
   skipped until it leaves.
 - Two slots asking at the same instant would both go to the job first in order (a turn
   that just started has cost nothing yet): ties go to the job holding fewer turns per
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from collections.abc import Hashable
 from typing import Final
 
 from swarm.errors import LocalProtocolError
@@ -42,10 +44,12 @@ PRIORITIES: Final = {"low": 1, "normal": 2, "high": 4}
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One slot held by one job, from ``grant`` until ``end`` / ``wait`` / ``done``."""
+    """One slot held by one job, from ``grant`` until ``end`` / ``wait`` / ``done``;
+    ``asker`` is the key its request was made with (the shell's handle on the slot)."""
 
     job_id: str
     number: int
+    asker: Hashable
 
 
 @dataclass(slots=True)
@@ -54,15 +58,23 @@ class _Job:
     order: int
     used: float = 0.0  # slot-seconds of finished turns
     running: dict[int, float] = field(default_factory=dict)  # turn number -> start time
-    wanting: int = 0  # slots of this job asking for a turn
-    held_until: float = 0.0  # its coordinator said Wait: skipped until then
+    asking: dict[Hashable, float] = field(default_factory=dict)  # asker -> not before
     finished: bool = False  # its coordinator said Done: skipped until it leaves
     # Not competing since its last turn (new, held, or asked nothing): lifted to the
     # others' virtual time before it competes again.
     idle: bool = True
 
     def virtual(self, now: float) -> float:
-        return (self.used + sum(now - s for s in self.running.values())) / self.weight
+        return (self.used + self._running(now)) / self.weight
+
+    def _running(self, now: float) -> float:
+        return sum(now - s for s in self.running.values())
+
+    def ready(self, now: float) -> bool:
+        return not self.finished and any(t <= now for t in self.asking.values())
+
+    def competing(self, now: float) -> bool:
+        return not self.finished and (bool(self.running) or self.ready(now))
 
 
 class Share:
@@ -105,33 +117,32 @@ class Share:
         """Whether another job asks for a slot (or will, once its Wait runs out). A slot
         should not claim a chunk ahead for this job then: the chunk would sit queued at
         its coordinator, holding a lease, while the other job takes the slot's next turn."""
-        return any(j.wanting and not j.finished
-                   for k, j in self._jobs.items() if k != job_id)
+        return any(j.asking and not j.finished for k, j in self._jobs.items() if k != job_id)
 
     def virtual_time(self, job_id: str, now: float) -> float:
         return self._jobs[job_id].virtual(now)
 
     # -- the turns -----------------------------------------------------------------------
-    def want(self, job_id: str) -> None:
-        """A slot of this job asks for a turn (``grant`` decides when it gets one)."""
+    def want(self, job_id: str, asker: Hashable, not_before: float = 0.0) -> None:
+        """A slot of this job asks for a turn (``grant`` decides when it gets one);
+        ``asker``: a key unique to the slot, handed back in its Turn."""
         job = self._jobs[job_id]
-        if not job.wanting and not job.running:
+        if not job.asking and not job.running:
             job.idle = True  # it asked nothing, so it competed for nothing meanwhile
-        job.wanting += 1
+        job.asking[asker] = not_before
 
-    def withdraw(self, job_id: str) -> None:
+    def withdraw(self, job_id: str, asker: Hashable) -> None:
         """A slot that asked gives up before its turn came (its job was cancelled)."""
         job = self._jobs.get(job_id)
-        if job is not None and job.wanting:
-            job.wanting -= 1
+        if job is not None:
+            job.asking.pop(asker, None)
 
     def grant(self, now: float) -> Turn | None:
         """Give a free slot to the asking job with the least virtual time; None if no slot
         is free or nobody may have one now (see ``next_change``)."""
         if sum(len(j.running) for j in self._jobs.values()) >= self.slots:
             return None
-        ready = {k: j for k, j in self._jobs.items()
-                 if j.wanting and not j.finished and j.held_until <= now}
+        ready = {k: j for k, j in self._jobs.items() if j.ready(now)}
         if not ready:
             return None
         self._lift(ready, now)
@@ -139,38 +150,45 @@ class Share:
                                            len(ready[k].running) / ready[k].weight,
                                            -ready[k].weight, ready[k].order))
         job = ready[job_id]
-        job.wanting -= 1
+        # The longest-waiting ready asker of the job (requests keep their order).
+        asker = next(a for a, t in job.asking.items() if t <= now)
+        del job.asking[asker]
         number = next(self._numbers)
         job.running[number] = now
-        return Turn(job_id, number)
+        return Turn(job_id, number, asker)
 
     def end(self, turn: Turn, now: float, *, again: bool = True) -> None:
         """The turn's chunk ended; ``again``: the same slot asks for its next turn at once
         (so the job does not count as idle in between)."""
         job = self._charge(turn, now)
-        if job is not None and again:
-            job.wanting += 1
+        if job is not None and again and not job.finished:
+            job.asking[turn.asker] = now
 
     def wait(self, turn: Turn, now: float, retry_after_s: float) -> None:
-        """Its coordinator said Wait: the slot asks again, but the job is skipped until
-        then, and comes back banking nothing for the time it could not use."""
+        """Its coordinator told this slot to wait: the slot asks again, skipped until then;
+        a job left with nothing to do meanwhile comes back banking nothing for it."""
         job = self._charge(turn, now)
-        if job is not None:
-            job.held_until = max(job.held_until, now + retry_after_s)
-            job.idle = True
-            job.wanting += 1
+        if job is not None and not job.finished:
+            job.asking[turn.asker] = now + retry_after_s
+            if not job.competing(now):
+                job.idle = True
 
-    def done(self, turn: Turn, now: float) -> None:
-        """Its coordinator said Done: no slot of this job gets a turn again."""
+    def done(self, turn: Turn, now: float) -> list[Hashable]:
+        """Its coordinator said Done: no slot of this job gets a turn again. Returns the
+        job's other askers, which the shell tells to stop."""
         job = self._charge(turn, now)
-        if job is not None:
-            job.finished = True
+        if job is None:
+            return []
+        job.finished = True
+        askers = list(job.asking)
+        job.asking.clear()
+        return askers
 
     def next_change(self, now: float) -> float | None:
-        """When a held job that asks for a slot may have one: the time to call ``grant``
-        again if nothing else happens before."""
-        times = [j.held_until for j in self._jobs.values()
-                 if j.wanting and not j.finished and j.held_until > now]
+        """When a held request may have a slot: the time to call ``grant`` again if nothing
+        else happens before."""
+        times = [t for j in self._jobs.values() if not j.finished
+                 for t in j.asking.values() if t > now]
         return min(times, default=None)
 
     # -- inside --------------------------------------------------------------------------
@@ -185,15 +203,13 @@ class Share:
 
     def _lift(self, ready: dict[str, _Job], now: float) -> None:
         """No banked credit: a job coming back from idle starts at the least virtual time
-        of those that kept competing (asking or running, and not held)."""
+        of those that kept competing."""
         back = [j for j in ready.values() if j.idle]
         if not back:
             return
         competing = [j.virtual(now) for j in self._jobs.values()
-                     if not j.idle and not j.finished and j.held_until <= now
-                     and (j.wanting or j.running)]
+                     if not j.idle and j.competing(now)]
         for job in back:
             job.idle = False
             if competing:
-                job.used = max(job.used, min(competing) * job.weight
-                               - sum(now - s for s in job.running.values()))
+                job.used = max(job.used, min(competing) * job.weight - job._running(now))

@@ -29,8 +29,8 @@ class _Sim:
 
     def add(self, job: str, priority: str = "normal", slots: int = 1) -> None:
         self.share.join(job, priority)
-        for _ in range(slots):
-            self.share.want(job)
+        for i in range(slots):
+            self.share.want(job, (job, i))
 
     def run_until(self, until: float, on_window: tuple[float, float] | None = None) -> None:
         while True:
@@ -173,14 +173,14 @@ def test_a_job_that_leaves_mid_turn_frees_its_slot() -> None:
     share = Share(1)
     share.join("a")
     share.join("b")
-    share.want("a")
-    share.want("b")
+    share.want("a", "slot-a")
+    share.want("b", "slot-b")
     turn = share.grant(0.0)
     assert turn is not None and turn.job_id == "a" and share.grant(0.0) is None
     share.leave("a")
     share.end(turn, 3.0)  # the chunk's end after its job left: nothing to charge
     nxt = share.grant(3.0)
-    assert nxt is not None and nxt.job_id == "b" and share.others_waiting("b") is False
+    assert nxt == Turn("b", nxt.number, "slot-b") and share.others_waiting("b") is False
 
 
 def test_bad_priority_and_slots_are_refused() -> None:
@@ -188,3 +188,21 @@ def test_bad_priority_and_slots_are_refused() -> None:
         Share(0)
     with pytest.raises(LocalProtocolError):
         Share(1).join("a", "urgent")
+
+
+def test_a_wait_told_to_one_slot_does_not_hold_the_jobs_other_slots() -> None:
+    share = Share(2)
+    share.join("a")
+    share.want("a", 0)
+    share.want("a", 1)
+    t0, t1 = share.grant(0.0), share.grant(0.0)
+    assert t0 is not None and t1 is not None and {t0.asker, t1.asker} == {0, 1}
+    share.wait(t0, 1.0, 5.0)  # the coordinator's foresight: not this slot, not yet
+    share.end(t1, 2.0)
+    again = share.grant(2.0)
+    assert again is not None and again.asker == t1.asker  # the other slot carries on
+    assert share.grant(2.0) is None and share.next_change(2.0) == 6.0
+    share.end(again, 3.0, again=False)
+    held = share.grant(6.0)
+    assert held is not None and held.asker == t0.asker
+    assert share.done(held, 7.0) == [] and share.finished("a")
