@@ -28,8 +28,8 @@ What can go wrong, and the answer here:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Final
 
 from swarm.errors import LocalProtocolError

@@ -180,7 +180,8 @@ def test_a_job_that_leaves_mid_turn_frees_its_slot() -> None:
     share.leave("a")
     share.end(turn, 3.0)  # the chunk's end after its job left: nothing to charge
     nxt = share.grant(3.0)
-    assert nxt == Turn("b", nxt.number, "slot-b") and share.others_waiting("b") is False
+    assert nxt is not None and nxt == Turn("b", nxt.number, "slot-b")
+    assert share.others_waiting("b") is False
 
 
 def test_bad_priority_and_slots_are_refused() -> None:
