@@ -120,6 +120,14 @@ class AudioMode(StrEnum):
     none = "none"
 
 
+class Priority(StrEnum):
+    """``encode --priority``: this job's share of peers that serve several coordinators."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
+
+
 class SubtitleMode(StrEnum):
     """``encode --subtitles``: copy where the output container can hold them, or none."""
 
@@ -620,6 +628,10 @@ def encode(
     segment_seconds: Annotated[float, typer.Option(
         "--segment-seconds", min=1.0, max=60.0, help="With --hls: segment length; longer "
         "chunks are cut at keyframes forced every this many seconds.")] = 4.0,
+    priority: Annotated[Priority, typer.Option(
+        "--priority", help="This job's share of peers that also work for other "
+        "coordinators: slot time in the ratio low 1 : normal 2 : high 4.")
+    ] = Priority.normal,
 ) -> None:
     """Encode INPUT with a profile: split into chunks, encode them in parallel, merge.
 
@@ -657,7 +669,7 @@ def encode(
         local=LocalSettings(workers=workers, no_local=no_local),
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
-                            name=name or socket.gethostname(),
+                            name=name or socket.gethostname(), priority=priority.value,
                             page=web.attach if web is not None else None),
         **({"web": web} if web is not None else {}),
         as_json=as_json, report_html=report_html, lease_s=lease_seconds,
@@ -1103,22 +1115,35 @@ def peers(
 
     _refuse_empty_secret(secret)
 
-    def run() -> list[Any]:
+    def run() -> tuple[list[Any], dict[str, Any]]:
         import trio
 
+        from peer.client import fetch_infos
         from peer.discovery import find_peers
 
-        return trio.run(find_peers, wait)
+        async def both() -> tuple[list[Any], dict[str, Any]]:
+            found = await find_peers(wait)
+            # What each is working on is not in its mDNS record: ask it (GET /v1/info).
+            infos = await fetch_infos([f"http://{r.host}:{r.port}" for r in found if r.host])
+            return found, infos
+
+        return trio.run(both)
 
     from swarm import auth
     from swarm.presence import classify
     from swarm.protocol import PROTOCOL_VERSION
 
-    found = _guarded(run)
+    found, infos = _guarded(run)
     fp = auth.fingerprint(secret) if secret else ""
+
+    def working_for(host: str, port: int) -> list[str]:
+        info = infos.get(f"http://{host}:{port}")
+        return sorted(set(info.working_for.values())) if info is not None else []
+
     rows = [{"name": r.name, "address": f"{r.host}:{r.port}", "arch": r.arch, "cpus": r.cpus,
              "score": r.score, "state": r.state, "version": r.version,
-             "verdict": classify(r, fp, PROTOCOL_VERSION), "node_id": r.node_id}
+             "verdict": classify(r, fp, PROTOCOL_VERSION), "node_id": r.node_id,
+             "working_for": working_for(r.host, r.port)}
             for r in found]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -1130,11 +1155,13 @@ def peers(
     from rich.table import Table
 
     table = Table(title=f"swarm peers ({len(rows)} found in {wait:g} s)")
-    for col in ("name", "address", "arch", "cpus", "speed", "state", "version", "swarm"):
+    for col in ("name", "address", "arch", "cpus", "speed", "state", "working for",
+                "version", "swarm"):
         table.add_column(col, no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r["address"], r["arch"], str(r["cpus"]),
                       f"{r['score'] / 1e6:.1f} Mpx/s" if r["score"] else "-", r["state"],
+                      ", ".join(r["working_for"]) or "-",
                       r["version"], "ours" if r["verdict"] == "ok" else r["verdict"])
     Console().print(table)
 

@@ -86,3 +86,27 @@ async def fetch_info(client: httpx.AsyncClient, base_url: str) -> NodeInfo:
     if resp.status_code != 200:
         raise RemoteProtocolError(f"{base_url}: /v1/info answered {resp.status_code}")
     return decode(resp.content, NodeInfo)
+
+
+# `swarm peers` asks each device found what it is working on; one that does not answer
+# this soon is shown without it rather than holding up the list.
+INFO_TIMEOUT_S = 2.0
+
+
+async def fetch_infos(bases: list[str]) -> dict[str, NodeInfo]:
+    """``/v1/info`` of each base URL at once; those that failed are left out."""
+    import trio
+
+    out: dict[str, NodeInfo] = {}
+
+    async def one(client: httpx.AsyncClient, base: str) -> None:
+        try:
+            out[base] = await fetch_info(client, base)
+        except (TransportError, RemoteProtocolError):
+            pass
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(INFO_TIMEOUT_S)) as client:
+        async with trio.open_nursery() as nursery:
+            for base in dict.fromkeys(bases):
+                nursery.start_soon(one, client, base)
+    return out

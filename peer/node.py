@@ -1,9 +1,10 @@
 """One swarm node: the HTTP server (hypercorn, trio mode), mDNS presence, encoder slots.
 
-A node serves every caller ``GET /v1/info``; takes invites and works for one coordinator at
-a time (peer role); and, while it coordinates a job, serves that job's claims, source,
-progress and results (coordinator role, state in ``peer.jobserver.JobServer``). Every
-request other than /v1/info is signed when the swarm has a secret; every body is bounded;
+A node serves every caller ``GET /v1/info``; takes invites and works for up to
+``MAX_JOBS`` coordinators at once, its slots shared among their jobs by ``peer.turns``
+(peer role); and, while it coordinates a job, serves that job's claims, source, progress
+and results (coordinator role, state in ``peer.jobserver.JobServer``). Every request other
+than /v1/info is signed when the swarm has a secret; every body is bounded;
 a bad request gets a 4xx and the node carries on.
 """
 
@@ -45,6 +46,7 @@ from swarm.events import (
 )
 from swarm.presence import PeerRecord, State
 from swarm.protocol import (
+    MAX_JOBS,
     PROTOCOL_VERSION,
     AttemptFailed,
     ClaimRequest,
@@ -80,6 +82,7 @@ from .lan import lan_address
 from .options import NetworkSettings
 from .pairing import PAIR_ROUTES, PairingService
 from .transfer import SEND_BUFFER
+from .turns import Turns
 from .worker import accept_invite, work_slot
 
 __all__ = ["DEFAULT_PORT", "SOFTWARE_VERSION", "JobEndpoints", "Node", "NodeConfig", "WebRoutes",
@@ -147,6 +150,13 @@ class _HyperConfig(HyperConfig):
             if self.send_buffer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         return sockets
+
+
+def _shown_name(work: _Work) -> str:
+    """Who a job is for, as ``swarm peers`` shows it: the coordinator's name, else its
+    address (a URL of at most 256 characters; NodeInfo carries 64)."""
+    name = work.coordinator_name or work.coordinator_url.split("://", 1)[-1]
+    return name[:64]
 
 
 def check_port(host: str, port: int) -> None:
@@ -240,6 +250,7 @@ class _Work:
     job_id: str
     coordinator_url: str
     scope: trio.CancelScope
+    coordinator_name: str = ""
     chunk: int | None = None
     frames: int = 0
     fps: float = 0.0
@@ -258,7 +269,8 @@ class Node:
         self.node_id = secrets.token_hex(8)
         self.coordinator = coordinator
         self.jobs: dict[str, JobEndpoints] = {}
-        self.work: _Work | None = None
+        self.work: dict[str, _Work] = {}  # the jobs this node works on as a peer
+        self.turns = Turns(max(1, config.slots))
         self.port = 0
         self.on_event = on_event
         self._nursery: trio.Nursery | None = None
@@ -272,10 +284,10 @@ class Node:
     # -- identity ------------------------------------------------------------------------
     @property
     def state(self) -> State:
-        return "busy" if (self.work is not None or self.coordinator) else "idle"
+        return "busy" if (self.work or self.coordinator) else "idle"
 
     def info(self) -> NodeInfo:
-        job = self.work.job_id if self.work else next(iter(self.jobs), None)
+        job = next(iter(self.work), None) or next(iter(self.jobs), None)
         return NodeInfo(
             node_id=self.node_id, name=self.config.name[:64] or "node",
             version=SOFTWARE_VERSION, arch=(platform.machine() or "unknown")[:32],
@@ -285,6 +297,7 @@ class Node:
             scores=self.scores, state=self.state, job_id=job,
             slots=max(1, min(64, self.config.slots)),
             pyz_sha256=self.pyz.sha256 if self.pyz is not None else None,
+            working_for={w.job_id: _shown_name(w) for w in self.work.values()},
         )
 
     def record(self) -> PeerRecord:
@@ -371,10 +384,11 @@ class Node:
                         "more_body": offset + PYZ_PIECE < built.size})
 
     async def _greet(self) -> None:
-        """While idle, tell each --peer node we exist, so a coordinator there invites us."""
+        """While a job would fit, tell each --peer node we exist, so that a coordinator
+        there invites us (one that already has us just ignores it)."""
         async with httpx.AsyncClient(timeout=httpx.Timeout(GREET_TIMEOUT_S)) as client:
             while True:
-                if self.work is None:
+                if len(self.work) < MAX_JOBS:
                     for host, port in self.config.peers:
                         try:
                             await call(client, self.config.secret, "POST", "/v1/hello",
@@ -393,8 +407,10 @@ class Node:
 
     # -- peer role -----------------------------------------------------------------------
     async def _work(self, invite: Invite, terms: Any) -> None:
-        assert self.work is not None
-        work = self.work
+        """Work on one job: a task per node slot, each taking its turns at the node's
+        slots with the other jobs held (``peer.turns``)."""
+        work = self.work[invite.job_id]
+        self.turns.join(invite.job_id, invite.priority)
         self.on_event(JobJoined(invite.job_id, invite.coordinator_url))
         await self._announce()
         try:
@@ -406,23 +422,24 @@ class Node:
                             slots.start_soon(partial(
                                 work_slot, terms, node_id=self.node_id, slot=slot,
                                 secret=self.config.secret, ffmpeg=self.ffmpeg, client=client,
-                                on_event=self._slot_event, timings=self.config.timings))
+                                on_event=partial(self._slot_event, work),
+                                timings=self.config.timings, turns=self.turns))
         finally:
-            self.work = None
+            self.work.pop(invite.job_id, None)
+            self.turns.leave(invite.job_id)
             self.on_event(JobLeft(invite.job_id))
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 await self._announce()
 
-    def _slot_event(self, e: NodeEvent) -> None:
-        if self.work is not None:
-            match e:
-                case SlotStart(chunk=chunk):
-                    self.work.chunk, self.work.frames, self.work.fps = chunk, 0, 0.0
-                case SlotProgress(frames=frames, fps=fps):
-                    self.work.frames, self.work.fps = frames, fps
-                case SlotEnd(outcome=outcome):
-                    self.work.chunk = None
-                    self.work.done += outcome == "done"
+    def _slot_event(self, work: _Work, e: NodeEvent) -> None:
+        match e:
+            case SlotStart(chunk=chunk):
+                work.chunk, work.frames, work.fps = chunk, 0, 0.0
+            case SlotProgress(frames=frames, fps=fps):
+                work.frames, work.fps = frames, fps
+            case SlotEnd(outcome=outcome):
+                work.chunk = None
+                work.done += outcome == "done"
         self.on_event(e)
 
     # -- HTTP ----------------------------------------------------------------------------
@@ -509,8 +526,9 @@ class Node:
         job_id, rest = m.group(1), m.group(2) or ""
         if rest == "" and method == "DELETE":
             self._check(request, await read_body(receive, request))
-            if self.work is not None and self.work.job_id == job_id:
-                self.work.scope.cancel()
+            held = self.work.get(job_id)
+            if held is not None:  # only this coordinator's job: the others carry on
+                held.scope.cancel()
             await respond(send, 204)
             return
         server = self.jobs.get(job_id)
@@ -583,12 +601,12 @@ class Node:
             raise HTTPError(problem, status_code=403)
         if self.coordinator:
             raise HTTPError("this node is coordinating its own job", status_code=409)
-        if self.work is not None:
-            if self.work.job_id == invite.job_id:
-                await respond_message(send, self.invite_reply(invite, "already working on it"),
-                                      request)
-                return
-            raise HTTPError(f"busy with job {self.work.job_id}", status_code=409)
+        if invite.job_id in self.work:
+            await respond_message(send, self.invite_reply(invite, "already working on it"),
+                                  request)
+            return
+        if len(self.work) >= MAX_JOBS:
+            raise HTTPError(f"busy with {len(self.work)} jobs already", status_code=409)
         terms = accept_invite(invite)  # ProfileError -> 422
         slots = max(1, self.config.slots)
         terms = replace(terms, threads=max(1, (os.cpu_count() or 1) // slots))
@@ -596,6 +614,7 @@ class Node:
         if missing:
             raise HTTPError(f"this node's ffmpeg lacks {missing[0]}", status_code=422)
         assert self._nursery is not None
-        self.work = _Work(invite.job_id, terms.coordinator_url, trio.CancelScope())
+        self.work[invite.job_id] = _Work(invite.job_id, terms.coordinator_url,
+                                         trio.CancelScope(), invite.coordinator_name)
         self._nursery.start_soon(self._work, invite, terms)
         await respond_message(send, self.invite_reply(invite), request)

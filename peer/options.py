@@ -62,6 +62,9 @@ class NetworkSettings:
     name: str = field(default_factory=socket.gethostname)  # this device, as peers see it
     # The web page of this job's node, given the node (peer.web.Web.attach); None: no page.
     page: Callable[[Any], Any] | None = None
+    # How this job shares peers that serve several coordinators: "low", "normal", "high"
+    # (swarm.share.PRIORITIES); it travels in the invite.
+    priority: str = "normal"
 
 
 @dataclass(frozen=True, slots=True)

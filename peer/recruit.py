@@ -1,7 +1,8 @@
 """Recruiting peers for a job: mDNS, ``--peer`` and hellos; invites, re-invites, goodbyes.
 
 The trio shell around the coordinator's candidate list: a candidate is invited once its
-``/v1/info`` shows it idle, able to encode the profile, and not ourselves; one that drops
+``/v1/info`` shows it idle (or working for other coordinators, with room for one more
+job), able to encode the profile, and not ourselves; one that drops
 the job is invited again; one that accepts invites but never claims is left alone.
 """
 
@@ -23,7 +24,7 @@ from swarm import auth
 from swarm.errors import AuthError, PeerError, RemoteProtocolError, TransportError, UsageError
 from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
 from swarm.presence import PeerEvent, classify, fruitless
-from swarm.protocol import PROTOCOL_VERSION, Invite, InviteReply
+from swarm.protocol import MAX_JOBS, PROTOCOL_VERSION, Invite, InviteReply, NodeInfo
 from swarm.trust import KINDS
 
 from .client import call, fetch_info, transport_errors
@@ -166,13 +167,16 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             c.unusable = "ourselves"
             return
         c.node_id, c.name = info.node_id, info.name
-        if c.invited and info.job_id == server.job_id:
+        if c.invited and server.job_id in _jobs_of(info):
             return
         if opts.job.profile.video.codec not in info.encoders:
             c.unusable = f"lacks {opts.job.profile.video.codec}"
             emit(PeerForeign(info.name, c.unusable))
             return
-        c.busy = info.state != "idle" and info.job_id != server.job_id
+        # A peer working for other coordinators still takes ours, up to MAX_JOBS; a busy
+        # one working for nobody is coordinating a job of its own.
+        c.busy = (info.state != "idle" and server.job_id not in _jobs_of(info)
+                  and not 0 < len(info.working_for) < MAX_JOBS)
         if c.busy:
             return
         stop = fruitless(c.invites, server.has_claimed(info.node_id))
@@ -183,7 +187,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.invites += 1
         url = f"http://{route_address(c.host)}:{node.port}"
         invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16),
-                        server.invite_ladder())
+                        server.invite_ladder(), priority=opts.net.priority,
+                        coordinator_name=opts.net.name[:64])
         try:
             ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite,
                              (InviteReply,), base=c.base)
@@ -259,9 +264,14 @@ async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) 
         info = await fetch_info(client, c.base)
     except PeerError:
         return
-    if info.job_id != server.job_id:
+    if server.job_id not in _jobs_of(info):
         c.invited = False
         c.next_try = 0.0
+
+
+def _jobs_of(info: NodeInfo) -> set[str]:
+    """The jobs a node works on: several when it serves several coordinators."""
+    return set(info.working_for) | ({info.job_id} if info.job_id else set())
 
 
 async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,

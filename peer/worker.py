@@ -57,11 +57,13 @@ from swarm.protocol import (
     Wait,
     decode,
 )
+from swarm.share import Turn
 
 from .client import call, signed_headers, transport_errors
 from .prefetch import PREFETCH_DIR_PREFIX, Prefetch, sweep_stale_dirs
 from .proc import run_ffmpeg
 from .slidework import fetch_run, render_argv, slide_run_of
+from .turns import Turns
 
 __all__ = ["JobTerms", "accept_invite", "work_slot"]
 
@@ -126,14 +128,20 @@ def accept_invite(invite: Invite) -> JobTerms:
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
-                    timings: Timings = DEFAULT_TIMINGS) -> None:
-    """Pull and encode chunks until the job is done or its coordinator is gone."""
+                    timings: Timings = DEFAULT_TIMINGS, turns: Turns | None = None) -> None:
+    """Pull and encode chunks until the job is done or its coordinator is gone.
+
+    ``turns``: the node's slots shared among the jobs it holds (``peer.turns``); each
+    claim waits for a turn there. None: this job has the slot to itself."""
+    if turns is None:
+        turns = Turns(1)
+        turns.join(terms.job_id)
     workdir = _Workdir(f"{PREFETCH_DIR_PREFIX}{os.getpid()}-{terms.job_id[:16]}-{slot}-")
     try:
         async with trio.open_nursery() as downloads:
             await _work_slot(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
                              client=client, on_event=on_event, timings=timings,
-                             workdir=workdir, downloads=downloads)
+                             workdir=workdir, downloads=downloads, turns=turns)
             downloads.cancel_scope.cancel()  # a prefetch of a chunk we will not encode
     finally:
         if workdir.path is not None:
@@ -182,7 +190,58 @@ class _Queued:
 async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
                      ffmpeg: FFmpeg, client: httpx.AsyncClient,
                      on_event: Callable[[NodeEvent], None], timings: Timings,
-                     workdir: _Workdir, downloads: trio.Nursery) -> None:
+                     workdir: _Workdir, downloads: trio.Nursery, turns: Turns) -> None:
+    seat = _Seat(turns, await turns.first(terms.job_id))
+    try:
+        await _claim_loop(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
+                          client=client, on_event=on_event, timings=timings, workdir=workdir,
+                          downloads=downloads, seat=seat)
+    finally:
+        seat.release()
+
+
+class _Seat:
+    """The slot's turn at the node (``peer.turns``); ``turn`` None once the job is over
+    for us. Held from a claim to the end of its chunk, and on through a chunk claimed
+    ahead (that is only done while no other job asks for the slot)."""
+
+    def __init__(self, turns: Turns, turn: Turn | None) -> None:
+        self.turns = turns
+        self.turn = turn
+
+    @property
+    def job_over(self) -> bool:
+        return self.turn is None
+
+    async def next(self) -> None:
+        """The chunk ended: the next turn goes to whichever job's it is."""
+        turn, self.turn = self.turn, None
+        assert turn is not None
+        self.turn = await self.turns.next(turn)
+
+    async def wait(self, retry_after_s: float) -> None:
+        turn, self.turn = self.turn, None
+        assert turn is not None
+        self.turn = await self.turns.wait(turn, retry_after_s)
+
+    def done(self) -> None:
+        if self.turn is not None:
+            self.turns.done(self.turn)
+            self.turn = None
+
+    def release(self) -> None:
+        if self.turn is not None:
+            self.turns.release(self.turn)
+            self.turn = None
+
+    def may_prefetch(self) -> bool:
+        return self.turn is not None and self.turns.may_prefetch(self.turn.job_id)
+
+
+async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+                      ffmpeg: FFmpeg, client: httpx.AsyncClient,
+                      on_event: Callable[[NodeEvent], None], timings: Timings,
+                      workdir: _Workdir, downloads: trio.Nursery, seat: _Seat) -> None:
     silence = Silence(timings.coordinator_gone_s, trio.current_time())
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
     queued = _Queued()
@@ -191,7 +250,7 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
         """Claim the next chunk ahead while one encodes, and start fetching its source. A
         request in flight is never cancelled: an assignment the coordinator made must reach
         us."""
-        while not stop.is_set():
+        while not stop.is_set() and seat.may_prefetch():
             try:
                 reply = await call(client, secret, "POST", claim_path,
                                    ClaimRequest(node_id, slot, True), (Assignment, Wait, JobDone))
@@ -211,7 +270,7 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
             with trio.move_on_after(reply.retry_after_s):
                 await stop.wait()
 
-    while True:
+    while not seat.job_over:
         fetched: Prefetch | None = None
         if (next_one := queued.take()) is not None:
             held, fetched = next_one
@@ -237,12 +296,13 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
                 if silence.gone(trio.current_time()):
                     log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
                     return
-                await trio.sleep(0.5)
+                await seat.wait(0.5)  # another job may have the slot meanwhile
                 continue
         if isinstance(reply, JobDone):
+            seat.done()
             return
         if isinstance(reply, Wait):
-            await trio.sleep(reply.retry_after_s)
+            await seat.wait(reply.retry_after_s)
             continue
         assert isinstance(reply, Assignment)
         on_event(SlotStart(reply.chunk, reply.attempt))
@@ -267,6 +327,8 @@ async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | 
         # counted a third of a short chunk.
         on_event(SlotEnd(reply.chunk, outcome, reply.frames))
         silence.heard(trio.current_time())
+        if queued.assignment is None:
+            await seat.next()
 
 
 async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | None
