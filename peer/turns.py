@@ -2,7 +2,7 @@
 
 Every job a node holds runs one task per node slot (``peer.worker.work_slot``); before
 each claim the task asks for a turn, and only ``slots`` turns run at once across all jobs,
-granted in the order ``swarm.share.Share`` decides. With one job this is the old
+granted in the order ``swarm.share.SlotShare`` decides. With one job this is the old
 behaviour: its slots never wait for one another.
 """
 
@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from swarm.share import Share, Turn
+from swarm.share import SlotShare, Turn
 
 __all__ = ["Turns"]
 
@@ -29,7 +29,7 @@ class _Asker:
 
 class Turns:
     def __init__(self, slots: int) -> None:
-        self.share = Share(max(1, slots))
+        self.share = SlotShare(max(1, slots))
         self._askers: dict[_Asker, str] = {}
 
     def join(self, job_id: str, priority: str = "normal") -> None:
@@ -44,7 +44,7 @@ class Turns:
         self._dispatch()
 
     def may_prefetch(self, job_id: str) -> bool:
-        """Claim ahead only while no other job asks (``Share.others_waiting``)."""
+        """Claim ahead only while no other job asks (``SlotShare.others_waiting``)."""
         return not self.share.others_waiting(job_id)
 
     async def first(self, job_id: str) -> Turn | None:

@@ -305,7 +305,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: str |
             await seat.wait(reply.retry_after_s)
             continue
         assert isinstance(reply, Assignment)
-        on_event(SlotStart(reply.chunk, reply.attempt))
+        on_event(SlotStart(reply.chunk, reply.attempt, terms.job_id))
         stop = trio.Event()
         outcome = "gone"
         async with trio.open_nursery() as nursery:
@@ -325,7 +325,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: str |
             return
         # The chunk's frames: progress reports come every second, so the last one may have
         # counted a third of a short chunk.
-        on_event(SlotEnd(reply.chunk, outcome, reply.frames))
+        on_event(SlotEnd(reply.chunk, outcome, reply.frames, terms.job_id))
         silence.heard(trio.current_time())
         if queued.assignment is None:
             await seat.next()
@@ -443,7 +443,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str 
                     attempt_scope.cancel()
                     return
                 continue
-            on_event(SlotProgress(a.chunk, frames, frames / elapsed))
+            on_event(SlotProgress(a.chunk, frames, frames / elapsed, a.job_id))
             assert isinstance(ack, ProgressAck)
             if (not ack.queued_keep and queued is not None and ahead is not None
                     and queued.assignment is ahead):

@@ -453,9 +453,10 @@ class JoinView:
         self.address = address
         self.score = score
         self.score_profile = score_profile
-        self.coordinator = ""
+        self.coordinators: dict[str, str] = {}  # job -> its coordinator's URL
         self.job_id = ""
-        self.running: dict[int, tuple[int, float]] = {}  # chunk -> frames, fps
+        # (job, chunk) -> frames, fps: two coordinators' jobs have chunks of one number.
+        self.running: dict[tuple[str, int], tuple[int, float]] = {}
         self.started: float | None = None
         self.jobs = self.done = self.failed = self.frames = 0
         self.last_frames: dict[int, int] = {}
@@ -468,7 +469,11 @@ class JoinView:
             return "starting"
         if self.running:
             return "encoding"
-        return "working" if self.coordinator else "idle"
+        return "working" if self.coordinators else "idle"
+
+    @property
+    def coordinator(self) -> str:
+        return ", ".join(self.coordinators.values())
 
     def feed(self, e: NodeEvent, now: float) -> None:
         match e:
@@ -483,15 +488,15 @@ class JoinView:
             case PyzReady():
                 self.bootstrap, self.pyz_sha256 = e.bootstrap, e.sha256
             case JobJoined():
-                self.coordinator, self.job_id = e.coordinator, e.job_id
+                self.coordinators[e.job_id], self.job_id = e.coordinator, e.job_id
                 self.jobs += 1
                 self._log(now, f"working for {e.coordinator}")
             case SlotStart():
-                self.running[e.chunk] = (0, 0.0)
+                self.running[e.job_id, e.chunk] = (0, 0.0)
             case SlotProgress():
-                self.running[e.chunk] = (e.frames, e.fps)
+                self.running[e.job_id, e.chunk] = (e.frames, e.fps)
             case SlotEnd():
-                self.running.pop(e.chunk, None)
+                self.running.pop((e.job_id, e.chunk), None)
                 if e.outcome == "done":
                     self.done += 1
                     self.frames += e.frames  # the chunk's own count, not the last report
@@ -499,9 +504,10 @@ class JoinView:
                     self.failed += 1
                 self._log(now, f"chunk {e.chunk}: {e.outcome}")
             case JobLeft():
-                self.coordinator = ""
-                self.running.clear()
-                self._log(now, "job over; idle")
+                self.coordinators.pop(e.job_id, None)
+                for key in [k for k in self.running if k[0] == e.job_id]:
+                    del self.running[key]
+                self._log(now, "job over" if self.coordinators else "job over; idle")
 
     def _log(self, now: float, text: str) -> None:
         t = now - self.started if self.started is not None else 0.0
@@ -513,7 +519,7 @@ class JoinView:
         t.add_column(no_wrap=True, overflow="ellipsis", max_width=max(20, width - 14))
         score = f"{_score(self.score)} Mpx/s ({self.score_profile})" if self.score else "-"
         chunk = "  ".join(f"{c} ({f} fr, {fps:.0f} fps)"
-                          for c, (f, fps) in sorted(self.running.items())) or "-"
+                          for (_, c), (f, fps) in sorted(self.running.items())) or "-"
         t.add_row("node", f"{self.name or '?'}  ({self.node_id or '-'})")
         t.add_row("address", self.address or "-")
         t.add_row("speed", score)

@@ -423,6 +423,7 @@ class SlotStart:
     kind: ClassVar[str] = "chunk_start"
     chunk: int
     attempt: str
+    job_id: str = ""  # whose: a node may work for several coordinators at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +432,7 @@ class SlotProgress:
     chunk: int
     frames: int
     fps: float
+    job_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +441,7 @@ class SlotEnd:
     chunk: int
     outcome: str  # "done", "failed", "cancelled", "refused: ...", "upload failed: ..."
     frames: int  # the chunk's own count (the last progress report may be older)
+    job_id: str = ""
 
 
 NodeEvent = NodeUp | PyzReady | JobJoined | JobLeft | SlotStart | SlotProgress | SlotEnd

@@ -34,7 +34,7 @@ from typing import Final
 
 from swarm.errors import LocalProtocolError
 
-__all__ = ["PRIORITIES", "Share", "Turn"]
+__all__ = ["PRIORITIES", "SlotShare", "Turn"]
 
 # Weights per priority: a high job gets twice a normal one's slot time, a low one half.
 # Powers of two keep the shares easy to state ("twice as fast"); a wider spread would let a
@@ -77,7 +77,7 @@ class _Job:
         return not self.finished and (bool(self.running) or self.ready(now))
 
 
-class Share:
+class SlotShare:
     """The turns of one node's ``slots`` encoder slots among the jobs it holds."""
 
     def __init__(self, slots: int) -> None:

@@ -45,9 +45,10 @@ JSON_FIELDS: dict[type, tuple[str, ...]] = {
     ev.PyzReady: ("sha256", "size", "address", "bootstrap"),
     ev.JobJoined: ("job_id", "coordinator"),
     ev.JobLeft: ("job_id",),
-    ev.SlotStart: ("chunk", "attempt"),
-    ev.SlotProgress: ("chunk", "frames", "fps"),
-    ev.SlotEnd: ("chunk", "outcome", "frames"),
+    # job_id appended (several coordinators at once): the older fields keep their order.
+    ev.SlotStart: ("chunk", "attempt", "job_id"),
+    ev.SlotProgress: ("chunk", "frames", "fps", "job_id"),
+    ev.SlotEnd: ("chunk", "outcome", "frames", "job_id"),
 }
 
 
@@ -88,4 +89,4 @@ def test_a_coordinator_and_a_slot_report_a_start_under_one_json_name() -> None:
     assert ev.ChunkStart.kind == ev.SlotStart.kind == "chunk_start"
     assert ev.ChunkProgress.kind == ev.SlotProgress.kind == "chunk_progress"
     assert list(ev.as_json(ev.SlotStart(3, "c3a1"), 0.0)) == ["event", "t", "chunk",
-                                                               "attempt"]
+                                                               "attempt", "job_id"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from swarm.errors import LocalProtocolError
-from swarm.share import PRIORITIES, Share, Turn
+from swarm.share import PRIORITIES, SlotShare, Turn
 
 
 @dataclass
@@ -19,7 +19,7 @@ class _Sim:
     """A node's slots in virtual time: every granted turn holds its slot for the chunk
     length its job draws, then asks again (or is told Wait / Done by ``reply``)."""
 
-    share: Share
+    share: SlotShare
     chunk_s: dict[str, Callable[[], float]]
     reply: Callable[[str, float], str | float] = lambda job, now: "chunk"
     now: float = 0.0
@@ -65,7 +65,7 @@ def _fixed(s: float) -> Callable[[], float]:
 
 
 def test_one_slot_alternates_between_two_coordinators() -> None:
-    sim = _Sim(Share(1), {"a": _fixed(10.0), "b": _fixed(10.0)})
+    sim = _Sim(SlotShare(1), {"a": _fixed(10.0), "b": _fixed(10.0)})
     sim.add("a")
     sim.add("b")
     sim.run_until(95.0)
@@ -73,7 +73,7 @@ def test_one_slot_alternates_between_two_coordinators() -> None:
 
 
 def test_two_slots_hold_a_chunk_of_each_job() -> None:
-    sim = _Sim(Share(2), {"a": _fixed(10.0), "b": _fixed(10.0)})
+    sim = _Sim(SlotShare(2), {"a": _fixed(10.0), "b": _fixed(10.0)})
     sim.add("a", slots=2)
     sim.add("b", slots=2)
     sim.run_until(1.0)
@@ -82,7 +82,7 @@ def test_two_slots_hold_a_chunk_of_each_job() -> None:
 
 def test_turns_are_fair_in_slot_seconds_not_in_chunks() -> None:
     # b's chunks are five times longer: it gets a fifth as many turns, the same slot time.
-    sim = _Sim(Share(1), {"a": _fixed(2.0), "b": _fixed(10.0)})
+    sim = _Sim(SlotShare(1), {"a": _fixed(2.0), "b": _fixed(10.0)})
     sim.add("a")
     sim.add("b")
     sim.run_until(1000.0, on_window=(0.0, 1000.0))
@@ -100,7 +100,7 @@ def test_many_jobs_get_slot_time_in_proportion_to_their_weights(slots: int) -> N
     def draw(mean: float) -> Callable[[], float]:
         return lambda: rng.uniform(0.5 * mean, 1.5 * mean)
 
-    sim = _Sim(Share(slots), {j: draw(means[j]) for j in jobs})
+    sim = _Sim(SlotShare(slots), {j: draw(means[j]) for j in jobs})
     for j, p in jobs.items():
         sim.add(j, p, slots=slots)
     window = (200.0, 20_200.0)
@@ -116,7 +116,7 @@ def test_many_jobs_get_slot_time_in_proportion_to_their_weights(slots: int) -> N
 
 
 def test_a_job_that_was_away_banks_no_credit() -> None:
-    sim = _Sim(Share(1), {"a": _fixed(5.0), "b": _fixed(5.0)})
+    sim = _Sim(SlotShare(1), {"a": _fixed(5.0), "b": _fixed(5.0)})
     sim.add("a")
     sim.run_until(500.0)  # a alone for 500 s: b, absent, must not be owed 500 s
     sim.add("b")
@@ -135,7 +135,7 @@ def test_a_job_told_to_wait_is_skipped_for_that_turn_and_not_owed_it() -> None:
             return 4.0
         return "chunk"
 
-    sim = _Sim(Share(1), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
+    sim = _Sim(SlotShare(1), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
     sim.add("a")
     sim.add("b")
     sim.run_until(200.0)
@@ -150,7 +150,7 @@ def test_a_job_whose_coordinator_is_done_gets_no_more_turns() -> None:
     def reply(job: str, now: float) -> str | float:
         return "done" if job == "b" and now >= 20.0 else "chunk"
 
-    sim = _Sim(Share(2), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
+    sim = _Sim(SlotShare(2), {"a": _fixed(5.0), "b": _fixed(5.0)}, reply=reply)
     sim.add("a", slots=2)
     sim.add("b", slots=2)
     sim.run_until(100.0)
@@ -161,7 +161,7 @@ def test_a_job_whose_coordinator_is_done_gets_no_more_turns() -> None:
 
 
 def test_high_priority_takes_twice_the_turns_of_normal() -> None:
-    sim = _Sim(Share(1), {"hi": _fixed(4.0), "n": _fixed(4.0)})
+    sim = _Sim(SlotShare(1), {"hi": _fixed(4.0), "n": _fixed(4.0)})
     sim.add("hi", "high")
     sim.add("n", "normal")
     sim.run_until(1200.0)
@@ -170,7 +170,7 @@ def test_high_priority_takes_twice_the_turns_of_normal() -> None:
 
 
 def test_a_job_that_leaves_mid_turn_frees_its_slot() -> None:
-    share = Share(1)
+    share = SlotShare(1)
     share.join("a")
     share.join("b")
     share.want("a", "slot-a")
@@ -186,13 +186,13 @@ def test_a_job_that_leaves_mid_turn_frees_its_slot() -> None:
 
 def test_bad_priority_and_slots_are_refused() -> None:
     with pytest.raises(LocalProtocolError):
-        Share(0)
+        SlotShare(0)
     with pytest.raises(LocalProtocolError):
-        Share(1).join("a", "urgent")
+        SlotShare(1).join("a", "urgent")
 
 
 def test_a_wait_told_to_one_slot_does_not_hold_the_jobs_other_slots() -> None:
-    share = Share(2)
+    share = SlotShare(2)
     share.join("a")
     share.want("a", 0)
     share.want("a", 1)
