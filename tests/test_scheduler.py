@@ -162,6 +162,25 @@ def test_equal_requeues_an_expired_lease_to_the_others() -> None:
     assert sorted(got) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("policy", ["swarm", "fifo"])
+def test_a_retried_chunk_goes_ahead_of_new_ones(policy: str) -> None:
+    # The seed's job queue: FIFO, with a raised priority for retries. A chunk whose attempt
+    # failed (or whose lease expired) is the next one handed out, before chunks 3..9.
+    job = Job([100] * 10, policy=policy, lease_s=5)
+    for p in ("a", "b"):
+        job.add_peer(p, 10.0, 0.0)
+    t = SPLIT_SETTLE_S
+    first = _assign(job.claim("a", t))
+    second = _assign(job.claim("b", t))
+    assert job.failed(first.attempt, t + 1.0, "encoder crashed")
+    again = _assign(job.claim("a", t + 1.0))
+    assert again.chunk == first.chunk and again.attempt != first.attempt
+    assert job.progress(again.attempt, 10, t + 5.0)
+    expired = job.tick(t + 6.0)  # b never reported: its lease ran out
+    assert [r.chunk for r in expired] == [second.chunk]
+    assert _assign(job.claim("a", t + 6.0)).chunk == second.chunk
+
+
 # -- simulated swarms -------------------------------------------------------------------
 @pytest.mark.parametrize("traits", [
     {},
