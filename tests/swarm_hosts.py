@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from netns import Host, Lan
 
@@ -155,23 +155,32 @@ class Swarm:
                                  f"{p.stderr()[-4000:]}\n")
 
     def start(self, host: Host, label: str, args: Sequence[str],
-              env: dict[str, str] | None = None) -> SwarmProcess:
+              env: dict[str, str] | None = None, cgroup: Path | None = None) -> SwarmProcess:
+        """``cgroup``: the ``cgroup.procs`` file of a CPU quota to run under."""
         n = len(self.started)
         err = self.folder / f"{n:02d}-{label}.stderr"
         out = self.folder / f"{n:02d}-{label}.stdout"
         full_env = _env() | (env or {})
         with open(err, "wb") as e, open(out, "wb") as o:
-            proc = host.popen([*SWARM, *args], stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                              env=full_env, cwd=str(self.folder))
+            kw: dict[str, Any] = dict(stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                      env=full_env, cwd=str(self.folder))
+            if cgroup is None:
+                proc = host.popen([*SWARM, *args], **kw)
+            else:
+                # Into the cgroup before `ip netns exec`, which remounts /sys and hides
+                # /sys/fs/cgroup; each program execs the next, so the pid is still python's.
+                proc = subprocess.Popen(["sh", "-c", 'echo $$ > "$1" && shift && exec "$@"',
+                                         "sh", str(cgroup), *host.argv([*SWARM, *args])], **kw)
+                host._children.append(proc)  # the LAN's teardown reaps it like the others
         sp = SwarmProcess(host, label, proc, err, out, self.deadline)
         self.started.append(sp)
         return sp
 
-    def join(self, host: Host, name: str, *args: str, env: dict[str, str] | None = None
-             ) -> SwarmProcess:
+    def join(self, host: Host, name: str, *args: str, env: dict[str, str] | None = None,
+             cgroup: Path | None = None) -> SwarmProcess:
         """`swarm join` without the benchmark (many seconds), named for the report."""
         return self.start(host, f"join-{name}", ["join", "--no-bench", "--name", name, *args],
-                          env)
+                          env, cgroup)
 
     def encode(self, host: Host, src: Path, out: Path, *args: str,
                env: dict[str, str] | None = None) -> SwarmProcess:
