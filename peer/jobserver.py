@@ -44,7 +44,13 @@ from swarm.events import (
 )
 from swarm.hls import segment_cuts
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
-from swarm.protocol import Assignment, JobDone, Wait
+from swarm.protocol import (
+    MAX_RETRY_AFTER_S,
+    MIN_RETRY_AFTER_S,
+    Assignment,
+    JobDone,
+    Wait,
+)
 from swarm.spotcheck import check_result, sample_frames
 from swarm.spotcheck import verdict as spot_verdict
 from swarm.trust import Census
@@ -251,7 +257,10 @@ class JobServer:
                     self.job, node_id, self.local_key):
                 self.peer_left(node_id, now)  # not counted on by the scheduler any more
                 return JobDone(self.job_id)
-            return Wait(max(0.05, action.retry_after_s))
+            # The wire bounds a wait (MAX_RETRY_AFTER_S), the scheduler's hold not on every
+            # path: a hold of 2e7 s (test_swarm_netns, on a machine at load 20) made each
+            # claim of that peer a 500 until the job timed out.
+            return Wait(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, action.retry_after_s)))
         p = self.plans[action.chunk]
         return Assignment(
             job_id=self.job_id, chunk=action.chunk, attempt=action.attempt,
