@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -23,7 +24,7 @@ from .jobserver import JobServer
 from .proc import run_ffmpeg
 from .transfer import unlink
 
-__all__ = ["audio_when_idle", "local_slot"]
+__all__ = ["audio_when_idle", "ffmpeg_to_file", "local_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,28 @@ async def _encode_audio(server: JobServer, out: str) -> None:
     server.emit(AudioDone(round(server.audio_s, 3)))
 
 
+async def ffmpeg_to_file(argv: list[str], name: str, *,
+                         on_progress: Callable[[int], None], what: str) -> None:
+    """Run ``argv`` (writing to pipe:1) into the file ``name``.
+
+    Through a pipe, not straight into the file: if we are SIGKILLed the encoder dies of
+    SIGPIPE at its next write instead of running on as an orphan. EncodeError if it fails;
+    the file is then the caller's to remove."""
+    async with await trio.open_file(name, "wb") as fh:
+        pending = bytearray()
+
+        async def sink(data: bytes) -> None:
+            # ffmpeg writes a packet at a time (a few KiB): one thread hop per write cost
+            # the coordinator 0.4 s of CPU per job; batch them.
+            pending.extend(data)
+            if len(pending) >= WRITE_BATCH:
+                await fh.write(pending)
+                pending.clear()
+
+        await run_ffmpeg(argv, stdout_sink=sink, on_progress=on_progress, what=what)
+        await fh.write(pending)
+
+
 async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str, int] | None:
     """Encode one chunk to a file in the work directory; returns (file, source bytes) to
     verify and accept, or None if the attempt failed or is no longer wanted."""
@@ -137,22 +160,7 @@ async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str,
                 scope.cancel()  # replaced (lease lost) or already done elsewhere
 
         try:
-            # Through a pipe, not straight into the file: if we are SIGKILLed the encoder
-            # dies of SIGPIPE at its next write instead of running on as an orphan.
-            async with await trio.open_file(name, "wb") as fh:
-                pending = bytearray()
-
-                async def sink(data: bytes) -> None:
-                    # ffmpeg writes a packet at a time (a few KiB): one thread hop per
-                    # write cost the coordinator 0.4 s of CPU per job; batch them.
-                    pending.extend(data)
-                    if len(pending) >= WRITE_BATCH:
-                        await fh.write(pending)
-                        pending.clear()
-
-                await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
-                                 what=f"chunk {a.chunk}")
-                await fh.write(pending)
+            await ffmpeg_to_file(argv, name, on_progress=progress, what=f"chunk {a.chunk}")
         except EncodeError as exc:
             log.warning("chunk %d attempt %s failed: %s", a.chunk, a.attempt, exc)
             server.fail(a.attempt, str(exc))

@@ -42,7 +42,7 @@ from .coordinator import _watch
 from .host import default_workers
 from .http import HTTPError, Receive, Request, Send
 from .jobserver import JobServer
-from .local import WRITE_BATCH
+from .local import ffmpeg_to_file
 from .node import Node, NodeConfig
 from .options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from .proc import run_ffmpeg
@@ -412,20 +412,10 @@ async def _render_local(server: SlideServer, a: Grant, threads: int) -> str | No
                 progress(done)
 
         try:
-            # Through a pipe, as a video chunk: if we die, ffmpeg dies at its next write.
-            async with trio.open_nursery() as keep, await trio.open_file(name, "wb") as fh:
+            async with trio.open_nursery() as keep:
                 keep.start_soon(alive)
-                pending = bytearray()
-
-                async def sink(data: bytes) -> None:
-                    pending.extend(data)
-                    if len(pending) >= WRITE_BATCH:
-                        await fh.write(pending)
-                        pending.clear()
-
-                await run_ffmpeg(argv, stdout_sink=sink, on_progress=progress,
-                                 what=f"slide chunk {a.chunk}")
-                await fh.write(pending)
+                await ffmpeg_to_file(argv, name, on_progress=progress,
+                                     what=f"slide chunk {a.chunk}")
                 keep.cancel_scope.cancel()
             return name
         except EncodeError as exc:
