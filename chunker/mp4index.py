@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .fmp4 import _boxes as _boxes_in
+
 __all__ = ["PROBE_SAMPLES", "Layout", "read_layout"]
 
 # ffmpeg's stream probe (avformat_find_stream_info) reads the media's first packets before
@@ -126,19 +128,9 @@ def _boxes(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int
 
 
 def _children(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        body = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", data, pos + 8)
-            body = 16
-        elif size == 0:
-            size = end - pos
-        if size < body or pos + size > end:
-            raise ValueError(f"box {kind!r} runs past its parent")
-        yield kind, pos + body, pos + size
-        pos += size
+    """(type, payload start, box end) of each box in data[start:end] (fmp4's box reader)."""
+    for kind, _start, payload, box_end in _boxes_in(data, start, end):
+        yield kind, payload, box_end
 
 
 def _child(data: bytes, start: int, end: int, path: list[bytes]) -> tuple[int, int] | None:
