@@ -52,7 +52,7 @@ class Turns:
         if self.share.finished(job_id):
             return None
         asker = _Asker()
-        self.share.want(job_id, asker)
+        self.share.want(job_id, asker, now=trio.current_time())
         return await self._granted(job_id, asker)
 
     async def next(self, turn: Turn) -> Turn | None:

@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .job import Finished, Grant, Job
+from .share import SlotShare, Turn
 
-__all__ = ["PeerSpec", "Result", "Scenario", "lan_scenarios", "lower_bound", "make_scenario",
-           "run", "standard_scenarios"]
+__all__ = ["PeerSpec", "Result", "Scenario", "SharedJob", "lan_scenarios", "lower_bound",
+           "make_scenario", "run", "run_shared", "standard_scenarios"]
 
 FHD = 1920 * 1080
 # A 1080p H.264 source at ~8 Mbit/s and 24 fps: about 42 kB a frame.
@@ -608,3 +609,76 @@ def hetero_efficiency(seconds: float, *, cut: bool, order: Sequence[str] = ("slo
                    "swarm")
     ideal = sum(c for _, c, _ in HETERO_CPUS) / max(c for _, c, _ in HETERO_CPUS)
     return alone.makespan / together.makespan / ideal
+
+
+# -- several coordinators sharing peers ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SharedJob:
+    """One coordinator's job in ``run_shared``: ``chunks`` of equal work, its invites
+    reaching every peer at ``start``."""
+
+    name: str
+    chunks: int
+    priority: str = "normal"
+    start: float = 0.0
+
+
+def run_shared(jobs: Sequence[SharedJob], speeds: Sequence[float], *, slots: int = 1,
+               claim_s: float = 0.05) -> dict[str, float]:
+    """Coordinators' jobs (each the real ``Job``, policy "swarm") on peers of ``speeds``
+    (chunks/s per slot) whose slots take turns by the real ``SlotShare``; returns when each
+    job's last chunk came in. The shell's loop (``peer.worker``): a slot granted a turn
+    claims from its job, holds the turn for the claim's round trip (``claim_s``) and the
+    encode, and asks again; Wait and Done go back to the share. No prefetch: a slot claims
+    ahead only while no other job asks (``SlotShare.others_waiting``), which with two jobs
+    holding the peer is almost never."""
+    shares = [SlotShare(slots) for _ in speeds]
+    coordinators = {j.name: Job([1] * j.chunks, expected_slots=len(speeds) * slots)
+                    for j in jobs}
+    finished: dict[str, float] = {}
+    # (time, order, peer, what: a job joining, a turn's chunk ending, or None: a wake-up)
+    events: list[tuple[float, int, int, Turn | SharedJob | None, str]] = []
+    seq = itertools.count()
+    wakes: list[set[float]] = [set() for _ in speeds]
+
+    def at(t: float, peer: int, what: Turn | SharedJob | None = None, attempt: str = ""
+           ) -> None:
+        heapq.heappush(events, (t, next(seq), peer, what, attempt))
+
+    def dispatch(peer: int, now: float) -> None:
+        share = shares[peer]
+        while (turn := share.grant(now)) is not None:
+            job = coordinators[turn.job_id]
+            reply = job.claim(f"p{peer}", now)
+            if isinstance(reply, Grant):
+                at(now + claim_s + 1.0 / speeds[peer], peer, turn, reply.attempt)
+            elif isinstance(reply, Finished):
+                share.done(turn, now)
+            else:
+                share.wait(turn, now, reply.retry_after_s)
+        wake = share.next_change(now)
+        if wake is not None and wake not in wakes[peer]:
+            wakes[peer].add(wake)
+            at(wake, peer)
+
+    for j in jobs:
+        for peer in range(len(speeds)):
+            at(j.start, peer, j)
+    limit = 100.0 * (max(j.start for j in jobs) + sum(j.chunks for j in jobs) / min(speeds))
+    while events and len(finished) < len(jobs):
+        now, _, peer, what, attempt = heapq.heappop(events)
+        if now > limit:
+            raise RuntimeError(f"run_shared: stalled at {now:.1f} s")  # a bug, not a result
+        if isinstance(what, SharedJob):
+            shares[peer].join(what.name, what.priority)
+            coordinators[what.name].add_peer(f"p{peer}", speeds[peer], now, slots=slots)
+            for slot in range(slots):
+                shares[peer].want(what.name, (what.name, slot), now=now)
+        elif isinstance(what, Turn):
+            job = coordinators[what.job_id]
+            job.succeeded(attempt, now)
+            if job.done and what.job_id not in finished:
+                finished[what.job_id] = now
+            shares[peer].end(what, now)
+        dispatch(peer, now)
+    return finished
