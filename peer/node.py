@@ -307,6 +307,7 @@ class Node:
             cpus=max(1, os.cpu_count() or 1), score=self.scores.get("hd", 0.0),
             state=self.state, version=SOFTWARE_VERSION,
             fingerprint=auth.fingerprint(self.config.secret) if self.config.secret else "",
+            jobs=len(self.work),
         )
 
     # -- lifecycle -----------------------------------------------------------------------

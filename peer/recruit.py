@@ -23,7 +23,7 @@ from chunker.tools import short_version
 from swarm import auth
 from swarm.errors import AuthError, PeerError, RemoteProtocolError, TransportError, UsageError
 from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
-from swarm.presence import PeerEvent, classify, fruitless
+from swarm.presence import PeerEvent, classify, fruitless, has_room
 from swarm.protocol import MAX_JOBS, PROTOCOL_VERSION, Invite, InviteReply, NodeInfo
 from swarm.trust import KINDS
 
@@ -86,7 +86,9 @@ CENSUS_S = 0.3
 
 
 async def census(opts: EncodeOptions) -> int:
-    """How many idle peers of our swarm answer mDNS now; the chunk plan is sized for them.
+    """How many peers of our swarm that could take our job answer mDNS now: idle ones and
+    ones working for other coordinators with room for ours (``presence.has_room``, as
+    ``recruit`` invites them); the chunk plan is sized for them.
 
     Only a count: recruiting proper (``recruit``) still invites whoever appears later.
     A network without multicast, or any other failure, counts none."""
@@ -98,8 +100,7 @@ async def census(opts: EncodeOptions) -> int:
     except Exception as exc:  # only a sizing hint: it must never stop a job
         log.debug("census failed: %s", exc)
         return 0
-    return sum(1 for r in records
-               if r.state == "idle" and classify(r, fp, PROTOCOL_VERSION) == "ok")
+    return sum(1 for r in records if has_room(r) and classify(r, fp, PROTOCOL_VERSION) == "ok")
 
 
 async def recruit(server: JobServer, node: Node, opts: EncodeOptions,

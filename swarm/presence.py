@@ -16,7 +16,7 @@ TXT keys (short, since the whole TXT record should stay well under one 512-byte 
     name   human name (hostname)         arch   machine architecture ("x86_64", "aarch64")
     cpus   usable CPU count              score  benchmark speed in work/s, 0 when unknown
     state  idle | busy | leaving         fp     fingerprint of the swarm secret, "" when open
-    ver    software version
+    ver    software version              jobs   jobs it works on for coordinators (absent: 0)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
 from swarm.errors import LocalProtocolError, RemoteProtocolError
+from swarm.protocol import MAX_JOBS
 
 __all__ = [
     "MAX_FRUITLESS_INVITES",
@@ -43,6 +44,7 @@ __all__ = [
     "classify",
     "from_txt",
     "fruitless",
+    "has_room",
     "instance_name",
     "pick_address",
     "server_name",
@@ -106,6 +108,9 @@ class PeerRecord:
     state: State = "idle"
     fingerprint: str = ""
     version: str = ""
+    # Jobs it works on as a peer: "busy" with 0 < jobs < MAX_JOBS still takes one more
+    # coordinator's job; busy with 0 is coordinating a job of its own.
+    jobs: int = 0
 
     def __post_init__(self) -> None:
         problem = _record_problem(self)
@@ -146,7 +151,16 @@ def _record_problem(r: PeerRecord) -> str | None:
         return "fingerprint is not empty or 8-64 lowercase hex digits"
     if r.version != "" and (not isinstance(r.version, str) or not _TOKEN_RE.fullmatch(r.version)):
         return f"version {r.version!r} is not a short token"
+    if type(r.jobs) is not int or not 0 <= r.jobs <= MAX_CPUS:
+        return f"jobs {r.jobs!r} is out of range"
     return None
+
+
+def has_room(r: PeerRecord) -> bool:
+    """Whether a job of ours can have this node's slots, as ``peer.recruit`` decides from
+    its /v1/info: idle, or working for other coordinators with room for one more job (it
+    then shares its slots among them, ``swarm.share``). A job's plan counts these."""
+    return r.state == "idle" or (r.state == "busy" and 0 < r.jobs < MAX_JOBS)
 
 
 def to_txt(record: PeerRecord) -> dict[str, str]:
@@ -162,6 +176,7 @@ def to_txt(record: PeerRecord) -> dict[str, str]:
         "state": record.state,
         "fp": record.fingerprint,
         "ver": record.version,
+        "jobs": str(record.jobs),
     }
 
 
@@ -210,6 +225,7 @@ def from_txt(props: TxtProps, host: str, port: int) -> PeerRecord:
             state=cast(State, text("state")),  # checked by PeerRecord.__post_init__
             fingerprint=text("fp", ""),
             version=text("ver", ""),
+            jobs=uint("jobs") if "jobs" in values else 0,
         )
     except LocalProtocolError as exc:
         raise RemoteProtocolError(f"peer advertised {exc}") from exc

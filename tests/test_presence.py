@@ -13,14 +13,17 @@ from swarm.presence import (
     PeerEvent,
     PeerRecord,
     PeerTable,
+    State,
     classify,
     from_txt,
+    has_room,
     instance_name,
     pick_address,
     server_name,
     service_name,
     to_txt,
 )
+from swarm.protocol import MAX_JOBS
 
 FP = "0123456789abcdef"
 
@@ -203,3 +206,27 @@ def test_peer_table_turns_lookups_into_events() -> None:
     assert table.removed(name) == PeerEvent("removed", name, idle)
     assert table.removed(name) is None
     assert len(table) == 0
+
+
+def test_jobs_round_trip_and_default_to_zero_from_older_nodes() -> None:
+    record = dataclasses.replace(RECORD, state="busy", jobs=3)
+    assert from_txt(to_txt(record), RECORD.host, RECORD.port) == record
+    txt = to_txt(record)
+    del txt["jobs"]  # a node from before the key
+    assert from_txt(txt, RECORD.host, RECORD.port).jobs == 0
+    for junk in ("-1", "1.5", "9999999", " 2"):
+        with pytest.raises(RemoteProtocolError):
+            from_txt({**to_txt(record), "jobs": junk}, RECORD.host, RECORD.port)
+
+
+@pytest.mark.parametrize(("state", "jobs", "room"), [
+    ("idle", 0, True),
+    ("busy", 1, True),  # working for another coordinator: shares its slots with ours
+    ("busy", MAX_JOBS - 1, True),
+    ("busy", MAX_JOBS, False),  # full: a further invite gets 409
+    ("busy", 0, False),  # coordinating a job of its own
+    ("leaving", 1, False),
+])
+def test_the_census_counts_peers_with_room_for_our_job(state: State, jobs: int,
+                                                       room: bool) -> None:
+    assert has_room(dataclasses.replace(RECORD, state=state, jobs=jobs)) is room
