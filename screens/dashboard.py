@@ -507,7 +507,9 @@ class JoinView:
                 self.coordinators.pop(e.job_id, None)
                 for key in [k for k in self.running if k[0] == e.job_id]:
                     del self.running[key]
-                self._log(now, "job over" if self.coordinators else "job over; idle")
+                rest = ", ".join(self.coordinators.values())
+                self._log(now, f"job over; still working for {rest}" if rest
+                          else "job over; idle")
 
     def _log(self, now: float, text: str) -> None:
         t = now - self.started if self.started is not None else 0.0

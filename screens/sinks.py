@@ -201,7 +201,14 @@ class Live:
 
 
 def join_plain(quiet: bool) -> Any:
+    working: dict[str, str] = {}  # job id -> its coordinator's URL, in joining order
+
     def show(e: NodeEvent) -> None:
+        match e:
+            case JobJoined():
+                working[e.job_id] = e.coordinator
+            case JobLeft():
+                working.pop(e.job_id, None)
         if quiet:
             return
         match e:
@@ -217,7 +224,10 @@ def join_plain(quiet: bool) -> Any:
             case SlotEnd():
                 typer.echo(f"swarm: chunk {e.chunk}: {e.outcome}", err=True)
             case JobLeft():
-                typer.echo(f"swarm: job {e.job_id} over; idle", err=True)
+                # A node serving several coordinators is not idle while one job remains.
+                rest = ", ".join(f"{url} (job {job})" for job, url in working.items())
+                typer.echo(f"swarm: job {e.job_id} over; "
+                           + (f"still working for {rest}" if rest else "idle"), err=True)
 
     return show
 

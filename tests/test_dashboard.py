@@ -26,6 +26,7 @@ from rich.console import Console
 from media import FFMPEG
 from screens.dashboard import JobView, JoinView, summarize, summary_table
 from screens.report_html import OUTCOME_COLOURS, build_html, lanes
+from screens.sinks import join_plain
 from swarm.events import (
     AudioDone,
     AudioStart,
@@ -37,6 +38,7 @@ from swarm.events import (
     JobEnd,
     JobEvent,
     JobJoined,
+    JobLeft,
     JobResumed,
     JobStart,
     Listening,
@@ -460,3 +462,19 @@ def test_live_dashboard_on_a_terminal(tmp_path: Path, clip: Path) -> None:
     text = seen.decode(errors="replace")
     assert "job summary" in text and "alpha" in text and "Traceback" not in text
     assert "\x1b[" in text  # it did draw with terminal codes
+
+
+def test_join_says_which_jobs_remain_when_one_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    show = join_plain(quiet=False)
+    view = JoinView(address="10.0.0.7:7800", score=0.0, score_profile="hd")
+    for t, e in enumerate([JobJoined("j1", "http://10.0.0.1:7800"),
+                           JobJoined("j2", "http://10.0.0.2:7800"), JobLeft("j1"),
+                           JobLeft("j2")]):
+        show(e)
+        view.feed(e, float(t))
+    lines = [x for x in capsys.readouterr().err.splitlines() if " over; " in x]
+    assert lines == ["swarm: job j1 over; still working for http://10.0.0.2:7800 (job j2)",
+                     "swarm: job j2 over; idle"]
+    text = _render(view.render(4.0, 100, 30), 100, 30)
+    assert "job over; still working for http://10.0.0.2:7800" in text, text
+    assert "job over; idle" in text, text
