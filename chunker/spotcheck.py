@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from .commands import VideoPlan
 from .plan import plans_from_cuts
 from .probe import MediaInfo
+from .slides import SlidePlan, slide_graph
 from .tools import FFmpeg
 
-__all__ = ["GRID", "WIDTH", "Compared", "neighbours", "parse_compared", "spot_check_argv"]
+__all__ = ["GRID", "WIDTH", "Compared", "neighbours", "parse_compared", "slide_check_argv",
+           "spot_check_argv"]
 
 # 8 x 8 tiles of a picture 192 pixels wide (tiles of 24 x 13 at 16:9): measured with
 # bench/spotcheck (README "What is checked"). A box over 1/64 of the frame covers at least
@@ -63,7 +65,7 @@ def neighbours(at: int, frames: int) -> list[int]:
     return [i for i in (at - 1, at, at + 1) if 0 <= i < frames]
 
 
-def reduced_size(plan: VideoPlan, grid: int = GRID) -> tuple[int, int]:
+def reduced_size(plan: VideoPlan | SlidePlan, grid: int = GRID) -> tuple[int, int]:
     """The compared picture's size: ``WIDTH`` wide (never wider than the output), the
     output's aspect, whole tiles of even sides (4:2:0 chroma)."""
     w = min(WIDTH, plan.width)
@@ -137,6 +139,60 @@ def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
         if len(near) > 1:
             # Then the source frame against its neighbours: how much the picture changes
             # from one frame to the next, the scale a correct encode's loss is judged on.
+            graph.append(f"[o{i}]select=eq(n\\,{own}),loop=loop={len(near) - 2}:size=1:start=0"
+                         f"[so{i}]")
+            graph.append(f"[n{i}]select=not(eq(n\\,{own}))[sn{i}]")
+            self_main.append(f"[so{i}]")
+            self_ref.append(f"[sn{i}]")
+        else:
+            graph.append(f"[o{i}]nullsink;[n{i}]nullsink")
+    chunks, refs = chunks + self_main, refs + self_ref
+    joined = f"concat=n={len(chunks)}:v=1:a=0," if len(chunks) > 1 else ""
+    graph.append(f"{''.join(chunks)}{joined}{common}[chunk]")
+    graph.append(f"{''.join(refs)}{joined}{common}[ref]")
+    graph.append("[chunk][ref]psnr=stats_file=-[out]")
+    return [*argv, "-filter_complex", ";".join(graph), "-map", "[out]", "-f", "null", "-"]
+
+
+def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: int,
+                     count: int, samples: Sequence[int], grid: int = GRID) -> list[str]:
+    """A slideshow chunk's check: its frames ``samples`` (indices within the chunk of the
+    ``count`` images from ``first``) against the same frames rendered here from our own
+    image files by the graph the peer ran (``chunker.slides.slide_graph``: the render is
+    exact, so it is the reference a source decode is for a video), and against the
+    rendered frames just before and after, within the chunk. The statistics come out as
+    ``spot_check_argv``'s: ``parse_compared(stats, 0, samples, count * plan.per_image)``.
+
+    Only the frames up to the last sample's neighbour are rendered, and none is encoded.
+    """
+    frames = count * plan.per_image
+    if (not samples or list(samples) != sorted(set(samples)) or samples[0] < 0
+            or samples[-1] >= frames):
+        raise ValueError("samples must be distinct ascending frame indices of the chunk")
+    reads, render = slide_graph(plan, first, count)
+    argv = [ffmpeg.path, *_QUIET]
+    for path in reads:  # inputs 0.. as the graph numbers them; the chunk comes last
+        argv += ["-i", path]
+    argv += [*_ONE_THREAD, "-i", chunk_path]
+    rw, rh = reduced_size(plan, grid)
+    reduce = f"scale={rw}:{rh}:flags=area,format=yuv420p"
+    common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
+    n = len(samples)
+    last = min(frames, samples[-1] + 2)
+    graph = [render,
+             f"[v]trim=end_frame={last},split={n}" + "".join(f"[r{i}]" for i in range(n)),
+             f"[{len(reads)}:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n))]
+    chunks, refs, self_main, self_ref = [], [], [], []
+    for i, k in enumerate(samples):
+        near = neighbours(k, frames)
+        own = near.index(k)
+        again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
+        graph.append(f"[x{i}]select=eq(n\\,{k}),setsar=1,{reduce}{again}[c{i}]")
+        graph.append(f"[r{i}]select=between(n\\,{near[0]}\\,{near[-1]}),setsar=1,{reduce},"
+                     f"split=3[s{i}][o{i}][n{i}]")
+        chunks.append(f"[c{i}]")
+        refs.append(f"[s{i}]")
+        if len(near) > 1:
             graph.append(f"[o{i}]select=eq(n\\,{own}),loop=loop={len(near) - 2}:size=1:start=0"
                          f"[so{i}]")
             graph.append(f"[n{i}]select=not(eq(n\\,{own}))[sn{i}]")

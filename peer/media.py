@@ -18,7 +18,8 @@ from chunker.commands import (
     write_concat_list,
 )
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
-from chunker.spotcheck import Compared, parse_compared, spot_check_argv
+from chunker.slides import SlidePlan
+from chunker.spotcheck import Compared, parse_compared, slide_check_argv, spot_check_argv
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan, ffmetadata_text
 from chunker.verify import check_chunk_listing, check_output
@@ -74,6 +75,21 @@ async def spot_check(ffmpeg: FFmpeg, path: str, chunk_start_s: float, source: Me
     try:
         return parse_compared(res.stdout.decode("utf-8", "replace"), first, samples,
                               source.video.frames)
+    except ValueError as exc:
+        raise VerifyError(f"content check: {exc}") from exc
+
+
+async def slide_check(ffmpeg: FFmpeg, path: str, plan: SlidePlan, first: int, count: int,
+                      samples: list[int]) -> list[Compared]:
+    """Tile PSNRs of a slideshow chunk's frames ``samples`` against our own render of them
+    and around (chunker.spotcheck.slide_check_argv); VerifyError as for ``spot_check``."""
+    argv = slide_check_argv(ffmpeg, path, plan, first, count, samples)
+    res = await run_ffmpeg(argv, check=False, what="content check")
+    if res.returncode != 0:
+        raise VerifyError(f"content check failed to run: {res.stderr.strip()[-200:]}")
+    try:
+        return parse_compared(res.stdout.decode("utf-8", "replace"), 0, samples,
+                              count * plan.per_image)
     except ValueError as exc:
         raise VerifyError(f"content check: {exc}") from exc
 

@@ -36,6 +36,8 @@ from swarm.errors import EncodeError, UsageError, VerifyError
 from swarm.events import ChunkDone, ChunkDuplicate, ImageSkipped, Listening, SlideEvent
 from swarm.job import Finished, Grant, Retry
 from swarm.protocol import Assignment, JobDone, SlideRun, Wait
+from swarm.spotcheck import sample_frames
+from swarm.spotcheck import verdict as spot_verdict
 
 from . import media, transfer
 from .coordinator import _watch
@@ -210,7 +212,7 @@ class SlideServer(JobServer):
     images. Claims, leases, retries and recruiting are the JobServer's; what differs is
     what a peer is told (its run, ``Assignment.slides``), what it may fetch (the run's
     images, by index, while its attempt runs) and how a chunk is checked (its frames and
-    box, and a clean decode)."""
+    box, a clean decode, and for some of a peer's results, pictures against our render)."""
 
     def __init__(self, *, job_id: str, opts: EncodeOptions, ffmpeg: FFmpeg, plan: SlidePlan,
                  runs: list[tuple[int, int]], described: list[tuple[int, str]], workdir: str,
@@ -300,9 +302,12 @@ class SlideServer(JobServer):
                 await self._verify(path, rec.plan.frames, a.peer != self.local_key)
             except VerifyError as exc:
                 why = f"verification: {exc}"
-                if self.param_sets_from == attempt and not self.param_sets_kept:
-                    self.param_sets = None
+        if why is None and a.peer != self.local_key and self._spot_check_due(a.peer):
+            # Right frames and box but other pictures: a lie, benched like a video's.
+            why = await self._slide_content_problem(a.chunk, path)
         if why is not None:
+            if self.param_sets_from == attempt and not self.param_sets_kept:
+                self.param_sets = None  # a rejected chunk must not set the job's reference
             await trio.to_thread.run_sync(unlink, path)
             self.fail(attempt, why, bench=a.peer != self.local_key)
             return False, why
@@ -324,6 +329,18 @@ class SlideServer(JobServer):
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
         return True, ""
+
+    async def _slide_content_problem(self, chunk: int, path: str) -> str | None:
+        """A peer's chunk against our own render of a few of its frames that it could not
+        predict (swarm.spotcheck, as for a video's chunks; chunker.spotcheck)."""
+        first, count = self.runs[chunk]
+        samples = sample_frames(count * self.slides.per_image, self.spot_rng)
+        try:
+            compared = await media.slide_check(self.ffmpeg, path, self.slides, first, count,
+                                               samples)
+        except VerifyError as exc:
+            return str(exc)
+        return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
     async def _verify(self, path: str, frames: int, decode: bool) -> None:
         info = await media.probe(self.ffmpeg, path)

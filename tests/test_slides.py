@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,6 +118,103 @@ def test_fades_across_chunk_boundaries_come_out_as_in_a_single_render(
         fading = single[end - plan.fade:end]
         assert len(set(fading)) == plan.fade
         assert single[end - plan.fade - 1] not in fading and single[end] not in fading
+
+
+# -- the content check of a peer's chunk -------------------------------------------------------
+# How a lying peer alters its render (the render's argv, as built for it): a box over 1/64 of
+# the picture, or each frame swapped with its neighbour (frame count kept), on the graph's
+# output; or another run's images shown instead (test below).
+BOX = "drawbox=x=iw*3/16:y=ih*3/16:w=iw/8:h=ih/8:color=red:t=fill"
+SHIFT = "shuffleframes=1 0,tpad=stop=1:stop_mode=clone"
+
+
+def _lying(argv: list[str], how: str) -> list[str]:
+    i = argv.index("-filter_complex") + 1
+    extra = {"box": BOX, "shift": SHIFT}[how]
+    graph, tail = argv[i].rsplit("[v]", 1)
+    assert tail == ""
+    return [*argv[:i], f"{graph},{extra}[v]", *argv[i + 1:]]
+
+
+def _slide_verdict(chunk: Path, plan: Any, first: int, count: int, ks: list[int]
+                   ) -> str | None:
+    from chunker.spotcheck import parse_compared, slide_check_argv
+    from chunker.tools import find_ffmpeg
+    from swarm.spotcheck import verdict
+
+    out = subprocess.run(slide_check_argv(find_ffmpeg(), str(chunk), plan, first, count, ks),
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    compared = parse_compared(out, 0, ks, count * plan.per_image)
+    return verdict(ks, [(c.own, c.others, c.changes) for c in compared])
+
+
+def test_a_slideshow_chunk_is_checked_against_our_own_render(album: Path,
+                                                             tmp_path: Path) -> None:
+    plan = plan_slides(_good(album), 0.8, 0.32, PROFILE)  # 20 frames, 8 of them fading
+    first, count = 2, 2
+    ks = [0, 13, 15, 39]  # a still, two frames of the fade, the fade into the next run
+    chunk = tmp_path / "c.nut"
+    subprocess.run(slide_argv(FFMPEG, plan, first, count, PROFILE, str(chunk)), check=True,
+                   timeout=120)
+    assert _slide_verdict(chunk, plan, first, count, ks) is None
+    # The same file held against another run: caught.
+    assert _slide_verdict(chunk, plan, first + 1, count, ks) is not None
+    for how in ("box", "shift"):
+        wrong = tmp_path / f"{how}.nut"
+        subprocess.run(_lying(slide_argv(FFMPEG, plan, first, count, PROFILE, str(wrong)),
+                              how), check=True, timeout=120)
+        # Box: every frame. Shift: a fading frame (a still swapped with the same still
+        # is the same picture, and passes).
+        for k in ((0, 15, 39) if how == "box" else (13, 15)):
+            assert _slide_verdict(wrong, plan, first, count, [k]) is not None, (how, k)
+
+
+async def test_a_peer_rendering_other_pictures_is_benched_and_its_chunks_redone(
+        album: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio
+
+    import peer.worker
+    from chunker.tools import find_ffmpeg
+    from peer.node import Node, NodeConfig
+    from peer.options import NetworkSettings
+    from peer.slideshow import SlideshowOptions, run_slideshow
+    from swarm.events import ChunkFailed, PeerBenched
+
+    # The liar's encoder is the real ffmpeg under another name (a symlink), so that the
+    # wrapped argv builder tells its calls from the honest node's in this one process.
+    ff = find_ffmpeg()
+    liar = tmp_path / "liar-ffmpeg"
+    liar.symlink_to(ff.path)
+    real: Callable[..., list[str]] = peer.worker.render_argv
+
+    def tampered(ffmpeg: str, *args: Any, **kwargs: Any) -> list[str]:
+        argv = real(ffmpeg, *args, **kwargs)
+        return _lying(argv, "box") if ffmpeg == str(liar) else argv
+
+    monkeypatch.setattr(peer.worker, "render_argv", tampered)
+    events: list[Any] = []
+    images = tuple(_good(album))
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            peers = []
+            for name, binary in (("honest", ff), ("liar", replace(ff, path=str(liar)))):
+                node = Node(NodeConfig(name=name, port=0, host="127.0.0.1", secret="k",
+                                       advertise=False), binary)
+                await nursery.start(node.run)
+                peers.append(f"127.0.0.1:{node.port}")
+            opts = SlideshowOptions(
+                images, str(tmp_path / "show.mp4"), PROFILE, 0.8, 0.32, no_local=True,
+                net=NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
+                                    peers=tuple(peers)))
+            report = await run_slideshow(opts, events.append)
+            nursery.cancel_scope.cancel()
+    benched = {e.peer: e.reason for e in events if isinstance(e, PeerBenched)}
+    assert list(benched) == ["liar"] and "content check" in benched["liar"], events
+    failed = [e for e in events if isinstance(e, ChunkFailed) and e.peer == "liar"]
+    assert failed and all("content check" in e.reason for e in failed), failed
+    assert {c["peer"] for c in report["rendered"]} == {"honest"}
+    assert len(_decoded(tmp_path / "show.mp4")) == len(images) * 20
+    assert decode_errors(tmp_path / "show.mp4") == ""
 
 
 # -- the command -------------------------------------------------------------------------------
