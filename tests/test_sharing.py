@@ -131,8 +131,9 @@ async def test_a_two_slot_peer_holds_chunks_of_both_jobs(corpus: dict[str, Path]
 
             nursery.start_soon(watch)
             async with trio.open_nursery() as jobs:
-                jobs.start_soon(job, "low-one", "low")
-                jobs.start_soon(job, "high-one", "high")
+                # One priority: a higher one would take both slots while it has chunks.
+                jobs.start_soon(job, "one", "normal")
+                jobs.start_soon(job, "two", "normal")
             nursery.cancel_scope.cancel()
     assert both_at_once  # one slot on each job at the same moment
     for name in reports:
