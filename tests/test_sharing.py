@@ -21,6 +21,7 @@ from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
 from profiles import load_profile
 from swarm.events import NodeEvent, SlotStart
+from swarm.presence import has_room
 from swarm.protocol import MAX_JOBS
 
 
@@ -113,6 +114,7 @@ async def test_a_two_slot_peer_holds_chunks_of_both_jobs(corpus: dict[str, Path]
     src = corpus["closed_gop"]
     starts: list[tuple[float, str]] = []
     both_at_once = False
+    advertised: list[tuple[int, bool]] = []
     reports: dict[str, dict[str, Any]] = {}
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -123,6 +125,9 @@ async def test_a_two_slot_peer_holds_chunks_of_both_jobs(corpus: dict[str, Path]
                 while True:
                     running = [peer.turns.share.running(j) for j in peer.turns.share.jobs]
                     both_at_once |= len([r for r in running if r]) == 2
+                    # What its mDNS record says meanwhile: a third coordinator's census
+                    # counts it (swarm.presence.has_room).
+                    advertised.append((peer.record().jobs, has_room(peer.record())))
                     await trio.sleep(0.02)
 
             async def job(name: str, priority: str) -> None:
@@ -136,6 +141,7 @@ async def test_a_two_slot_peer_holds_chunks_of_both_jobs(corpus: dict[str, Path]
                 jobs.start_soon(job, "two", "normal")
             nursery.cancel_scope.cancel()
     assert both_at_once  # one slot on each job at the same moment
+    assert (2, True) in advertised and all(room for _, room in advertised)
     for name in reports:
         check_output(media_info(tmp_path / f"{name}.mp4"), media_info(src))
         assert {c["peer"] for c in reports[name]["chunks"]} == {"wide"}
