@@ -10,8 +10,9 @@ half a file:
   made on first run; the device id is the first 128 bits of SHA-256 of the public key, so
   an id names one key and can later be checked against it. And the device's name.
 - ``devices.json``: the paired devices, each with its id, a name (editable), the 256-bit
-  key agreed when pairing, and when it was added. The key is a secret: whoever holds it
-  can act as that pair.
+  key agreed when pairing, the SHA-256 fingerprint of its TLS certificate (peer.tls; ""
+  for a device paired before certificates existed: pair it again for TLS), and when it
+  was added. The key is a secret: whoever holds it can act as that pair.
 
 A file that is not what we wrote is an error with its path, never silently replaced: that
 would forget every pairing.
@@ -37,6 +38,7 @@ __all__ = ["Device", "Devices", "Identity", "load_identity", "write_private"]
 
 _VERSION = 1
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+_CERT = re.compile(r"(?:[0-9a-f]{64})?")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_DEVICES = 256  # a swarm is a household's or an office's machines
 
@@ -120,10 +122,11 @@ class Device:
     name: str
     key: bytes
     added: float
+    cert: str = ""  # its TLS certificate's fingerprint; "": paired before there were any
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.device_id, "name": self.name, "key": self.key.hex(),
-                "added": self.added}
+                "cert": self.cert, "added": self.added}
 
 
 class Devices:
@@ -139,8 +142,10 @@ class Devices:
                     raise ValueError(f"version {raw['version']!r}")
                 for d in raw["devices"]:
                     dev = Device(d["id"], check_name(d["name"]), bytes.fromhex(d["key"]),
-                                 float(d["added"]))
-                    if _HEX_ID.fullmatch(dev.device_id) is None or len(dev.key) != 32:
+                                 float(d["added"]), d.get("cert", ""))
+                    if (_HEX_ID.fullmatch(dev.device_id) is None or len(dev.key) != 32
+                            or not isinstance(dev.cert, str)
+                            or _CERT.fullmatch(dev.cert) is None):
                         raise ValueError(f"bad entry {dev.device_id!r}")
                     self.devices[dev.device_id] = dev
             except (KeyError, TypeError, ValueError, UsageError) as exc:
@@ -154,6 +159,11 @@ class Devices:
         dev = self.devices.get(device_id)
         return None if dev is None else dev.key
 
+    def cert_for(self, device_id: str) -> str | None:
+        """The pinned TLS fingerprint of a paired device; None if unknown (or not paired)."""
+        dev = self.devices.get(device_id)
+        return None if dev is None or not dev.cert else dev.cert
+
     def add(self, paired: Paired, now: float | None = None) -> Device:
         """Pin a device just paired; pairing it again replaces its key (the newer pairing
         is the one both sides hold)."""
@@ -163,7 +173,8 @@ class Devices:
         taken = {d.name for d in self.devices.values() if d.device_id != paired.peer_id}
         if name in taken:  # names are for people; keep them telling devices apart
             name = f"{name[:54]}-{paired.peer_id[:8]}"
-        dev = Device(paired.peer_id, name, paired.key, time.time() if now is None else now)
+        dev = Device(paired.peer_id, name, paired.key, time.time() if now is None else now,
+                     paired.peer_cert)
         self.devices[dev.device_id] = dev
         self._save()
         return dev
@@ -184,7 +195,7 @@ class Devices:
         check_name(name)
         if any(d.name == name and d.device_id != dev.device_id for d in self.devices.values()):
             raise UsageError(f"another paired device is already called {name!r}")
-        new = Device(dev.device_id, name, dev.key, dev.added)
+        new = Device(dev.device_id, name, dev.key, dev.added, dev.cert)
         self.devices[dev.device_id] = new
         self._save()
         return new

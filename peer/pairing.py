@@ -23,6 +23,7 @@ from swarm.pairing import Door, Initiator, Paired, PairingFailed, parse_started
 from .client import transport_errors
 from .http import HTTPError, Receive, Request, Send, read_body, respond
 from .identity import Device, Devices, Identity
+from .tls import load_cert
 
 __all__ = ["MAX_PAIR_BODY", "PAIR_ROUTES", "PairingService", "pair_with"]
 
@@ -39,8 +40,9 @@ class PairingService:
         self.folder = folder
         self.identity = identity
         self.devices = Devices(folder)
-        self.door: Door | None = (None if self.devices.devices
-                                  else Door(identity.device_id, identity.name))
+        self.cert = load_cert(folder, identity.device_id)
+        self.door: Door | None = (None if self.devices.devices else
+                                  Door(identity.device_id, identity.name, self.cert.fingerprint))
         self._on_code = on_code or (lambda code: None)
         self._on_paired = on_paired or (lambda dev: None)
         self._lock = trio.Lock()
@@ -52,13 +54,21 @@ class PairingService:
         """The pinned key of a paired device, as devices.json holds it now (``swarm pair``
         and ``swarm devices revoke`` change it from another process): re-read when its
         modification time changed."""
+        self._reload()
+        return self.devices.key_for(device_id)
+
+    def cert_for(self, device_id: str) -> str | None:
+        """The pinned TLS fingerprint of a paired device, as devices.json holds it now."""
+        self._reload()
+        return self.devices.cert_for(device_id)
+
+    def _reload(self) -> None:
         try:
             stamp = self.devices.path.stat().st_mtime_ns
         except FileNotFoundError:
             stamp = 0
         if stamp != self._stamp:
             self.devices, self._stamp = Devices(self.folder), stamp
-        return self.devices.key_for(device_id)
 
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
         if request.method != "POST":
@@ -93,7 +103,9 @@ async def pair_with(client: httpx.AsyncClient, base_url: str, code: str, identit
                     folder: Path) -> Device:
     """Run the initiator's side against the device at ``base_url`` showing ``code``; store
     and return that device. Raises PairingFailed on a wrong code, PeerError otherwise."""
-    init = await trio.to_thread.run_sync(Initiator, code, identity.device_id, identity.name)
+    cert = await trio.to_thread.run_sync(load_cert, folder, identity.device_id)
+    init = await trio.to_thread.run_sync(Initiator, code, identity.device_id, identity.name,
+                                         cert.fingerprint)
 
     async def post(path: str, body: dict[str, Any]) -> Any:
         with transport_errors():

@@ -22,8 +22,9 @@ one chose them. Received elements are checked to lie in the subgroup (``e^Q == 1
 not be 1 or P-1, so a small-subgroup element cannot leak bits of a secret exponent.
 
 Transcript and keys: ``TT`` is the length-prefixed concatenation of the protocol label,
-the initiator's and the responder's device id and name, ``X``, ``Y``, the shared ``K``
-and ``w``; both identities are thus bound, and a relay that swaps an id breaks the keys.
+the initiator's and the responder's device id, name and TLS certificate fingerprint
+(peer.tls), ``X``, ``Y``, the shared ``K`` and ``w``; both identities are thus bound, and a
+relay that swaps an id or a certificate breaks the keys.
 ``SHA-512(TT)`` gives ``Ke`` (the pair key source) and ``Ka`` (the confirmation key).
 The responder sends its confirmation MAC first, the initiator answers with its own: the
 responder stores the pair only once it has seen the initiator's MAC, and the initiator
@@ -87,6 +88,7 @@ _ID = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _HEX_ELEMENT = re.compile(r"[0-9a-f]{1,512}")
 _MAC = re.compile(r"[0-9a-f]{64}")
+_CERT = re.compile(r"[0-9a-f]{64}")  # SHA-256 of the device's TLS certificate
 _SESSION = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -157,7 +159,8 @@ class _Keys:
     confirm_responder: str
 
 
-def _keys(ids: tuple[str, str, str, str], x_elem: int, y_elem: int, k: int, w: int) -> _Keys:
+def _keys(ids: tuple[str, str, str, str, str, str], x_elem: int, y_elem: int, k: int,
+          w: int) -> _Keys:
     parts = [_LABEL, *(s.encode() for s in ids), _element_bytes(x_elem), _element_bytes(y_elem),
              _element_bytes(k), w.to_bytes(_ELEMENT_BYTES, "big")]
     tt = b"".join(len(p).to_bytes(8, "big") + p for p in parts)
@@ -177,6 +180,7 @@ class Paired:
     peer_id: str
     peer_name: str
     key: bytes
+    peer_cert: str  # the fingerprint of its TLS certificate, confirmed with the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,20 +190,23 @@ class Started:
     session: str
     device_id: str
     name: str
+    cert: str
     element: str
     confirm: str
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session, "device_id": self.device_id, "name": self.name,
-                "element": self.element, "confirm": self.confirm}
+                "cert": self.cert, "element": self.element, "confirm": self.confirm}
 
 
-def _check_identity(device_id: object, name: object) -> tuple[str, str]:
+def _check_identity(device_id: object, name: object, cert: object) -> tuple[str, str, str]:
     if not isinstance(device_id, str) or _ID.fullmatch(device_id) is None:
         raise PairingFailed("malformed device id")
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise PairingFailed("malformed device name")
-    return device_id, name
+    if not isinstance(cert, str) or _CERT.fullmatch(cert) is None:
+        raise PairingFailed("malformed certificate fingerprint")
+    return device_id, name, cert
 
 
 def _fields(obj: object, names: set[str]) -> dict[str, Any]:
@@ -208,22 +215,22 @@ def _fields(obj: object, names: set[str]) -> dict[str, Any]:
     return obj
 
 
-def parse_start(obj: object) -> tuple[str, str, int]:
-    """(device_id, name, element) of a decoded /v1/pair/start body."""
-    body = _fields(obj, {"device_id", "name", "element"})
-    device_id, name = _check_identity(body["device_id"], body["name"])
-    return device_id, name, _parse_element(body["element"])
+def parse_start(obj: object) -> tuple[str, str, str, int]:
+    """(device_id, name, cert, element) of a decoded /v1/pair/start body."""
+    body = _fields(obj, {"device_id", "name", "cert", "element"})
+    device_id, name, cert = _check_identity(body["device_id"], body["name"], body["cert"])
+    return device_id, name, cert, _parse_element(body["element"])
 
 
 def parse_started(obj: object) -> Started:
-    body = _fields(obj, {"session", "device_id", "name", "element", "confirm"})
-    device_id, name = _check_identity(body["device_id"], body["name"])
+    body = _fields(obj, {"session", "device_id", "name", "cert", "element", "confirm"})
+    device_id, name, cert = _check_identity(body["device_id"], body["name"], body["cert"])
     _parse_element(body["element"])
     if not isinstance(body["session"], str) or _SESSION.fullmatch(body["session"]) is None:
         raise PairingFailed("malformed session")
     if not isinstance(body["confirm"], str) or _MAC.fullmatch(body["confirm"]) is None:
         raise PairingFailed("malformed confirmation")
-    return Started(body["session"], device_id, name, body["element"], body["confirm"])
+    return Started(body["session"], device_id, name, cert, body["element"], body["confirm"])
 
 
 def parse_finish(obj: object) -> tuple[str, str]:
@@ -244,6 +251,7 @@ class Initiator:
     code: str
     device_id: str
     name: str
+    cert: str  # this device's TLS certificate fingerprint
     _x: int = field(default_factory=_secret_exponent, repr=False)
 
     def __post_init__(self) -> None:
@@ -252,7 +260,8 @@ class Initiator:
         self.element = pow(GENERATOR, self._x, PRIME) * pow(M, self._w, PRIME) % PRIME
 
     def start_body(self) -> dict[str, Any]:
-        return {"device_id": self.device_id, "name": self.name, "element": f"{self.element:x}"}
+        return {"device_id": self.device_id, "name": self.name, "cert": self.cert,
+                "element": f"{self.element:x}"}
 
     def finish(self, started: Started) -> tuple[Paired, dict[str, Any]]:
         """Check the door's confirmation; the pair and the body of /v1/pair/finish.
@@ -263,12 +272,12 @@ class Initiator:
             raise PairingFailed("the other device has this device's id")
         n_w_inv = pow(pow(N, self._w, PRIME), -1, PRIME)
         k = pow(y_elem * n_w_inv % PRIME, self._x, PRIME)
-        keys = _keys((self.device_id, self.name, started.device_id, started.name),
-                     self.element, y_elem, k, self._w)
+        keys = _keys((self.device_id, self.name, self.cert, started.device_id, started.name,
+                      started.cert), self.element, y_elem, k, self._w)
         if not hmac.compare_digest(keys.confirm_responder, started.confirm):
             raise PairingFailed("wrong code: the other device's confirmation does not match",
                                 status_code=403)
-        return (Paired(started.device_id, started.name, keys.pair_key),
+        return (Paired(started.device_id, started.name, keys.pair_key, started.cert),
                 {"session": started.session, "confirm": keys.confirm_initiator})
 
 
@@ -291,6 +300,7 @@ class Door:
 
     device_id: str
     name: str
+    cert: str  # this device's TLS certificate fingerprint
     code: str = field(default_factory=new_code)
     attempts_left: int = MAX_ATTEMPTS
     burnt: int = 0  # codes replaced after failed attempts, for the screen
@@ -302,7 +312,7 @@ class Door:
         self.burnt += 1
 
     def start(self, obj: object, now: float) -> Started:
-        peer_id, peer_name, x_elem = parse_start(obj)
+        peer_id, peer_name, peer_cert, x_elem = parse_start(obj)
         if peer_id == self.device_id:
             raise PairingFailed("the other device has this device's id")
         if self._last_start is not None and now - self._last_start < MIN_START_INTERVAL_S:
@@ -318,17 +328,19 @@ class Door:
         y_elem = pow(GENERATOR, y, PRIME) * pow(N, w, PRIME) % PRIME
         m_w_inv = pow(pow(M, w, PRIME), -1, PRIME)
         k = pow(x_elem * m_w_inv % PRIME, y, PRIME)
-        keys = _keys((peer_id, peer_name, self.device_id, self.name), x_elem, y_elem, k, w)
+        keys = _keys((peer_id, peer_name, peer_cert, self.device_id, self.name, self.cert),
+                     x_elem, y_elem, k, w)
         session = secrets.token_urlsafe(18)
         self._pending = _Pending(session, now, keys.confirm_initiator,
-                                 Paired(peer_id, peer_name, keys.pair_key))
+                                 Paired(peer_id, peer_name, keys.pair_key, peer_cert))
         if self.attempts_left <= 0:
             # The answer is out; whether it was right shows at finish. Replace the code now
             # but keep this one run finishable.
             pending = self._pending
             self._burn()
             self._pending = pending
-        return Started(session, self.device_id, self.name, f"{y_elem:x}", keys.confirm_responder)
+        return Started(session, self.device_id, self.name, self.cert, f"{y_elem:x}",
+                       keys.confirm_responder)
 
     def finish(self, obj: object, now: float) -> Paired:
         session, confirm = parse_finish(obj)

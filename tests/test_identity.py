@@ -59,8 +59,8 @@ def test_a_damaged_identity_is_an_error_not_replaced(config_dir: Path) -> None:
 def test_devices_add_rename_revoke(config_dir: Path) -> None:
     devs = Devices(config_dir)
     assert devs.devices == {}
-    a = devs.add(Paired("a" * 32, "pi", b"k" * 32), now=5.0)
-    b = devs.add(Paired("b" * 32, "pi", b"j" * 32), now=6.0)
+    a = devs.add(Paired("a" * 32, "pi", b"k" * 32, "c" * 64), now=5.0)
+    b = devs.add(Paired("b" * 32, "pi", b"j" * 32, "d" * 64), now=6.0)
     assert a.name == "pi" and b.name == "pi-bbbbbbbb"  # names keep devices apart
     path = config_dir / "devices.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

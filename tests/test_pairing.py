@@ -22,6 +22,7 @@ from chunker.tools import find_ffmpeg
 from peer.identity import Devices, load_identity
 from peer.node import Node, NodeConfig
 from peer.pairing import PairingService, pair_with
+from peer.tls import load_cert
 from swarm import auth, pairing
 from swarm.pairing import MAX_ATTEMPTS, PairingFailed
 from swarm.protocol import Invite, encode
@@ -55,6 +56,9 @@ async def test_pair_then_sign_with_the_pair_key(tmp_path: Path) -> None:
                 mine = Devices(old_dir).devices[new.device_id]
                 theirs = Devices(new_dir).devices[old.device_id]
                 assert mine.key == theirs.key and len(mine.key) == 32
+                # Each pinned the other's TLS certificate, as it is on the other's disk.
+                assert mine.cert == load_cert(new_dir, new.device_id).fingerprint
+                assert theirs.cert == load_cert(old_dir, old.device_id).fingerprint
                 # Paired: the door is shut, the code pairs no one else.
                 r = await client.post(f"{base}/v1/pair/start", json={})
                 assert r.status_code == 404
@@ -224,7 +228,8 @@ async def test_fuzzed_pairing_bodies_get_4xx_and_the_door_keeps_working(tmp_path
     codes: list[str] = []
     rng = random.Random(15)
     me = load_identity(tmp_path / "old")
-    init = pairing.Initiator("123456", me.device_id, me.name)
+    init = pairing.Initiator("123456", me.device_id, me.name,
+                             load_cert(tmp_path / "old", me.device_id).fingerprint)
     finish = {"session": "s" * 24, "confirm": "0" * 64}
     statuses: set[int] = set()
     with trio.fail_after(240):

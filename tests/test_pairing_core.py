@@ -18,10 +18,11 @@ from swarm.pairing import (
 )
 
 A_ID, B_ID = "a" * 32, "b" * 32
+A_CERT, B_CERT = "c" * 64, "d" * 64  # TLS certificate fingerprints
 
 
 def _run(door: Door, code: str, now: float) -> tuple[pairing.Paired, pairing.Paired]:
-    init = Initiator(code, A_ID, "laptop")
+    init = Initiator(code, A_ID, "laptop", A_CERT)
     started = parse_started(door.start(init.start_body(), now).to_json())
     mine, finish = init.finish(started)
     theirs = door.finish(finish, now + 0.5)
@@ -40,7 +41,7 @@ def test_group_constants() -> None:
 
 
 def test_same_code_same_key_both_sides() -> None:
-    door = Door(B_ID, "pi-kitchen")
+    door = Door(B_ID, "pi-kitchen", B_CERT)
     mine, theirs = _run(door, door.code, 100.0)
     assert mine.key == theirs.key and len(mine.key) == 32
     assert (mine.peer_id, mine.peer_name) == (B_ID, "pi-kitchen")
@@ -49,17 +50,40 @@ def test_same_code_same_key_both_sides() -> None:
     assert door.burnt == 1
 
 
+def test_certificate_fingerprints_are_exchanged_and_confirmed() -> None:
+    door = Door(B_ID, "pi", B_CERT)
+    mine, theirs = _run(door, door.code, 0.0)
+    assert (mine.peer_cert, theirs.peer_cert) == (B_CERT, A_CERT)
+
+
+@pytest.mark.parametrize("side", ["start", "started"])
+def test_a_relay_that_swaps_a_certificate_breaks_the_pairing(side: str) -> None:
+    # The fingerprints are in the transcript: a man in the middle who knows nothing of the
+    # code cannot put his own certificate in either message without failing confirmation.
+    door = Door(B_ID, "pi", B_CERT, code="777777")
+    init = Initiator("777777", A_ID, "laptop", A_CERT)
+    body = init.start_body()
+    if side == "start":
+        body["cert"] = "e" * 64
+    started = door.start(body, 0.0).to_json()
+    if side == "started":
+        started["cert"] = "e" * 64
+    # Either way the door's MAC covers another transcript than the initiator's.
+    with pytest.raises(PairingFailed, match="wrong code"):
+        init.finish(parse_started(started))
+
+
 def test_two_runs_give_different_keys() -> None:
     keys = set()
     for t in (0.0, 10.0):
-        door = Door(B_ID, "pi", code="123456")
+        door = Door(B_ID, "pi", B_CERT, code="123456")
         keys.add(_run(door, "123 456", t)[0].key)
     assert len(keys) == 2
 
 
 def test_wrong_code_fails_confirmation_on_both_sides() -> None:
-    door = Door(B_ID, "pi", code="123456")
-    init = Initiator("123457", A_ID, "laptop")
+    door = Door(B_ID, "pi", B_CERT, code="123456")
+    init = Initiator("123457", A_ID, "laptop", A_CERT)
     started = door.start(init.start_body(), 0.0)
     with pytest.raises(PairingFailed) as exc:
         init.finish(started)
@@ -71,8 +95,8 @@ def test_wrong_code_fails_confirmation_on_both_sides() -> None:
 
 
 def test_relay_that_swaps_the_identity_breaks_the_keys() -> None:
-    door = Door(B_ID, "pi", code="123456")
-    init = Initiator("123456", A_ID, "laptop")
+    door = Door(B_ID, "pi", B_CERT, code="123456")
+    init = Initiator("123456", A_ID, "laptop", A_CERT)
     body = init.start_body() | {"device_id": "c" * 32}  # a relay claims to be device c
     started = door.start(body, 0.0)
     with pytest.raises(PairingFailed):
@@ -83,8 +107,8 @@ def test_a_transcript_rules_out_no_code() -> None:
     # A passive eavesdropper sees X, Y and both MACs. Every candidate code w' explains X:
     # X / M^w' is a subgroup element, as the true g^x is, so nothing computed from the
     # transcript alone tells codes apart; the MACs depend on K = g^xy, which needs x or y.
-    door = Door(B_ID, "pi", code="424242")
-    init = Initiator("424242", A_ID, "laptop")
+    door = Door(B_ID, "pi", B_CERT, code="424242")
+    init = Initiator("424242", A_ID, "laptop", A_CERT)
     started = door.start(init.start_body(), 0.0)
     x_elem, y_elem = init.element, int(started.element, 16)
     for guess in ("424242", "000000", "999999", "123456"):
@@ -106,24 +130,24 @@ def test_an_active_attacker_tests_one_code_per_run() -> None:
     # Playing the initiator with a guess, the attacker learns from the door's MAC whether
     # that guess was right, and nothing about another: for a second guess it would need
     # log(X / M^w2) = x + (w1 - w2) log M, which it does not know.
-    door = Door(B_ID, "pi", code="555555")
-    attacker = Initiator("111111", A_ID, "evil")
+    door = Door(B_ID, "pi", B_CERT, code="555555")
+    attacker = Initiator("111111", A_ID, "evil", A_CERT)
     started = door.start(attacker.start_body(), 0.0)
     with pytest.raises(PairingFailed):
         attacker.finish(started)
     # Re-using the same secret exponent with the right code (the attacker's best offline
     # move) does not reproduce the door's MAC, since X was blinded with the wrong code.
-    second = Initiator("555555", A_ID, "evil", _x=attacker._x)
+    second = Initiator("555555", A_ID, "evil", A_CERT, _x=attacker._x)
     with pytest.raises(PairingFailed):
         second.finish(started)
     assert door.attempts_left == MAX_ATTEMPTS - 1
 
 
 def test_attempts_per_code_are_bounded_then_the_code_changes() -> None:
-    door = Door(B_ID, "pi", code="222222")
+    door = Door(B_ID, "pi", B_CERT, code="222222")
     now = 0.0
     for _ in range(MAX_ATTEMPTS):
-        init = Initiator("333333", A_ID, "evil")
+        init = Initiator("333333", A_ID, "evil", A_CERT)
         started = door.start(init.start_body(), now)
         finish = {"session": started.session, "confirm": "1" * 64}
         with pytest.raises(PairingFailed):
@@ -139,11 +163,11 @@ def test_attempts_per_code_are_bounded_then_the_code_changes() -> None:
 
 
 def test_rate_limit_and_expiry() -> None:
-    door = Door(B_ID, "pi", code="222222")
-    first = Initiator("222222", A_ID, "a")
+    door = Door(B_ID, "pi", B_CERT, code="222222")
+    first = Initiator("222222", A_ID, "a", A_CERT)
     started = door.start(first.start_body(), 0.0)
     with pytest.raises(PairingFailed) as too_fast:
-        door.start(Initiator("222222", A_ID, "a").start_body(), 0.5)
+        door.start(Initiator("222222", A_ID, "a", A_CERT).start_body(), 0.5)
     assert too_fast.value.status_code == 429
     # A run finished after its time is refused; the right MAC does not revive it.
     _, finish = first.finish(started)
@@ -151,8 +175,8 @@ def test_rate_limit_and_expiry() -> None:
         door.finish(finish, pairing.SESSION_TTL_S + 1)
     assert late.value.status_code == 404
     # A new start replaces an abandoned run: the older session is gone.
-    second = Initiator("222222", A_ID, "a")
-    old = door.start(Initiator("222222", A_ID, "a").start_body(), 100.0)
+    second = Initiator("222222", A_ID, "a", A_CERT)
+    old = door.start(Initiator("222222", A_ID, "a", A_CERT).start_body(), 100.0)
     new = door.start(second.start_body(), 101.0)
     with pytest.raises(PairingFailed):
         door.finish({"session": old.session, "confirm": "0" * 64}, 101.5)
@@ -162,9 +186,9 @@ def test_rate_limit_and_expiry() -> None:
 @pytest.mark.parametrize("element", ["0", "1", f"{PRIME - 1:x}", f"{PRIME:x}", "zz", 5, "",
                                      f"{PRIME + 4:x}", "f" * 513])
 def test_bad_elements_are_refused(element: object) -> None:
-    door = Door(B_ID, "pi")
+    door = Door(B_ID, "pi", B_CERT)
     with pytest.raises(PairingFailed) as exc:
-        door.start({"device_id": A_ID, "name": "a", "element": element}, 0.0)
+        door.start({"device_id": A_ID, "name": "a", "cert": A_CERT, "element": element}, 0.0)
     assert exc.value.status_code == 400
     assert door.attempts_left == MAX_ATTEMPTS  # a malformed start spends no attempt
 
@@ -172,17 +196,22 @@ def test_bad_elements_are_refused(element: object) -> None:
 def test_non_residue_is_refused() -> None:
     # -4 mod P = P - 4 is a non-residue (P is 3 mod 4): outside the subgroup.
     with pytest.raises(PairingFailed, match="subgroup"):
-        Door(B_ID, "pi").start({"device_id": A_ID, "name": "a", "element": f"{PRIME - 4:x}"},
-                               0.0)
+        Door(B_ID, "pi", B_CERT).start({"device_id": A_ID, "name": "a", "cert": A_CERT,
+                                        "element": f"{PRIME - 4:x}"}, 0.0)
 
 
 @pytest.mark.parametrize("body", [None, [], {}, {"device_id": A_ID, "name": "a"},
-                                  {"device_id": "A" * 32, "name": "a", "element": "4"},
+                                  {"device_id": "A" * 32, "name": "a", "cert": A_CERT,
+                                   "element": "4"},
+                                  {"device_id": A_ID, "name": "a", "cert": "C" * 64,
+                                   "element": "4"},
+                                  {"device_id": A_ID, "name": "a", "element": "4"},
                                   {"device_id": A_ID, "name": "a b", "element": "4"},
-                                  {"device_id": A_ID, "name": "a", "element": "4", "x": 1}])
+                                  {"device_id": A_ID, "name": "a", "cert": A_CERT,
+                                   "element": "4", "x": 1}])
 def test_bad_start_bodies(body: object) -> None:
     with pytest.raises(PairingFailed):
-        Door(B_ID, "pi").start(body, 0.0)
+        Door(B_ID, "pi", B_CERT).start(body, 0.0)
 
 
 def test_codes() -> None:
