@@ -29,6 +29,8 @@ from swarm.protocol import (
     encode,
 )
 
+from .tls import PinMismatch
+
 __all__ = ["call", "fetch_info", "signed_headers", "transport_errors"]
 
 @contextmanager
@@ -38,7 +40,20 @@ def transport_errors() -> Iterator[None]:
     try:
         yield
     except httpx.HTTPError as exc:
-        raise TransportError(str(exc) or type(exc).__name__) from exc
+        raise TransportError(_pin_problem(exc) or str(exc) or type(exc).__name__) from exc
+
+
+def _pin_problem(exc: BaseException) -> str | None:
+    """The message of a refused certificate pin (peer.tls) somewhere in ``exc``'s chain:
+    httpcore reports it as a bare ConnectError, which says nothing."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, PinMismatch):
+            return f"refused: {cur}"
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def signed_headers(secret: str | None, method: str, target: str, digest: str

@@ -16,6 +16,7 @@ import platform
 import re
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -138,11 +139,21 @@ class _HyperConfig(HyperConfig):
 
     peer_gone_s: float | None = PEER_GONE_S
     send_buffer: int | None = SEND_BUFFER
+    # The TLS context of the node's second listener (peer.tls), None: plain HTTP only.
+    # Hypercorn makes its own context from files; ours carries the identity's certificate.
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls
 
     def create_sockets(self) -> Any:
         sockets = super().create_sockets()
         option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        for sock in sockets.insecure_sockets:
+        for sock in [*sockets.insecure_sockets, *sockets.secure_sockets]:
             if sock.family not in (socket.AF_INET, socket.AF_INET6):
                 continue
             if self.peer_gone_s and option is not None:
@@ -197,6 +208,10 @@ class NodeConfig:
     # This device's pairing (peer.pairing): its door while unpaired, and the keys of the
     # devices it is paired with, which may sign requests instead of the secret. None: none.
     pairing: PairingService | None = None
+    # TLS for paired devices (peer.tls.server_context): served on a second port, tls_port
+    # (0: any free one), beside the plain one, which --open and --secret swarms keep using.
+    tls: ssl.SSLContext | None = None
+    tls_port: int = 0
 
     @classmethod
     def coordinating(cls, net: NetworkSettings, timings: Timings,
@@ -272,6 +287,7 @@ class Node:
         self.work: dict[str, _Work] = {}  # the jobs this node works on as a peer
         self.turns = Turns(max(1, config.slots))
         self.port = 0
+        self.tls_port = 0  # where the TLS listener is, once running; 0: none
         self.on_event = on_event
         self._nursery: trio.Nursery | None = None
         self._advertiser: Any = None
@@ -316,6 +332,9 @@ class Node:
         hc = _HyperConfig()
         hc.peer_gone_s = self.config.peer_gone_s
         hc.bind = [f"{self.config.host}:{self.config.port}"]
+        if self.config.tls is not None:
+            hc.tls = self.config.tls
+            hc.insecure_bind, hc.bind = hc.bind, [f"{self.config.host}:{self.config.tls_port}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         hc.loglevel = "WARNING"
@@ -326,7 +345,12 @@ class Node:
             # types each kind as its own TypedDict, which a mapping is not.
             app = cast(ASGIFramework, self.app)
             binds = await nursery.start(partial(serve, app, hc, mode="asgi"))
-            self.port = int(str(binds[0]).rsplit(":", 1)[1])
+            for bound in binds:  # "http://HOST:PORT", then "https://..." when there is TLS
+                port = int(str(bound).rsplit(":", 1)[1])
+                if str(bound).startswith("https:"):
+                    self.tls_port = port
+                else:
+                    self.port = port
             if self.config.advertise:
                 from .discovery import advertise
 
