@@ -66,6 +66,7 @@ from swarm.protocol import Assignment as AssignmentMsg
 from swarm.trust import invite_address_problem
 
 from . import pyz as pyz_mod
+from . import tls
 from .client import call
 from .host import free_port
 from .http import (
@@ -83,6 +84,7 @@ from .lan import lan_address
 from .options import NetworkSettings
 from .pairing import PAIR_ROUTES, PairingService
 from .transfer import SEND_BUFFER
+from .tunnel import Tunnel
 from .turns import Turns
 from .worker import accept_invite, work_slot
 
@@ -266,6 +268,7 @@ class _Work:
     coordinator_url: str
     scope: trio.CancelScope
     coordinator_name: str = ""
+    pin: str | None = None  # the TLS fingerprint of an https coordinator (peer.tls)
     chunk: int | None = None
     frames: int = 0
     fps: float = 0.0
@@ -440,9 +443,14 @@ class Node:
         await self._announce()
         try:
             with work.scope:
-                async with httpx.AsyncClient(base_url=terms.coordinator_url,
+                verify: ssl.SSLContext | bool = (True if work.pin is None
+                                                 else tls.pinned_context([work.pin]))
+                async with httpx.AsyncClient(base_url=terms.coordinator_url, verify=verify,
                                              timeout=httpx.Timeout(10.0)) as client:
                     async with trio.open_nursery() as slots:
+                        if work.pin is not None:  # ffmpeg reads through the pinned client
+                            tunnel = await slots.start(Tunnel(client, terms.coordinator_url).run)
+                            terms = replace(terms, source_base=tunnel.url(""))
                         for slot in range(max(1, self.config.slots)):
                             slots.start_soon(partial(
                                 work_slot, terms, node_id=self.node_id, slot=slot,
@@ -619,11 +627,27 @@ class Node:
             self.config.secret, invite.nonce, InviteReply.TYPE, invite.job_id, self.node_id,
             "accepted"))
 
+    def _pin_for(self, invite: Invite, request: Request) -> str | None:
+        """The certificate to pin for an https coordinator: the one paired with the device
+        that signed the invite (``_check`` verified that signature). An https coordinator
+        we hold no certificate for is refused: its TLS would authenticate no one."""
+        if not invite.coordinator_url.startswith("https://"):
+            return None
+        device = request.headers.get(auth.DEVICE_HEADER.lower(), "")
+        pairing = self.config.pairing
+        pin = pairing.cert_for(device) if pairing is not None and device else None
+        if pin is None:
+            raise HTTPError("an https coordinator must be a paired device whose certificate "
+                            "this node holds (pair them again if they were paired before "
+                            "certificates)", status_code=403)
+        return pin
+
     async def _invite(self, invite: Invite, request: Request, send: Send) -> None:
         # Work only for whoever sent the invite: the address in it must be the sender's.
         problem = invite_address_problem(invite.coordinator_url, request.client)
         if problem is not None:
             raise HTTPError(problem, status_code=403)
+        pin = self._pin_for(invite, request)
         if self.coordinator:
             raise HTTPError("this node is coordinating its own job", status_code=409)
         if invite.job_id in self.work:
@@ -640,6 +664,6 @@ class Node:
             raise HTTPError(f"this node's ffmpeg lacks {missing[0]}", status_code=422)
         assert self._nursery is not None
         self.work[invite.job_id] = _Work(invite.job_id, terms.coordinator_url,
-                                         trio.CancelScope(), invite.coordinator_name)
+                                         trio.CancelScope(), invite.coordinator_name, pin)
         self._nursery.start_soon(self._work, invite, terms)
         await respond_message(send, self.invite_reply(invite), request)

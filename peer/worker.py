@@ -92,6 +92,9 @@ class JobTerms:
     # Encoder threads per slot for what this node renders itself (slideshow chunks): its
     # cores shared among its slots, as a coordinator's local slots share them. 0: ffmpeg's.
     threads: int = 0
+    # Where ffmpeg reads the source from, when not the coordinator's URL: a TLS coordinator's
+    # source comes through this process's loopback tunnel (peer.tunnel). "": the URL itself.
+    source_base: str = ""
 
 
 def accept_invite(invite: Invite) -> JobTerms:
@@ -361,7 +364,8 @@ async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignm
 
 def _source_url(terms: JobTerms, a: Assignment, secret: str | None) -> str:
     token = auth.url_token(secret, a.source_path, a.attempt)
-    return f"{terms.coordinator_url}{a.source_path}?attempt={a.attempt}&token={token}"
+    base = terms.source_base or terms.coordinator_url
+    return f"{base}{a.source_path}?attempt={a.attempt}&token={token}"
 
 
 async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,

@@ -13,8 +13,10 @@ import hashlib
 import logging
 import os
 import random
+import secrets
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +31,18 @@ from chunker.tools import find_ffmpeg
 from media import FFMPEG, make_source
 from peer import media, tls
 from peer.client import call, transport_errors
+from peer.identity import Devices, load_identity
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.pairing import PairingService
 from peer.tunnel import Tunnel
 from profiles import load_profile
 from swarm import auth, x509
 from swarm.config import Timings
 from swarm.errors import TransportError, UsageError
-from swarm.protocol import Assignment, ClaimRequest, JobDone, NodeInfo, Wait, decode
+from swarm.pairing import Paired
+from swarm.protocol import Assignment, ClaimRequest, Invite, JobDone, NodeInfo, Wait, decode, encode
 
 SECRET = "tls tests"
 JOB = "tlsJob_0123-abc"
@@ -124,7 +129,8 @@ async def coordinator(source: Path, tmp_path: Path, nursery: trio.Nursery
                        opts.job.upscale)
     job = JobServer(job_id=JOB, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans, vplan=vplan,
                     workdir=str(tmp_path), emit=lambda e: None, local_key="local")
-    cert = tls.load_cert(tmp_path / "coordinator", "ab" * 16)
+    folder = tmp_path / "coordinator"
+    cert = tls.load_cert(folder, load_identity(folder).device_id)
     node = Node(NodeConfig(name="tls", port=0, host="127.0.0.1", secret=SECRET,
                            advertise=False, serve_pyz=False, tls=tls.server_context(cert)),
                 ffmpeg, coordinator=True)
@@ -334,3 +340,62 @@ def _client_hello() -> bytes:
         pass
     return outgoing.read()
 
+
+
+# -- a paired peer encodes for a TLS coordinator -----------------------------------------------
+async def _tick(job: JobServer) -> None:
+    while True:
+        job.tick(trio.current_time())
+        await trio.sleep(0.2)
+
+
+async def test_a_paired_peer_encodes_over_tls_frame_exact(coordinator: Coordinator,
+                                                          tmp_path: Path,
+                                                          nursery: trio.Nursery) -> None:
+    job = coordinator.job
+    nursery.start_soon(_tick, job)
+    # The two devices as pairing leaves them: each holds the other's key and certificate.
+    coord_dir, peer_dir = coordinator.cert.path.parent, tmp_path / "peer"
+    coord_id = load_identity(coord_dir).device_id
+    key = os.urandom(32)
+    peer_id = load_identity(peer_dir).device_id
+    Devices(peer_dir).add(Paired(coord_id, "coord", key,
+                                 tls.load_cert(coord_dir, coord_id).fingerprint))
+    stranger = load_identity(tmp_path / "stranger").device_id
+    Devices(peer_dir).add(Paired(stranger, "old-pairing", key, ""))  # paired before certs
+    assert tls.load_cert(coord_dir, coord_id) == coordinator.cert
+    ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+    peer = Node(NodeConfig(name="peer", port=0, host="127.0.0.1", secret=SECRET,
+                           advertise=False, serve_pyz=False,
+                           pairing=PairingService(peer_dir, load_identity(peer_dir))), ffmpeg)
+    await nursery.start(peer.run)
+    assert peer_id != coord_id
+
+    def invite_from(device: str | None) -> tuple[bytes, dict[str, str]]:
+        body = encode(Invite(JOB, coordinator.https, job.invite_fields(),
+                             secrets.token_urlsafe(16), job.invite_ladder(),
+                             coordinator_name="coord"))
+        if device is None:
+            return body, auth.sign(SECRET, "POST", "/v1/invite", time.time(),
+                                   auth.body_digest(body))
+        return body, auth.sign_device(key, device, "POST", "/v1/invite", time.time(),
+                                      auth.body_digest(body))
+
+    with trio.fail_after(180):
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"http://127.0.0.1:{peer.port}/v1/invite"
+            for who in (None, stranger):  # no device, or one whose certificate it lacks
+                body, headers = invite_from(who)
+                r = await client.post(url, content=body, headers=headers)
+                assert r.status_code == 403 and "certificate" in r.text, r.text
+            assert not peer.work
+            body, headers = invite_from(coord_id)
+            r = await client.post(url, content=body, headers=headers)
+            assert r.status_code == 200, r.text
+        await job.finished.wait()
+    (rec,) = job.in_order()
+    assert rec.peer != "local" and rec.file
+    # Verified by the coordinator as every result is (frame count, timestamps); and here
+    # again: the same number of frames as the source, decoding without an error.
+    assert len(await _framemd5(rec.file)) == len(await _framemd5(str(coordinator.source)))
+    assert job.source_read >= coordinator.source.stat().st_size  # all of it, over TLS
