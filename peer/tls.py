@@ -14,6 +14,7 @@ wrong certificate fails the connection before a single byte of a request is writ
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import secrets
@@ -21,9 +22,11 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from swarm import x509
 from swarm.errors import UsageError
@@ -71,7 +74,7 @@ def _with_openssl(common_name: str, folder: Path) -> str | None:
 
 def _in_python(common_name: str) -> str:
     seed = secrets.token_bytes(32)
-    der = x509.self_signed(seed, common_name, serial=secrets.randbits(63))
+    der = x509.self_signed(seed, common_name, time.time(), serial=secrets.randbits(63))
     return x509.pem("PRIVATE KEY", x509.private_key_der(seed)) + x509.pem("CERTIFICATE", der)
 
 
@@ -105,11 +108,36 @@ def server_context(cert: Cert) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_alpn_protocols(["http/1.1"])
+    ctx.sslobject_class = _WholeReads
     ctx.load_cert_chain(cert.path)
     return ctx
 
 
-class _PinnedObject(ssl.SSLObject):
+class _WholeReads(ssl.SSLObject):
+    """An SSLObject whose ``read`` returns every record already received, not just one.
+
+    OpenSSL's read stops at a record's end (16 kB), so trio's SSLStream handed hypercorn and
+    httpcore a quarter of what each socket read brought in, and each piece costs a pass
+    through h11 and the event loop (bench/transfer)."""
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:  # the stdlib's names
+        if buffer is not None:
+            return super().read(len, buffer)
+        first = super().read(len)  # raises SSLWantReadError when nothing is there yet
+        pieces, got = [first], builtins.len(first)
+        while first and got < len:
+            try:
+                more = super().read(len - got)
+            except ssl.SSLError:  # WantRead: all taken; anything else: the next read says it
+                break
+            if not more:
+                break
+            pieces.append(more)
+            got += builtins.len(more)
+        return pieces[0] if builtins.len(pieces) == 1 else b"".join(pieces)
+
+
+class _PinnedObject(_WholeReads):
     """An SSLObject whose handshake completes only with a pinned certificate."""
 
     def do_handshake(self) -> None:

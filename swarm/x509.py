@@ -121,10 +121,10 @@ def _name(common_name: str) -> bytes:
     return _seq(_tlv(0x31, _seq(_CN_OID, _tlv(0x0C, common_name.encode()))))
 
 
-def self_signed(seed: bytes, common_name: str, now: float | None = None,
-                serial: int = 1) -> bytes:
-    """The DER of a self-signed certificate for the Ed25519 key ``seed``."""
-    start = time.gmtime((time.time() if now is None else now) - 86400)
+def self_signed(seed: bytes, common_name: str, now: float, serial: int = 1) -> bytes:
+    """The DER of a self-signed certificate for the Ed25519 key ``seed``, made at ``now``
+    (Unix seconds)."""
+    start = time.gmtime(now - 86400)
     validity = _seq(_tlv(0x17, time.strftime("%y%m%d%H%M%SZ", start).encode()),
                     _tlv(0x18, b"99991231235959Z"))
     algorithm = _seq(_ED25519_OID)
