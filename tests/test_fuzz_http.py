@@ -927,8 +927,9 @@ def _invite_fields() -> dict[str, Any]:
 @given(url=_URLS, job=_tokens, nonce=_tokens)
 def test_invites_are_believed_only_from_the_coordinator_they_name(
         peer_node: PeerNode, url: str, job: str, nonce: str) -> None:
-    """The test sends from 127.0.0.1: only loopback coordinators are its own address. A
-    believed invite is answered with a reply whose proof verifies (with a secret), or 409
+    """The test sends from 127.0.0.1: only loopback coordinators are its own address, and
+    an https one only from a paired device whose certificate the node holds. A believed
+    invite is answered with a reply whose proof verifies (with a secret), or 409
     while the node still works on an earlier one."""
     body = encode(Invite(job, url, _invite_fields(), nonce))
     headers = list(auth.sign(peer_node.secret, "POST", "/v1/invite", time.time(),
@@ -937,6 +938,11 @@ def test_invites_are_believed_only_from_the_coordinator_they_name(
     host = url.split("://", 1)[1].rsplit(":", 1)[0]
     if not _is_loopback(host):
         assert reply.status == 403, (url, reply)
+        return
+    if url.startswith("https://"):
+        # TLS to a coordinator only with a certificate pinned for the paired device that
+        # signed the invite (peer.tls); this one is signed with the secret, by no device.
+        assert reply.status == 403 and b"certificate" in reply.body, (url, reply)
         return
     assert reply.status in (200, 409), (url, reply)
     if reply.status == 200:
