@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from chunker.commands import VideoPlan
+from chunker.mp4index import Layout, read_layout
 from chunker.paramsets import ENCODER_CODECS, HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
 from chunker.plan import ChunkPlan, split_plan
 from chunker.probe import MediaInfo
@@ -161,6 +162,13 @@ class JobServer:
         self.param_sets_from = ""
         self.param_sets_kept = False
         self.source_read = 0  # all that serving read from the file: source_bytes_read
+        # Where each chunk's bytes lie in an MP4 source, read on the first source request
+        # (None: not an MP4 we understand, served uncapped). A chunk whose attempt failed
+        # is served uncapped from then on: a wrong cap must cost bytes, never the job.
+        self.layout: Layout | None = None
+        self.layout_read = False
+        self.layout_lock = trio.Lock()
+        self.uncapped: set[int] = set()
         self.finished = trio.Event()
         # Set when a local slot finds nothing to claim (or there are none): a core is free
         # for the audio encode, which then costs the chunk encodes nothing.
@@ -330,6 +338,7 @@ class JobServer:
             return
         now = trio.current_time()
         requeued = self.job.failed(attempt, now, reason, bench=bench)
+        self.uncapped.add(a.chunk)
         self._journal_ended(attempt)
         name = self.name_of(a.peer)
         chunk = self.job.chunks[a.chunk]
@@ -594,7 +603,8 @@ class JobServer:
 
         try:
             await transfer.send_file(send, receive, self.info.path, self.info.size,
-                                     request.headers.get("range"), head, sent, read)
+                                     request.headers.get("range"), head, sent, read,
+                                     cap=await self._source_cap(a.chunk))
         finally:
             now = trio.current_time()
             for (nbytes, first, last), saturated in ((fetched, True), (streamed, False)):
@@ -605,6 +615,19 @@ class JobServer:
                           receive: Receive, head: bool) -> None:
         """A slideshow's images (``peer.slideshow.SlideServer``); a video job has none."""
         raise HTTPError("this job is not a slideshow", status_code=404)
+
+    async def _source_cap(self, chunk: int) -> Callable[[int], int | None] | None:
+        """How far a request of an attempt at ``chunk`` may be answered, by its start
+        (``chunker.mp4index.Layout.cap``); None: to the end of what it asks."""
+        async with self.layout_lock:  # one read, and no request served before it is in
+            if not self.layout_read:
+                self.layout = await trio.to_thread.run_sync(
+                    _layout_of, self.info.path, self.info.size, self.info.video.frames)
+                self.layout_read = True
+        layout, plan = self.layout, self.plans[chunk]
+        if layout is None or chunk in self.uncapped:
+            return None
+        return lambda start: layout.cap(start, plan.first, plan.frames)
 
     async def restore_from_journal(self) -> None:
         """Count as done every journalled chunk whose file still has its recorded digest;
@@ -652,6 +675,14 @@ def _chunk_bytes(info: MediaInfo | None, plans: list[ChunkPlan]) -> list[float] 
         return None
     total = max(1, info.video.frames)
     return [info.size * p.frames / total for p in plans]
+
+
+def _layout_of(path: str, size: int, frames: int) -> Layout | None:
+    try:
+        with open(path, "rb") as fh:
+            return read_layout(fh, size, frames)
+    except OSError:
+        return None
 
 
 def _digest_or_none(path: str) -> str | None:

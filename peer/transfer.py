@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import trio
 
-from swarm.ranges import parse_range
+from swarm.ranges import ByteRange, parse_range
 
 from .http import Receive, Send, iter_body, respond
 
@@ -78,8 +78,8 @@ def unlink(path: str) -> None:
 
 async def send_file(send: Send, receive: Receive, path: str, size: int,
                     range_header: str | None, head: bool,
-                    sent: Callable[[int], None], read: Callable[[int], None] = _ignore
-                    ) -> None:
+                    sent: Callable[[int], None], read: Callable[[int], None] = _ignore,
+                    cap: Callable[[int], int | None] | None = None) -> None:
     """Answer with the bytes of ``path`` (``size`` long) that the Range header asks for,
     and stop reading the file the moment the client has gone.
 
@@ -87,6 +87,12 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
     connection takes it: a piece handed to a connection found closed is not counted. What
     still counts is what the kernel had taken when the client closed (at most its socket
     buffers).
+
+    ``cap`` tells, for a request's first byte, the end (exclusive) of what it may be
+    answered with (None: nothing, a 416): a range asking for more gets up to there, as a
+    206 whose Content-Range says so. ffmpeg 9 asks for the rest in a new request; where
+    that is refused, or in ffmpeg versions that do not ask, it reads the file as ending
+    there. The coordinator knows where each chunk's bytes lie (``chunker.mp4index``).
 
     Why the watch: a peer's ffmpeg opens the source without a Range and reads only the
     index, then seeks (a new request) and closes after its chunk's last frame. hypercorn
@@ -98,6 +104,13 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
     if rng is None:
         await respond(send, 416, headers=[(b"content-range", f"bytes */{size}".encode())])
         return
+    if cap is not None and not head:
+        limit = cap(rng.start)
+        if limit is None or limit <= rng.start:
+            await respond(send, 416, headers=[(b"content-range", f"bytes */{size}".encode())])
+            return
+        if limit <= rng.end:
+            rng = ByteRange(rng.start, limit - 1, partial=True)
     headers = [(b"content-type", b"application/octet-stream"),
                (b"content-length", str(rng.length).encode()), (b"accept-ranges", b"bytes")]
     if rng.partial:
@@ -108,12 +121,22 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
         await send({"type": "http.response.body", "body": b""})
         return
     gone = False
+    # The last piece waits until the watcher has the request's end: a response's end is
+    # held until then (``http.end_after_request``), and two tasks waiting on ``receive``
+    # at once could leave that one waiting for a disconnect that never comes (a one-piece
+    # answer to a capped range hung its ffmpeg).
+    request_read = trio.Event()
 
     async def watch() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone = True
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                gone = True
+                request_read.set()
+                return
+            if not msg.get("more_body", False):
+                request_read.set()
 
     fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -131,6 +154,8 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
                 read(len(data))
                 offset += len(data)
                 left -= len(data)
+                if left == 0:
+                    await request_read.wait()
                 await send({"type": "http.response.body", "body": data, "more_body": left > 0})
                 # A send into a closed connection returns as if it went out; the watcher
                 # learns of it from the same step. Two checkpoints let it run whichever
