@@ -9,13 +9,13 @@ coordinator answers each of those requests with only what it can need (``Layout.
 Pure: bytes in (the file's top-level box headers and its moov), numbers out. Anything not
 understood gives None: the source is then served as before, uncapped.
 
-Not wired into the source route yet. Shortening an answer that ffmpeg asked for to the end
-of the file made its prefetch copy fail ("Stream ends prematurely at X, should be Y": its
-http protocol checks the body against Content-Range's total) on the open-GOP case of
-tests/test_node.py; the cap must be announced in a way ffmpeg accepts (a 416 for reads past
-the chunk, or an uncapped prefetch copy) before it serves. The layout and its ranges are
-tested on their own (tests/test_mp4index.py: every chunk decodes from a copy whose other
-media bytes are overwritten).
+Wired into the source route (``peer.jobserver``, ``peer.transfer.send_file``): a cut
+answer goes out chunked, without a Content-Length, and ends cleanly. ffmpeg 5.1 and 7 check
+a body against the file's size from Content-Range ("Stream ends prematurely") unless it is
+chunked, and take a chunked body's end as the file's end; ffmpeg 9 asks again from there,
+and a refusal (416) ends its file too. The layout and its ranges are tested on their own
+(tests/test_mp4index.py: every chunk decodes from a copy whose other media bytes are
+overwritten), and on every ffmpeg through real peers (tests/test_node.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from .fmp4 import _boxes as _boxes_in
 
-__all__ = ["PROBE_SAMPLES", "Layout", "read_layout"]
+__all__ = ["PROBE_GAP", "PROBE_SAMPLES", "Layout", "read_layout"]
 
 # ffmpeg's stream probe (avformat_find_stream_info) reads the media's first packets before
 # it seeks: 3 of H.264 in mp4 on ffmpeg 9 ("After avformat_find_stream_info() pos" at -v
@@ -35,6 +35,9 @@ __all__ = ["PROBE_SAMPLES", "Layout", "read_layout"]
 # order, with whatever lies between them); ffmpeg 9 asks again if it wants more, older
 # ones end the probe there with what they have (the parameters are in the moov).
 PROBE_SAMPLES = 4
+# The probe's answer is cut only for a chunk whose keyframe lies this far past the probe's
+# end: far beyond any short-seek window (``Layout.cap``).
+PROBE_GAP = 1 << 20
 # The start of the file is answered only up to the media data when the index follows it and
 # the media data is this large: every ffmpeg then seeks past it at once (it reads through
 # a skip shorter than its socket's receive buffer, and would find the file cut short).
@@ -95,7 +98,12 @@ class Layout:
         probe_end = self.ends[min(PROBE_SAMPLES, len(self.ends)) - 1]
         # Only where the chunk's keyframe is well clear of the probe's samples: a seek that
         # landed a keyframe or two earlier than computed must never be cut to the probe.
-        if start == self.media_start and lo > probe_end and sum(self.sync[:key]) >= 2:
+        # And only where the chunk starts far past the probe's end: ffmpeg 5.1 and 7 read
+        # through a forward skip shorter than their short-seek window (the socket's receive
+        # buffer, 128-256 kB on a peer) instead of asking anew, and after a cut answer
+        # that read finds the file's end (their copy of a chunk 120-210 kB on held nothing).
+        if (start == self.media_start and lo >= probe_end + PROBE_GAP
+                and sum(self.sync[:key]) >= 2):
             return probe_end
         if start < hi:
             return hi

@@ -90,9 +90,11 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
 
     ``cap`` tells, for a request's first byte, the end (exclusive) of what it may be
     answered with (None: nothing, a 416): a range asking for more gets up to there, as a
-    206 whose Content-Range says so. ffmpeg 9 asks for the rest in a new request; where
-    that is refused, or in ffmpeg versions that do not ask, it reads the file as ending
-    there. The coordinator knows where each chunk's bytes lie (``chunker.mp4index``).
+    206 whose Content-Range says so, sent chunked (no Content-Length). Why chunked: ffmpeg
+    5.1 and 7 hold a plain body to the file's size from Content-Range and fail a shorter
+    one ("Stream ends prematurely"), but take a chunked body's last chunk as the file's
+    end. ffmpeg 9 asks for the rest in a new request, and takes its refusal as the end.
+    The coordinator knows where each chunk's bytes lie (``chunker.mp4index``).
 
     Why the watch: a peer's ffmpeg opens the source without a Range and reads only the
     index, then seeks (a new request) and closes after its chunk's last frame. hypercorn
@@ -104,15 +106,17 @@ async def send_file(send: Send, receive: Receive, path: str, size: int,
     if rng is None:
         await respond(send, 416, headers=[(b"content-range", f"bytes */{size}".encode())])
         return
+    capped = False
     if cap is not None and not head:
         limit = cap(rng.start)
         if limit is None or limit <= rng.start:
             await respond(send, 416, headers=[(b"content-range", f"bytes */{size}".encode())])
             return
         if limit <= rng.end:
-            rng = ByteRange(rng.start, limit - 1, partial=True)
-    headers = [(b"content-type", b"application/octet-stream"),
-               (b"content-length", str(rng.length).encode()), (b"accept-ranges", b"bytes")]
+            rng, capped = ByteRange(rng.start, limit - 1, partial=True), True
+    headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
+    if not capped:  # a cut answer is chunked (above)
+        headers.append((b"content-length", str(rng.length).encode()))
     if rng.partial:
         headers.append((b"content-range", rng.content_range(size).encode()))
     await send({"type": "http.response.start", "status": 206 if rng.partial else 200,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chunker.mp4index import read_layout
+from chunker.mp4index import PROBE_GAP, PROBE_SAMPLES, read_layout
 from chunker.plan import ChunkPlan, plan_chunks
 from chunker.probe import MediaInfo, probe
 from chunker.tools import find_ffmpeg
@@ -108,7 +108,15 @@ def test_what_each_request_is_answered_with(sources: dict[str, Path]) -> None:
     assert got.cap(lo + 1, last.first, last.frames) == hi
     assert got.cap(hi, last.first, last.frames) is None  # the next chunk's bytes
     assert got.cap(got.index_start, last.first, last.frames) == size  # the moov
-    assert got.cap(got.media_start, last.first, last.frames) == got.ends[3]  # the probe
+    # The probe's samples, where the chunk starts far enough past them that every ffmpeg
+    # asks anew for it (else up to its end, as any request before it).
+    probe_end = got.ends[PROBE_SAMPLES - 1]
+    far = lo >= probe_end + PROBE_GAP
+    assert got.cap(got.media_start, last.first, last.frames) == (probe_end if far else hi)
+    near = next(p for p in plans if p.first > 0)
+    near_lo, near_hi = got.chunk_range(near.first, near.frames)
+    if near_lo < probe_end + PROBE_GAP:
+        assert got.cap(got.media_start, near.first, near.frames) == near_hi
     first = plans[0]
     assert got.cap(got.media_start, first.first, first.frames) == got.chunk_range(
         first.first, first.frames)[1]
