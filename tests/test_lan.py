@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,14 @@ def test_a_job_on_100_mbit_links_is_exact_and_sends_each_source_byte_once(
         enc = sw.encode(coord, src, out, "--name", "coord", "-p", PROFILE, "--chunk-seconds",
                         CHUNK_S, "--no-local", "--no-mdns", "--report", str(rep),
                         *(a for h in peers for a in ("--peer", f"{h.address}:7800")))
+        rchar = 0
+        while enc.proc.poll() is None:  # its last figure before it exits (then /proc is gone)
+            try:
+                io = Path(f"/proc/{enc.pid}/io").read_text()
+            except OSError:
+                break
+            rchar = int(next(ln for ln in io.splitlines() if ln.startswith("rchar")).split()[1])
+            time.sleep(0.1)
         assert enc.wait() == 0, enc.stderr()
         wire = _tx_bytes(coord) - sent_before
     report: dict[str, Any] = json.loads(rep.read_text())
@@ -139,7 +148,9 @@ def test_a_job_on_100_mbit_links_is_exact_and_sends_each_source_byte_once(
     figures = (f"source {size} B (index {index} B), {chunks} chunks, {attempts} attempts: "
                f"bound {bound:.0f} B; left the coordinator's card {wire} B")
     print(figures, "; bytes_in of the kept attempts",
-          sum(c["bytes_in"] for c in report["chunks"]), "B")
+          sum(c["bytes_in"] for c in report["chunks"]), "B; the report's source_bytes_sent",
+          report["source_bytes_sent"], "B, source_bytes_read", report["source_bytes_read"],
+          "B; the coordinator's rchar", rchar, "B")
     # What the report counts was really sent, and is within the bound itself.
     counted = report["source_bytes_sent"]
     assert counted == sum(a["source_bytes_sent"] for a in report["attempts"]), report
@@ -150,4 +161,7 @@ def test_a_job_on_100_mbit_links_is_exact_and_sends_each_source_byte_once(
     # every request ran until ffmpeg closed it, and what the socket buffers and the link
     # held then had left the card all the same (1.4-1.9x the file on these links).
     assert counted <= bound, f"the report counts {counted} B; {figures}"
+    # And what serving read from the file: the same bound (rchar, printed above, also
+    # counts the coordinator's own passes: its audio encode, spot checks, their pipes).
+    assert report["source_bytes_read"] <= bound, figures
     assert wire <= bound * WIRE_OVERHEAD + CONTROL_BYTES, figures
