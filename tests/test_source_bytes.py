@@ -101,6 +101,8 @@ async def test_peers_get_each_source_byte_once(layout: str, large: dict[str, Pat
     assert sent == sum(a["source_bytes_sent"] for a in report["attempts"])
     assert all(c["bytes_in"] > 0 for c in report["chunks"])
     # Every frame was sent at least once, and what was sent was read from the file.
+    print(f"{layout}: {size} B, {chunks} chunks, {attempts} attempts: sent {sent / size:.3f}x,"
+          f" read {read / size:.3f}x (bound {bound / size:.3f}x)")
     assert size * 0.9 < sent <= read
     assert sent <= bound, f"sent {sent / size:.2f}x the file"
     assert read <= bound, f"read {read / size:.2f}x the file"
