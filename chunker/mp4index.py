@@ -106,6 +106,10 @@ class Layout:
                 and sum(self.sync[:key]) >= 2):
             return probe_end
         if start < hi:
+            # Not where the index follows within a short-seek window of the chunk's end:
+            # ffmpeg 5.1 and 7 would read through to it, and find the file ended.
+            if self.index_start < self.size and self.index_start - hi < PROBE_GAP:
+                return self.size
             return hi
         if start < self.index_start:
             return None
