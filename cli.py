@@ -297,9 +297,8 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
         sink = None
     def emit(e: JobEvent) -> None:
         # Said once the job really starts, so a bad input still gets exactly one line.
-        if isinstance(e, JobStart) and opts.net.enabled and opts.net.secret is None and human:
-            typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this "
-                       "LAN may take part", err=True)
+        if isinstance(e, JobStart) and opts.net.enabled and human:
+            _say_access(opts.net)
         if isinstance(e, Tracks) and human:
             # What the user did not ask to lose; what an option dropped is in the report.
             for d in e.dropped:
@@ -406,9 +405,8 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
             for line in lines.feed(e):
                 _tolerating_dead_pipes(typer.echo, line, err=True)
 
-    if mode in ("live", "plain") and net.enabled and net.secret is None:
-        typer.echo("swarm: open swarm (no --secret / SWARM_SECRET): any peer on this LAN may "
-                   "take part", err=True)
+    if mode in ("live", "plain") and net.enabled:
+        _say_access(net)
     t0 = time.monotonic()
     workers = 0 if local.no_local else (local.workers or default_workers())
 
@@ -587,7 +585,11 @@ def encode(
     secret: Annotated[str | None, typer.Option(
         "--secret", envvar="SWARM_SECRET", show_envvar=True,
         help="Swarm secret: requests are signed and only peers with the same secret "
-        "take part. Without it the swarm is open.")] = None,
+        "take part, paired or not. Without it (and without --open) only devices paired "
+        "with this one take part (`swarm pair`).")] = None,
+    open_swarm: Annotated[bool, typer.Option(
+        "--open", help="Let any device on this LAN take part, paired or not, and receive "
+        "chunks of the video: for a trusted network only.")] = False,
     port: Annotated[int, typer.Option(
         "--port", min=0, max=65535, help="Port the coordinator serves chunks on; if taken "
         "(a `swarm join` here), any free port. 0: any free port.")] = 7800,
@@ -653,6 +655,8 @@ def encode(
     _refuse_empty_secret(secret)
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to encode", EXIT_USAGE)
+    access = _guarded(_access, secret, open_swarm, not local_only)
+    _refuse_nobody(access, no_local)
     batch = len(input) > 1 or input[0].is_dir()
     run: Any = partial(_run_batch, [str(p) for p in input]) if batch else partial(
         _run_encode, str(input[0]))
@@ -663,14 +667,14 @@ def encode(
         web = Web(_guarded(partial(
             _web_config, _environment(), secret=secret, hls=None, hlsjs=hlsjs, uploads=None,
             no_uploads=True, max_upload_mb=1, name=name or socket.gethostname(), peers=(),
-            browse=False)))
+            browse=False, closed=access["closed"])))
     out = _guarded(partial(
         run, profile, output, report, quiet,
         local=LocalSettings(workers=workers, no_local=no_local),
         net=NetworkSettings(enabled=not local_only, discover=not no_mdns,
                             peers=tuple(peer or ()), secret=secret, port=port,
                             name=name or socket.gethostname(), priority=priority.value,
-                            page=web.attach if web is not None else None),
+                            page=web.attach if web is not None else None, **access),
         **({"web": web} if web is not None else {}),
         as_json=as_json, report_html=report_html, lease_s=lease_seconds,
         chunk_seconds=chunk_seconds,
@@ -759,7 +763,11 @@ def slideshow(
     secret: Annotated[str | None, typer.Option(
         "--secret", envvar="SWARM_SECRET", show_envvar=True,
         help="Swarm secret: requests are signed and only peers with the same secret "
-        "take part. Without it the swarm is open.")] = None,
+        "take part, paired or not. Without it (and without --open) only devices paired "
+        "with this one take part (`swarm pair`).")] = None,
+    open_swarm: Annotated[bool, typer.Option(
+        "--open", help="Let any device on this LAN take part, paired or not, and receive "
+        "chunks of the video: for a trusted network only.")] = False,
     port: Annotated[int, typer.Option(
         "--port", min=0, max=65535, help="Port the coordinator serves images on; if taken, "
         "any free port. 0: any free port.")] = 7800,
@@ -783,9 +791,11 @@ def slideshow(
     _refuse_empty_secret(secret)
     if no_local and local_only:
         raise _fail("--no-local and --local-only leave nobody to render", EXIT_USAGE)
+    access = _guarded(_access, secret, open_swarm, not local_only)
+    _refuse_nobody(access, no_local)
     net = NetworkSettings(enabled=not local_only, discover=not no_mdns,
                           peers=tuple(peer or ()), secret=secret, port=port,
-                          name=name or socket.gethostname())
+                          name=name or socket.gethostname(), **access)
 
     env = _environment()
     mode = _output_mode(quiet, as_json, env.term)
@@ -950,8 +960,12 @@ def join(
         "--port", min=0, max=65535, help="TCP port to serve on. 0: any free port.")] = 7800,
     secret: Annotated[str | None, typer.Option(
         "--secret", envvar="SWARM_SECRET", show_envvar=True,
-        help="Swarm secret; only coordinators with the same secret can use this node.")
+        help="Swarm secret; only coordinators with the same secret can use this node. "
+        "Without it (and without --open) only devices paired with this one can.")
     ] = None,
+    open_swarm: Annotated[bool, typer.Option(
+        "--open", help="Work for any coordinator on this LAN, paired or not: for a trusted "
+        "network only.")] = False,
     slots: Annotated[int, typer.Option(
         "--slots", min=1, max=16, help="Chunks this node encodes at once.")] = 1,
     peer: Annotated[list[str] | None, typer.Option(
@@ -995,13 +1009,14 @@ def join(
     from peer.recruit import parse_peer
 
     _refuse_empty_secret(secret)
+    closed = _guarded(_closed, secret, open_swarm)
     peers_to_greet = [_guarded(parse_peer, p) for p in peer or []]
     _guarded(check_port, NodeConfig().host, port)  # before the benchmark: it takes seconds
     env = _guarded(_environment)
     web_config = _guarded(partial(_web_config, env, secret=secret, hls=hls, hlsjs=hlsjs,
                           uploads=None if no_uploads else uploads, no_uploads=no_uploads,
                           max_upload_mb=max_upload_mb, name=name or socket.gethostname(),
-                          peers=tuple(peer or ())))
+                          peers=tuple(peer or ()), closed=closed))
     mode = _output_mode(quiet, as_json, env.term)
     sink: Any = None
 
@@ -1027,7 +1042,10 @@ def join(
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
                                    slots=slots, peers=peers_to_greet,
                                    cache_dir=env.cache_dir,
-                                   pairing=_pairing_service(env, port, mode == "quiet")),
+                                   pairing=_pairing_service(
+                                       env, port, mode == "quiet",
+                                       "closed" if closed else "secret" if secret else "open"),
+                                   closed=closed),
                         ffmpeg, scores, on_event=sink or join_plain(mode == "quiet"))
             from peer.web import Web
 
@@ -1056,7 +1074,8 @@ def join(
 
 def _web_config(env: Environment, *, secret: str | None, hls: str | None,
                 hlsjs: str | None, uploads: str | None, no_uploads: bool, max_upload_mb: int,
-                name: str, peers: tuple[str, ...], browse: bool = True) -> Any:
+                name: str, peers: tuple[str, ...], browse: bool = True,
+                closed: bool = False) -> Any:
     """The web page of a node, from join's options: what it takes and how its jobs run."""
     from peer.options import LocalSettings, NetworkSettings
     from peer.web import WebConfig
@@ -1078,7 +1097,8 @@ def _web_config(env: Environment, *, secret: str | None, hls: str | None,
         hlsjs=Path(hlsjs) if hlsjs is not None else None,
         job_net=NetworkSettings(enabled=True, discover=browse, peers=peers, secret=secret,
                                 name=name),
-        job_local=LocalSettings(ffmpeg=env.ffmpeg, cache_dir=env.cache_dir), browse=browse)
+        job_local=LocalSettings(ffmpeg=env.ffmpeg, cache_dir=env.cache_dir), browse=browse,
+        closed=closed)
 
 
 def _shown_score(scores: dict[str, float]) -> tuple[str, float | None]:
@@ -1109,7 +1129,10 @@ def peers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     secret: Annotated[str | None, typer.Option(
         "--secret", envvar="SWARM_SECRET", show_envvar=True,
-        help="Our swarm secret: peers with another are shown as foreign.")] = None,
+        help="Our swarm secret: peers with another are shown as foreign. Without it, "
+        "devices paired with this one are ours (a closed swarm, the default).")] = None,
+    open_swarm: Annotated[bool, typer.Option(
+        "--open", help="Judge the peers as an open swarm's coordinator would.")] = False,
 ) -> None:
     """List the swarm peers found on the LAN with mDNS."""
 
@@ -1135,6 +1158,14 @@ def peers(
 
     found, infos = _guarded(run)
     fp = auth.fingerprint(secret) if secret else ""
+    paired = None
+    if _guarded(_closed, secret, open_swarm):
+        from peer.identity import Devices
+
+        folder = _environment().config_dir
+        assert folder is not None
+        known = Devices(folder)
+        paired = lambda device: known.key_for(device) is not None  # noqa: E731
 
     def working_for(host: str, port: int) -> list[str]:
         info = infos.get(f"http://{host}:{port}")
@@ -1142,15 +1173,17 @@ def peers(
 
     rows = [{"name": r.name, "address": f"{r.host}:{r.port}", "arch": r.arch, "cpus": r.cpus,
              "score": r.score, "state": r.state, "version": r.version,
-             "verdict": classify(r, fp, PROTOCOL_VERSION), "node_id": r.node_id,
+             "verdict": classify(r, fp, PROTOCOL_VERSION, paired), "node_id": r.node_id,
              "working_for": working_for(r.host, r.port)}
             for r in found]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    if secret is None:
-        typer.echo("swarm: open swarm (no --secret): peers of any open swarm can join",
-                   err=True)
+    if paired is not None:
+        typer.echo("swarm: closed swarm (no --secret): the devices paired with this one are "
+                   "ours; `swarm pair CODE` adds one", err=True)
+    elif secret is None:
+        typer.echo("swarm: open swarm (--open): peers of any open swarm can join", err=True)
     from rich.console import Console
     from rich.table import Table
 
@@ -1234,6 +1267,60 @@ def pack(
     typer.echo(f"{built.sha256}  {output}")
 
 
+def _closed(secret: str | None, open_swarm: bool) -> bool:
+    """Whether the swarm is closed: with a secret its holders take part, with --open
+    anyone, else (the default) only the devices paired with this one, whose keys are in
+    the config directory."""
+    if secret is not None and open_swarm:
+        raise UsageError("--open and --secret (or SWARM_SECRET) contradict each other: "
+                         "give one")
+    if secret is not None or open_swarm:
+        return False
+    if _environment().config_dir is None:
+        raise UsageError("a closed swarm (the default) needs this device's identity: set "
+                         "SWARM_CONFIG_DIR (or HOME), or use --secret or --open")
+    return True
+
+
+def _access(secret: str | None, open_swarm: bool, networked: bool) -> dict[str, Any]:
+    """NetworkSettings' ``closed`` and ``pairing`` (this device's identity and pinned
+    keys, looked up by the coordinator's node and its recruiting)."""
+    if not networked or not _closed(secret, open_swarm):
+        return {"closed": False, "pairing": None}
+    from peer.identity import load_identity
+    from peer.pairing import PairingService
+
+    folder = _environment().config_dir
+    assert folder is not None  # _closed said so
+    return {"closed": True, "pairing": PairingService(folder, load_identity(folder), door=False)}
+
+
+def _refuse_nobody(access: dict[str, Any], no_local: bool) -> None:
+    """--no-local in a closed swarm of one: no device could ever take part."""
+    if no_local and access["closed"] and not access["pairing"].devices.devices:
+        raise _fail("--no-local, and this device is paired with no other, so in a closed "
+                    "swarm (the default) nobody could encode: pair a peer first (`swarm "
+                    "join` there, then `swarm pair CODE` here), or use --open or --secret",
+                    EXIT_USAGE)
+
+
+def _say_access(net: Any) -> None:
+    """Who can take part in a job: said once, when it starts."""
+    if net.closed:
+        n = len(net.pairing.devices.devices)
+        if n == 0:
+            typer.echo("swarm: closed swarm, and this device is paired with no other: only "
+                       "it encodes. To add a peer, run `swarm join` there and `swarm pair "
+                       "CODE` here with the code it shows (or use --open or --secret)",
+                       err=True)
+        else:
+            typer.echo(f"swarm: closed swarm: only the {n} device{'s' if n > 1 else ''} "
+                       "paired with this one may take part (`swarm devices list`)", err=True)
+    elif net.secret is None:
+        typer.echo("swarm: open swarm (--open): any device on this LAN may take part and "
+                   "receive chunks of the video", err=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="swarm: %(levelname)s: %(message)s")
     app()
@@ -1258,7 +1345,7 @@ def _config_dir(env: Environment) -> Path:
     return env.config_dir
 
 
-def _pairing_service(env: Environment, port: int, quiet: bool) -> Any:
+def _pairing_service(env: Environment, port: int, quiet: bool, access: str = "open") -> Any:
     """The join's pairing: its door and code while unpaired, the pinned keys after."""
     from peer.identity import load_identity
     from peer.lan import lan_address
@@ -1271,6 +1358,9 @@ def _pairing_service(env: Environment, port: int, quiet: bool) -> Any:
 
     def show_code(code: str) -> None:
         if not quiet:
+            if access == "closed":
+                typer.echo("swarm: waiting to be paired: until then this device takes work "
+                           "from no one (--open: from anyone)", err=True)
             typer.echo(f"swarm: not paired yet. On a device already in the swarm, run:\n"
                        f"    swarm pair {code[:3]} {code[3:]}  --peer {where}\n"
                        "  (the code changes after a few wrong tries)", err=True)
@@ -1279,7 +1369,16 @@ def _pairing_service(env: Environment, port: int, quiet: bool) -> Any:
         if not quiet:
             typer.echo(f"swarm: paired with {dev.name} ({dev.device_id[:8]})", err=True)
 
-    return PairingService(folder, load_identity(folder), show_code, show_paired)
+    service = PairingService(folder, load_identity(folder), show_code, show_paired)
+    if not quiet:
+        n = len(service.devices.devices)
+        if access == "open":
+            typer.echo("swarm: open (--open): any coordinator on this LAN may send this "
+                       "device work", err=True)
+        elif access == "closed" and n:
+            typer.echo(f"swarm: closed: works only for the {n} device{'s' if n > 1 else ''} "
+                       "paired with it (`swarm devices list`)", err=True)
+    return service
 
 
 @app.command()

@@ -56,24 +56,24 @@ def _pin_problem(exc: BaseException) -> str | None:
     return None
 
 
-def signed_headers(secret: str | None, method: str, target: str, digest: str
+def signed_headers(secret: auth.Credential, method: str, target: str, digest: str
                    ) -> dict[str, str]:
     return auth.sign(secret, method, target, time.time(), digest)
 
 
 # The reply is one of ``expected``: typed as their union, as decode types it.
 @overload
-async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+async def call(client: httpx.AsyncClient, secret: auth.Credential, method: str, target: str,
                msg: Message | None, expected: tuple[type[M]], base: str = "") -> M: ...
 @overload
-async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+async def call(client: httpx.AsyncClient, secret: auth.Credential, method: str, target: str,
                msg: Message | None, expected: tuple[type[M], type[M2]], base: str = ""
                ) -> M | M2: ...
 @overload
-async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+async def call(client: httpx.AsyncClient, secret: auth.Credential, method: str, target: str,
                msg: Message | None, expected: tuple[type[M], type[M2], type[M3]],
                base: str = "") -> M | M2 | M3: ...
-async def call(client: httpx.AsyncClient, secret: str | None, method: str, target: str,
+async def call(client: httpx.AsyncClient, secret: auth.Credential, method: str, target: str,
                msg: Message | None, expected: tuple[type[Message], ...], base: str = ""
                ) -> Message:
     """One control request; raises TransportError (network) or RemoteProtocolError (reply).
@@ -95,9 +95,12 @@ async def call(client: httpx.AsyncClient, secret: str | None, method: str, targe
     return decode(resp.content, expected)
 
 
-async def fetch_info(client: httpx.AsyncClient, base_url: str) -> NodeInfo:
+async def fetch_info(client: httpx.AsyncClient, base_url: str,
+                     secret: auth.Credential = None) -> NodeInfo:
+    """A node's ``/v1/info``; signed (``secret``), a closed node also says its jobs."""
+    headers = signed_headers(secret, "GET", "/v1/info", auth.body_digest(b""))
     with transport_errors():
-        resp = await client.get(f"{base_url}/v1/info")
+        resp = await client.get(f"{base_url}/v1/info", headers=headers)
     if resp.status_code != 200:
         raise RemoteProtocolError(f"{base_url}: /v1/info answered {resp.status_code}")
     return decode(resp.content, NodeInfo)

@@ -246,7 +246,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                       profile=opts.job.profile.name,
                       frames=frames, chunks=len(plans), duration_s=info.duration_s,
                       width=vplan.width, height=vplan.height, workers=workers,
-                      ffmpeg=ffmpeg.version, job_id=job_id, secret=opts.net.secret is not None,
+                      ffmpeg=ffmpeg.version, job_id=job_id,
+                      secret=opts.net.secret is not None or opts.net.closed,
                       network=opts.net.enabled, name=opts.net.name, policy=server.job.policy,
                       peers_seen=seen, chunk_s=round(chunk_s, 3)))
         # What the output will hold besides the video, and what it cannot (said once).

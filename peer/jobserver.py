@@ -149,7 +149,8 @@ class JobServer:
         self.fatal: str | None = None
         self.left_out: dict[str, str] = {}
         self.unreachable: dict[str, str] = {}  # --peer HOST:PORT -> why, reported once
-        self.census = Census()  # every device recruiting found, and what it is (peer.recruit)
+        # Every device recruiting found, and what it is (peer.recruit).
+        self.census = Census(closed=opts.net.closed)
         self.records = [_ChunkRecord(p) for p in plans]
         # Which results and frames are content-checked (swarm.spotcheck): a generator per
         # job, seeded from the OS's randomness, so that no peer can predict them.

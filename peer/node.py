@@ -34,7 +34,7 @@ from hypercorn.typing import ASGIFramework
 from chunker.tools import FFmpeg
 from swarm import auth
 from swarm.config import Timings
-from swarm.errors import PeerError, ProfileError, RemoteProtocolError, UsageError
+from swarm.errors import AuthError, PeerError, ProfileError, RemoteProtocolError, UsageError
 from swarm.events import (
     JobJoined,
     JobLeft,
@@ -214,6 +214,9 @@ class NodeConfig:
     # (0: any free one), beside the plain one, which --open and --secret swarms keep using.
     tls: ssl.SSLContext | None = None
     tls_port: int = 0
+    # Closed (the CLI's default without --secret or --open): only paired devices are
+    # believed; a request not signed by one is refused, even with no secret set.
+    closed: bool = False
 
     @classmethod
     def coordinating(cls, net: NetworkSettings, timings: Timings,
@@ -222,7 +225,8 @@ class NodeConfig:
         on ``net.port`` if free, and drops a dead connection after two leases."""
         return cls(name=net.name, port=free_port(net.port), secret=net.secret,
                    advertise=False, interfaces=net.interfaces, peer_gone_s=2 * timings.lease_s,
-                   timings=timings, cache_dir=cache_dir)
+                   timings=timings, cache_dir=cache_dir, pairing=net.pairing,
+                   closed=net.closed)
 
 
 class WebRoutes(Protocol):
@@ -269,6 +273,7 @@ class _Work:
     scope: trio.CancelScope
     coordinator_name: str = ""
     pin: str | None = None  # the TLS fingerprint of an https coordinator (peer.tls)
+    cred: auth.Credential = None  # what requests to the coordinator are signed with
     chunk: int | None = None
     frames: int = 0
     fps: float = 0.0
@@ -305,8 +310,12 @@ class Node:
     def state(self) -> State:
         return "busy" if (self.work or self.coordinator) else "idle"
 
-    def info(self) -> NodeInfo:
+    def info(self, jobs: bool = True) -> NodeInfo:
+        """What /v1/info says; ``jobs`` False: not which jobs it works on (a closed node
+        tells them only to the devices paired with it)."""
         job = next(iter(self.work), None) or next(iter(self.jobs), None)
+        if not jobs:
+            job = None
         return NodeInfo(
             node_id=self.node_id, name=self.config.name[:64] or "node",
             version=SOFTWARE_VERSION, arch=(platform.machine() or "unknown")[:32],
@@ -316,7 +325,8 @@ class Node:
             scores=self.scores, state=self.state, job_id=job,
             slots=max(1, min(64, self.config.slots)),
             pyz_sha256=self.pyz.sha256 if self.pyz is not None else None,
-            working_for={w.job_id: _shown_name(w) for w in self.work.values()},
+            working_for={w.job_id: _shown_name(w) for w in self.work.values()} if jobs else {},
+            device_id=self.device_id, closed=self.config.closed,
         )
 
     def record(self) -> PeerRecord:
@@ -326,8 +336,20 @@ class Node:
             cpus=max(1, os.cpu_count() or 1), score=self.scores.get("hd", 0.0),
             state=self.state, version=SOFTWARE_VERSION,
             fingerprint=auth.fingerprint(self.config.secret) if self.config.secret else "",
-            jobs=len(self.work),
+            jobs=len(self.work), device=self.device_id, closed=self.config.closed,
         )
+
+    @property
+    def device_id(self) -> str:
+        """This device's identity (peer.identity), "" for a node without one."""
+        pairing = self.config.pairing
+        return pairing.identity.device_id if pairing is not None else ""
+
+    def pair_key(self, device: str) -> auth.PairKey | None:
+        """The credential for talking to paired device ``device``; None if not paired."""
+        pairing = self.config.pairing
+        key = pairing.key_for(device) if pairing is not None and device else None
+        return auth.PairKey(self.device_id, key) if key is not None else None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
@@ -454,7 +476,7 @@ class Node:
                         for slot in range(max(1, self.config.slots)):
                             slots.start_soon(partial(
                                 work_slot, terms, node_id=self.node_id, slot=slot,
-                                secret=self.config.secret, ffmpeg=self.ffmpeg, client=client,
+                                secret=work.cred, ffmpeg=self.ffmpeg, client=client,
                                 on_event=partial(self._slot_event, work),
                                 timings=self.config.timings, turns=self.turns))
         finally:
@@ -502,17 +524,42 @@ class Node:
             await respond(send, 422, (str(exc)[:300] + "\n").encode())
 
     def _check(self, request: Request, body: bytes | None = None, digest: str | None = None
-               ) -> None:
+               ) -> str | None:
+        """Raise AuthError unless the request is signed as this node believes; the paired
+        device that signed it, None for a secret's signature or an open node."""
         digest = digest if digest is not None else auth.body_digest(body or b"")
         pairing = self.config.pairing
         if pairing is not None and auth.DEVICE_HEADER.lower() in request.headers:
             # A paired device signs with the key pinned for it; that suffices with or
             # without a secret, and a bad one is refused even in an open swarm.
-            auth.verify_device(pairing.key_for, request.method, request.target,
-                               request.headers, digest, time.time())
-            return
+            return auth.verify_device(pairing.key_for, request.method, request.target,
+                                      request.headers, digest, time.time())
+        if self.config.closed:
+            raise AuthError("this device is closed: it takes requests only from devices "
+                            "paired with it (`swarm pair`), or start it with --open")
         auth.verify(self.config.secret, request.method, request.target, request.headers,
                     digest, time.time())
+        return None
+
+    def _shows_jobs(self, request: Request) -> bool:
+        """Whether /v1/info may name this node's jobs to the asker: anyone unless closed."""
+        if not self.config.closed:
+            return True
+        try:
+            return self._check(request) is not None
+        except AuthError:
+            return False
+
+    def _token_cred(self, request: Request) -> auth.Credential:
+        """What a source or image URL's token is checked with: the pairing of the device
+        it names, else the secret (ffmpeg's requests carry no signature headers)."""
+        device = request.query.get("device")
+        if device is not None or self.config.closed:
+            cred = self.pair_key(device or "") if auth.is_device_id(device or "") else None
+            if cred is None:
+                raise AuthError("a source token of a device not paired with this one")
+            return cred
+        return self.config.secret
 
     async def _route(self, request: Request, receive: Receive, send: Send) -> None:
         path, method = request.path, request.method
@@ -522,7 +569,7 @@ class Node:
         if path == "/v1/info":
             if method != "GET":
                 raise HTTPError("use GET", status_code=405)
-            await respond_message(send, self.info(), request)
+            await respond_message(send, self.info(self._shows_jobs(request)), request)
             return
         if path == f"/{pyz_mod.BOOTSTRAP_NAME}":
             # Unsigned, like /v1/info: a device that has no swarm yet has no secret either,
@@ -539,14 +586,18 @@ class Node:
             if method != "POST":
                 raise HTTPError("use POST", status_code=405)
             body = await read_body(receive, request)
-            self._check(request, body)
-            await self._invite(decode(body, Invite), request, send)
+            device = self._check(request, body)
+            await self._invite(decode(body, Invite), request, send, device)
             return
         if path == "/v1/hello":
             if method != "POST":
                 raise HTTPError("use POST", status_code=405)
             body = await read_body(receive, request)
-            self._check(request, body)
+            if not self.config.closed:
+                # Closed: a hello is only a hint (the coordinator then asks /v1/info and
+                # invites a paired device with a signed invite), and a joining device does
+                # not know which of its pairings this coordinator is.
+                self._check(request, body)
             hello = decode(body, Hello)
             if self.hello_sink is None:
                 raise HTTPError("not coordinating a job", status_code=404)
@@ -597,14 +648,14 @@ class Node:
             return
         if rest == "/source" and method in ("GET", "HEAD"):
             attempt = request.query.get("attempt", "")
-            auth.verify_url_token(self.config.secret, path, attempt,
+            auth.verify_url_token(self._token_cred(request), path, attempt,
                                   request.query.get("token", ""))
             await server.serve_source(attempt, request, send, receive, method == "HEAD")
             return
         im = _IMAGE_ROUTE.match(rest)
         if im and method in ("GET", "HEAD"):
             attempt = request.query.get("attempt", "")
-            auth.verify_url_token(self.config.secret, path, attempt,
+            auth.verify_url_token(self._token_cred(request), path, attempt,
                                   request.query.get("token", ""))
             await server.serve_image(attempt, int(im.group(1)), request, send, receive,
                                      method == "HEAD")
@@ -621,10 +672,12 @@ class Node:
             return
         raise HTTPError("no such endpoint or method", status_code=404)
 
-    def invite_reply(self, invite: Invite, reason: str = "") -> InviteReply:
-        """An acceptance that proves this node holds the swarm's secret (swarm.auth)."""
+    def invite_reply(self, invite: Invite, cred: auth.Credential, reason: str = ""
+                     ) -> InviteReply:
+        """An acceptance that proves this node holds the swarm's secret, or the pairing
+        the invite was signed with (swarm.auth)."""
         return InviteReply(True, reason, self.node_id, auth.reply_proof(
-            self.config.secret, invite.nonce, InviteReply.TYPE, invite.job_id, self.node_id,
+            cred, invite.nonce, InviteReply.TYPE, invite.job_id, self.node_id,
             "accepted"))
 
     def _pin_for(self, invite: Invite, request: Request) -> str | None:
@@ -642,7 +695,8 @@ class Node:
                             "certificates)", status_code=403)
         return pin
 
-    async def _invite(self, invite: Invite, request: Request, send: Send) -> None:
+    async def _invite(self, invite: Invite, request: Request, send: Send,
+                      device: str | None = None) -> None:
         # Work only for whoever sent the invite: the address in it must be the sender's.
         problem = invite_address_problem(invite.coordinator_url, request.client)
         if problem is not None:
@@ -650,9 +704,17 @@ class Node:
         pin = self._pin_for(invite, request)
         if self.coordinator:
             raise HTTPError("this node is coordinating its own job", status_code=409)
+        # Replies and every request for the job are signed as the invite was: with the
+        # pairing of the device that signed it, else the secret.
+        cred: auth.Credential = self.config.secret
+        if device is not None:
+            cred = self.pair_key(device)
+            if cred is None:  # revoked between the check and now
+                raise HTTPError("the inviting device is not paired with this one",
+                                status_code=401)
         if invite.job_id in self.work:
-            await respond_message(send, self.invite_reply(invite, "already working on it"),
-                                  request)
+            await respond_message(send, self.invite_reply(invite, cred,
+                                                          "already working on it"), request)
             return
         if len(self.work) >= MAX_JOBS:
             raise HTTPError(f"busy with {len(self.work)} jobs already", status_code=409)
@@ -664,6 +726,7 @@ class Node:
             raise HTTPError(f"this node's ffmpeg lacks {missing[0]}", status_code=422)
         assert self._nursery is not None
         self.work[invite.job_id] = _Work(invite.job_id, terms.coordinator_url,
-                                         trio.CancelScope(), invite.coordinator_name, pin)
+                                         trio.CancelScope(), invite.coordinator_name, pin,
+                                         cred=cred)
         self._nursery.start_soon(self._work, invite, terms)
-        await respond_message(send, self.invite_reply(invite), request)
+        await respond_message(send, self.invite_reply(invite, cred), request)

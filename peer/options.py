@@ -65,6 +65,11 @@ class NetworkSettings:
     # How this job shares peers that serve several coordinators: "low", "normal", "high"
     # (swarm.share.PRIORITIES); it travels in the invite.
     priority: str = "normal"
+    # Closed (the CLI's default without --secret or --open): only devices paired with this
+    # one are invited, and their requests must be signed with the pairing. ``pairing``
+    # (peer.pairing.PairingService) holds this device's identity and pinned keys.
+    closed: bool = False
+    pairing: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,12 +36,15 @@ class PairingService:
 
     def __init__(self, folder: Path, identity: Identity,
                  on_code: Callable[[str], None] | None = None,
-                 on_paired: Callable[[Device], None] | None = None) -> None:
+                 on_paired: Callable[[Device], None] | None = None, *,
+                 door: bool = True) -> None:
+        """``door``: show a code and take pairings while paired with no one (``swarm
+        join``); a coordinator's node only looks its pairings up."""
         self.folder = folder
         self.identity = identity
         self.devices = Devices(folder)
         self.cert = load_cert(folder, identity.device_id)
-        self.door: Door | None = (None if self.devices.devices else
+        self.door: Door | None = (None if self.devices.devices or not door else
                                   Door(identity.device_id, identity.name, self.cert.fingerprint))
         self._on_code = on_code or (lambda code: None)
         self._on_paired = on_paired or (lambda dev: None)

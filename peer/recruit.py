@@ -54,6 +54,7 @@ class _Candidate:
     invites: int = 0
     named: bool = False  # given as --peer: the user expects it, so say if it cannot be had
     reported: bool = False
+    cred: auth.Credential = None  # what its invite and goodbye are signed with
 
     @property
     def base(self) -> str:
@@ -71,6 +72,12 @@ def _foreign_why(verdict: str) -> str:
     """Why a device that was found is not used, after "peer NAME not used: "."""
     if verdict == "foreign-secret":
         return "it has another secret"
+    if verdict == "unpaired":
+        return "not paired with this device (run `swarm pair` here with the code its " \
+               "`swarm join` shows)"
+    if verdict == "closed":
+        return "it is closed: it works only for devices paired with it (pair them, or " \
+               "start it with --open)"
     kind = KINDS.get(verdict)
     return f"{kind.label} ({kind.hint})" if kind is not None and kind.hint else verdict
 
@@ -78,6 +85,30 @@ def _foreign_why(verdict: str) -> str:
 def _our_fingerprint(opts: EncodeOptions) -> str:
     return auth.fingerprint(opts.net.secret) if opts.net.secret else ""
 
+
+def _paired(opts: EncodeOptions) -> Callable[[str], bool] | None:
+    """A closed coordinator's test of a device id: paired with us (None when not closed)."""
+    pairing = opts.net.pairing
+    if not opts.net.closed:
+        return None
+    return lambda device: pairing is not None and pairing.key_for(device) is not None
+
+
+def _credential(opts: EncodeOptions, device: str) -> auth.Credential:
+    """What requests to a peer are signed with: the secret, or (closed) the pairing with
+    its device; raises AuthError for a device a closed coordinator is not paired with."""
+    if not opts.net.closed:
+        return opts.net.secret
+    pairing = opts.net.pairing
+    key = pairing.key_for(device) if pairing is not None and auth.is_device_id(device) \
+        else None
+    if key is None:
+        raise AuthError("not paired")
+    return auth.PairKey(pairing.identity.device_id, key)
+
+
+# Candidates a job keeps track of (mDNS, --peer, hellos): a LAN of devices, not a flood.
+MAX_CANDIDATES = 256
 
 # How long the coordinator listens for mDNS answers before it plans the chunks (while it
 # probes the input). Three peers in network namespaces all answered within 0.1 s
@@ -100,7 +131,9 @@ async def census(opts: EncodeOptions) -> int:
     except Exception as exc:  # only a sizing hint: it must never stop a job
         log.debug("census failed: %s", exc)
         return 0
-    return sum(1 for r in records if has_room(r) and classify(r, fp, PROTOCOL_VERSION) == "ok")
+    paired = _paired(opts)
+    return sum(1 for r in records
+               if has_room(r) and classify(r, fp, PROTOCOL_VERSION, paired) == "ok")
 
 
 async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
@@ -111,8 +144,11 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         host, port = parse_peer(spec)
         candidates[f"{host}:{port}"] = _Candidate(host, port, named=True)
     our_fp = _our_fingerprint(opts)
+    paired = _paired(opts)
 
     def hello(host: str, port: int) -> None:
+        if f"{host}:{port}" not in candidates and len(candidates) >= MAX_CANDIDATES:
+            return  # a closed coordinator takes unsigned hellos: they are only hints
         c = candidates.setdefault(f"{host}:{port}", _Candidate(host, port))
         if not c.invited:
             c.next_try = 0.0
@@ -137,7 +173,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                         candidates.pop(key)
                         emit(PeerLeft(rec.name))
                     continue
-                verdict = classify(rec, our_fp, PROTOCOL_VERSION)
+                verdict = classify(rec, our_fp, PROTOCOL_VERSION, paired)
                 if verdict != "ok":
                     if key not in candidates:
                         server.device_seen(rec.node_id, rec.name, verdict)
@@ -153,7 +189,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         now = trio.current_time()
         c.next_try = now + 3.0
         try:
-            info = await fetch_info(client, c.base)
+            info = await fetch_info(client, c.base, c.cred)
         except PeerError as exc:
             log.debug("peer %s unreachable: %s", c.base, exc)
             if c.named and not c.reported:
@@ -170,6 +206,17 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.node_id, c.name = info.node_id, info.name
         if c.invited and server.job_id in _jobs_of(info):
             return
+        # What mDNS says, /v1/info says too, for --peer and hello candidates (not believed
+        # either way: a device is ours only once its reply proves the pairing or secret).
+        verdict = "unpaired" if paired is not None and not (
+            info.device_id and paired(info.device_id)) else (
+            "closed" if paired is None and info.closed else "ok")
+        if verdict != "ok":
+            c.unusable = verdict
+            server.device_seen(info.node_id, info.name, verdict)
+            emit(PeerForeign(info.name, _foreign_why(verdict)))
+            return
+        c.cred = _credential(opts, info.device_id)
         if opts.job.profile.video.codec not in info.encoders:
             c.unusable = f"lacks {opts.job.profile.video.codec}"
             emit(PeerForeign(info.name, c.unusable))
@@ -191,14 +238,16 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                         server.invite_ladder(), priority=opts.net.priority,
                         coordinator_name=opts.net.name[:64])
         try:
-            ack = await call(client, opts.net.secret, "POST", "/v1/invite", invite,
+            ack = await call(client, c.cred, "POST", "/v1/invite", invite,
                              (InviteReply,), base=c.base)
         except PeerError as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 403, 422):
                 c.unusable = str(exc)
                 if exc.status_code == 401:
-                    server.device_seen(info.node_id, info.name, "foreign-secret")
-                    emit(PeerForeign(info.name, _foreign_why("foreign-secret")))
+                    # Closed: it holds no pairing with us (revoked, or paired again since).
+                    why = "unpaired" if opts.net.closed else "foreign-secret"
+                    server.device_seen(info.node_id, info.name, why)
+                    emit(PeerForeign(info.name, _foreign_why(why)))
                 else:
                     emit(PeerForeign(info.name, str(exc)))
             return
@@ -207,7 +256,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             # A member proves the secret; an open node accepts anything and cannot.
             if ack.node_id != info.node_id:
                 raise AuthError(f"the reply names node {ack.node_id}, not {info.node_id}")
-            auth.check_reply_proof(opts.net.secret, ack.proof, invite.nonce, InviteReply.TYPE,
+            auth.check_reply_proof(c.cred, ack.proof, invite.nonce, InviteReply.TYPE,
                                    invite.job_id, ack.node_id, "accepted")
         except AuthError as exc:
             c.unusable = "unproven"
@@ -257,12 +306,12 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 async with trio.open_nursery() as bye:
                     for c in candidates.values():
                         if c.invited:
-                            bye.start_soon(_goodbye, c, client, server.job_id, opts.net.secret)
+                            bye.start_soon(_goodbye, c, client, server.job_id, c.cred)
 
 
 async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
     try:
-        info = await fetch_info(client, c.base)
+        info = await fetch_info(client, c.base, c.cred)
     except PeerError:
         return
     if server.job_id not in _jobs_of(info):
@@ -276,7 +325,7 @@ def _jobs_of(info: NodeInfo) -> set[str]:
 
 
 async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,
-                   secret: str | None) -> None:
+                   secret: auth.Credential) -> None:
     try:
         target = f"/v1/jobs/{job_id}"
         headers = auth.sign(secret, "DELETE", target, time.time(), auth.body_digest(b""))

@@ -61,14 +61,14 @@ def slide_run_of(a: Assignment, width: int, height: int) -> SlideRun:
     return run
 
 
-async def fetch_run(client: httpx.AsyncClient, secret: str | None, a: Assignment,
+async def fetch_run(client: httpx.AsyncClient, secret: auth.Credential, a: Assignment,
                     run: SlideRun, directory: str) -> list[str]:
     """Download the run's images into ``directory``; their paths, in order. EncodeError
     for an image that is not what the run says (size, digest, format) or cannot be had."""
     paths = []
     for k, (size, digest) in enumerate(zip(run.sizes, run.sha256, strict=True)):
         path = f"{a.source_path}/{k}"
-        url = f"{path}?attempt={a.attempt}&token={auth.url_token(secret, path, a.attempt)}"
+        url = f"{path}?{auth.url_query(secret, path, a.attempt)}"
         part = os.path.join(directory, f"{k:03d}.part")
         sha = hashlib.sha256()
         head = b""

@@ -99,6 +99,14 @@ class WebConfig:
     job_net: NetworkSettings = field(default_factory=NetworkSettings)
     job_local: LocalSettings = field(default_factory=LocalSettings)
     browse: bool = False  # list the swarm's devices from mDNS
+    # A closed swarm (no secret, paired devices only): a browser cannot be paired, so the
+    # page shows the node's name and nothing else; --secret opens it to a signed-in browser.
+    closed: bool = False
+
+    @property
+    def locked(self) -> bool:
+        """Whether no browser can sign in: closed, with no secret to sign in with."""
+        return self.closed and self.secret is None
 
 
 @dataclass(slots=True)
@@ -119,7 +127,8 @@ class Web:
         self.config = config
         self.node = node
         self.board = Board(Device("here", "this node", platform.machine() or "?", 0.0,
-                                  "idle", True, here=True), secret=config.secret is not None)
+                                  "idle", True, here=True),
+                           secret=config.secret is not None or config.closed)
         if node is not None:
             self.attach(node)
         self.profiles = builtin_names()
@@ -238,6 +247,8 @@ class Web:
         return path == "/" or path.startswith("/web/")
 
     def _authed(self, request: Request) -> bool:
+        if self.config.locked:
+            return False
         return check_session(self.config.secret,
                              session_from_header(request.headers.get("cookie")), time.time())
 
@@ -299,12 +310,17 @@ class Web:
         page = self.config.assets["index.html"].decode("utf-8")
         page = (page.replace("{{name}}", html.escape(self.node.config.name))
                 .replace("{{locked}}", "" if authed else "locked")
-                .replace("{{open}}", "open" if self.config.secret is None else "closed"))
+                .replace("{{open}}", "open" if self.config.secret is None
+                         and not self.config.closed else "closed"))
         await respond(send, 200, page.encode(), "text/html; charset=utf-8",
                       [(b"cache-control", b"no-store")])
 
     async def _login(self, request: Request, receive: Receive, send: Send) -> None:
         body = await read_body(receive, request, MAX_LOGIN_BODY)
+        if self.config.locked:
+            raise HTTPError("this swarm is closed to all but paired devices, and a browser "
+                            "cannot be paired: start the node with --secret to sign in here",
+                            status_code=403)
         if self.config.secret is None:
             await respond(send, 204)
             return

@@ -128,7 +128,7 @@ def accept_invite(invite: Invite) -> JobTerms:
                     VideoPlan(w, h, gop, time_base, rungs))
 
 
-async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
                     timings: Timings = DEFAULT_TIMINGS, turns: Turns | None = None) -> None:
@@ -190,7 +190,7 @@ class _Queued:
             await fetch.close()
 
 
-async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                      ffmpeg: FFmpeg, client: httpx.AsyncClient,
                      on_event: Callable[[NodeEvent], None], timings: Timings,
                      workdir: _Workdir, downloads: trio.Nursery, turns: Turns) -> None:
@@ -241,7 +241,7 @@ class _Seat:
         return self.turn is not None and self.turns.may_prefetch(self.turn.job_id)
 
 
-async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: str | None,
+async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                       ffmpeg: FFmpeg, client: httpx.AsyncClient,
                       on_event: Callable[[NodeEvent], None], timings: Timings,
                       workdir: _Workdir, downloads: trio.Nursery, seat: _Seat) -> None:
@@ -334,7 +334,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: str |
             await seat.next()
 
 
-async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | None
+async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential
                         ) -> bool:
     """Report a queued chunk as starting; False if it was taken over or the job ended."""
     try:
@@ -350,7 +350,7 @@ async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: str | 
 TELL_FAILED_S = 3.0
 
 
-async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignment,
+async def _tell_failed(client: httpx.AsyncClient, secret: auth.Credential, a: Assignment,
                        reason: str) -> None:
     """Tell the coordinator why the encoder failed, before the upload is cut off."""
     text = "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON] or "failed"
@@ -362,13 +362,12 @@ async def _tell_failed(client: httpx.AsyncClient, secret: str | None, a: Assignm
             log.debug("chunk %d: could not report the failure: %s", a.chunk, exc)
 
 
-def _source_url(terms: JobTerms, a: Assignment, secret: str | None) -> str:
-    token = auth.url_token(secret, a.source_path, a.attempt)
+def _source_url(terms: JobTerms, a: Assignment, secret: auth.Credential) -> str:
     base = terms.source_base or terms.coordinator_url
-    return f"{base}{a.source_path}?attempt={a.attempt}&token={token}"
+    return f"{base}{a.source_path}?{auth.url_query(secret, a.source_path, a.attempt)}"
 
 
-async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: str | None,
+async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth.Credential,
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
                    fetched: Prefetch | None = None, queued: _Queued | None = None,

@@ -29,7 +29,10 @@ With no secret (``None``) the swarm is open: ``sign`` adds nothing and ``verify`
 Paired devices (swarm.pairing) sign the same canonical string with their per-pair key
 instead of the secret: ``sign_device`` adds ``X-Swarm-Device`` (the sender's device id,
 bound into the MAC under its own domain), and ``verify_device`` looks the key up by that id.
-A per-pair key is 256 random bits, so it is used as is (no PBKDF2).
+A per-pair key is 256 random bits, so it is used as is (no PBKDF2). A ``PairKey`` (our
+device id and the key shared with the other device) stands wherever a secret does: ``sign``
+then signs as ``sign_device``, and URL tokens and reply proofs are MACs under that key, so a
+closed swarm's peer and coordinator prove the pairing to each other on every message.
 
 Replies are proven, not signed like requests: a request's signature tells the receiver the
 sender is of its swarm, but an open node accepts any signed request and answers it, so the
@@ -44,6 +47,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
@@ -55,15 +59,21 @@ __all__ = [
     "SIGNATURE_HEADER",
     "STREAMED_BODY",
     "TIME_HEADER",
+    "Credential",
+    "PairKey",
     "body_digest",
     "check_reply_proof",
     "fingerprint",
+    "is_device_id",
     "reply_proof",
     "sign",
     "sign_device",
     "streamed_digest",
+    "url_query",
+    "url_token",
     "verify",
     "verify_device",
+    "verify_url_token",
 ]
 
 TIME_HEADER: Final = "X-Swarm-Time"
@@ -100,6 +110,32 @@ def _key(secret: str) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), _KDF_SALT, _KDF_ITERATIONS)
 
 
+@dataclass(frozen=True, slots=True)
+class PairKey:
+    """The credential of one pairing: the id this device signs as, and the key pinned for
+    the other device (swarm.pairing). Never printed: its repr hides the key."""
+
+    device_id: str
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if _DEVICE_ID.fullmatch(self.device_id) is None or len(self.key) < 16:
+            raise LocalProtocolError("a pair key needs a device id and a key of 16+ bytes")
+
+
+# What a request is signed with: the swarm's secret, a pairing, or nothing (open).
+Credential = str | PairKey | None
+
+
+def is_device_id(text: str) -> bool:
+    """Whether ``text`` has the form of a device id (peer.identity: 32 lower-case hex)."""
+    return _DEVICE_ID.fullmatch(text) is not None
+
+
+def _mac_key(cred: str | PairKey) -> bytes:
+    return cred.key if isinstance(cred, PairKey) else _key(cred)
+
+
 def fingerprint(secret: str) -> str:
     """A short hex id of the secret, safe to publish in mDNS TXT records."""
     mac = hmac.new(_key(secret), b"swarm-fingerprint", hashlib.sha256)
@@ -132,12 +168,12 @@ def _canonical(method: str, path_with_query: str, millis: int, digest: str) -> b
     )
 
 
-def _mac(secret: str, canonical: bytes) -> str:
-    return hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
+def _mac(secret: str | PairKey, canonical: bytes) -> str:
+    return hmac.new(_mac_key(secret), canonical, hashlib.sha256).hexdigest()
 
 
 def sign(
-    secret: str | None,
+    secret: Credential,
     method: str,
     path_with_query: str,
     timestamp: float,
@@ -150,6 +186,9 @@ def sign(
     """
     if secret is None:
         return {}
+    if isinstance(secret, PairKey):
+        return sign_device(secret.key, secret.device_id, method, path_with_query, timestamp,
+                           body_digest)
     millis = round(timestamp * 1000)
     canonical = _canonical(method.upper(), path_with_query, millis, body_digest)
     if canonical is None or millis < 0:
@@ -208,7 +247,7 @@ def verify(
         raise AuthError("wrong signature: is this node in another swarm (different secret)?")
 
 
-def url_token(secret: str | None, path: str, attempt: str) -> str:
+def url_token(secret: Credential, path: str, attempt: str) -> str:
     """A capability for GETs of ``path`` on behalf of one attempt, to put in a URL.
 
     ffmpeg fetches the source itself and re-requests ranges whenever it seeks, so it cannot
@@ -223,7 +262,15 @@ def url_token(secret: str | None, path: str, attempt: str) -> str:
     return _mac(secret, b"url\n" + canonical)
 
 
-def verify_url_token(secret: str | None, path: str, attempt: str, token: str) -> None:
+def url_query(secret: Credential, path: str, attempt: str) -> str:
+    """The query string that authorises GETs of ``path`` for one attempt: its id, its
+    token and, under a pairing, the device the token is for (the coordinator looks the key
+    up by it; ffmpeg's requests carry no signature headers)."""
+    query = f"attempt={attempt}&token={url_token(secret, path, attempt)}"
+    return query + f"&device={secret.device_id}" if isinstance(secret, PairKey) else query
+
+
+def verify_url_token(secret: Credential, path: str, attempt: str, token: str) -> None:
     """Raises AuthError unless ``token`` is url_token(secret, path, attempt)."""
     if secret is None:
         return
@@ -243,7 +290,7 @@ def _reply_canonical(nonce: str, parts: tuple[str, ...]) -> bytes | None:
     return b"\n".join((_REPLY_DOMAIN, nonce.encode(), *(p.encode() for p in parts)))
 
 
-def reply_proof(secret: str | None, nonce: str, *parts: str) -> str | None:
+def reply_proof(secret: Credential, nonce: str, *parts: str) -> str | None:
     """Proof that a reply to the request with ``nonce`` comes from a holder of ``secret``;
     ``parts`` are what the reply says (its type, job, node, answer). None when open."""
     if secret is None:
@@ -254,7 +301,8 @@ def reply_proof(secret: str | None, nonce: str, *parts: str) -> str | None:
     return _mac(secret, canonical)
 
 
-def check_reply_proof(secret: str | None, proof: str | None, nonce: str, *parts: str) -> None:
+def check_reply_proof(secret: Credential, proof: str | None, nonce: str, *parts: str
+                      ) -> None:
     """Raise AuthError unless ``proof`` is ``reply_proof(secret, nonce, *parts)``.
 
     In an open swarm (``secret`` None) every reply passes: there is nothing to prove."""

@@ -17,6 +17,7 @@ TXT keys (short, since the whole TXT record should stay well under one 512-byte 
     cpus   usable CPU count              score  benchmark speed in work/s, 0 when unknown
     state  idle | busy | leaving         fp     fingerprint of the swarm secret, "" when open
     ver    software version              jobs   jobs it works on for coordinators (absent: 0)
+    dev    device id ("" or absent: none) closed 1: takes work only from paired devices
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import ipaddress
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
@@ -55,7 +56,7 @@ __all__ = [
 SERVICE_TYPE = "_swarm._tcp.local."
 
 State = Literal["idle", "busy", "leaving"]
-Verdict = Literal["ok", "foreign-secret", "foreign-protocol"]
+Verdict = Literal["ok", "foreign-secret", "foreign-protocol", "unpaired", "closed"]
 EventKind = Literal["added", "updated", "removed"]
 # Mapping is invariant in its key, so spell out what zeroconf (bytes) and tests (str) pass.
 TxtProps = (
@@ -82,6 +83,7 @@ MAX_SCORE = 1e15
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.+-]{1,32}")  # arch, version
 _FINGERPRINT_RE = re.compile(r"(?:[0-9a-f]{8,64})?")
+_DEVICE_RE = re.compile(r"(?:[0-9a-f]{32})?")
 _UINT_RE = re.compile(r"[0-9]{1,6}")
 # What repr(float) produces for a finite, non-negative value, and nothing else.
 _UFLOAT_RE = re.compile(r"[0-9]{1,17}(?:\.[0-9]{1,17})?(?:e[+-]?[0-9]{1,3})?")
@@ -111,6 +113,10 @@ class PeerRecord:
     # Jobs it works on as a peer: "busy" with 0 < jobs < MAX_JOBS still takes one more
     # coordinator's job; busy with 0 is coordinating a job of its own.
     jobs: int = 0
+    # Its identity (peer.identity), "" if it has none; and whether it is closed: it takes
+    # work only from devices paired with it (a closed coordinator uses only paired ones).
+    device: str = ""
+    closed: bool = False
 
     def __post_init__(self) -> None:
         problem = _record_problem(self)
@@ -153,6 +159,10 @@ def _record_problem(r: PeerRecord) -> str | None:
         return f"version {r.version!r} is not a short token"
     if type(r.jobs) is not int or not 0 <= r.jobs <= MAX_CPUS:
         return f"jobs {r.jobs!r} is out of range"
+    if not isinstance(r.device, str) or not _DEVICE_RE.fullmatch(r.device):
+        return "device is not empty or 32 lowercase hex digits"
+    if type(r.closed) is not bool:
+        return f"closed {r.closed!r} is not a bool"
     return None
 
 
@@ -177,6 +187,8 @@ def to_txt(record: PeerRecord) -> dict[str, str]:
         "fp": record.fingerprint,
         "ver": record.version,
         "jobs": str(record.jobs),
+        "dev": record.device,
+        "closed": "1" if record.closed else "0",
     }
 
 
@@ -226,9 +238,17 @@ def from_txt(props: TxtProps, host: str, port: int) -> PeerRecord:
             fingerprint=text("fp", ""),
             version=text("ver", ""),
             jobs=uint("jobs") if "jobs" in values else 0,
+            device=text("dev", ""),
+            closed=_flag(text("closed", "0")),
         )
     except LocalProtocolError as exc:
         raise RemoteProtocolError(f"peer advertised {exc}") from exc
+
+
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise RemoteProtocolError(f"TXT closed={value!r} is not 0 or 1")
+    return value == "1"
 
 
 def _decode(raw: bytes | str, what: str) -> str:
@@ -289,14 +309,23 @@ def pick_address(candidates: Sequence[str], our_interfaces: Sequence[str] = ()) 
     return min(ranked)[2] if ranked else None
 
 
-def classify(record: PeerRecord, our_fingerprint: str, our_protocol: int) -> Verdict:
+def classify(record: PeerRecord, our_fingerprint: str, our_protocol: int,
+             paired: Callable[[str], bool] | None = None) -> Verdict:
     """Whether a discovered peer is one of ours.
 
-    A different fingerprint means another swarm (or an open node beside a secret swarm):
-    its requests would fail authentication, so it is shown as foreign and never invited.
-    Only within our swarm does a protocol mismatch matter ("upgrade that node").
+    ``paired`` is given when we are closed: then only a device paired with us is ours,
+    whatever else it advertises ("unpaired": `swarm pair` it first). Otherwise a closed
+    node is not ours (it takes work only from devices paired with it), and a different
+    fingerprint means another swarm (or an open node beside a secret swarm): its requests
+    would fail authentication, so it is shown as foreign and never invited. Only within our
+    swarm does a protocol mismatch matter ("upgrade that node").
     """
-    if record.fingerprint != our_fingerprint:
+    if paired is not None:
+        if not (record.device and paired(record.device)):
+            return "unpaired"
+    elif record.closed:
+        return "closed"
+    elif record.fingerprint != our_fingerprint:
         return "foreign-secret"
     if record.protocol != our_protocol:
         return "foreign-protocol"

@@ -66,9 +66,9 @@ __all__ = [
 # an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
 # pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides and
 # keyframes_s, Invite's ladder; v4: Invite's priority and coordinator_name, NodeInfo's
-# working_for). tests/test_protocol.py pins the schema per version, so a wire change
-# without a bump fails there.
-PROTOCOL_VERSION: Final = 4
+# working_for; v5: NodeInfo's device_id and closed). tests/test_protocol.py pins the
+# schema per version, so a wire change without a bump fails there.
+PROTOCOL_VERSION: Final = 5
 CONTENT_TYPE: Final = "application/msgpack"
 
 # The largest legitimate body is an Invite with a full profile (48 keys of 32 + 128 chars,
@@ -291,6 +291,7 @@ def _source_path(value: object) -> object:
 
 
 _node_id = _str(_NODE_ID, "8 to 64 lower-case hex digits")
+_DEVICE_ID = re.compile(r"(?:[0-9a-f]{32})?")
 _token = _str(_TOKEN, "8 to 64 of [A-Za-z0-9_-]")
 _chunk = _int(0, MAX_CHUNKS - 1)
 
@@ -382,6 +383,10 @@ class NodeInfo(Message):
     working_for: Annotated[
         Mapping[str, str], _mapping_of(_token, _text(0, 64), MAX_JOBS)
     ] = field(default_factory=dict)
+    # Its identity (peer.identity; "" without one), and whether it is closed: it takes
+    # work only from devices paired with it, so only those may invite it.
+    device_id: Annotated[str, _str(_DEVICE_ID, "empty or 32 lower-case hex digits")] = ""
+    closed: Annotated[bool, _bool] = False
 
 
 @_message

@@ -70,8 +70,8 @@ class Kind:
     usable: bool = False
 
 
-# Verdicts of swarm.presence.classify, plus what later checks find. Other kinds of device
-# (paired, not paired) are added here with their label and hint.
+# Verdicts of swarm.presence.classify, plus what later checks find ("ok" is "paired" in
+# a closed swarm: only paired devices are ours there).
 KINDS: Final[dict[str, Kind]] = {
     "ok": Kind("of this swarm", usable=True),
     "foreign-secret": Kind("of another swarm",
@@ -79,6 +79,10 @@ KINDS: Final[dict[str, Kind]] = {
     "foreign-protocol": Kind("of another protocol version", "upgrade them"),
     "unproven": Kind("not proven members", "their invite replies were not signed with "
                      "this swarm's secret"),
+    "unpaired": Kind("not paired", "run `swarm pair CODE` here with the code each one's "
+                     "`swarm join` shows"),
+    "closed": Kind("closed to this device", "they work only for devices paired with them: "
+                   "pair them, or start them with --open"),
 }
 _MAX_NAMES = 4  # a line, not a roll call: "nas-1, nas-2, nas-3, nas-4 and 6 more"
 
@@ -88,6 +92,7 @@ class Census:
     """Devices seen by one coordinator, by node id: the latest verdict and name of each."""
 
     seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    closed: bool = False  # the coordinator's swarm is closed: its devices are "paired"
 
     def saw(self, node_id: str, name: str, verdict: str) -> None:
         self.seen[node_id] = (name, verdict)
@@ -115,7 +120,7 @@ class Census:
             if not names:
                 continue
             kind = KINDS.get(verdict, Kind(verdict))
-            part = f"{len(names)} {kind.label}"
+            part = f"{len(names)} {'paired' if self.closed and kind.usable else kind.label}"
             if not kind.usable:
                 shown = ", ".join(names[:_MAX_NAMES])
                 if len(names) > _MAX_NAMES:

@@ -177,19 +177,29 @@ class Swarm:
         return sp
 
     def join(self, host: Host, name: str, *args: str, env: dict[str, str] | None = None,
-             cgroup: Path | None = None) -> SwarmProcess:
-        """`swarm join` without the benchmark (many seconds), named for the report."""
-        return self.start(host, f"join-{name}", ["join", "--no-bench", "--name", name, *args],
+             cgroup: Path | None = None, closed: bool = False) -> SwarmProcess:
+        """`swarm join` without the benchmark (many seconds), named for the report; open
+        (--open) unless it has a secret or the test wants it closed (then give each host
+        its own SWARM_CONFIG_DIR: an identity is a device)."""
+        return self.start(host, f"join-{name}",
+                          ["join", "--no-bench", "--name", name, *_access(args, closed), *args],
                           env, cgroup)
 
     def encode(self, host: Host, src: Path, out: Path, *args: str,
-               env: dict[str, str] | None = None) -> SwarmProcess:
-        return self.start(host, "encode", ["encode", str(src), "-o", str(out), *args], env)
+               env: dict[str, str] | None = None, closed: bool = False) -> SwarmProcess:
+        """`swarm encode`, open as ``join`` is unless given a secret or ``closed``."""
+        return self.start(host, "encode", ["encode", str(src), "-o", str(out),
+                                           *_access(args, closed), *args], env)
 
     def run(self, host: Host, *args: str, cap: float = 30.0) -> subprocess.CompletedProcess[str]:
         """A short command to completion (e.g. `peers`), bounded by the test's deadline."""
         return host.run([*SWARM, *args], timeout=self.deadline.left(cap), check=False,
                         env=_env(), cwd=str(self.folder))
+
+
+def _access(args: Sequence[str], closed: bool) -> list[str]:
+    """``--open``, for the tests of everything but the closed default (tests/test_closed)."""
+    return [] if closed or "--secret" in args or "--open" in args else ["--open"]
 
 
 def _env() -> dict[str, str]:

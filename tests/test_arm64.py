@@ -148,7 +148,8 @@ def test_arm64_peer_fetches_the_pyz_joins_by_mdns_and_encodes_exactly(
 
             # 2. The arm64 peer joins over mDNS and takes every chunk of the job.
             peer = _start_chroot(sw, arm, userland, home, "join-arm64", "python3", "-S", "-E",
-                                 pyz_in_chroot, "join", "--no-bench", "--name", "arm64")
+                                 pyz_in_chroot, "join", "--no-bench", "--name", "arm64",
+                                 "--open")
             peer.wait_for("ready on port", cap=120)
             assert f"at {arm.address}:7800" in peer.stderr()  # an address, not a hostname
             out, report_path = tmp_path / "arm.mp4", tmp_path / "arm.json"

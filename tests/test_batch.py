@@ -394,7 +394,7 @@ def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
     joined = tmp_path / "join.jsonl"
     with open(joined, "w") as out:
         peer = subprocess.Popen([*SWARM, "join", "--no-bench", "--port", "0", "--name",
-                                 "bravo", "--json"], cwd=tmp_path, env=env, stdout=out,
+                                 "bravo", "--json", "--open"], cwd=tmp_path, env=env, stdout=out,
                                 stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -404,7 +404,7 @@ def test_a_peer_works_on_every_file_of_a_batch(tmp_path: Path) -> None:
         up = json.loads(joined.read_text().splitlines()[0])
         res = swarm("encode", "a.mp4", "b.mp4", "-p", "480p", "-w", "1", "--chunk-seconds",
                     "0.5", "--no-mdns", "--peer", f"127.0.0.1:{up['port']}", "--json",
-                    cwd=tmp_path)
+                    "--open", cwd=tmp_path)
     finally:
         peer.terminate()
         peer.wait(timeout=30)

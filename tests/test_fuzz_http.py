@@ -50,15 +50,18 @@ from chunker.plan import plan_chunks
 from chunker.tools import find_ffmpeg
 from media import make_source
 from peer import media
+from peer.identity import Devices, load_identity
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.pairing import PairingService
 from peer.web import Web, WebConfig
 from profiles import load_profile
 from screens.web_assets import web_assets
 from swarm import auth
 from swarm.config import Timings
 from swarm.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from swarm.pairing import Paired
 from swarm.protocol import (
     MAX_CONTROL_BODY,
     Assignment,
@@ -76,6 +79,9 @@ from swarm.protocol import (
 )
 
 SECRET = "fuzzing is caring"
+# The third kind of swarm, closed (the CLI's default): the test signs as the one device the
+# node is paired with.
+CLOSED = "closed"
 JOB = "fuzzJob_0123-abc"  # fixed, so that strategies can aim at the real job's routes
 # Loopback answers in milliseconds; an answer later than this is a hang.
 REQUEST_TIMEOUT_S = 3.0
@@ -93,7 +99,7 @@ FUZZ = settings(max_examples=200, deadline=timedelta(seconds=2 * REQUEST_TIMEOUT
 class FuzzedNode:
     """The test side's handle on a node serving a job in another thread."""
 
-    def __init__(self, port: int, secret: str | None, workdir: Path, source: bytes,
+    def __init__(self, port: int, secret: auth.Credential, workdir: Path, source: bytes,
                  job: JobServer, token: trio.lowlevel.TrioToken, stop: trio.CancelScope
                  ) -> None:
         self.port, self.secret, self.workdir = port, secret, workdir
@@ -156,7 +162,11 @@ class FuzzedNode:
         reply = exchange(self.port, http_request("GET", "/v1/info"))
         assert reply.status == 200, reply
         info = decode(reply.body, NodeInfo)
-        assert info.job_id == JOB and info.state == "busy"
+        assert info.state == "busy"
+        # A closed node names its job only to a device paired with it.
+        assert info.job_id == (None if info.closed else JOB)
+        signed = decode(self.request("GET", "/v1/info").body, NodeInfo)
+        assert signed.job_id == JOB
         self.assert_no_app_error()
 
 
@@ -166,26 +176,50 @@ async def _tick(job: JobServer) -> None:
         await trio.sleep(TICK_S)
 
 
-async def _serve(source: Path, workdir: Path, secret: str | None,
+def _closed(kind: str | None, folder: Path) -> tuple[auth.Credential, dict[str, Any]]:
+    """For ``kind`` CLOSED: the credential of a device paired with a closed node whose
+    identity is in ``folder``, and the node's settings (NodeConfig, NetworkSettings);
+    otherwise the secret (or None) and nothing."""
+    if kind != CLOSED:
+        return kind, {}
+    folder.mkdir(parents=True, exist_ok=True)
+    ident = load_identity(folder)
+    peer_id, key = secrets.token_hex(16), secrets.token_bytes(32)
+    Devices(folder).add(Paired(peer_id, "paired-peer", key, ""))
+    return auth.PairKey(peer_id, key), {
+        "closed": True, "pairing": PairingService(folder, ident, door=False)}
+
+
+def _query(node: FuzzedNode | auth.Credential, attempt: str, token: str) -> str:
+    """A source URL's query as a peer of this kind of swarm sends it (peer.worker)."""
+    cred = node.secret if isinstance(node, FuzzedNode) else node
+    device = {"device": cred.device_id} if isinstance(cred, auth.PairKey) else {}
+    return urlencode({"attempt": attempt, "token": token} | device)
+
+
+async def _serve(source: Path, workdir: Path, kind: str | None,
                  ready: Callable[[FuzzedNode], None], source_bytes: bytes) -> None:
+    secret, access = _closed(kind, workdir.parent / (workdir.name + "-identity"))
+    plain = secret if not isinstance(secret, auth.PairKey) else None
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
     info = await media.probe(ffmpeg, str(source))
     profile = load_profile("hd")
     opts = EncodeOptions(JobIntent(str(source), str(workdir / "out.mp4"), profile,
                                    chunk_seconds=CHUNK_S),
                          LocalSettings(no_local=True),
-                         NetworkSettings(enabled=True, discover=False, secret=secret),
+                         NetworkSettings(enabled=True, discover=False, secret=plain, **access),
                          Tuning(timings=Timings(lease_s=LEASE_S)))
     plans = plan_chunks(info.video, info.format_start_s, CHUNK_S)
     fps = info.video.frames / info.duration_s
     vplan = video_plan(profile, *info.video.display_size, fps, opts.job.upscale)
     job = JobServer(job_id=JOB, opts=opts, ffmpeg=ffmpeg, info=info, plans=plans, vplan=vplan,
                     workdir=str(workdir), emit=lambda e: None, local_key="local")
-    node = Node(NodeConfig(name="fuzz", port=0, host="127.0.0.1", secret=secret,
-                           advertise=False), ffmpeg, coordinator=True)
+    node = Node(NodeConfig(name="fuzz", port=0, host="127.0.0.1", secret=plain,
+                           advertise=False, **access), ffmpeg, coordinator=True)
     # The web page too (peer.web): its routes answer fuzzed requests beside the protocol's.
-    web = Web(WebConfig(web_assets(), secret=secret, uploads=workdir / "up",
-                        max_upload_bytes=64 * 1024, hls_root=workdir / "hls"), node)
+    web = Web(WebConfig(web_assets(), secret=plain, uploads=workdir / "up",
+                        max_upload_bytes=64 * 1024, hls_root=workdir / "hls",
+                        closed=bool(access)), node)
     node.web = web
     with trio.CancelScope() as stop:
         async with trio.open_nursery() as nursery:
@@ -211,7 +245,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_source("no_audio", tmp_path_factory.mktemp("fuzz-src"))
 
 
-@pytest.fixture(scope="module", params=[None, SECRET], ids=["open", "secret"])
+@pytest.fixture(scope="module", params=[None, SECRET, CLOSED], ids=["open", "secret", "closed"])
 def node(request: pytest.FixtureRequest, source: Path,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzedNode]:
     workdir = tmp_path_factory.mktemp("fuzz-work")
@@ -593,7 +627,8 @@ def test_unsigned_requests_get_401_with_a_secret(node: FuzzedNode, route: str, h
     elif how == "future":
         now += auth.MAX_SKEW_S + 1
     elif how == "other-secret":
-        secret = SECRET + "!"
+        secret = (auth.PairKey(secret.device_id, secrets.token_bytes(32))
+                  if isinstance(secret, auth.PairKey) else SECRET + "!")
     elif how == "other-body":
         signed_as["digest"] = auth.body_digest(body + b"x")
     elif how == "other-target":
@@ -639,7 +674,7 @@ def test_source_needs_a_valid_token_and_a_running_attempt(node: FuzzedNode, data
     tokens = _hex64 | st.text(max_size=70)
     token = data.draw(st.just(good) | tokens if good else tokens, label="token")
     rng = data.draw(st.none() | _ranges, label="range")
-    query = urlencode({"attempt": attempt, "token": token})
+    query = _query(node, attempt, token)
     reply = node.request("HEAD" if head else "GET", f"{path}?{query}",
                          [("Range", rng)] if rng is not None else [], sign=False)
     if node.secret is not None and token != good:
@@ -803,7 +838,7 @@ def test_aborted_transfers_leave_no_file_and_a_live_node(node: FuzzedNode) -> No
     a = node.attempt()
     path = f"/v1/jobs/{JOB}/source"
     token = auth.url_token(node.secret, path, a.attempt)
-    get = http_request("GET", f"{path}?attempt={a.attempt}&token={token}")
+    get = http_request("GET", f"{path}?{_query(node, a.attempt, token)}")
     for _ in range(3):
         sock = socket.create_connection(("127.0.0.1", node.port), timeout=REQUEST_TIMEOUT_S)
         sock.sendall(get)
@@ -833,7 +868,7 @@ def test_node_survived_the_fuzzing(node: FuzzedNode) -> None:
     a = node.attempt()  # and it still hands out work and serves it
     path = f"/v1/jobs/{JOB}/source"
     token = auth.url_token(node.secret, path, a.attempt)
-    reply = node.request("GET", f"{path}?attempt={a.attempt}&token={token}", sign=False)
+    reply = node.request("GET", f"{path}?{_query(node, a.attempt, token)}", sign=False)
     assert reply.status == 200 and reply.body == node.source
     # The promise of test_result_for_an_unknown_attempt_writes_nothing, once more overall.
     assert os.listdir(node.workdir) == []
@@ -843,7 +878,7 @@ def test_node_survived_the_fuzzing(node: FuzzedNode) -> None:
 @dataclass
 class PeerNode:
     port: int
-    secret: str | None
+    secret: auth.Credential
     node_id: str
     token: trio.lowlevel.TrioToken
     stop: trio.CancelScope
@@ -853,13 +888,16 @@ class PeerNode:
         return f"PeerNode(port={self.port}, secret={self.secret is not None})"
 
 
-async def _serve_peer(secret: str | None, ready: Callable[[PeerNode], None]) -> None:
+async def _serve_peer(kind: str | None, folder: Path, ready: Callable[[PeerNode], None]
+                      ) -> None:
+    secret, access = _closed(kind, folder)
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
     # A coordinator at port 9 of loopback never answers: an accepted invite is dropped
     # within half a second, and the node takes invites again.
-    node = Node(NodeConfig(name="fuzz-peer", port=0, host="127.0.0.1", secret=secret,
+    node = Node(NodeConfig(name="fuzz-peer", port=0, host="127.0.0.1",
+                           secret=secret if not access else None,
                            advertise=False, serve_pyz=False,
-                           timings=Timings(coordinator_gone_s=0.5)), ffmpeg)
+                           timings=Timings(coordinator_gone_s=0.5), **access), ffmpeg)
     with trio.CancelScope() as stop:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -867,13 +905,15 @@ async def _serve_peer(secret: str | None, ready: Callable[[PeerNode], None]) -> 
                            stop, []))
 
 
-@pytest.fixture(scope="module", params=[None, SECRET], ids=["open", "secret"])
-def peer_node(request: pytest.FixtureRequest) -> Iterator[PeerNode]:
+@pytest.fixture(scope="module", params=[None, SECRET, CLOSED], ids=["open", "secret", "closed"])
+def peer_node(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerNode]:
     handoff: queue.Queue[PeerNode | BaseException] = queue.Queue()
+    folder = tmp_path_factory.mktemp("fuzz-peer-identity")
 
     def main() -> None:
         try:
-            trio.run(_serve_peer, request.param, handoff.put)
+            trio.run(_serve_peer, request.param, folder, handoff.put)
         except BaseException as exc:
             handoff.put(exc)
 
@@ -941,7 +981,8 @@ def test_invites_are_believed_only_from_the_coordinator_they_name(
         return
     if url.startswith("https://"):
         # TLS to a coordinator only with a certificate pinned for the paired device that
-        # signed the invite (peer.tls); this one is signed with the secret, by no device.
+        # signed the invite (peer.tls); this one is signed with the secret, by no device,
+        # or by a device paired with no certificate.
         assert reply.status == 403 and b"certificate" in reply.body, (url, reply)
         return
     assert reply.status in (200, 409), (url, reply)

@@ -183,7 +183,7 @@ def test_round_trip(msg: Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_envelope_has_version_and_tag(msg: Message) -> None:
     body = wire(msg)
-    assert body["v"] == PROTOCOL_VERSION == 4
+    assert body["v"] == PROTOCOL_VERSION == 5
     assert body["t"] == msg.TYPE
     assert MESSAGE_TYPES[msg.TYPE] is type(msg)
 
@@ -673,6 +673,24 @@ WIRE_SCHEMAS = {
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
                       "scores", "state", "job_id", "slots", "pyz_sha256", "working_for"),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
+        "progress_ack": ("keep", "queued_keep"),
+        "result_ack": ("accepted", "reason"),
+        "wait": ("retry_after_s",),
+    },    5: {
+        "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
+                   "seek_s", "trim_s", "prefetch_bytes", "slides",
+                   "keyframes_s"),
+        "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
+        "claim": ("node_id", "slot", "prefetch"),
+        "hello": ("node_id", "port"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce", "ladder", "priority",
+                   "coordinator_name"),
+        "invite_reply": ("accepted", "reason", "node_id", "proof"),
+        "job_done": ("job_id",),
+        "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
+                      "scores", "state", "job_id", "slots", "pyz_sha256", "working_for",
+                      "device_id", "closed"),
         "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
         "progress_ack": ("keep", "queued_keep"),
         "result_ack": ("accepted", "reason"),

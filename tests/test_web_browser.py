@@ -40,7 +40,8 @@ def start_join(tmp: Path, secret: str | None = SECRET, extra: tuple[str, ...] = 
         env["SWARM_SECRET"] = secret
     node = subprocess.Popen([*SWARM, "join", "--port", "0", "--no-bench", "--json",
                              "--hls", str(tmp / "hls"), "--hlsjs", HLSJS,
-                             "--uploads", str(tmp / "up"), *extra],
+                             "--uploads", str(tmp / "up"), *extra,
+                             *(["--open"] if secret is None else [])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert node.stdout is not None
     deadline = time.monotonic() + 60
