@@ -361,6 +361,12 @@ async def test_a_paired_peer_encodes_over_tls_frame_exact(coordinator: Coordinat
     peer_id = load_identity(peer_dir).device_id
     Devices(peer_dir).add(Paired(coord_id, "coord", key,
                                  tls.load_cert(coord_dir, coord_id).fingerprint))
+    Devices(coord_dir).add(Paired(peer_id, "peer", key,
+                                  tls.load_cert(peer_dir, peer_id).fingerprint))
+    # A peer invited by a device signs its requests with that pairing: the coordinator
+    # checks them with the key it pinned (as a closed coordinator's node does).
+    coordinator.node.config.pairing = PairingService(coord_dir, load_identity(coord_dir),
+                                                     door=False)
     stranger = load_identity(tmp_path / "stranger").device_id
     Devices(peer_dir).add(Paired(stranger, "old-pairing", key, ""))  # paired before certs
     assert tls.load_cert(coord_dir, coord_id) == coordinator.cert
