@@ -222,11 +222,15 @@ class NodeConfig:
     def coordinating(cls, net: NetworkSettings, timings: Timings,
                      cache_dir: Path | None = None) -> NodeConfig:
         """The node of a coordinator: it only browses (peers learn its URL from the invite),
-        on ``net.port`` if free, and drops a dead connection after two leases."""
+        on ``net.port`` if free, and drops a dead connection after two leases. Closed, it
+        also serves TLS with this device's certificate, which its paired peers pinned: they
+        fetch the source, claim and upload over it (peer.recruit invites them to https)."""
+        closed = net.closed and net.pairing is not None
         return cls(name=net.name, port=free_port(net.port), secret=net.secret,
                    advertise=False, interfaces=net.interfaces, peer_gone_s=2 * timings.lease_s,
                    timings=timings, cache_dir=cache_dir, pairing=net.pairing,
-                   closed=net.closed)
+                   closed=net.closed,
+                   tls=tls.server_context(net.pairing.cert) if closed else None)
 
 
 class WebRoutes(Protocol):

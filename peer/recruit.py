@@ -233,7 +233,12 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             emit(PeerForeign(info.name, c.unusable))
             return
         c.invites += 1
-        url = f"http://{route_address(c.host)}:{node.port}"
+        # Closed, to a peer whose certificate was pinned at pairing (it holds ours too):
+        # everything of the job goes over TLS, and its ffmpeg reads through it.
+        pinned = (opts.net.closed and node.tls_port and opts.net.pairing is not None
+                  and opts.net.pairing.cert_for(info.device_id) is not None)
+        url = (f"https://{route_address(c.host)}:{node.tls_port}" if pinned
+               else f"http://{route_address(c.host)}:{node.port}")
         invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16),
                         server.invite_ladder(), priority=opts.net.priority,
                         coordinator_name=opts.net.name[:64])

@@ -108,7 +108,8 @@ def test_a_closed_coordinator_gives_work_only_to_its_paired_peer(tmp_path: Path)
     _pair(alpha, bravo, "alpha", "bravo")
     src = _clip(tmp_path / "src.mp4")
     out, rep = tmp_path / "out.mp4", tmp_path / "report.json"
-    with _join(bravo, "bravo") as (pb, _, berr), _join(charlie, "charlie") as (pc, cev, cerr):
+    with _join(bravo, "bravo") as (pb, bev, berr), \
+            _join(charlie, "charlie") as (pc, cev, cerr):
         res = _encode(alpha, src, out, "--no-local", "--report", str(rep),
                       "--peer", f"127.0.0.1:{pb}", "--peer", f"127.0.0.1:{pc}")
         # The unpaired device is told how to get in, and an outsider learns no job from it.
@@ -122,6 +123,10 @@ def test_a_closed_coordinator_gives_work_only_to_its_paired_peer(tmp_path: Path)
     foreign = [e for e in _events(res.stdout) if e["event"] == "peer_foreign"]
     assert [e["peer"] for e in foreign] == ["charlie"], foreign
     assert "not paired" in foreign[0]["why"] and "swarm pair" in foreign[0]["why"]
+    # Over TLS, to the certificate bravo pinned when it paired (peer.tls): the source, the
+    # claims and the results; the invite came over plain HTTP, signed with the pairing.
+    (joined,) = [e for e in _events(bev.read_text()) if e["event"] == "job_joined"]
+    assert joined["coordinator"].startswith("https://127.0.0.1:"), joined
     # charlie never heard of the job: no invite reached it, nothing it could claim.
     assert not [e for e in _events(cev.read_text()) if e["event"] == "job_joined"]
     said = cerr.read_text()
