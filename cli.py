@@ -1039,13 +1039,15 @@ def join(
                 sink = Live(JoinView(score=score, score_profile=prof))
             elif mode == "json":
                 sink = JsonLines()
+            pairing = _pairing_service(env, port, mode == "quiet",
+                                       "closed" if closed else "secret" if secret else "open")
+            from peer.tls import server_context
+
+            # Closed: paired coordinators send their invites over TLS, to any free port.
             node = Node(NodeConfig(name=name or socket.gethostname(), port=port, secret=secret,
                                    slots=slots, peers=peers_to_greet,
-                                   cache_dir=env.cache_dir,
-                                   pairing=_pairing_service(
-                                       env, port, mode == "quiet",
-                                       "closed" if closed else "secret" if secret else "open"),
-                                   closed=closed),
+                                   cache_dir=env.cache_dir, pairing=pairing, closed=closed,
+                                   tls=server_context(pairing.cert) if closed else None),
                         ffmpeg, scores, on_event=sink or join_plain(mode == "quiet"))
             from peer.web import Web
 

@@ -330,7 +330,7 @@ class Node:
             slots=max(1, min(64, self.config.slots)),
             pyz_sha256=self.pyz.sha256 if self.pyz is not None else None,
             working_for={w.job_id: _shown_name(w) for w in self.work.values()} if jobs else {},
-            device_id=self.device_id, closed=self.config.closed,
+            device_id=self.device_id, closed=self.config.closed, tls_port=self.tls_port,
         )
 
     def record(self) -> PeerRecord:

@@ -27,6 +27,7 @@ from swarm.presence import PeerEvent, classify, fruitless, has_room
 from swarm.protocol import MAX_JOBS, PROTOCOL_VERSION, Invite, InviteReply, NodeInfo
 from swarm.trust import KINDS
 
+from . import tls
 from .client import call, fetch_info, transport_errors
 from .lan import route_address
 from .node import Node
@@ -55,6 +56,14 @@ class _Candidate:
     named: bool = False  # given as --peer: the user expects it, so say if it cannot be had
     reported: bool = False
     cred: auth.Credential = None  # what its invite and goodbye are signed with
+    # Closed, to a peer whose certificate we pinned: its TLS address and a client pinned
+    # to that certificate, which its invite and goodbye go over.
+    tls_base: str = ""
+    tls_client: httpx.AsyncClient | None = None
+
+    @property
+    def control(self) -> str:
+        return self.tls_base or self.base
 
     @property
     def base(self) -> str:
@@ -217,6 +226,18 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             emit(PeerForeign(info.name, _foreign_why(verdict)))
             return
         c.cred = _credential(opts, info.device_id)
+        pin = opts.net.pairing.cert_for(info.device_id) if opts.net.closed else None
+        if pin is not None and info.tls_port and c.tls_client is None:
+            c.tls_base = f"https://{c.host}:{info.tls_port}"
+            c.tls_client = httpx.AsyncClient(timeout=httpx.Timeout(3.0),
+                                             verify=tls.pinned_context([pin]))
+        if opts.net.closed and not info.working_for and info.state != "idle":
+            # A closed node names its jobs only to a paired device's signed request: ask
+            # again, signed, before taking it for one coordinating a job of its own.
+            try:
+                info = await fetch_info(client, c.base, c.cred)
+            except PeerError:
+                return
         if opts.job.profile.video.codec not in info.encoders:
             c.unusable = f"lacks {opts.job.profile.video.codec}"
             emit(PeerForeign(info.name, c.unusable))
@@ -243,8 +264,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                         server.invite_ladder(), priority=opts.net.priority,
                         coordinator_name=opts.net.name[:64])
         try:
-            ack = await call(client, c.cred, "POST", "/v1/invite", invite,
-                             (InviteReply,), base=c.base)
+            ack = await call(c.tls_client or client, c.cred, "POST", "/v1/invite", invite,
+                             (InviteReply,), base=c.control)
         except PeerError as exc:
             if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 403, 422):
                 c.unusable = str(exc)
@@ -311,7 +332,11 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
                 async with trio.open_nursery() as bye:
                     for c in candidates.values():
                         if c.invited:
-                            bye.start_soon(_goodbye, c, client, server.job_id, c.cred)
+                            bye.start_soon(_goodbye, c, c.tls_client or client, server.job_id,
+                                           c.cred)
+                for c in candidates.values():
+                    if c.tls_client is not None:
+                        await c.tls_client.aclose()
 
 
 async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
@@ -335,6 +360,6 @@ async def _goodbye(c: _Candidate, client: httpx.AsyncClient, job_id: str,
         target = f"/v1/jobs/{job_id}"
         headers = auth.sign(secret, "DELETE", target, time.time(), auth.body_digest(b""))
         with transport_errors():
-            await client.delete(f"{c.base}{target}", headers=headers)
+            await client.delete(f"{c.control}{target}", headers=headers)
     except TransportError:
         pass

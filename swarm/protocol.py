@@ -66,7 +66,7 @@ __all__ = [
 # an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
 # pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides and
 # keyframes_s, Invite's ladder; v4: Invite's priority and coordinator_name, NodeInfo's
-# working_for; v5: NodeInfo's device_id and closed). tests/test_protocol.py pins the
+# working_for; v5: NodeInfo's device_id, closed and tls_port). tests/test_protocol.py pins the
 # schema per version, so a wire change without a bump fails there.
 PROTOCOL_VERSION: Final = 5
 CONTENT_TYPE: Final = "application/msgpack"
@@ -387,6 +387,9 @@ class NodeInfo(Message):
     # work only from devices paired with it, so only those may invite it.
     device_id: Annotated[str, _str(_DEVICE_ID, "empty or 32 lower-case hex digits")] = ""
     closed: Annotated[bool, _bool] = False
+    # Where it serves TLS for paired devices (peer.tls), 0: nowhere; a closed coordinator
+    # sends its invite there, to the certificate it pinned at pairing.
+    tls_port: Annotated[int, _int(0, 65535)] = 0
 
 
 @_message

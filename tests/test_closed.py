@@ -25,7 +25,7 @@ import pytest
 from chunker.verify import check_output
 from media import FFMPEG, decode_errors, media_info
 from peer.identity import Devices, load_identity
-from peer.tls import load_cert
+from peer.tls import load_cert, pinned_context
 from profiles import load_profile
 from swarm import auth
 from swarm.errors import AuthError
@@ -166,11 +166,17 @@ def test_a_closed_peer_refuses_whoever_is_not_paired_with_it(tmp_path: Path) -> 
                 assert r.status_code == 401, (what, r.status_code, r.text)
             info = decode(client.get(f"{base}/v1/info").content, NodeInfo)
             assert info.closed and info.job_id is None and not info.working_for
-            # The control: the same invite signed with the pairing is taken, and its reply
-            # proves the pairing to the coordinator.
-            r = client.post(f"{base}/v1/invite", content=body, headers={
-                "content-type": "application/msgpack",
-                **auth.sign(paired, "POST", "/v1/invite", time.time(), digest)})
+        # The control: the same invite signed with the pairing is taken, and its reply
+        # proves the pairing to the coordinator; it goes, as a closed coordinator sends it,
+        # over TLS to the certificate pinned at pairing (none other is accepted).
+        assert info.tls_port and info.tls_port != pb
+        pin = Devices(alpha).cert_for(info.device_id)
+        assert pin is not None
+        with httpx.Client(timeout=5, verify=pinned_context([pin])) as client:
+            r = client.post(f"https://127.0.0.1:{info.tls_port}/v1/invite", content=body,
+                            headers={"content-type": "application/msgpack",
+                                     **auth.sign(paired, "POST", "/v1/invite", time.time(),
+                                                 digest)})
             assert r.status_code == 200, r.text
             ack = decode(r.content, InviteReply)
             auth.check_reply_proof(paired, ack.proof, invite.nonce, InviteReply.TYPE,

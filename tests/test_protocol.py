@@ -690,7 +690,7 @@ WIRE_SCHEMAS = {
         "job_done": ("job_id",),
         "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
                       "scores", "state", "job_id", "slots", "pyz_sha256", "working_for",
-                      "device_id", "closed"),
+                      "device_id", "closed", "tls_port"),
         "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
         "progress_ack": ("keep", "queued_keep"),
         "result_ack": ("accepted", "reason"),
