@@ -1417,12 +1417,13 @@ def pair(
         from swarm.pairing import PairingFailed
 
         async def main() -> Any:
+            from peer.discovery import find_peers
+
             me = load_identity(folder)
             found = targets
+            records = [] if targets else await find_peers(wait)
             if not found:
-                from peer.discovery import find_peers
-
-                found = [(r.host, r.port) for r in await find_peers(wait)]
+                found = [(r.host, r.port) for r in records]
                 if not found:
                     raise UsageError(f"no device found with mDNS in {wait:g} s; name the new "
                                      "one with --peer HOST:PORT (its `swarm join` shows it)")
@@ -1430,8 +1431,11 @@ def pair(
             async with httpx.AsyncClient(timeout=30) as client:
                 for host, port in found:
                     try:
-                        return await pair_with(client, f"http://{host}:{port}", typed, me,
-                                               folder)
+                        dev = await pair_with(client, f"http://{host}:{port}", typed, me,
+                                              folder)
+                        spread = await _introduce_all(client, me, folder, dev,
+                                                      f"http://{host}:{port}", records, wait)
+                        return dev, spread
                     except PairingFailed as exc:
                         if exc.status_code != 404 or peer:  # 404: it shows no code
                             problems.append(f"{host}:{port}: {exc}")
@@ -1443,9 +1447,52 @@ def pair(
 
         return trio.run(main)
 
-    dev = _guarded(run)
+    dev, (introduced, missed) = _guarded(run)
     typer.echo(f"swarm: paired with {dev.name} ({dev.device_id[:8]}); it is in the swarm now",
                err=True)
+    if introduced:
+        typer.echo(f"swarm: introduced it to {', '.join(introduced)}, and them to it", err=True)
+    if missed:
+        typer.echo(f"swarm: not introduced to {', '.join(missed)} (not running `swarm join` "
+                   "where mDNS reaches; pair them with it directly when they are)", err=True)
+
+
+async def _introduce_all(client: Any, me: Any, folder: Path, new: Any, new_base: str,
+                         records: list[Any], wait: float) -> tuple[list[str], list[str]]:
+    """Membership spreads (swarm.introduce): every other device paired with this one, found
+    with mDNS, and the new device are told of each other, with a key made here for them.
+    Returns the names introduced and those that were not (offline, or refused)."""
+    import secrets as _secrets
+
+    from peer.discovery import find_peers
+    from peer.identity import Devices
+    from peer.pairing import introduce
+    from swarm.errors import PeerError
+    from swarm.introduce import Introduction
+
+    others = [d for d in Devices(folder).devices.values() if d.device_id != new.device_id]
+    if not others:
+        return [], []
+    if not records:  # paired over --peer: look for the rest
+        records = await find_peers(wait)
+    where = {r.device: f"http://{r.host}:{r.port}" for r in records if r.device and r.host}
+    done, missed = [], []
+    for other in others:
+        base = where.get(other.device_id)
+        if base is None:
+            missed.append(other.name)
+            continue
+        key = _secrets.token_bytes(32)
+        try:
+            await introduce(client, new_base, me, new.key,
+                            Introduction(other.device_id, other.name, other.cert, key))
+            await introduce(client, base, me, other.key,
+                            Introduction(new.device_id, new.name, new.cert, key))
+        except PeerError as exc:
+            missed.append(f"{other.name} ({exc})")
+            continue
+        done.append(other.name)
+    return done, missed
 
 
 devices_app = _App(name="devices", cls=_Commands, no_args_is_help=True,

@@ -5,11 +5,16 @@ Bodies are JSON (a person may try them with curl), bounded to ``MAX_PAIR_BODY``;
 is a 400, a wrong code a 403, too many starts a 429, and the node carries on. The group
 arithmetic takes a fraction of a second on a Pi, so it runs in a thread, one run at a time.
 The door is open while this device is paired with no one; it closes once it is paired.
+
+``/v1/pair/introduce`` (swarm.introduce) is how membership spreads: a device this one is
+paired with introduces another, signed and sealed with their pair key; it is open whenever
+there is a pairing to check it with, and adds no device that is paired already.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,9 @@ from typing import Any
 import httpx
 import trio
 
+from swarm import auth
 from swarm.errors import RemoteProtocolError
+from swarm.introduce import Introduction, open_sealed, seal
 from swarm.pairing import Door, Initiator, Paired, PairingFailed, parse_started
 
 from .client import transport_errors
@@ -25,9 +32,11 @@ from .http import HTTPError, Receive, Request, Send, read_body, respond
 from .identity import Device, Devices, Identity
 from .tls import load_cert
 
-__all__ = ["MAX_PAIR_BODY", "PAIR_ROUTES", "PairingService", "pair_with"]
+__all__ = ["INTRODUCE_ROUTE", "MAX_PAIR_BODY", "PAIR_ROUTES", "PairingService", "introduce",
+           "pair_with"]
 
-PAIR_ROUTES = ("/v1/pair/start", "/v1/pair/finish")
+INTRODUCE_ROUTE = "/v1/pair/introduce"
+PAIR_ROUTES = ("/v1/pair/start", "/v1/pair/finish", INTRODUCE_ROUTE)
 MAX_PAIR_BODY = 2048  # an element is 512 hex digits; the rest are ids and names
 
 
@@ -77,6 +86,11 @@ class PairingService:
         if request.method != "POST":
             raise HTTPError("use POST", status_code=405)
         body = await read_body(receive, request, MAX_PAIR_BODY)
+        if request.path == INTRODUCE_ROUTE:
+            async with self._lock:
+                taken = self._introduced(request, body)
+            await respond(send, 200, json.dumps(taken).encode(), "application/json")
+            return
         if self.door is None:
             raise HTTPError("this device is paired already and shows no pairing code",
                             status_code=404)
@@ -100,6 +114,46 @@ class PairingService:
             if self.door is not None and door.code != code:
                 self._on_code(door.code)  # attempts spent: the screen shows the new code
         await respond(send, 200, json.dumps(reply).encode(), "application/json")
+
+
+    def _introduced(self, request: Request, body: bytes) -> dict[str, Any]:
+        """Pin the device a paired one introduces (4xx for anything else)."""
+        sender = auth.verify_device(self.key_for, request.method, request.target,
+                                    request.headers, auth.body_digest(body), time.time())
+        key = self.key_for(sender)
+        try:
+            sealed = bytes.fromhex(json.loads(body)["sealed"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HTTPError('the body is JSON {"sealed": HEX}') from exc
+        if key is None:  # revoked since the check
+            raise HTTPError("not paired", status_code=401)
+        intro = Introduction.from_bytes(open_sealed(key, sealed))
+        if intro.device_id in (self.identity.device_id, sender):
+            raise HTTPError("a device is not introduced to itself or by itself")
+        devices = Devices(self.folder)
+        if intro.device_id in devices.devices:
+            raise HTTPError("paired with that device already: the pairing is kept",
+                            status_code=409)
+        dev = devices.add(Paired(intro.device_id, intro.name, intro.key, intro.cert))
+        self.door = None  # in the swarm now
+        self._reload()
+        self._on_paired(dev)
+        return {"paired": True, "name": dev.name}
+
+
+async def introduce(client: httpx.AsyncClient, base_url: str, me: Identity, key: bytes,
+                    intro: Introduction) -> None:
+    """Tell the device at ``base_url``, paired with us under ``key``, about another one.
+    Raises PeerError if it was not taken."""
+    body = json.dumps({"sealed": seal(key, intro.to_bytes()).hex()}).encode()
+    headers = auth.sign_device(key, me.device_id, "POST", INTRODUCE_ROUTE, time.time(),
+                               auth.body_digest(body))
+    with transport_errors():
+        resp = await client.post(base_url + INTRODUCE_ROUTE, content=body,
+                                 headers={**headers, "content-type": "application/json"})
+    if resp.status_code != 200:
+        raise RemoteProtocolError(f"{base_url}: {resp.status_code} {resp.text[:200].strip()}",
+                                  status_code=resp.status_code)
 
 
 async def pair_with(client: httpx.AsyncClient, base_url: str, code: str, identity: Identity,
