@@ -122,9 +122,12 @@ class PairingService:
                                     request.headers, auth.body_digest(body), time.time())
         key = self.key_for(sender)
         try:
-            sealed = bytes.fromhex(json.loads(body)["sealed"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise HTTPError('the body is JSON {"sealed": HEX}') from exc
+            obj = json.loads(body)
+            if not (isinstance(obj, dict) and set(obj) == {"sealed"}):
+                raise ValueError("other keys")
+            sealed = bytes.fromhex(obj["sealed"])
+        except (ValueError, TypeError) as exc:
+            raise HTTPError('the body is JSON {"sealed": HEX}, nothing else') from exc
         if key is None:  # revoked since the check
             raise HTTPError("not paired", status_code=401)
         intro = Introduction.from_bytes(open_sealed(key, sealed))

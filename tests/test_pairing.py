@@ -21,9 +21,10 @@ import trio
 from chunker.tools import find_ffmpeg
 from peer.identity import Devices, load_identity
 from peer.node import Node, NodeConfig
-from peer.pairing import PairingService, pair_with
+from peer.pairing import INTRODUCE_ROUTE, PairingService, pair_with
 from peer.tls import load_cert
 from swarm import auth, pairing
+from swarm.introduce import Introduction, seal
 from swarm.pairing import MAX_ATTEMPTS, PairingFailed
 from swarm.protocol import Invite, encode
 
@@ -250,3 +251,69 @@ async def test_fuzzed_pairing_bodies_get_4xx_and_the_door_keeps_working(tmp_path
                 await pair_with(client, base, codes[-1], me, tmp_path / "old")
             nursery.cancel_scope.cancel()
     assert statuses <= {200, 400, 404, 413, 429} and 400 in statuses
+
+
+async def test_introductions_are_taken_only_sealed_and_signed_by_a_paired_device(
+        tmp_path: Path) -> None:
+    """/v1/pair/introduce (swarm.introduce): fuzzed, tampered, unsigned and foreign
+    introductions get 4xx and pin nothing; the real one pins the device; an existing
+    pairing is never replaced."""
+    folder, friend_dir = tmp_path / "node", tmp_path / "friend"
+    me, friend = load_identity(folder), load_identity(friend_dir)
+    key = os.urandom(32)
+    Devices(folder).add(pairing.Paired(friend.device_id, "friend", key, ""))
+    newcomer = Introduction("ab" * 16, "newcomer", "cd" * 32, os.urandom(32))
+    rng = random.Random(16)
+    statuses: set[int] = set()
+
+    def signed(body: bytes, as_key: bytes = key, device: str = friend.device_id
+               ) -> dict[str, str]:
+        return {**auth.sign_device(as_key, device, "POST", INTRODUCE_ROUTE, time.time(),
+                                   auth.body_digest(body)), "content-type": "application/json"}
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            node = await _door_node(nursery, folder, [])
+            url = f"http://127.0.0.1:{node.port}{INTRODUCE_ROUTE}"
+            sealed = seal(key, newcomer.to_bytes())
+            valid = {"sealed": sealed.hex()}
+            async with httpx.AsyncClient(timeout=30) as client:
+                for body in _mutations(rng, valid):
+                    for headers in (signed(body), {}):
+                        r = await client.post(url, content=body, headers=headers)
+                        assert r.status_code < 500, (body[:100], r.text)
+                        statuses.add(r.status_code)
+                        if r.status_code == 200:  # the valid body itself, signed
+                            assert json.loads(body) == valid and headers
+                held = Devices(folder)
+                if newcomer.device_id in held.devices:  # the fuzzing's valid body took it
+                    held.revoke(newcomer.device_id)
+                flipped = bytearray(sealed)
+                flipped[20] ^= 1
+                tries = [
+                    (json.dumps({"sealed": bytes(flipped).hex()}).encode(), None, 403),
+                    (json.dumps(valid).encode(), os.urandom(32), 401),  # not the pair key
+                    (json.dumps({"sealed": seal(os.urandom(32), newcomer.to_bytes()).hex()}
+                                ).encode(), None, 403),  # sealed with another key
+                ]
+                for body, as_key, status in tries:
+                    r = await client.post(url, content=body,
+                                          headers=signed(body, as_key or key))
+                    assert r.status_code == status, r.text
+                assert newcomer.device_id not in Devices(folder).devices
+                body = json.dumps(valid).encode()
+                r = await client.post(url, content=body, headers=signed(body))
+                assert r.status_code == 200, r.text
+                pinned = Devices(folder).devices[newcomer.device_id]
+                assert (pinned.key, pinned.cert) == (newcomer.key, newcomer.cert)
+                # A second introduction of the same device, with another key: refused.
+                other = Introduction(newcomer.device_id, "newcomer", "", os.urandom(32))
+                body = json.dumps({"sealed": seal(key, other.to_bytes()).hex()}).encode()
+                r = await client.post(url, content=body, headers=signed(body))
+                assert r.status_code == 409, r.text
+                assert Devices(folder).devices[newcomer.device_id].key == newcomer.key
+                assert (await client.get(f"http://127.0.0.1:{node.port}/v1/info")
+                        ).status_code == 200
+            nursery.cancel_scope.cancel()
+    assert me.device_id != friend.device_id
+    assert statuses <= {200, 400, 401, 403, 409, 413} and {400, 401} <= statuses
