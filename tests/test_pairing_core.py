@@ -252,3 +252,33 @@ def test_requests_signed_with_a_pair_key() -> None:
         auth.verify_device(keys.get, "POST", "/v1/invite",
                            auth.sign("s", "POST", "/v1/invite", 1000.0, digest)
                            | {auth.DEVICE_HEADER: dev}, digest, 1001.0)
+
+
+# -- introductions (swarm.introduce) ---------------------------------------------------------
+def test_a_sealed_introduction_opens_only_with_its_key_and_unchanged() -> None:
+    import os
+
+    from swarm.errors import RemoteProtocolError
+    from swarm.introduce import MAX_SEALED, Introduction, open_sealed, seal
+
+    key = os.urandom(32)
+    intro = Introduction("ab" * 16, "pi-kitchen", "cd" * 32, os.urandom(32))
+    sealed = seal(key, intro.to_bytes())
+    assert Introduction.from_bytes(open_sealed(key, sealed)) == intro
+    assert intro.key not in sealed and b"pi-kitchen" not in sealed  # sealed, not signed
+    assert seal(key, intro.to_bytes()) != sealed  # a fresh nonce each time
+    for i in (0, 16, len(sealed) - 1):  # nonce, ciphertext, tag: each is covered
+        bad = bytearray(sealed)
+        bad[i] ^= 0x80
+        with pytest.raises(RemoteProtocolError) as err:
+            open_sealed(key, bytes(bad))
+        assert err.value.status_code == 403
+    with pytest.raises(RemoteProtocolError):
+        open_sealed(os.urandom(32), sealed)
+    for size in (0, 47, MAX_SEALED + 1):
+        with pytest.raises(RemoteProtocolError):
+            open_sealed(key, bytes(size))
+    for raw in (b"[]", b"{}", b'{"id": "x", "name": "n", "cert": "", "key": "00"}',
+                intro.to_bytes().replace(b"pi-kitchen", b"pi kitchen"), b"\xff"):
+        with pytest.raises(RemoteProtocolError):
+            Introduction.from_bytes(raw)
