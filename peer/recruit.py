@@ -234,8 +234,8 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         if opts.net.closed and not info.working_for and info.state != "idle":
             # A closed node names its jobs only to a paired device's signed request: ask
             # again, signed, before taking it for one coordinating a job of its own.
-            try:
-                info = await fetch_info(client, c.base, c.cred)
+            try:  # over TLS where it serves it: the answer names jobs
+                info = await fetch_info(c.tls_client or client, c.control, c.cred)
             except PeerError:
                 return
         if opts.job.profile.video.codec not in info.encoders:
@@ -341,7 +341,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
 
 async def _recheck(c: _Candidate, client: httpx.AsyncClient, server: JobServer) -> None:
     try:
-        info = await fetch_info(client, c.base, c.cred)
+        info = await fetch_info(c.tls_client or client, c.control, c.cred)
     except PeerError:
         return
     if server.job_id not in _jobs_of(info):
