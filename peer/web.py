@@ -43,7 +43,7 @@ from swarm import auth
 from swarm.board import Board, Device
 from swarm.errors import SwarmError
 from swarm.events import Event, JobEvent, JobStart
-from swarm.presence import PeerEvent
+from swarm.presence import PeerEvent, PeerRecord
 from swarm.websession import (
     COOKIE,
     SESSION_S,
@@ -219,6 +219,14 @@ class Web:
             self.board.set_here_state("idle")
             self._poke()
 
+    def _paired(self, rec: PeerRecord, ours: str) -> bool:
+        """What the page calls paired: a device in devices.json; else, unless closed, one
+        of the same secret (or none, in an open swarm)."""
+        pairing = getattr(getattr(self.node, "config", None), "pairing", None)
+        if rec.device and pairing is not None and pairing.key_for(rec.device) is not None:
+            return True
+        return not self.config.closed and rec.fingerprint == ours
+
     async def _browse(self) -> None:
         from .discovery import browse
 
@@ -236,7 +244,7 @@ class Web:
                         self.board.device_gone(event.name)
                     else:
                         self.board.device(Device(event.name, rec.name, rec.arch, rec.score,
-                                                 rec.state, rec.fingerprint == ours))
+                                                 rec.state, self._paired(rec, ours)))
                     self._poke()
         except Exception as exc:  # no multicast here: the page lists who joined our jobs
             log.warning("web page: not browsing mDNS: %s", exc)
