@@ -275,3 +275,34 @@ async def test_an_encode_node_serves_the_page_of_its_job(tmp_path: Path) -> None
     maps = [str(s["jobs"][0]["chunks"]) for s in seen if s["jobs"]]  # type: ignore[index]
     assert any(m and set(m) != {"d"} for m in maps), maps
     assert played  # its stream, from the page's own route
+
+
+def test_the_page_calls_paired_what_devices_json_pins(tmp_path: Path) -> None:
+    import os
+
+    from peer.identity import Devices, load_identity
+    from peer.pairing import PairingService
+    from swarm.pairing import Paired
+    from swarm.presence import PeerRecord
+
+    folder = tmp_path / "me"
+    friend, stranger = "ab" * 16, "cd" * 16
+    Devices(folder).add(Paired(friend, "pi-kitchen", os.urandom(32), ""))
+    service = PairingService(folder, load_identity(folder), door=False)
+
+    def record(device: str, fp: str = "") -> PeerRecord:
+        return PeerRecord(node_id="n" + device[:8], name="x", host="10.0.0.2", port=7800,
+                          protocol=5, arch="aarch64", cpus=4, device=device, closed=True,
+                          fingerprint=fp)
+
+    node = Node(NodeConfig(pairing=service, closed=True), find_ffmpeg())
+    closed = Web(WebConfig(web_assets(), closed=True), node)
+    assert closed._paired(record(friend), "")
+    assert not closed._paired(record(stranger), "") and not closed._paired(record(""), "")
+    # With a secret: its holders too, and pinned devices still.
+    ours = "0123456789abcdef"
+    node = Node(NodeConfig(pairing=service, secret="s"), find_ffmpeg())
+    secret = Web(WebConfig(web_assets(), secret="s"), node)
+    assert secret._paired(record(stranger, ours), ours)
+    assert not secret._paired(record(stranger, "fedcba9876543210"), ours)
+    assert secret._paired(record(friend, "fedcba9876543210"), ours)
