@@ -63,7 +63,7 @@ from .journal import Journal, file_digest
 from .options import EncodeOptions
 from .transfer import unlink
 
-__all__ = ["JobServer", "PeerRecord"]
+__all__ = ["JobServer", "PeerRecord", "output_pixels"]
 
 
 @dataclass(slots=True)
@@ -109,6 +109,14 @@ class _ChunkRecord:
     file: str = ""
 
 
+
+def output_pixels(vplan: VideoPlan) -> int:
+    """Pixels a chunk's frame is encoded to: every rung's, for a ladder. A chunk's work (and
+    so its time on a peer of a given speed) is frames x this: a 1080/720/480 ladder is 1.64x
+    its top rung's work, not 1x (one decode feeds all three encodes)."""
+    return (sum(r.width * r.height for r in vplan.rungs) if vplan.rungs
+            else vplan.width * vplan.height)
+
 class JobServer:
     """One job as its encoders see it: claims, progress, source bytes, verified results."""
 
@@ -133,7 +141,7 @@ class JobServer:
         timings = opts.tuning.timings
         # Without a network every encoder is one of our slots, and they owe no heartbeat.
         self.job = Job([p.frames for p in plans], lease_s=timings.lease_s,
-                       pixels=vplan.width * vplan.height, policy=opts.tuning.policy,
+                       pixels=output_pixels(vplan), policy=opts.tuning.policy,
                        source_bytes=_chunk_bytes(info, plans),
                        silent_s=timings.silent_s if opts.net.enabled else None,
                        cuts=cuts, min_piece=min_piece, expected_slots=expected_slots,
@@ -538,9 +546,7 @@ class JobServer:
 
     def _result_limit(self, chunk: int) -> int:
         # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.
-        pixels = (sum(r.width * r.height for r in self.vplan.rungs) if self.vplan.rungs
-                  else self.vplan.width * self.vplan.height)
-        return self.plans[chunk].frames * pixels * 3 // 2 + (1 << 20)
+        return self.plans[chunk].frames * output_pixels(self.vplan) * 3 // 2 + (1 << 20)
 
     async def receive_result(self, attempt: str, chunk: int, request: Request,
                              receive: Receive) -> tuple[bool, str]:

@@ -107,6 +107,18 @@ def test_an_invite_ladder_is_checked() -> None:
             accept_invite(Invite("job12345", "http://127.0.0.1:9", fields, "nonce-123", ladder))
 
 
+def test_a_ladder_chunk_counts_the_work_of_every_rung() -> None:
+    from peer.jobserver import output_pixels
+
+    fields = {**load_profile("hd-crf").to_wire(), "out_width": 1280, "out_height": 720,
+              "out_gop": 50}
+    plan = accept_invite(Invite("job12345", "http://127.0.0.1:9", fields, "nonce-123",
+                                ("1280x720:crf=23", "640x360:crf=25"))).plan
+    assert output_pixels(plan) == 1280 * 720 + 640 * 360
+    single = accept_invite(Invite("job12345", "http://127.0.0.1:9", fields, "nonce-123")).plan
+    assert output_pixels(single) == 1280 * 720
+
+
 # -- one real job ---------------------------------------------------------------------------
 def _make_source(path: Path, seconds: int = 10) -> None:
     subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
