@@ -522,14 +522,19 @@ class JobServer:
         return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
     def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
-        """The chunk's decoding parameter sets; None if its header does not parse (the
-        verification that follows then says what is wrong with it)."""
+        """The chunk's decoding parameter sets, every rung's in rung order for a ladder (each
+        rung is a track of its own output, which holds one set); None if its header does not
+        parse (the verification that follows then says what is wrong with it)."""
         encoder = self.opts.job.profile.video.codec
         codec = ENCODER_CODECS.get(encoder, encoder)
         try:
             with open(path, "rb") as fh:
                 head = fh.read(HEADER_BYTES)
-            return parameter_sets(codec, min(nut_codec_data(head).items())[1])
+            streams = sorted(nut_codec_data(head).items())
+            if len(streams) < self.vplan.renditions:
+                return None
+            return tuple(s for _, data in streams[:max(1, self.vplan.renditions)]
+                         for s in parameter_sets(codec, data))
         except (OSError, ValueError):
             return None
 
