@@ -43,8 +43,12 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_DEVICES = 256  # a swarm is a household's or an office's machines
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """``data`` to ``path`` atomically, readable by the owner only."""
+def write_private(path: Path, data: bytes, *, create: bool = False) -> bool:
+    """``data`` to ``path`` atomically, readable by the owner only. ``create``: only if
+    ``path`` does not exist yet, as an identity or certificate is made: two processes
+    starting at once on one config directory would otherwise each replace the other's, and
+    one would run with a key the file no longer holds (OpenSSL even reads a certificate
+    file twice, certificate then key, and saw one of each). False: another was first."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -53,7 +57,16 @@ def write_private(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if not create:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails if it exists: the first one made stays
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -99,8 +112,8 @@ def load_identity(folder: Path) -> Identity:
         ident = Identity(_device_id(public), default_name(), public, private)
         body = {"version": _VERSION, "device_id": ident.device_id, "name": ident.name,
                 "public": f"{public:x}", "private": f"{private:x}"}
-        write_private(path, (json.dumps(body, indent=1) + "\n").encode())
-        return ident
+        if write_private(path, (json.dumps(body, indent=1) + "\n").encode(), create=True):
+            return ident
     raw = _read_json(path)
     try:
         public, private = int(raw["public"], 16), int(raw["private"], 16)

@@ -93,7 +93,7 @@ def load_cert(folder: Path, device_id: str, *, use_openssl: bool = True) -> Cert
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"swarm-{device_id}"
         text = (_with_openssl(name, folder) if use_openssl else None) or _in_python(name)
-        write_private(path, text.encode("ascii"))
+        write_private(path, text.encode("ascii"), create=True)  # else another's is read
     try:
         return _read(path)
     except (OSError, ValueError, ssl.SSLError) as exc:

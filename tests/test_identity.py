@@ -89,3 +89,28 @@ def test_write_private_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with pytest.raises(IsADirectoryError):
         identity.write_private(target, b"x")  # os.replace over a directory fails
     assert os.listdir(tmp_path) == ["d"] and os.listdir(target) == []
+
+
+def _identity_and_cert(folder: str) -> tuple[str, str]:
+    from peer.tls import load_cert
+
+    ident = load_identity(Path(folder))
+    return ident.device_id, load_cert(Path(folder), ident.device_id).fingerprint
+
+
+def test_processes_starting_at_once_on_one_config_dir_agree_on_its_identity(
+        tmp_path: Path) -> None:
+    """Two `swarm join`s (or a join and an encode) started together on a fresh config dir:
+    before, each wrote its own identity and certificate over the other's, one ran with a
+    key the files no longer held, and one read a certificate with another's key (OpenSSL
+    reads the file twice) and stopped: "tls.pem is damaged"."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as processes start
+    for k in range(4):
+        folder = tmp_path / f"cfg{k}"
+        with ctx.Pool(4) as pool:
+            seen = pool.map(_identity_and_cert, [str(folder)] * 4)
+        assert len(set(seen)) == 1, seen
+        assert seen[0] == _identity_and_cert(str(folder))
+        assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
