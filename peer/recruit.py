@@ -23,7 +23,7 @@ from chunker.tools import short_version
 from swarm import auth
 from swarm.errors import AuthError, PeerError, RemoteProtocolError, TransportError, UsageError
 from swarm.events import JobEvent, NoPeers, PeerForeign, PeerJoined, PeerLeft, PeerUnreachable
-from swarm.presence import PeerEvent, classify, fruitless, has_room
+from swarm.presence import PeerEvent, access_verdict, classify, fruitless, has_room
 from swarm.protocol import MAX_JOBS, PROTOCOL_VERSION, Invite, InviteReply, NodeInfo
 from swarm.trust import KINDS
 
@@ -101,19 +101,6 @@ def _paired(opts: EncodeOptions) -> Callable[[str], bool] | None:
     if not opts.net.closed:
         return None
     return lambda device: pairing is not None and pairing.key_for(device) is not None
-
-
-def _credential(opts: EncodeOptions, device: str) -> auth.Credential:
-    """What requests to a peer are signed with: the secret, or (closed) the pairing with
-    its device; raises AuthError for a device a closed coordinator is not paired with."""
-    if not opts.net.closed:
-        return opts.net.secret
-    pairing = opts.net.pairing
-    key = pairing.key_for(device) if pairing is not None and auth.is_device_id(device) \
-        else None
-    if key is None:
-        raise AuthError("not paired")
-    return auth.PairKey(pairing.identity.device_id, key)
 
 
 # Candidates a job keeps track of (mDNS, --peer, hellos): a LAN of devices, not a flood.
@@ -217,15 +204,15 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             return
         # What mDNS says, /v1/info says too, for --peer and hello candidates (not believed
         # either way: a device is ours only once its reply proves the pairing or secret).
-        verdict = "unpaired" if paired is not None and not (
-            info.device_id and paired(info.device_id)) else (
-            "closed" if paired is None and info.closed else "ok")
-        if verdict != "ok":
+        verdict = access_verdict(info.device_id, info.closed, paired)
+        c.cred = node.pair_key(info.device_id) if opts.net.closed else opts.net.secret
+        if verdict is None and opts.net.closed and c.cred is None:
+            verdict = "unpaired"  # revoked since
+        if verdict is not None:
             c.unusable = verdict
             server.device_seen(info.node_id, info.name, verdict)
             emit(PeerForeign(info.name, _foreign_why(verdict)))
             return
-        c.cred = _credential(opts, info.device_id)
         pin = opts.net.pairing.cert_for(info.device_id) if opts.net.closed else None
         if pin is not None and info.tls_port and c.tls_client is None:
             c.tls_base = f"https://{c.host}:{info.tls_port}"
@@ -256,9 +243,7 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         c.invites += 1
         # Closed, to a peer whose certificate was pinned at pairing (it holds ours too):
         # everything of the job goes over TLS, and its ffmpeg reads through it.
-        pinned = (opts.net.closed and node.tls_port and opts.net.pairing is not None
-                  and opts.net.pairing.cert_for(info.device_id) is not None)
-        url = (f"https://{route_address(c.host)}:{node.tls_port}" if pinned
+        url = (f"https://{route_address(c.host)}:{node.tls_port}" if pin and node.tls_port
                else f"http://{route_address(c.host)}:{node.port}")
         invite = Invite(server.job_id, url, server.invite_fields(), secrets.token_urlsafe(16),
                         server.invite_ladder(), priority=opts.net.priority,

@@ -42,6 +42,7 @@ __all__ = [
     "State",
     "TxtProps",
     "Verdict",
+    "access_verdict",
     "classify",
     "from_txt",
     "fruitless",
@@ -320,16 +321,23 @@ def classify(record: PeerRecord, our_fingerprint: str, our_protocol: int,
     would fail authentication, so it is shown as foreign and never invited. Only within our
     swarm does a protocol mismatch matter ("upgrade that node").
     """
-    if paired is not None:
-        if not (record.device and paired(record.device)):
-            return "unpaired"
-    elif record.closed:
-        return "closed"
-    elif record.fingerprint != our_fingerprint:
+    verdict = access_verdict(record.device, record.closed, paired)
+    if verdict is not None:
+        return verdict
+    if paired is None and record.fingerprint != our_fingerprint:
         return "foreign-secret"
     if record.protocol != our_protocol:
         return "foreign-protocol"
     return "ok"
+
+
+def access_verdict(device: str, closed: bool, paired: Callable[[str], bool] | None
+                   ) -> Verdict | None:
+    """What pairing alone says of a node (its device id, whether it is closed), as
+    ``classify`` says it; None: nothing against it. Also used on a node's /v1/info."""
+    if paired is not None:
+        return None if device and paired(device) else "unpaired"
+    return "closed" if closed else None
 
 
 def instance_name(record: PeerRecord) -> str:
