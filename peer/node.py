@@ -45,6 +45,7 @@ from swarm.events import (
     SlotProgress,
     SlotStart,
 )
+from swarm.liveness import Silence
 from swarm.presence import PeerRecord, State
 from swarm.protocol import (
     MAX_JOBS,
@@ -471,6 +472,8 @@ class Node:
             with work.scope:
                 verify: ssl.SSLContext | bool = (True if work.pin is None
                                                  else tls.pinned_context([work.pin]))
+                # The job's: any slot's answer from the coordinator counts for all.
+                silence = Silence(self.config.timings.coordinator_gone_s, trio.current_time())
                 async with httpx.AsyncClient(base_url=terms.coordinator_url, verify=verify,
                                              timeout=httpx.Timeout(10.0)) as client:
                     async with trio.open_nursery() as slots:
@@ -482,7 +485,8 @@ class Node:
                                 work_slot, terms, node_id=self.node_id, slot=slot,
                                 secret=work.cred, ffmpeg=self.ffmpeg, client=client,
                                 on_event=partial(self._slot_event, work),
-                                timings=self.config.timings, turns=self.turns))
+                                timings=self.config.timings, turns=self.turns,
+                                silence=silence, on_gone=slots.cancel_scope.cancel))
         finally:
             self.work.pop(invite.job_id, None)
             self.turns.leave(invite.job_id)

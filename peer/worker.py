@@ -4,7 +4,10 @@ Per slot: claim -> ffmpeg reads the source range from the coordinator's URL -> i
 streams straight into the result upload (no temp file, no chunk held whole in memory),
 while progress reports renew the lease. A cancelled attempt (ProgressAck keep=False) or a
 coordinator that stopped answering for ``Timings.coordinator_gone_s`` (the rule is
-``swarm.liveness.Silence``) ends the work at once.
+``swarm.liveness.Silence``) ends the work at once. That silence is the job's, kept across
+its slots and their attempts: a new attempt, or another slot's call, does not restart the
+clock on a coordinator that has not answered, and the first slot to find it gone drops the
+whole job (``on_gone``).
 
 While a chunk encodes, the slot asks for its next one (a prefetch claim): the next chunk
 then starts without a claim round trip, and an idle faster peer may steal it until it has
@@ -131,11 +134,17 @@ def accept_invite(invite: Invite) -> JobTerms:
 async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                     ffmpeg: FFmpeg, client: httpx.AsyncClient,
                     on_event: Callable[[NodeEvent], None] = lambda e: None,
-                    timings: Timings = DEFAULT_TIMINGS, turns: Turns | None = None) -> None:
+                    timings: Timings = DEFAULT_TIMINGS, turns: Turns | None = None,
+                    silence: Silence | None = None,
+                    on_gone: Callable[[], None] = lambda: None) -> None:
     """Pull and encode chunks until the job is done or its coordinator is gone.
 
     ``turns``: the node's slots shared among the jobs it holds (``peer.turns``); each
-    claim waits for a turn there. None: this job has the slot to itself."""
+    claim waits for a turn there. None: this job has the slot to itself. ``silence``: when
+    the job's coordinator last answered any of its slots (None: this slot's own);
+    ``on_gone`` is called when this slot finds it gone, before it returns."""
+    if silence is None:
+        silence = Silence(timings.coordinator_gone_s, trio.current_time())
     if turns is None:
         turns = Turns(1)
         turns.join(terms.job_id)
@@ -144,7 +153,8 @@ async def work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Cr
         async with trio.open_nursery() as downloads:
             await _work_slot(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
                              client=client, on_event=on_event, timings=timings,
-                             workdir=workdir, downloads=downloads, turns=turns)
+                             workdir=workdir, downloads=downloads, turns=turns,
+                             silence=silence, on_gone=on_gone)
             downloads.cancel_scope.cancel()  # a prefetch of a chunk we will not encode
     finally:
         if workdir.path is not None:
@@ -193,12 +203,15 @@ class _Queued:
 async def _work_slot(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                      ffmpeg: FFmpeg, client: httpx.AsyncClient,
                      on_event: Callable[[NodeEvent], None], timings: Timings,
-                     workdir: _Workdir, downloads: trio.Nursery, turns: Turns) -> None:
+                     workdir: _Workdir, downloads: trio.Nursery, turns: Turns,
+                     silence: Silence, on_gone: Callable[[], None]) -> None:
     seat = _Seat(turns, await turns.first(terms.job_id))
     try:
-        await _claim_loop(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
-                          client=client, on_event=on_event, timings=timings, workdir=workdir,
-                          downloads=downloads, seat=seat)
+        if await _claim_loop(terms, node_id=node_id, slot=slot, secret=secret, ffmpeg=ffmpeg,
+                             client=client, on_event=on_event, timings=timings,
+                             workdir=workdir, downloads=downloads, seat=seat,
+                             silence=silence) == "gone":
+            on_gone()
     finally:
         seat.release()
 
@@ -244,8 +257,10 @@ class _Seat:
 async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.Credential,
                       ffmpeg: FFmpeg, client: httpx.AsyncClient,
                       on_event: Callable[[NodeEvent], None], timings: Timings,
-                      workdir: _Workdir, downloads: trio.Nursery, seat: _Seat) -> None:
-    silence = Silence(timings.coordinator_gone_s, trio.current_time())
+                      workdir: _Workdir, downloads: trio.Nursery, seat: _Seat,
+                      silence: Silence) -> str:
+    """Claim and encode until the job is over for this slot: "done", "refused" (the
+    coordinator said no) or "gone" (it stopped answering)."""
     claim_path = f"/v1/jobs/{terms.job_id}/claim"
     queued = _Queued()
 
@@ -257,6 +272,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
             try:
                 reply = await call(client, secret, "POST", claim_path,
                                    ClaimRequest(node_id, slot, True), (Assignment, Wait, JobDone))
+                silence.heard(trio.current_time())
             except PeerError:
                 return  # the plain claim after this chunk will sort it out
             if isinstance(reply, Assignment):
@@ -277,7 +293,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
         fetched: Prefetch | None = None
         if (next_one := queued.take()) is not None:
             held, fetched = next_one
-            wanted = await _still_wanted(held, client, secret)
+            wanted = await _still_wanted(held, client, secret, silence)
             if fetched is not None and (not wanted or fetched.error is not None):
                 # A copy that failed (the network, a refused range) costs nothing yet:
                 # the chunk streams from the source as if it had never been fetched.
@@ -295,15 +311,15 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
             except PeerError as exc:
                 if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
                     log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
-                    return
+                    return "refused"
                 if silence.gone(trio.current_time()):
                     log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
-                    return
+                    return "gone"
                 await seat.wait(0.5)  # another job may have the slot meanwhile
                 continue
         if isinstance(reply, JobDone):
             seat.done()
-            return
+            return "done"
         if isinstance(reply, Wait):
             await seat.wait(reply.retry_after_s)
             continue
@@ -316,7 +332,8 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
             try:
                 outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
                                          ffmpeg=ffmpeg, client=client, on_event=on_event,
-                                         timings=timings, fetched=fetched, queued=queued)
+                                         timings=timings, fetched=fetched, queued=queued,
+                                         silence=silence)
             except CoordinatorGone:
                 nursery.cancel_scope.cancel()
             finally:
@@ -325,23 +342,24 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
                     await fetched.close()
         if outcome == "gone":
             log.warning("job %s: coordinator gone; dropping it", terms.job_id)
-            return
+            return "gone"
         # The chunk's frames: progress reports come every second, so the last one may have
         # counted a third of a short chunk.
         on_event(SlotEnd(reply.chunk, outcome, reply.frames, terms.job_id))
-        silence.heard(trio.current_time())
         if queued.assignment is None:
             await seat.next()
+    return "done"
 
 
-async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential
-                        ) -> bool:
+async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential,
+                        silence: Silence) -> bool:
     """Report a queued chunk as starting; False if it was taken over or the job ended."""
     try:
         ack = await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/progress",
                          Progress(a.job_id, a.chunk, a.attempt, 0, 0.0), (ProgressAck,))
+        silence.heard(trio.current_time())
     except PeerError:
-        return True  # let the attempt itself find out
+        return True  # let the attempt itself find out (the silence goes on counting)
     assert isinstance(ack, ProgressAck)
     return ack.keep
 
@@ -371,18 +389,21 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
                    fetched: Prefetch | None = None, queued: _Queued | None = None,
-                   slide_dir: str | None = None) -> str:
+                   slide_dir: str | None = None, silence: Silence | None = None) -> str:
     """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
     from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
     ``queued``: the slot's next chunk, named in every report so that a stolen one is
     dropped at once. A slideshow chunk (``a.slides``) fetches its images into
-    ``slide_dir`` (peer.slidework), a directory that goes with the attempt."""
+    ``slide_dir`` (peer.slidework), a directory that goes with the attempt. ``silence``:
+    the job's (see the module's docstring); None: the attempt's own."""
+    if silence is None:
+        silence = Silence(timings.coordinator_gone_s, trio.current_time())
     if a.slides is not None and slide_dir is None:
         prefix = f"{PREFETCH_DIR_PREFIX}{os.getpid()}-slides-"
         with tempfile.TemporaryDirectory(prefix=prefix) as images:
             return await _attempt(terms, a, node_id=node_id, secret=secret, ffmpeg=ffmpeg,
                                   client=client, on_event=on_event, timings=timings,
-                                  queued=queued, slide_dir=images)
+                                  queued=queued, slide_dir=images, silence=silence)
     if a.slides is not None:
         argv: list[str] = []  # built once its images are here
     elif fetched is not None:
@@ -420,6 +441,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             outcome = f"upload failed: {exc}"
             attempt_scope.cancel()  # nobody takes the output: stop the encoder
             return
+        silence.heard(trio.current_time())
         if resp.status_code == 200:
             ack = decode(resp.content, ResultAck)
             outcome = "done" if ack.accepted else f"refused: {ack.reason}"
@@ -427,7 +449,6 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             outcome = f"refused: {resp.status_code}"
 
     async def reporter(attempt_scope: trio.CancelScope) -> None:
-        silence = Silence(timings.coordinator_gone_s, trio.current_time())
         path = f"/v1/jobs/{a.job_id}/progress"
         while True:
             await trio.sleep(timings.progress_every_s)

@@ -13,6 +13,7 @@ of protocol time pass in milliseconds, and the limits are checked to the tick.
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import partial
 from typing import Any, cast
 
 import httpx
@@ -34,7 +35,7 @@ from swarm.events import ChunkRequeued, JobEvent
 from swarm.job import Grant
 from swarm.liveness import Silence, stalled
 from swarm.presence import MAX_FRUITLESS_INVITES, fruitless
-from swarm.protocol import CONTENT_TYPE, Wait, encode
+from swarm.protocol import CONTENT_TYPE, ClaimRequest, Wait, decode, encode
 from swarm.ranges import ByteRange, parse_range
 
 
@@ -166,6 +167,51 @@ def test_a_coordinator_that_answers_keeps_its_peer_past_the_gone_limit() -> None
             ended = trio.current_time()
         assert len(last_answer) >= answering_s - 1  # it kept asking, once a second
         silent = ended - last_answer[-1]
+        assert timings.coordinator_gone_s < silent <= timings.coordinator_gone_s + 0.5, silent
+
+    _virtual(main)
+
+
+def test_the_silence_is_the_jobs_and_the_first_slot_to_find_it_gone_drops_the_job() -> None:
+    """Two slots of one job. After the coordinator's last answer, one slot's calls hang to
+    the client's timeout (a keep-alive connection to a host that vanished) and the other's
+    are refused at once: the refused slot finds the job's silence over the limit and drops
+    the whole job then, not when the hanging call times out (the CI failure of
+    test_peer_cut_off_mid_chunk_loses_its_lease_and_drops_the_job)."""
+    timings = Timings(coordinator_gone_s=6.0)
+    answering_s, hang_s = 3.0, 10.0
+    start = 0.0
+    answers: list[float] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        now = trio.current_time()
+        if now - start < answering_s:
+            answers.append(now)
+            return httpx.Response(200, content=encode(Wait(1.0)),
+                                  headers={"content-type": CONTENT_TYPE})
+        if decode(request.content, ClaimRequest).slot == 0:
+            await trio.sleep(hang_s)
+            raise httpx.ReadTimeout("timed out", request=request)
+        raise httpx.ConnectError("network is unreachable", request=request)
+
+    async def main() -> None:
+        nonlocal start
+        terms = JobTerms("gonejob3", "http://coordinator", load_profile("hd"),
+                         VideoPlan(640, 360, 50))
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle),
+                                     base_url="http://coordinator") as client:
+            start = trio.current_time()
+            silence = Silence(timings.coordinator_gone_s, start)
+            with trio.fail_after(120):
+                async with trio.open_nursery() as slots:
+                    for slot in (0, 1):
+                        slots.start_soon(partial(
+                            work_slot, terms, node_id="ab12cd34ef56ab12", slot=slot,
+                            secret=None, ffmpeg=cast(Any, None), client=client,
+                            timings=timings, silence=silence,
+                            on_gone=slots.cancel_scope.cancel))
+            ended = trio.current_time()
+        silent = ended - answers[-1]
         assert timings.coordinator_gone_s < silent <= timings.coordinator_gone_s + 0.5, silent
 
     _virtual(main)
