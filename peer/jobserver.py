@@ -167,7 +167,7 @@ class JobServer:
         # The decoding parameter sets every chunk of the output must share (one avcC/hvcC/
         # av1C per mp4 track): the first checked chunk's; ``param_sets_kept`` once a chunk
         # with them is kept, before which a failed reference chunk gives way to the next.
-        self.param_sets: tuple[bytes, ...] | None = None
+        self.param_sets: tuple[tuple[bytes, ...], ...] | None = None  # one per rendition
         self.param_sets_from = ""
         self.param_sets_kept = False
         self.source_read = 0  # all that serving read from the file: source_bytes_read
@@ -521,10 +521,10 @@ class JobServer:
             return str(exc)
         return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
-    def _param_sets_of(self, path: str) -> tuple[bytes, ...] | None:
-        """The chunk's decoding parameter sets, every rung's in rung order for a ladder (each
-        rung is a track of its own output, which holds one set); None if its header does not
-        parse (the verification that follows then says what is wrong with it)."""
+    def _param_sets_of(self, path: str) -> tuple[tuple[bytes, ...], ...] | None:
+        """The chunk's decoding parameter sets, one tuple per rung in rung order for a ladder
+        (each rung is a track of its own output, which holds one set); None if its header
+        does not parse (the verification that follows then says what is wrong with it)."""
         encoder = self.opts.job.profile.video.codec
         codec = ENCODER_CODECS.get(encoder, encoder)
         try:
@@ -533,12 +533,12 @@ class JobServer:
             streams = sorted(nut_codec_data(head).items())
             if len(streams) < self.vplan.renditions:
                 return None
-            return tuple(s for _, data in streams[:max(1, self.vplan.renditions)]
-                         for s in parameter_sets(codec, data))
+            return tuple(tuple(parameter_sets(codec, data))
+                         for _, data in streams[:max(1, self.vplan.renditions)])
         except (OSError, ValueError):
             return None
 
-    def _param_sets_mismatch(self, attempt: str, sets: tuple[bytes, ...] | None
+    def _param_sets_mismatch(self, attempt: str, sets: tuple[tuple[bytes, ...], ...] | None
                              ) -> str | None:
         if sets is None:
             return None
@@ -547,7 +547,11 @@ class JobServer:
             return None
         encoder = self.opts.job.profile.video.codec
         codec = ENCODER_CODECS.get(encoder, encoder)
-        return mismatch(codec, self.param_sets, sets)
+        for i, (ours, theirs) in enumerate(zip(self.param_sets, sets, strict=True)):
+            if (why := mismatch(codec, ours, theirs)) is not None:
+                rungs = self.vplan.rungs
+                return f"rendition {rungs[i].width}x{rungs[i].height}: {why}" if rungs else why
+        return None
 
     def _result_limit(self, chunk: int) -> int:
         # Encoded video is far smaller than raw 4:2:0 frames; anything bigger is not ours.

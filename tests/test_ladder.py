@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,57 @@ def _serve(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_a_peer_whose_second_rung_has_other_parameter_sets_is_left_out(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A peer whose top rung is right but whose 240p rung is encoded with other settings
+    (one reference frame: the pictures are right, the SPS is not) would give that
+    rendition's track two SPS. Whichever peer delivers first sets the job's sets, the other
+    is refused once, naming the rendition, and left out; every rendition comes out whole."""
+    import peer.worker
+
+    ff = find_ffmpeg()
+    liar_ffmpeg = tmp_path / "liar-ffmpeg"  # the real ffmpeg, told apart by its path
+    liar_ffmpeg.symlink_to(ff.path)
+    real = peer.worker.encode_chunk_argv
+
+    def tampered(ffmpeg: str, *args: Any, **kwargs: Any) -> list[str]:
+        argv = real(ffmpeg, *args, **kwargs)
+        return [*argv[:-1], "-refs:v:1", "1", argv[-1]] if ffmpeg == str(liar_ffmpeg) \
+            else argv
+
+    monkeypatch.setattr(peer.worker, "encode_chunk_argv", tampered)
+    src, out_dir = tmp_path / "clip.mp4", tmp_path / "out"
+    _make_source(src, seconds=6)
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            nodes = []
+            for name, binary in (("honest", ff), ("liar", replace(ff, path=str(liar_ffmpeg)))):
+                node = Node(NodeConfig(name=name, port=0, host="127.0.0.1", secret="k",
+                                       advertise=False, serve_pyz=False), binary)
+                await nursery.start(node.run)
+                nodes.append(node)
+            opts = EncodeOptions(
+                JobIntent(str(src), f"{out_dir}/", load_profile("hd-crf"), chunk_seconds=1.0,
+                          ladder=(360, 240)),
+                LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
+                                peers=tuple(f"127.0.0.1:{n.port}" for n in nodes)))
+            report = await run_encode(opts)
+            nursery.cancel_scope.cancel()
+    kept = {c["peer"] for c in report["chunks"]}
+    assert len(kept) == 1, kept
+    refused = [a for a in report["attempts"] if "cannot join the output" in a["reason"]]
+    assert refused and {a["peer"] for a in refused} == {"honest", "liar"} - kept, refused
+    assert re.search(r"rendition \d+x240: its h264 parameter set [12] of 2 differs",
+                     refused[0]["reason"]), refused[0]["reason"]
+    assert len(refused) <= 2  # at most its chunks in flight, never a loop
+    mp4s = sorted(out_dir.glob("*.mp4"))
+    assert len(mp4s) == 2, mp4s
+    for mp4 in mp4s:
+        assert media_info(mp4).video.frames == media_info(src).video.frames, mp4
+        assert decode_errors(mp4) == ""
 
 
 def test_forced_level_switch_plays_on(job: dict[str, Any], tmp_path: Path) -> None:
