@@ -204,10 +204,10 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
             return
         # What mDNS says, /v1/info says too, for --peer and hello candidates (not believed
         # either way: a device is ours only once its reply proves the pairing or secret).
-        verdict = access_verdict(info.device_id, info.closed, paired)
         c.cred = node.pair_key(info.device_id) if opts.net.closed else opts.net.secret
-        if verdict is None and opts.net.closed and c.cred is None:
-            verdict = "unpaired"  # revoked since
+        # Closed: paired is what that one read of devices.json said (it may change meanwhile).
+        verdict = access_verdict(info.device_id, info.closed,
+                                 None if paired is None else lambda _: c.cred is not None)
         if verdict is not None:
             c.unusable = verdict
             server.device_seen(info.node_id, info.name, verdict)

@@ -389,15 +389,13 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
                    fetched: Prefetch | None = None, queued: _Queued | None = None,
-                   slide_dir: str | None = None, silence: Silence | None = None) -> str:
+                   silence: Silence, slide_dir: str | None = None) -> str:
     """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
     from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
     ``queued``: the slot's next chunk, named in every report so that a stolen one is
     dropped at once. A slideshow chunk (``a.slides``) fetches its images into
     ``slide_dir`` (peer.slidework), a directory that goes with the attempt. ``silence``:
-    the job's (see the module's docstring); None: the attempt's own."""
-    if silence is None:
-        silence = Silence(timings.coordinator_gone_s, trio.current_time())
+    the job's (see the module's docstring)."""
     if a.slides is not None and slide_dir is None:
         prefix = f"{PREFETCH_DIR_PREFIX}{os.getpid()}-slides-"
         with tempfile.TemporaryDirectory(prefix=prefix) as images:
