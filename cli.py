@@ -370,13 +370,13 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
     if hls is not None:
         raise UsageError("--hls streams one file; a batch cannot publish its files to one "
                          "directory")
-    if intent.get("ladder") or prof.ladder:
-        raise UsageError("a ladder encodes one file at a time (its renditions share -o DIR)")
+    # A ladder's files are named for their rung: the tallest is the file's output.
+    top = max(intent.get("ladder") or [r.height for r in prof.ladder] or [0])
     _check_writable("--report", report)
     for spec in net.peers:
         parse_peer(spec)
     planned, skipped = plan(find_inputs(inputs), Path(profile).stem if profile.endswith(
-        ".toml") else profile, out_dir)
+        ".toml") else profile, out_dir, top)
     if not planned:
         raise UsageError(f"no videos in {' '.join(inputs)}")
     env = _environment()
@@ -453,7 +453,8 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
                        f"{len(failed)} failed in {wall_s:.1f} s", err=True)
         for r in results:
             if r.status != "failed":
-                _tolerating_dead_pipes(typer.echo, r.output)
+                outs = [x["output"] for x in (r.report or {}).get("renditions", [])]
+                _tolerating_dead_pipes(typer.echo, "\n".join(outs or [r.output]))
     for r in failed:  # last, on stderr, whatever the mode: what needs the user's attention
         _tolerating_dead_pipes(typer.echo, f"swarm: failed: {r.input}: {r.reason}", err=True)
     return EXIT_FAILED if failed else 0
@@ -625,7 +626,8 @@ def encode(
         "--ladder", metavar="H,H,...", help="Several renditions from the same chunks, e.g. "
         "1080,720,480 (heights; widths from the source's aspect): each chunk is decoded once "
         "and split to every rendition, keyframes aligned. With --hls: a master playlist of "
-        "them; -o DIR/ writes one mp4 per rendition. Replaces a profile's [[ladder]].")
+        "them; -o DIR/ writes one mp4 per rendition (a batch: a.hd.1080p.mp4, a.hd.720p.mp4 "
+        "for each input). Replaces a profile's [[ladder]].")
     ] = None,
     segment_seconds: Annotated[float, typer.Option(
         "--segment-seconds", min=1.0, max=60.0, help="With --hls: segment length; longer "

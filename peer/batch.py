@@ -26,7 +26,7 @@ import trio
 from chunker.tools import find_ffmpeg
 from chunker.tracks import plan_tracks
 from swarm.batch import MAX_IN_FLIGHT, Found, Lookahead, Planned
-from swarm.errors import ProbeError, SwarmError, UsageError, VerifyError
+from swarm.errors import EncodeError, ProbeError, SwarmError, UsageError, VerifyError
 from swarm.events import (
     BatchEvent,
     FileDone,
@@ -39,7 +39,14 @@ from swarm.events import (
 )
 
 from . import media
-from .coordinator import output_container, run_encode
+from .coordinator import (
+    ladder_outputs,
+    output_container,
+    planned_video,
+    run_encode,
+    verify_rendition,
+    with_ladder,
+)
 from .gate import Share, SlotGate
 from .journal import work_dir_for
 from .options import EncodeOptions
@@ -97,25 +104,34 @@ def _message(exc: BaseException) -> str:
 
 
 async def existing_output(opts: EncodeOptions) -> str | None:
-    """Why this file needs no encode (its output exists and verifies against the input),
-    or None to encode it. An output that exists and does not verify is refused, as a
-    single encode refuses to overwrite without ``--force``."""
+    """Why this file needs no encode (its output, and with a ladder every rendition's file,
+    exists and verifies against the input), or None to encode it. An output that exists and
+    does not verify, or a ladder with some renditions missing, is refused, as a single
+    encode refuses to overwrite without ``--force``."""
+    opts = with_ladder(opts)
     out, src = opts.job.output, opts.job.input
     there = await trio.to_thread.run_sync(os.path.lexists, out)
     if opts.job.force or not there or await trio.Path(work_dir_for(out)).exists():
         return None  # nothing there, --force, or a crashed run that run_encode resumes
-    container = output_container(out)
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, [opts.job.profile.video.codec],
                                             opts.local.ffmpeg)
     info = await media.probe(ffmpeg, src)
-    tracks = plan_tracks(info, container, opts.job.profile.audio.channels,
-                         opts.job.profile.audio.codec, opts.job.audio, opts.job.subtitles,
-                         mkv_name=Path(out).with_suffix(".mkv").name)
-    try:
-        await media.verify_output(ffmpeg, out, info, tracks)
-    except VerifyError as exc:
-        raise UsageError(f"{out} exists and does not verify against {src} ({exc}); "
-                         "use --force to replace it") from exc
+    vplan = planned_video(opts, info)
+    paths = [out, *ladder_outputs(out, vplan)]
+    missing = [p for p in paths if not await trio.to_thread.run_sync(os.path.lexists, p)]
+    if missing:
+        raise UsageError(f"{out} exists but {', '.join(missing)} does not; use --force to "
+                         "encode the ladder again")
+    sizes = [(r.width, r.height) for r in vplan.rungs] or [(vplan.width, vplan.height)]
+    for path, (width, height) in zip(paths, sizes, strict=True):
+        tracks = plan_tracks(info, output_container(path), opts.job.profile.audio.channels,
+                             opts.job.profile.audio.codec, opts.job.audio, opts.job.subtitles,
+                             mkv_name=Path(path).with_suffix(".mkv").name)
+        try:
+            await verify_rendition(ffmpeg, path, info, tracks, width, height)
+        except (VerifyError, EncodeError) as exc:
+            raise UsageError(f"{path} exists and does not verify against {src} ({exc}); "
+                             "use --force to replace it") from exc
     return "output exists and verified"
 
 

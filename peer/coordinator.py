@@ -62,7 +62,8 @@ from .recruit import census, recruit
 from .report import build_report
 from .transfer import unlink
 
-__all__ = ["EncodeOptions", "output_container", "run_encode"]
+__all__ = ["EncodeOptions", "ladder_outputs", "output_container", "planned_video", "run_encode",
+           "verify_rendition", "with_ladder"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,15 @@ def with_ladder(opts: EncodeOptions) -> EncodeOptions:
     return replace(opts, job=job)
 
 
+def planned_video(opts: EncodeOptions, info: MediaInfo) -> VideoPlan:
+    """The output's size and GOP, with every rung of a ladder sized for this source.
+    ``opts`` as ``with_ladder`` left them. UsageError for a rung taller than the source."""
+    fps = info.video.frames / info.duration_s if info.duration_s > 0 else 30.0
+    dw, dh = info.video.display_size
+    vplan = video_plan(opts.job.profile, dw, dh, fps, opts.job.upscale, info.video.time_base)
+    return ladder_plan(opts.job.profile, vplan, dw, dh, opts.job.upscale)
+
+
 def ladder_outputs(output: str, plan: VideoPlan) -> list[str]:
     """Where each rendition after the first is written: beside the output, named for its
     height (``clip.720p.mp4`` next to ``clip.1080p.mp4``; ``out.480p.mp4`` next to
@@ -201,9 +211,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
                         keyframe_seek=info.keyframe_seek)
     frames = info.video.frames
     fps = frames / info.duration_s if info.duration_s > 0 else 30.0
-    dw, dh = info.video.display_size
-    vplan = video_plan(opts.job.profile, dw, dh, fps, opts.job.upscale, info.video.time_base)
-    vplan = ladder_plan(opts.job.profile, vplan, dw, dh, opts.job.upscale)
+    vplan = planned_video(opts, info)
     extra_outputs = ladder_outputs(opts.job.output, vplan)
     _refuse_extra(extra_outputs, opts.job.force)
     tracks = plan_tracks(info, container, opts.job.profile.audio.channels,
@@ -289,7 +297,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
         await media.merge(ffmpeg, workdir, [r.file for r in ordered],
                           [r.plan.span_s for r in ordered], info, opts.job.profile, tracks,
                           tmp_out, container, audio_file)
-        await _verify_rendition(ffmpeg, tmp_out, info, tracks, vplan.width, vplan.height)
+        await verify_rendition(ffmpeg, tmp_out, info, tracks, vplan.width, vplan.height)
         # The other renditions: the same chunks' other video streams, the same audio.
         extra_tmp = []
         for i, path in enumerate(extra_outputs, start=1):
@@ -297,7 +305,7 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             await media.merge(ffmpeg, workdir, [r.file for r in ordered],
                               [r.plan.span_s for r in ordered], info, opts.job.profile, tracks,
                               tmp, output_container(path), audio_file, rung=i)
-            await _verify_rendition(ffmpeg, tmp, info, tracks, vplan.rungs[i].width,
+            await verify_rendition(ffmpeg, tmp, info, tracks, vplan.rungs[i].width,
                                     vplan.rungs[i].height)
             extra_tmp.append(tmp)
         _refuse_overwrite(opts, ours)
@@ -325,8 +333,8 @@ async def run_encode(opts: EncodeOptions, emit: Callable[[JobEvent], None] = lam
             await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
 
-async def _verify_rendition(ffmpeg: FFmpeg, path: str, info: MediaInfo, tracks: TrackPlan,
-                            width: int, height: int) -> None:
+async def verify_rendition(ffmpeg: FFmpeg, path: str, info: MediaInfo, tracks: TrackPlan,
+                           width: int, height: int) -> None:
     out = await media.verify_output(ffmpeg, path, info, tracks)
     if (out.video.width, out.video.height) != (width, height):
         raise EncodeError(f"{path}: {out.video.width}x{out.video.height}, "

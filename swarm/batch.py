@@ -4,7 +4,9 @@
   hidden, not an output of this batch, not named like an output of the profile. A file
   named on the command line is always tried: the probe decides.
 - Where each output goes (``output_for``): beside its input, or under ``-o DIR/`` keeping
-  the path relative to the directory argument it was found under.
+  the path relative to the directory argument it was found under. With a ladder, that is
+  the tallest rendition's file (``a.hd.1080p.mp4``); the others go beside it
+  (``peer.coordinator.ladder_outputs``: ``a.hd.720p.mp4``).
 - When the next file may start (``Lookahead``): once the running one has handed out all
   but one round of its chunks, so its probe, audio and first chunks overlap that file's
   tail and merge instead of following them.
@@ -15,6 +17,7 @@ Paths are strings the shell (``peer.batch``) made absolute; nothing here touches
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
@@ -56,11 +59,12 @@ class Planned:
     clash: str = ""  # another input already has this output: this one fails with it
 
 
-def output_for(found: Found, profile_stem: str, out_dir: str | None) -> str:
+def output_for(found: Found, profile_stem: str, out_dir: str | None, top: int = 0) -> str:
     """``<stem>.<profile>.mp4`` beside the input, or under ``out_dir`` at the input's path
-    relative to the directory argument it was found under."""
+    relative to the directory argument it was found under. ``top``: a ladder's tallest
+    rung, named in the file (``<stem>.<profile>.<top>p.mp4``) as the others will be."""
     src = PurePath(found.path)
-    name = f"{src.stem}.{profile_stem}.mp4"
+    name = f"{src.stem}.{profile_stem}{f'.{top}p' if top else ''}.mp4"
     if out_dir is None:
         return str(src.with_name(name))
     if found.root is None:
@@ -69,12 +73,13 @@ def output_for(found: Found, profile_stem: str, out_dir: str | None) -> str:
     return str(PurePath(out_dir) / rel / name)
 
 
-def plan(found: list[Found], profile_stem: str, out_dir: str | None
+def plan(found: list[Found], profile_stem: str, out_dir: str | None, top: int = 0
          ) -> tuple[list[Planned], list[tuple[str, str]]]:
     """The files to encode, in order, and the walked ones left out with why.
 
     Files named on the command line come first, in their order; walked ones follow sorted
-    by path, so a rerun takes them in the same order.
+    by path, so a rerun takes them in the same order. ``top``: a ladder's tallest rung
+    (``output_for``); a walk leaves out the renditions of a ladder of this profile too.
     """
     seen: set[str] = set()
     named = [f for f in found if f.root is None]
@@ -84,9 +89,10 @@ def plan(found: list[Found], profile_stem: str, out_dir: str | None
         if f.path not in seen:
             seen.add(f.path)
             candidates.append(f)
-    outputs = {output_for(f, profile_stem, out_dir) for f in candidates}
+    outputs = {output_for(f, profile_stem, out_dir, top) for f in candidates}
     out_root = PurePath(out_dir) if out_dir is not None else None
-    suffix = f".{profile_stem}.mp4"
+    # ``a.hd.mp4``, and a ladder's ``a.hd.720p.mp4``: not "concert.1080p.mp4".
+    ours = re.compile(rf"\.{re.escape(profile_stem)}(\.\d+p)?\.mp4$")
     kept: list[Planned] = []
     skipped: list[tuple[str, str]] = []
     by_output: dict[str, str] = {}
@@ -98,14 +104,14 @@ def plan(found: list[Found], profile_stem: str, out_dir: str | None
                 why = "not a video by its name"
             elif f.path in outputs:
                 why = "an output of this batch"
-            elif p.name.endswith(suffix):
+            elif ours.search(p.name):
                 why = f"named like an output of profile {profile_stem}"
             elif out_root is not None and out_root in p.parents:
                 why = "inside the output directory"
             if why:
                 skipped.append((f.path, why))
                 continue
-        out = output_for(f, profile_stem, out_dir)
+        out = output_for(f, profile_stem, out_dir, top)
         clash = f"same output as {by_output[out]}" if out in by_output else ""
         by_output.setdefault(out, f.path)
         kept.append(Planned(f.path, out, f.root is None, clash))

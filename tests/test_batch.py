@@ -67,6 +67,18 @@ def test_a_walk_keeps_videos_and_says_what_it_leaves_out() -> None:
     assert ("/v/out/c.mkv", "inside the output directory") in skipped
 
 
+def test_with_a_ladder_outputs_are_named_for_their_rung_and_a_walk_leaves_them_out() -> None:
+    assert output_for(Found("/v/a.mov", "/v"), "hd", None, 720) == "/v/a.hd.720p.mp4"
+    found = [Found("/v/a.mp4", "/v"), Found("/v/a.hd.480p.mp4", "/v"),
+             Found("/v/b.hd.mp4", "/v"), Found("/v/concert.1080p.mp4", "/v")]
+    kept, skipped = plan(found, "hd", None, 720)
+    # A user's "concert.1080p.mp4" is a video to encode; an hd ladder's renditions are not.
+    assert [(k.input, k.output) for k in kept] == [
+        ("/v/a.mp4", "/v/a.hd.720p.mp4"), ("/v/concert.1080p.mp4", "/v/concert.1080p.hd.720p.mp4")]
+    assert dict(skipped) == {"/v/a.hd.480p.mp4": "named like an output of profile hd",
+                             "/v/b.hd.mp4": "named like an output of profile hd"}
+
+
 def test_two_inputs_with_one_output_fail_the_second() -> None:
     kept, _ = plan([Found("/v/a.mp4", "/v"), Found("/v/a.mov", "/v")], "hd", None)
     assert [(k.input, k.clash) for k in kept] == [("/v/a.mov", ""),
@@ -261,6 +273,43 @@ def test_a_batch_output_option_must_be_a_directory(tree: Path) -> None:
     res = swarm("encode", str(tree), "--hls", str(tree / "hls"), cwd=tree)
     assert res.returncode == 2 and "--hls streams one file" in res.stderr
     assert not (tree / "hls").exists()
+
+
+def test_a_ladder_batch_writes_every_rendition_of_every_file_and_a_rerun_checks_them_all(
+        tmp_path: Path) -> None:
+    _video(tmp_path / "a.mp4", 2)
+    (tmp_path / "sub").mkdir()
+    _video(tmp_path / "sub" / "b.mov", 1, audio=False, rate=30)
+    res = swarm("encode", str(tmp_path), "--ladder", "144,240", "--local-only",
+                "--chunk-seconds", "1", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    renditions = {"a.hd.240p.mp4": (320, 240), "a.hd.144p.mp4": (192, 144),
+                  "sub/b.hd.240p.mp4": (320, 240), "sub/b.hd.144p.mp4": (192, 144)}
+    # Every rendition's path on stdout, the tallest of each file first.
+    assert res.stdout.split() == [str(tmp_path / p) for p in renditions]
+    for out, size in renditions.items():
+        src = media_info(tmp_path / ("a.mp4" if out.startswith("a") else "sub/b.mov"))
+        info = media_info(tmp_path / out)
+        assert (info.video.width, info.video.height) == size
+        assert info.video.frames == src.video.frames
+        assert (info.audio is not None) == (src.audio is not None)
+        assert decode_errors(tmp_path / out) == ""
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.mp4")) == \
+        sorted(["a.mp4", *renditions])
+
+    # A rerun verifies every rendition and skips the files (the walk leaves the outputs out).
+    again = swarm("encode", str(tmp_path), "--ladder", "144,240", "--local-only",
+                  cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("output exists and verified") == 2, again.stderr
+    # One rendition gone: that file is refused, naming it, and nothing is overwritten.
+    (tmp_path / "a.hd.144p.mp4").unlink()
+    stamp = (tmp_path / "a.hd.240p.mp4").stat().st_mtime_ns
+    gone = swarm("encode", str(tmp_path), "--ladder", "144,240", "--local-only",
+                 cwd=tmp_path)
+    assert gone.returncode == 1
+    assert f"{tmp_path / 'a.hd.144p.mp4'} does not" in gone.stderr and "--force" in gone.stderr
+    assert (tmp_path / "a.hd.240p.mp4").stat().st_mtime_ns == stamp
 
 
 def test_a_crashed_batch_resumes_its_file_from_the_journal(tmp_path: Path) -> None:
