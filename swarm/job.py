@@ -25,7 +25,9 @@ Two clocks take work back from a peer that can no longer do it:
   whole lease while other slots idle (issue 14: a 3-4 s job took 20 s).
   A dropped connection (``connection_lost``) ends that attempt at once and shortens the
   peer's grace to ``DROP_GRACE_S``. While a result is being verified (``delivering``) the
-  peer owes no reports: the coordinator is the one working.
+  peer owes no reports and the attempt's lease does not run: the coordinator is the one
+  working (a slideshow chunk's check on a coordinator that also renders took 24 s, past
+  the 15 s lease, and the chunk was rendered twice: bench/slides).
 
 Which chunk a claim gets is ``swarm.scheduler``'s decision (policy "swarm", or the
 benchmark baselines "fifo" and "equal"); the shell feeds it speeds with ``add_peer`` /
@@ -450,7 +452,7 @@ class Job:
         """Expire leases that saw no progress in time, and take the work of silent peers."""
         out: list[Requeued] = []
         for a in self.running():
-            if now >= a.lease_until:
+            if now >= a.lease_until and not a.delivered:
                 self._end(a, AttemptOutcome.EXPIRED, now, "lease expired")
                 out += self._requeue(a, "lease expired", gone=True)
         for peer, deadline in self._silence_deadlines():
@@ -470,7 +472,7 @@ class Job:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has something to do next, at the earliest (None: nothing held)."""
-        times = [a.lease_until for a in self.running()]
+        times = [a.lease_until for a in self.running() if not a.delivered]
         times += [d for _, d in self._silence_deadlines()]
         return min(times) if times else None
 

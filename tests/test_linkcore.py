@@ -79,6 +79,24 @@ def test_no_silence_while_the_coordinator_verifies_a_result() -> None:
     assert [r.chunk for r in job.tick(10.0 + SILENT_S)] == [b.chunk]
 
 
+def test_a_result_being_verified_outlives_its_lease() -> None:
+    """The coordinator's check of a result can take longer than the lease (a slideshow
+    chunk re-rendered for its spot check beside a local slot): the chunk is not handed to
+    someone else meanwhile, and its result still counts."""
+    job = Job([10, 10], lease_s=15.0, silent_s=SILENT_S)
+    a = _assign(job.claim("p", 0.0))
+    assert job.progress(a.attempt, 10, 20.0)
+    job.delivering(a.attempt, 21.0)
+    assert job.next_deadline() is None  # nothing of p's can expire while it is checked
+    assert job.tick(60.0) == [] and job.attempts[a.attempt].running
+    assert job.succeeded(a.attempt, 60.0)
+    # Without a delivery, the same silence of reports expires the lease as before.
+    b = _assign(job.claim("p", 60.0))
+    assert job.progress(b.attempt, 1, 61.0)
+    job.silent_s = None
+    assert [r.reason for r in job.tick(61.0 + 15.0)] == ["lease expired"]
+
+
 def test_a_dropped_connection_loses_the_attempt_and_shortens_the_grace() -> None:
     job = Job([10] * 4, silent_s=SILENT_S, max_failures=1)
     a = _assign(job.claim("p", 0.0))
