@@ -25,9 +25,10 @@ Two clocks take work back from a peer that can no longer do it:
   whole lease while other slots idle (issue 14: a 3-4 s job took 20 s).
   A dropped connection (``connection_lost``) ends that attempt at once and shortens the
   peer's grace to ``DROP_GRACE_S``. While a result is being verified (``delivering``) the
-  peer owes no reports and the attempt's lease does not run: the coordinator is the one
-  working (a slideshow chunk's check on a coordinator that also renders took 24 s, past
-  the 15 s lease, and the chunk was rendered twice: bench/slides).
+  peer owes no reports and the leases of its attempts do not run (the delivered one's, and
+  the one it prefetched, waiting behind it): the coordinator is the one working. A
+  slideshow chunk's check on a coordinator that also renders took 24 s, past the 15 s
+  lease, and the chunk was rendered twice (bench/slides).
 
 Which chunk a claim gets is ``swarm.scheduler``'s decision (policy "swarm", or the
 benchmark baselines "fifo" and "equal"); the shell feeds it speeds with ``add_peer`` /
@@ -451,8 +452,9 @@ class Job:
     def tick(self, now: float) -> list[Requeued]:
         """Expire leases that saw no progress in time, and take the work of silent peers."""
         out: list[Requeued] = []
+        waiting = self._delivering_peers()
         for a in self.running():
-            if now >= a.lease_until and not a.delivered:
+            if now >= a.lease_until and a.peer not in waiting:
                 self._end(a, AttemptOutcome.EXPIRED, now, "lease expired")
                 out += self._requeue(a, "lease expired", gone=True)
         for peer, deadline in self._silence_deadlines():
@@ -472,7 +474,8 @@ class Job:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has something to do next, at the earliest (None: nothing held)."""
-        times = [a.lease_until for a in self.running() if not a.delivered]
+        waiting = self._delivering_peers()
+        times = [a.lease_until for a in self.running() if a.peer not in waiting]
         times += [d for _, d in self._silence_deadlines()]
         return min(times) if times else None
 
@@ -492,6 +495,11 @@ class Job:
                 deadline = min(deadline, dropped + DROP_GRACE_S)
             out.append((peer, deadline))
         return out
+
+    def _delivering_peers(self) -> set[str]:
+        """Peers with a result being verified: none of their attempts' leases runs (their
+        prefetched chunk waits behind the one whose answer they wait for)."""
+        return {a.peer for a in self.running() if a.delivered}
 
     # -- internals ---------------------------------------------------------------------
     def _end(self, a: Attempt, outcome: AttemptOutcome, now: float, reason: str) -> None:

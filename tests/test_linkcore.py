@@ -83,13 +83,17 @@ def test_a_result_being_verified_outlives_its_lease() -> None:
     """The coordinator's check of a result can take longer than the lease (a slideshow
     chunk re-rendered for its spot check beside a local slot): the chunk is not handed to
     someone else meanwhile, and its result still counts."""
-    job = Job([10, 10], lease_s=15.0, silent_s=SILENT_S)
+    job = Job([10, 10, 10], lease_s=15.0, silent_s=SILENT_S)
     a = _assign(job.claim("p", 0.0))
+    queued = _assign(job.claim("p", 0.0, prefetch=True))
     assert job.progress(a.attempt, 10, 20.0)
     job.delivering(a.attempt, 21.0)
     assert job.next_deadline() is None  # nothing of p's can expire while it is checked
     assert job.tick(60.0) == [] and job.attempts[a.attempt].running
+    assert job.attempts[queued.attempt].running  # its prefetched chunk waits with it
     assert job.succeeded(a.attempt, 60.0)
+    assert job.progress(queued.attempt, 1, 60.5)
+    assert job.succeeded(queued.attempt, 61.0)
     # Without a delivery, the same silence of reports expires the lease as before.
     b = _assign(job.claim("p", 60.0))
     assert job.progress(b.attempt, 1, 61.0)
