@@ -87,7 +87,7 @@ def slide_runs(images: int, slots: int, max_run: int = MAX_RUN) -> list[tuple[in
     return [(first, min(per, images - first)) for first in range(0, images, per)]
 
 
-def _fit(i: int, plan: SlidePlan, uses: int) -> str:
+def _fit(i: int, plan: SlidePlan, uses: int, tag: str = "", base: int = 0) -> str:
     # out_range=tv: ffmpeg 7 on negotiates the colour range across the graph, so an image
     # that also feeds a blend was converted to another range than the same image feeding
     # only the concat; their frames differed between a chunk and a single render (9.0.2).
@@ -95,22 +95,25 @@ def _fit(i: int, plan: SlidePlan, uses: int) -> str:
     # JPEG (tagged bt470bg) and a PNG (untagged) made chunks whose parameter sets differ,
     # which cannot be joined under one avcC. Every image becomes BT.709, tagged so.
     w, h = plan.width, plan.height
-    return (f"[{i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease:"
+    return (f"[{base + i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease:"
             f"force_divisible_by=2:flags=bicubic:out_range=tv:out_color_matrix=bt709,"
             f"pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p,"
             "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709,"
             # Decoded and scaled once, then repeated as references to that one frame.
             f"loop=loop=-1:size=1,split={uses}"
-            + "".join(f"[u{i}_{k}]" for k in range(uses)))
+            + "".join(f"[{tag}u{i}_{k}]" for k in range(uses)))
 
 
 def _frames(label: str, n: int, fps: int, out: str) -> str:
     return f"[{label}]trim=end_frame={n},setpts=N/({fps}*TB)[{out}]"
 
 
-def slide_graph(plan: SlidePlan, first: int, count: int) -> tuple[list[str], str]:
+def slide_graph(plan: SlidePlan, first: int, count: int, tag: str = "", base: int = 0
+                ) -> tuple[list[str], str]:
     """The chunk's images (its own, then the next one when a fade needs it) and its filter
-    graph, whose output ``[v]`` is the chunk's ``count x per_image`` frames."""
+    graph, whose output ``[v]`` is the chunk's ``count x per_image`` frames. ``tag``
+    prefixes every label (the output is ``[<tag>v]``) and ``base`` is the first image's
+    input index, so that several runs can be rendered in one graph (chunker.spotcheck)."""
     last = first + count  # the next chunk's first image, if any
     fades_out = plan.fade > 0
     reads = list(plan.images[first:last])
@@ -123,30 +126,31 @@ def slide_graph(plan: SlidePlan, first: int, count: int) -> tuple[list[str], str
         fade_out = own and fades_out and first + j + 1 < len(plan.images)
         fade_in = fades_out and j > 0  # the end of the image before it blends into it
         uses = int(own) + int(fade_out) + int(fade_in)
-        parts.append(_fit(j, plan, uses))
+        parts.append(_fit(j, plan, uses, tag, base))
         k = 0
         if own:
             still = plan.per_image - (plan.fade if fade_out else 0)
-            parts.append(_frames(f"u{j}_{k}", still, plan.fps, f"s{j}"))
-            pieces.append(f"[s{j}]")
+            parts.append(_frames(f"{tag}u{j}_{k}", still, plan.fps, f"{tag}s{j}"))
+            pieces.append(f"[{tag}s{j}]")
             k += 1
         if fade_out:
-            parts.append(_frames(f"u{j}_{k}", plan.fade, plan.fps, f"a{j}"))
+            parts.append(_frames(f"{tag}u{j}_{k}", plan.fade, plan.fps, f"{tag}a{j}"))
             k += 1
         if fade_in:
-            parts.append(_frames(f"u{j}_{k}", plan.fade, plan.fps, f"b{j}"))
+            parts.append(_frames(f"{tag}u{j}_{k}", plan.fade, plan.fps, f"{tag}b{j}"))
             # The fade of image j-1 into image j: both already in the graph.
             d = plan.fade + 1
             # blend's N counts its frames from 1 (ffmpeg 5.1 to 9): N / (fade + 1).
-            parts.append(f"[a{j - 1}][b{j}]blend=all_expr='A+(B-A)*N/{d}'[f{j - 1}]")
+            parts.append(f"[{tag}a{j - 1}][{tag}b{j}]blend=all_expr='A+(B-A)*N/{d}'"
+                         f"[{tag}f{j - 1}]")
     # Each image's still part, then its fade, in order.
     ordered: list[str] = []
     for j in range(count):
-        ordered.append(f"[s{j}]")
+        ordered.append(f"[{tag}s{j}]")
         if fades_out and first + j + 1 < len(plan.images):
-            ordered.append(f"[f{j}]")
+            ordered.append(f"[{tag}f{j}]")
     parts.append("".join(ordered) + f"concat=n={len(ordered)}:v=1:a=0,"
-                 f"setpts=N/({plan.fps}*TB)[v]")
+                 f"setpts=N/({plan.fps}*TB)[{tag}v]")
     return reads, ";".join(parts)
 
 

@@ -163,33 +163,47 @@ def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: in
     rendered frames just before and after, within the chunk. The statistics come out as
     ``spot_check_argv``'s: ``parse_compared(stats, 0, samples, count * plan.per_image)``.
 
-    Only the frames up to the last sample's neighbour are rendered, and none is encoded.
+    Each sample is rendered from a run of its own: from the start of the image its
+    neighbour before it shows, to the frame after it (a run renders the same frames
+    wherever it starts, which is what lets chunks be joined). None is encoded. Rendering
+    the chunk up to its last sample instead cost 45 % of the chunk's render and encode
+    (its fades' per-pixel blends): 19 CPU s for a 250-frame 1080p chunk, on a coordinator
+    that renders too.
     """
     frames = count * plan.per_image
     if (not samples or list(samples) != sorted(set(samples)) or samples[0] < 0
             or samples[-1] >= frames):
         raise ValueError("samples must be distinct ascending frame indices of the chunk")
-    reads, render = slide_graph(plan, first, count)
     argv = [ffmpeg.path, *_QUIET]
-    for path in reads:  # inputs 0.. as the graph numbers them; the chunk comes last
+    graph: list[str] = []
+    reads: list[str] = []
+    starts: list[int] = []  # each sample's run: its first frame's index in the chunk
+    for i, k in enumerate(samples):
+        near = neighbours(k, frames)
+        lo, hi = near[0] // plan.per_image, near[-1] // plan.per_image
+        run_reads, render = slide_graph(plan, first + lo, hi - lo + 1, f"p{i}_", len(reads))
+        reads += run_reads
+        graph.append(render)
+        starts.append(lo * plan.per_image)
+    for path in reads:  # inputs 0.. as the runs number them; the chunk comes last
         argv += ["-i", path]
     argv += [*_ONE_THREAD, "-i", chunk_path]
     rw, rh = reduced_size(plan, grid)
     reduce = f"scale={rw}:{rh}:flags=area,format=yuv420p"
     common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
     n = len(samples)
-    last = min(frames, samples[-1] + 2)
-    graph = [render,
-             f"[v]trim=end_frame={last},split={n}" + "".join(f"[r{i}]" for i in range(n)),
-             f"[{len(reads)}:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n))]
+    graph.append(f"[{len(reads)}:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n)))
+    for i, k in enumerate(samples):
+        near = neighbours(k, frames)
+        graph.append(f"[p{i}_v]trim=end_frame={near[-1] + 1 - starts[i]}[r{i}]")
     chunks, refs, self_main, self_ref = [], [], [], []
     for i, k in enumerate(samples):
         near = neighbours(k, frames)
         own = near.index(k)
         again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
         graph.append(f"[x{i}]select=eq(n\\,{k}),setsar=1,{reduce}{again}[c{i}]")
-        graph.append(f"[r{i}]select=between(n\\,{near[0]}\\,{near[-1]}),setsar=1,{reduce},"
-                     f"split=3[s{i}][o{i}][n{i}]")
+        graph.append(f"[r{i}]select=between(n\\,{near[0] - starts[i]}\\,"
+                     f"{near[-1] - starts[i]}),setsar=1,{reduce},split=3[s{i}][o{i}][n{i}]")
         chunks.append(f"[c{i}]")
         refs.append(f"[s{i}]")
         if len(near) > 1:
