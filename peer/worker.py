@@ -289,76 +289,66 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
             with trio.move_on_after(reply.retry_after_s):
                 await stop.wait()
 
-    async def claims(uploads: trio.Nursery) -> str:
-        while not seat.job_over:
-            fetched: Prefetch | None = None
-            if (next_one := queued.take()) is not None:
-                held, fetched = next_one
-                wanted = await _still_wanted(held, client, secret, silence)
-                if fetched is not None and (not wanted or fetched.error is not None):
-                    # A copy that failed (the network, a refused range) costs nothing yet:
-                    # the chunk streams from the source as if it had never been fetched.
-                    await fetched.close()
-                    fetched = None
-                if not wanted:
-                    continue  # stolen by a faster peer before it started
-                reply: Assignment | Wait | JobDone = held
-            else:
-                try:
-                    reply = await call(client, secret, "POST", claim_path,
-                                       ClaimRequest(node_id, slot, False),
-                                       (Assignment, Wait, JobDone))
-                    silence.heard(trio.current_time())
-                except PeerError as exc:
-                    if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
-                        log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
-                        return "refused"
-                    if silence.gone(trio.current_time()):
-                        log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
-                        return "gone"
-                    await seat.wait(0.5)  # another job may have the slot meanwhile
-                    continue
-            if isinstance(reply, JobDone):
-                seat.done()
-                return "done"
-            if isinstance(reply, Wait):
-                await seat.wait(reply.retry_after_s)
+    while not seat.job_over:
+        fetched: Prefetch | None = None
+        if (next_one := queued.take()) is not None:
+            held, fetched = next_one
+            wanted = await _still_wanted(held, client, secret, silence)
+            if fetched is not None and (not wanted or fetched.error is not None):
+                # A copy that failed (the network, a refused range) costs nothing yet:
+                # the chunk streams from the source as if it had never been fetched.
+                await fetched.close()
+                fetched = None
+            if not wanted:
+                continue  # stolen by a faster peer before it started
+            reply: Assignment | Wait | JobDone = held
+        else:
+            try:
+                reply = await call(client, secret, "POST", claim_path,
+                                   ClaimRequest(node_id, slot, False),
+                                   (Assignment, Wait, JobDone))
+                silence.heard(trio.current_time())
+            except PeerError as exc:
+                if isinstance(exc, RemoteProtocolError) and exc.status_code in (401, 404, 410):
+                    log.warning("job %s: coordinator refused us: %s", terms.job_id, exc)
+                    return "refused"
+                if silence.gone(trio.current_time()):
+                    log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
+                    return "gone"
+                await seat.wait(0.5)  # another job may have the slot meanwhile
                 continue
-            assert isinstance(reply, Assignment)
-            on_event(SlotStart(reply.chunk, reply.attempt, terms.job_id))
-            stop = trio.Event()
-            outcome = "gone"
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(prefetch, stop)
-                try:
-                    outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
-                                             ffmpeg=ffmpeg, client=client, on_event=on_event,
-                                             timings=timings, fetched=fetched, queued=queued,
-                                             silence=silence, uploads=uploads)
-                except CoordinatorGone:
-                    nursery.cancel_scope.cancel()
-                finally:
-                    stop.set()
-                    if fetched is not None:
-                        await fetched.close()
-            if outcome == "gone":
-                log.warning("job %s: coordinator gone; dropping it", terms.job_id)
-                return "gone"
-            # The chunk's frames: progress reports come every second, so the last one may have
-            # counted a third of a short chunk. "sent": its upload tells the verdict later.
-            if outcome != "sent":
-                on_event(SlotEnd(reply.chunk, outcome, reply.frames, terms.job_id))
-            if queued.assignment is None:
-                await seat.next()
-        return "done"
-
-    # Results waiting for their verdict: the job is not over for this slot until they
-    # have it, and with the coordinator gone or refusing, nobody will answer them.
-    async with trio.open_nursery() as uploads:
-        why = await claims(uploads)
-        if why != "done":
-            uploads.cancel_scope.cancel()
-    return why
+        if isinstance(reply, JobDone):
+            seat.done()
+            return "done"
+        if isinstance(reply, Wait):
+            await seat.wait(reply.retry_after_s)
+            continue
+        assert isinstance(reply, Assignment)
+        on_event(SlotStart(reply.chunk, reply.attempt, terms.job_id))
+        stop = trio.Event()
+        outcome = "gone"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prefetch, stop)
+            try:
+                outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
+                                         ffmpeg=ffmpeg, client=client, on_event=on_event,
+                                         timings=timings, fetched=fetched, queued=queued,
+                                         silence=silence)
+            except CoordinatorGone:
+                nursery.cancel_scope.cancel()
+            finally:
+                stop.set()
+                if fetched is not None:
+                    await fetched.close()
+        if outcome == "gone":
+            log.warning("job %s: coordinator gone; dropping it", terms.job_id)
+            return "gone"
+        # The chunk's frames: progress reports come every second, so the last one may have
+        # counted a third of a short chunk.
+        on_event(SlotEnd(reply.chunk, outcome, reply.frames, terms.job_id))
+        if queued.assignment is None:
+            await seat.next()
+    return "done"
 
 
 async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential,
@@ -399,28 +389,19 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
                    fetched: Prefetch | None = None, queued: _Queued | None = None,
-                   silence: Silence, slide_dir: str | None = None,
-                   uploads: trio.Nursery | None = None) -> str:
+                   silence: Silence, slide_dir: str | None = None) -> str:
     """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
     from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
     ``queued``: the slot's next chunk, named in every report so that a stolen one is
     dropped at once. A slideshow chunk (``a.slides``) fetches its images into
     ``slide_dir`` (peer.slidework), a directory that goes with the attempt. ``silence``:
-    the job's (see the module's docstring).
-
-    ``uploads``: where the upload waits for its answer once the encoder is through. The
-    coordinator verifies the result before it answers (a full decode, for a spot check a
-    re-render: 25 s on a busy coordinator, bench/slides), and the slot goes on to its next
-    chunk meanwhile; the verdict is told as a ``SlotEnd`` when it comes, and this returns
-    "sent". None: the answer is waited for here and returned."""
+    the job's (see the module's docstring)."""
     if a.slides is not None and slide_dir is None:
         prefix = f"{PREFETCH_DIR_PREFIX}{os.getpid()}-slides-"
         with tempfile.TemporaryDirectory(prefix=prefix) as images:
-            # The images are only read by the encoder: the answer may come after they go.
             return await _attempt(terms, a, node_id=node_id, secret=secret, ffmpeg=ffmpeg,
                                   client=client, on_event=on_event, timings=timings,
-                                  queued=queued, slide_dir=images, silence=silence,
-                                  uploads=uploads)
+                                  queued=queued, slide_dir=images, silence=silence)
     if a.slides is not None:
         argv: list[str] = []  # built once its images are here
     elif fetched is not None:
@@ -446,21 +427,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             async for data in recv:
                 yield data
 
-    answered = trio.Event()
-    upload_scope = trio.CancelScope()
-    sent = False  # the encoder is through and the body complete: only the answer is due
-
     async def upload(attempt_scope: trio.CancelScope) -> None:
-        nonlocal outcome
-        with upload_scope:
-            try:
-                await _upload(attempt_scope)
-            finally:
-                answered.set()
-        if sent:  # the slot went on without us: tell it here
-            on_event(SlotEnd(a.chunk, outcome, a.frames, terms.job_id))
-
-    async def _upload(attempt_scope: trio.CancelScope) -> None:
         nonlocal outcome
         headers = signed_headers(secret, "PUT", result_path, auth.streamed_digest(a.attempt))
         headers["content-type"] = "application/octet-stream"
@@ -507,9 +474,8 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                 attempt_scope.cancel()  # replaced or the job is over: stop encoding now
                 return
 
-    encoded = False
     async with trio.open_nursery() as nursery:
-        (uploads or nursery).start_soon(upload, nursery.cancel_scope)
+        nursery.start_soon(upload, nursery.cancel_scope)
         reporting = trio.CancelScope()
 
         async def report_until_done() -> None:
@@ -532,20 +498,11 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             log.warning("chunk %d: %s", a.chunk, exc)
             outcome = "failed"
             await _tell_failed(client, secret, a, str(exc))
-            upload_scope.cancel()
             nursery.cancel_scope.cancel()
         else:
             await send.aclose()
-            encoded = True
         reporting.cancel()
-    if not encoded or nursery.cancel_scope.cancelled_caught:
-        upload_scope.cancel()  # stopped, failed or gone: no answer is waited for
-        with trio.CancelScope(shield=True):
-            await answered.wait()
     if gone:
         raise CoordinatorGone(f"job {terms.job_id}: no answer for "
                               f"{timings.coordinator_gone_s:g} s")
-    if not answered.is_set():
-        sent = True
-        return "sent"
     return outcome
