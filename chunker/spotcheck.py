@@ -183,8 +183,8 @@ def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: in
         lo, hi = near[0] // plan.per_image, near[-1] // plan.per_image
         run_reads, render = slide_graph(plan, first + lo, hi - lo + 1, f"p{i}_", len(reads))
         reads += run_reads
-        graph.append(render)
         starts.append(lo * plan.per_image)
+        graph += [render, f"[p{i}_v]trim=end_frame={near[-1] + 1 - starts[i]}[r{i}]"]
     for path in reads:  # inputs 0.. as the runs number them; the chunk comes last
         argv += ["-i", path]
     argv += [*_ONE_THREAD, "-i", chunk_path]
@@ -193,9 +193,6 @@ def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: in
     common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
     n = len(samples)
     graph.append(f"[{len(reads)}:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n)))
-    for i, k in enumerate(samples):
-        near = neighbours(k, frames)
-        graph.append(f"[p{i}_v]trim=end_frame={near[-1] + 1 - starts[i]}[r{i}]")
     chunks, refs, self_main, self_ref = [], [], [], []
     for i, k in enumerate(samples):
         near = neighbours(k, frames)

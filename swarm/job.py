@@ -484,10 +484,9 @@ class Job:
         if self.silent_s is None:
             return []
         out = []
+        waiting = self._delivering_peers()
         for peer, ps in self.scheduler.peers.items():
-            if not ps.attempts or peer in self._unwatched:
-                continue
-            if any(self.attempts[x].delivered for x in ps.attempts):
+            if not ps.attempts or peer in self._unwatched or peer in waiting:
                 continue
             deadline = ps.seen + self.silent_s
             dropped = self._dropped.get(peer)
