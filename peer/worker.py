@@ -293,7 +293,13 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
         fetched: Prefetch | None = None
         if (next_one := queued.take()) is not None:
             held, fetched = next_one
-            wanted = await _still_wanted(held, client, secret, silence)
+            try:
+                wanted = await _still_wanted(held, client, secret, silence)
+            except CoordinatorGone as exc:
+                if fetched is not None:
+                    await fetched.close()
+                log.warning("job %s: %s; dropping it", terms.job_id, exc)
+                return "gone"
             if fetched is not None and (not wanted or fetched.error is not None):
                 # A copy that failed (the network, a refused range) costs nothing yet:
                 # the chunk streams from the source as if it had never been fetched.
@@ -353,12 +359,16 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
 
 async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential,
                         silence: Silence) -> bool:
-    """Report a queued chunk as starting; False if it was taken over or the job ended."""
+    """Report a queued chunk as starting; False if it was taken over or the job ended.
+    Raises CoordinatorGone if this call failed past the job's silence limit: a call that
+    hung to its timeout must not be followed by an attempt whose first report hangs too."""
     try:
         ack = await call(client, secret, "POST", f"/v1/jobs/{a.job_id}/progress",
                          Progress(a.job_id, a.chunk, a.attempt, 0, 0.0), (ProgressAck,))
         silence.heard(trio.current_time())
-    except PeerError:
+    except PeerError as exc:
+        if silence.gone(trio.current_time()):
+            raise CoordinatorGone(f"coordinator gone ({exc})") from exc
         return True  # let the attempt itself find out (the silence goes on counting)
     assert isinstance(ack, ProgressAck)
     return ack.keep
@@ -417,6 +427,8 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
     started = trio.current_time()
     outcome = "cancelled"
     gone = False
+    ended: float | None = None  # when the encoder finished
+    answered = trio.Event()  # the upload is over: answered, failed or cancelled
 
     def progress(n: int) -> None:
         nonlocal frames
@@ -433,12 +445,16 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
         headers["content-type"] = "application/octet-stream"
         try:
             with transport_errors():
+                # A long read: the verdict waits for the coordinator's checks, which a busy
+                # one may take minutes over; the reporter watches the link meanwhile.
                 resp = await client.put(result_path, content=body(), headers=headers,
                                         timeout=httpx.Timeout(30.0, read=300.0))
         except TransportError as exc:
             outcome = f"upload failed: {exc}"
             attempt_scope.cancel()  # nobody takes the output: stop the encoder
             return
+        finally:
+            answered.set()
         silence.heard(trio.current_time())
         if resp.status_code == 200:
             ack = decode(resp.content, ResultAck)
@@ -447,10 +463,17 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             outcome = f"refused: {resp.status_code}"
 
     async def reporter(attempt_scope: trio.CancelScope) -> None:
+        """Report progress while the encoder runs; after it, until the upload's verdict
+        comes, go on reporting its final figures: the coordinator may take a while to
+        check the result, and without these calls nothing here would notice a link cut
+        in the meantime (the upload's own wait for an answer is long, see ``upload``)."""
         path = f"/v1/jobs/{a.job_id}/progress"
         while True:
             await trio.sleep(timings.progress_every_s)
-            elapsed = max(1e-3, trio.current_time() - started)
+            if ended is None:
+                elapsed = max(1e-3, trio.current_time() - started)
+            else:
+                elapsed = ended - started
             ahead = queued.assignment if queued is not None else None
             try:
                 ack = await call(client, secret, "POST", path,
@@ -470,7 +493,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             if (not ack.queued_keep and queued is not None and ahead is not None
                     and queued.assignment is ahead):
                 await queued.drop()
-            if not ack.keep:
+            if not ack.keep and ended is None:
                 attempt_scope.cancel()  # replaced or the job is over: stop encoding now
                 return
 
@@ -501,6 +524,8 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             nursery.cancel_scope.cancel()
         else:
             await send.aclose()
+            ended = max(started + 1e-3, trio.current_time())
+            await answered.wait()
         reporting.cancel()
     if gone:
         raise CoordinatorGone(f"job {terms.job_id}: no answer for "

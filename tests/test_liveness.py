@@ -7,13 +7,18 @@ refuses every connection drops the job just after ``coordinator_gone_s``, and on
 coordinator answers stays, whatever the time; a lease expires after ``lease_s`` without
 progress, and progress renews it, with ``_watch`` ticking; a job nobody encodes fails after
 ``stall_s``. Minutes
-of protocol time pass in milliseconds, and the limits are checked to the tick.
+of protocol time pass in milliseconds, and the limits are checked to the tick. Last, for
+real, a slot and a coordinator node on 127.0.0.1 through a relay that is cut like a cable.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -21,12 +26,16 @@ import pytest
 import trio
 import trio.testing
 
-from chunker.commands import VideoPlan
+from chunker.commands import VideoPlan, video_plan
 from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
+from chunker.tools import find_ffmpeg
+from media import FFMPEG
+from peer import media as steps
 from peer.coordinator import _watch
 from peer.jobserver import JobServer
-from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
+from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from peer.worker import JobTerms, work_slot
 from profiles import load_profile
 from swarm.config import Environment, Timings
@@ -310,3 +319,142 @@ def test_reports_renew_the_lease_and_the_watch_requeues_after_lease_s_without_on
         assert (lost.chunk, lost.attempt, lost.reason) == (a.chunk, a.attempt, "lease expired")
 
     _virtual(main)
+
+
+# -- for real: a slot and a coordinator node on 127.0.0.1 ----------------------------------
+class _Cable:
+    """A TCP relay to the coordinator that can be cut like a cable pulled out: after the
+    cut it forwards nothing either way and closes nothing, so the slot's calls hang to
+    their timeouts as on a LAN. It cuts itself around the upload's verdict: "before" just
+    as the coordinator answers an upload (the result's bytes all arrived, its verdict never
+    does); "after" at the first call that follows a verdict."""
+
+    def __init__(self, target_port: int, when: str) -> None:
+        self.target_port = target_port
+        self.when = when
+        self.port = 0
+        self.verdict_seen = False
+        self.cut_at: float | None = None
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._relay, listeners)
+
+    def _cut(self) -> None:
+        if self.cut_at is None:
+            self.cut_at = trio.current_time()
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        uploading = False
+
+        async def outward() -> None:
+            nonlocal uploading
+            async for data in client:
+                uploading = uploading or data.startswith(b"PUT ")
+                if self.when == "after" and self.verdict_seen and data.startswith(b"POST "):
+                    self._cut()
+                if self.cut_at is None:
+                    await server.send_all(data)
+
+        async def back() -> None:
+            async for data in server:
+                if uploading:
+                    if self.when == "before":
+                        self._cut()
+                    self.verdict_seen = True
+                if self.cut_at is None:
+                    await client.send_all(data)
+
+        async def then_close(direction: Callable[[], Awaitable[None]],
+                             scope: trio.CancelScope) -> None:
+            try:
+                await direction()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # one end went: so does the relay (a cut one never ends, see above)
+            scope.cancel()
+
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(then_close, outward, nursery.cancel_scope)
+            nursery.start_soon(then_close, back, nursery.cancel_scope)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_link_cut_around_an_uploads_verdict_drops_the_job_at_the_silence_limit(
+        tmp_path: Path, when: str) -> None:
+    """A slot encodes the first of two chunks while it holds the second, prefetched. The
+    link is cut "before" the upload's verdict arrives, or "after" it, at the call that says
+    the prefetched chunk starts. Either way the job's silence drops it at the first call
+    that fails past the limit. Before, the upload waited out its long wait for a verdict
+    (300 s: the checks may take that long) with nothing else watching the link; after, the
+    call hung to its timeout and then the next chunk's first report did too (the CI
+    failures of test_peer_cut_off_mid_chunk_loses_its_lease_and_drops_the_job)."""
+    src = tmp_path / "src.mp4"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25:duration=6", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-g", "25", str(src)], check=True, timeout=60)
+    workdir = tmp_path / "coord"
+    workdir.mkdir()
+    timings = Timings(coordinator_gone_s=2.0, progress_every_s=0.5)
+    call_timeout_s = 3.0
+
+    async def main() -> None:
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+        info = await steps.probe(ffmpeg, str(src))
+        profile = load_profile("480p")
+        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
+                             LocalSettings(no_local=True),
+                             NetworkSettings(enabled=True, discover=False, name="coord"))
+        v = info.video
+        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
+                           v.time_base)
+        plans = plan_chunks(v, info.format_start_s, 3.0)
+        assert len(plans) == 2
+        server = JobServer(job_id=f"job-verdict-{when}", opts=opts, ffmpeg=ffmpeg, info=info,
+                           plans=plans, vplan=vplan, workdir=str(workdir),
+                           emit=lambda e: None, local_key="local")
+        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
+                               serve_pyz=False), ffmpeg, coordinator=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            node.jobs[server.job_id] = server
+            cable = _Cable(node.port, when)
+            await nursery.start(cable.serve)
+            url = f"http://127.0.0.1:{cable.port}"
+            terms = JobTerms(server.job_id, url, profile, vplan)
+            async with httpx.AsyncClient(base_url=url,
+                                         timeout=httpx.Timeout(call_timeout_s)) as client:
+                with trio.fail_after(60):  # the upload alone would wait 300 s
+                    await work_slot(terms, node_id="ab12cd34ef56ab12", slot=0, secret=None,
+                                    ffmpeg=ffmpeg, client=client, timings=timings)
+            assert cable.cut_at is not None, "the slot ended before the cut"
+            after_cut = trio.current_time() - cable.cut_at
+            nursery.cancel_scope.cancel()
+        # The slot did hold the second chunk, claimed ahead while the first encoded.
+        [second] = server.job.chunks[1].attempts
+        assert server.job.attempts[second].peer == "ab12cd34ef56ab12"
+        if when == "before":  # found at its first report past the limit
+            limit = timings.coordinator_gone_s + timings.progress_every_s + call_timeout_s
+        else:  # found when the call that hung fails (not one report later)
+            limit = call_timeout_s + timings.progress_every_s
+        assert after_cut <= limit + 0.5, after_cut
+        assert not _ffmpeg_children()
+
+    trio.run(main)
+
+
+def _ffmpeg_children() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, IndexError):
+            continue
+        if ppid == me and b"ffmpeg" in argv0:
+            found.append(int(proc.name))
+    return found
