@@ -46,6 +46,7 @@ from swarm.events import (
 from swarm.hls import segment_cuts
 from swarm.job import AttemptOutcome, Finished, Grant, Job, Retry
 from swarm.protocol import (
+    MAX_PREFETCH_BYTES,
     MAX_RETRY_AFTER_S,
     MIN_RETRY_AFTER_S,
     Assignment,
@@ -298,9 +299,18 @@ class JobServer:
         return tuple(round(base + c - 0.001, 6) for c in segment_cuts(span, self.segment_s))
 
     def _prefetch_bytes(self, chunk: int) -> int | None:
-        """How much of a queued chunk's source its peer may fetch ahead: most of the
-        chunk's share of the file, so that a chunk lighter than its share is not fetched
-        far past its end (the rest streams once the chunk starts)."""
+        """How much of a queued chunk's source its peer may fetch ahead.
+
+        Where the source is served capped to what the chunk needs (``_source_cap``), all
+        of it: the copy ends by itself at the cap. A budget below that holds the copy's
+        download still for as long as the peer's current chunk takes, and this node's
+        kernel cuts a connection held still longer than its TCP_USER_TIMEOUT (two leases;
+        bench/lan's 0.3-CPU peers, 30-40 s a chunk, lost every prefetched chunk so: their
+        copies ended there as if at the source's end, and the encodes came out short).
+        Uncapped, most of the chunk's share of the file, so that a chunk lighter than its
+        share is not fetched far past its end (the rest streams once the chunk starts)."""
+        if self.layout is not None and chunk not in self.uncapped:
+            return MAX_PREFETCH_BYTES
         share = self.job.scheduler.bytes[chunk]
         return max(1, int(PREFETCH_SHARE * share)) if share > 0 else None
 
@@ -632,14 +642,19 @@ class JobServer:
         """A slideshow's images (``peer.slideshow.SlideServer``); a video job has none."""
         raise HTTPError("this job is not a slideshow", status_code=404)
 
-    async def _source_cap(self, chunk: int) -> Callable[[int], int | None] | None:
-        """How far a request of an attempt at ``chunk`` may be answered, by its start
-        (``chunker.mp4index.Layout.cap``); None: to the end of what it asks."""
+    async def read_layout(self) -> None:
+        """Index the source (``layout``) once; every caller waits for that one read. The
+        node calls it before a prefetch claim too, whose budget depends on it."""
         async with self.layout_lock:  # one read, and no request served before it is in
             if not self.layout_read:
                 self.layout = await trio.to_thread.run_sync(
                     _layout_of, self.info.path, self.info.size, self.info.video.frames)
                 self.layout_read = True
+
+    async def _source_cap(self, chunk: int) -> Callable[[int], int | None] | None:
+        """How far a request of an attempt at ``chunk`` may be answered, by its start
+        (``chunker.mp4index.Layout.cap``); None: to the end of what it asks."""
+        await self.read_layout()
         layout, plan = self.layout, self.plans[chunk]
         if layout is None or chunk in self.uncapped:
             return None

@@ -250,6 +250,8 @@ class JobEndpoints(Protocol):
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> AssignmentMsg | Wait | JobDone: ...
 
+    async def read_layout(self) -> None: ...
+
     def progress_remote(self, attempt: str, chunk: int, frames: int, fps: float,
                         now: float) -> bool: ...
 
@@ -630,6 +632,8 @@ class Node:
             body = await read_body(receive, request)
             self._check(request, body)
             claim = decode(body, ClaimRequest)
+            if claim.prefetch:
+                await server.read_layout()
             reply = server.claim_remote(claim.node_id, trio.current_time(), claim.prefetch)
             await respond_message(send, reply, request)
             return

@@ -8,9 +8,13 @@ When the chunk starts, its encoder reads that file through a pipe (``feed``), fo
 as the copy goes on: the copy never has to be complete, and nothing waits for it.
 
 Bounds: before the chunk starts the copy stops (its output is simply not read, so its
-download stalls) once the file holds ``prefetch_bytes``, the coordinator's estimate of the
-chunk's source; after, it runs at most ``AHEAD_BYTES`` ahead of what the encoder has read,
-so it reads little past the chunk's end before the encoder is done and the copy is killed.
+download stalls) once the file holds ``prefetch_bytes``: all of the chunk where the
+coordinator serves its source capped to the chunk (an MP4 it can index), else its estimate
+of the chunk's share. A copy held there for ``stall_s`` (a lease) is given up, before the
+coordinator's kernel cuts the stalled connection, which the copy would take for the
+source's end; the chunk then streams from the source. After the start, the copy runs at
+most ``AHEAD_BYTES`` ahead of what the encoder has read (past the budget), so it reads
+little past the chunk's end before the encoder is done and the copy is killed.
 ``close`` kills the copy and removes the file; the slot calls it as soon as the chunk is
 done, refused, stolen or the job ends.
 """
@@ -18,6 +22,7 @@ done, refused, stolen or the job ends.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 
@@ -72,10 +77,15 @@ class Prefetch:
     """One queued chunk's source, copied ahead. ``run`` in a nursery; ``close`` when done."""
 
     def __init__(self, a: Assignment, ffmpeg: str, source_url: str, workdir: str, *,
-                 recv_buffer: int | None = None) -> None:
+                 recv_buffer: int | None = None, stall_s: float | None = None) -> None:
         assert a.seek_s is not None and a.prefetch_bytes is not None
         self.assignment = a
         self.budget = a.prefetch_bytes
+        # How long the copy may wait at its budget. The coordinator's kernel cuts a
+        # download held still for two leases (peer.node's TCP_USER_TIMEOUT), and the copy's
+        # ffmpeg would take that cut for the source's end: before then the copy is given up
+        # (``error``), and the chunk streams from the source when it starts.
+        self.stall_s = a.lease_s if stall_s is None else stall_s
         # The attempt id is the coordinator's token (validated: [A-Za-z0-9_-]), safe in a name.
         self.path = os.path.join(workdir, f"prefetch_{a.attempt}.nut")
         self._argv = copy_source_argv(ffmpeg, source_url, a.seek_s,
@@ -111,7 +121,19 @@ class Prefetch:
                     async def sink(data: bytes) -> None:
                         while self.written + len(data) > self._allowed() and self.written:
                             room = self._room
-                            await room.wait()  # the copy stalls, and so does its download
+                            # The copy stalls, and so does its download. Only the wait
+                            # for the chunk's start is bounded: after it the encoder sets
+                            # the pace, which a slow device's keeps below a piece a lease.
+                            bound = math.inf if self.started.is_set() else self.stall_s
+                            with trio.move_on_after(bound) as held:
+                                await room.wait()
+                            if held.cancelled_caught:
+                                self.error = (f"held at its budget for {self.stall_s:g} s; "
+                                              "given up before the coordinator cuts it")
+                                log.info("chunk %d: prefetch %s", self.assignment.chunk,
+                                         self.error)
+                                self._scope.cancel()
+                                await trio.lowlevel.checkpoint()
                         await fh.write(data)
                         self.written += len(data)
                         self._poke()

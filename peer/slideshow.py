@@ -240,6 +240,9 @@ class SlideServer(JobServer):
         end = first + count + (self.slides.fade > 0)
         return list(range(first, min(end, len(self.slides.images))))
 
+    async def read_layout(self) -> None:
+        """No source video to index: a run's images are fetched when it starts."""
+
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> Assignment | Wait | JobDone:
         reply = super().claim_remote(node_id, now, prefetch)

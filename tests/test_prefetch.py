@@ -32,12 +32,14 @@ from media import FFMPEG, make_source, media_info
 from peer import media as steps
 from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
-from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from peer.prefetch import Prefetch, sweep_stale_dirs
 from peer.proc import run_ffmpeg
 from peer.worker import JobTerms, work_slot
 from profiles import load_profile
+from swarm.config import Timings
 from swarm.errors import RemoteProtocolError
+from swarm.events import ChunkDone, ChunkFailed
 from swarm.protocol import Assignment, Progress, ProgressAck, decode, encode
 
 T = TypeVar("T")
@@ -160,6 +162,32 @@ def test_closing_a_stalled_prefetch_kills_its_copy_and_removes_its_file(
     trio.run(main)
 
 
+def test_a_copy_held_at_its_budget_past_its_stall_limit_is_given_up(
+        sources: dict[str, Path], tmp_path: Path) -> None:
+    """Before the coordinator's kernel cuts a download held still (TCP_USER_TIMEOUT),
+    which the copy would take for the source's end, the copy gives up: an error, no
+    process; the slot then streams the chunk from the source."""
+    src = sources["open_gop"]
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            fetch = Prefetch(_assignment(1.0, 1000), FFMPEG, str(src), str(tmp_path),
+                             stall_s=0.5)
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch.run)
+                await fetch.ended.wait()
+                held = trio.current_time() - t0
+            assert fetch.error is not None and "held at its budget" in fetch.error
+            assert fetch.written <= 1000 + PIPE_PIECE
+            assert not _copiers(src)
+            await fetch.close()
+            assert not list(tmp_path.iterdir())  # noqa: ASYNC240
+        assert 0.5 <= held < 10, held
+
+    trio.run(main)
+
+
 def test_reports_name_the_queued_attempt_and_hear_whether_it_is_still_wanted() -> None:
     p = Progress("job-prefetch", 2, "c00002a001", 10, 25.0, queued="c00003a001")
     assert decode(encode(p), Progress) == p
@@ -259,6 +287,87 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
         assert not left, left
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_prefetched_chunk_outlasting_the_coordinators_tcp_timeout_is_encoded_whole(
+        tmp_path: Path, container: str) -> None:
+    """A real slot against a real coordinator node on 127.0.0.1 whose TCP_USER_TIMEOUT
+    (``peer_gone_s``, two leases) is shorter than the slot's first chunk (its encoder held
+    still with SIGSTOP) while the second is prefetched. An MP4 source is served capped to
+    each chunk, and its copy fetches all of it at once; an MKV one is not, and its copy,
+    held at its budget, gives up after a lease. Either way the second chunk comes out
+    whole, with no failed attempt (bench/lan: the kernel cut the held copies, which ended
+    there as if at the source's end, and their chunks came back short)."""
+    src = tmp_path / f"src.{container}"
+    subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=640x360:rate=25:duration=6,noise=alls=30:allf=t",
+                    # Grain near-lossless: megabytes a chunk, so that what a copy leaves
+                    # past its budget is far more than the sockets' buffers hold.
+                    "-c:v", "libx264", "-preset", "ultrafast", "-qp", "8", "-g", "25",
+                    str(src)], check=True, timeout=60)
+    assert src.stat().st_size > 8_000_000
+    workdir = tmp_path / "coord"
+    workdir.mkdir()
+    lease_s = 1.5
+    events: list[object] = []
+
+    async def main() -> None:
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
+        info = await steps.probe(ffmpeg, str(src))
+        profile = load_profile("480p")
+        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
+                             LocalSettings(no_local=True),
+                             NetworkSettings(enabled=True, discover=False, name="coord"),
+                             Tuning(timings=Timings(lease_s=lease_s, silent_s=60.0)))
+        v = info.video
+        plans = plan_chunks(v, info.format_start_s, 3.0)
+        assert len(plans) == 2
+        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
+                           v.time_base)
+        server = JobServer(job_id=f"job-prefetch-{container}", opts=opts, ffmpeg=ffmpeg,
+                           info=info, plans=plans, vplan=vplan, workdir=str(workdir),
+                           emit=events.append, local_key="local")
+        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
+                               serve_pyz=False, peer_gone_s=2 * lease_s), ffmpeg,
+                    coordinator=True)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                node.jobs[server.job_id] = server
+                url = f"http://127.0.0.1:{node.port}"
+                terms = JobTerms(server.job_id, url, profile, vplan)
+                async with httpx.AsyncClient(base_url=url) as client:
+                    slot_done = trio.Event()
+
+                    async def slot() -> None:
+                        await work_slot(terms, node_id="ab12cd34ef56ab12", slot=0,
+                                        secret=None, ffmpeg=ffmpeg, client=client)
+                        slot_done.set()
+
+                    nursery.start_soon(slot)
+                    encoder = await _until(lambda: _children("libx264"))
+                    for pid in encoder:
+                        os.kill(pid, signal.SIGSTOP)
+                    await _until(lambda: server.job.chunks[1].attempts)  # claimed ahead
+                    # Held past the coordinator's TCP timeout (and past the copy's lease).
+                    await trio.sleep(3 * lease_s)
+                    for pid in encoder:
+                        os.kill(pid, signal.SIGCONT)
+                    await slot_done.wait()
+                nursery.cancel_scope.cancel()
+        failed = [e for e in events if isinstance(e, ChunkFailed)]
+        assert not failed, failed
+        done = sorted(e.chunk for e in events if isinstance(e, ChunkDone))
+        assert done == [0, 1], events
+        [first] = server.job.chunks[1].attempts
+        assert server.job.attempts[first].peer == "ab12cd34ef56ab12"  # the prefetch, kept
+        served = server.attempt_records[first].served
+        if container == "mp4":  # copied whole ahead, never given up and sent again
+            assert served < 1.2 * src.stat().st_size / 2, (served, src.stat().st_size)
+
+    trio.run(main)
+    assert not _children("ffmpeg")
 
 
 def _size(path: Path) -> int:
