@@ -205,7 +205,10 @@ class NodeConfig:
     interfaces: Sequence[str] | None = None  # IPv4 addresses for mDNS; None: all
     peers: list[tuple[str, int]] = field(default_factory=list)  # coordinators to greet
     peer_gone_s: float | None = PEER_GONE_S  # see _HyperConfig
-    serve_pyz: bool = True  # build swarm.pyz at start, for GET /swarm.pyz and the dashboard
+    serve_pyz: bool = True  # build swarm.pyz, for GET /swarm.pyz and the dashboard
+    # Build it at start (a `join`: its line says how to fetch it) or when first wanted (a
+    # coordinator: a build is seconds of CPU, more on a Pi, taken from the job's encode).
+    pyz_at_start: bool = True
     timings: Timings = field(default_factory=Timings)  # how long a coordinator may be silent
     cache_dir: Path | None = None  # where a swarm.pyz build is kept; None: nowhere
     # This device's pairing (peer.pairing): its door while unpaired, and the keys of the
@@ -230,7 +233,7 @@ class NodeConfig:
         return cls(name=net.name, port=free_port(net.port), secret=net.secret,
                    advertise=False, interfaces=net.interfaces, peer_gone_s=2 * timings.lease_s,
                    timings=timings, cache_dir=cache_dir, pairing=net.pairing,
-                   closed=net.closed,
+                   closed=net.closed, pyz_at_start=False,
                    tls=tls.server_context(net.pairing.cert) if closed else None)
 
 
@@ -309,6 +312,7 @@ class Node:
         # Where a coordinating node passes on nodes that said hello (see /v1/hello).
         self.hello_sink: Callable[[str, int], None] | None = None
         self.pyz: pyz_mod.Pyz | None = None
+        self._pyz_wanted = False
         self._pyz_tried = trio.Event()
         self.web: WebRoutes | None = None
 
@@ -392,8 +396,8 @@ class Node:
                 except Exception as exc:  # no multicast-capable interface: --peer still works
                     log.warning("not advertising on mDNS: %s", exc)
             self.on_event(NodeUp(self.port, self.config.name, self.node_id, self.address))
-            if self.config.serve_pyz:
-                nursery.start_soon(self._build_pyz)
+            if self.config.pyz_at_start:
+                self.want_pyz()
             if self.config.peers:
                 nursery.start_soon(self._greet)
             task_status.started(self)
@@ -403,6 +407,12 @@ class Node:
     def address(self) -> str:
         """HOST:PORT as other devices on the LAN reach this node (an address, never a name)."""
         return f"{lan_address()}:{self.port}"
+
+    def want_pyz(self) -> None:
+        """Start building swarm.pyz unless it is built, being built, or not served."""
+        if self.config.serve_pyz and not self._pyz_wanted and self._nursery is not None:
+            self._pyz_wanted = True
+            self._nursery.start_soon(self._build_pyz)
 
     async def _build_pyz(self) -> None:
         """Build swarm.pyz once (in a thread: ~1 s of CPU) and say how to fetch it."""
@@ -418,6 +428,7 @@ class Node:
                                pyz_mod.bootstrap_line(self.address)))
 
     async def _serve_pyz(self, send: Send, head: bool) -> None:
+        self.want_pyz()
         if self.config.serve_pyz and not self._pyz_tried.is_set():
             with trio.move_on_after(PYZ_WAIT_S):
                 await self._pyz_tried.wait()

@@ -289,7 +289,10 @@ async def recruit(server: JobServer, node: Node, opts: EncodeOptions,
         nonlocal hint_at
         if any(c.invited for c in candidates.values()):
             hint_at = None  # a peer took part: the hint is moot for the rest of the job
-        elif hint_at is not None and now >= hint_at and node.pyz is not None:
+        elif hint_at is not None and now >= hint_at:
+            if node.pyz is None:
+                node.want_pyz()  # built when first wanted (NodeConfig.pyz_at_start)
+                return
             hint_at = None
             emit(NoPeers(opts.tuning.timings.no_peer_hint_s, node.address,
                          bootstrap_line(node.address), node.pyz.sha256))

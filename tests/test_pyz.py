@@ -8,6 +8,7 @@ default route (tests/netns.py), as an isolated LAN has none.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import io
@@ -32,7 +33,9 @@ from media import FFMPEG, decode_errors, media_info
 from netns import lan, requires_netns
 from peer import pyz
 from peer.node import PYZ_DIGEST_HEADER, PYZ_PIECE, Node, NodeConfig
+from peer.options import NetworkSettings
 from screens.dashboard import JobView, JoinView
+from swarm.config import Timings
 from swarm.events import NodeUp, NoPeers, PyzReady
 from swarm.protocol import NodeInfo, decode
 
@@ -226,6 +229,29 @@ async def test_building_the_pyz_does_not_block_the_node(
                     r = await client.get(f"{base}/v1/info")
                     answered_while_building += node.pyz is None and r.status_code == 200
                 assert answered_while_building > 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinators_node_builds_its_pyz_only_when_it_is_wanted() -> None:
+    """A build is seconds of CPU (more on a Pi) that a coordinator's own encode would lose
+    (bench/lan: 8 of a 0.3-CPU coordinator's 10 Python CPU seconds): its node builds the pyz
+    for the first request, or for the "no peers yet" hint (tests below), not at start."""
+    await trio.to_thread.run_sync(pyz.get)  # built in this process: the node's get is instant
+    config = NodeConfig.coordinating(NetworkSettings(enabled=True, discover=False,
+                                                     name="coord", port=0), Timings())
+    config = dataclasses.replace(config, host="127.0.0.1")
+    events: list[object] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(config, find_ffmpeg(), coordinator=True, on_event=events.append)
+            await nursery.start(node.run)
+            await trio.sleep(1.0)
+            assert node.pyz is None and not any(isinstance(e, PyzReady) for e in events)
+            async with httpx.AsyncClient(timeout=30) as client:
+                got = await client.get(f"http://127.0.0.1:{node.port}/swarm.pyz")
+            assert got.status_code == 200
+            assert got.content == (await trio.to_thread.run_sync(pyz.get)).data
+            assert node.pyz is not None and any(isinstance(e, PyzReady) for e in events)
             nursery.cancel_scope.cancel()
 
 
