@@ -21,15 +21,20 @@ from swarm.job import Finished, Grant, Retry
 from . import media
 from .gate import Share
 from .jobserver import JobServer
-from .proc import run_ffmpeg
+from .proc import niced, run_ffmpeg
 from .transfer import unlink
 
-__all__ = ["audio_when_idle", "ffmpeg_to_file", "local_slot"]
+__all__ = ["LOCAL_NICE", "audio_when_idle", "ffmpeg_to_file", "local_slot"]
 
 log = logging.getLogger(__name__)
 
 # Encoded output is written to the chunk file in pieces of this size (see _encode_local).
 WRITE_BATCH = 1 << 20
+# A coordinator's own encoders run this much nicer than it: serving the source to its
+# peers and checking their results must not wait for them. Peers wait on both; on a 0.3-CPU
+# coordinator (bench/lan) a result's checks took 20 s behind the local x264's threads while
+# its peer sat idle, waiting for the verdict.
+LOCAL_NICE = 10
 
 
 async def local_slot(server: JobServer, slot: int, threads: int, share: Share | None = None
@@ -150,9 +155,10 @@ async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str,
     verify and accept, or None if the attempt failed or is no longer wanted."""
     plan = server.plans[a.chunk]
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
-    argv = encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile, server.vplan,
-                             server.opts.job.input, plan.seek_s, plan.trim_s, plan.frames,
-                             threads=threads, keyframes_s=server.keyframes_s(a.chunk))
+    argv = niced(encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile, server.vplan,
+                                   server.opts.job.input, plan.seek_s, plan.trim_s,
+                                   plan.frames, threads=threads,
+                                   keyframes_s=server.keyframes_s(a.chunk)), LOCAL_NICE)
     with trio.CancelScope() as scope:
 
         def progress(frames: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ import trio
 
 from swarm.errors import EncodeError
 
-__all__ = ["FFmpegResult", "run_ffmpeg"]
+__all__ = ["FFmpegResult", "niced", "run_ffmpeg"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ log = logging.getLogger(__name__)
 STDERR_KEEP_LINES = 40
 # Output kept in memory only for small text results (probe, verify listings).
 MAX_CAPTURE_BYTES = 64 * 1024 * 1024
+
+
+def niced(argv: Sequence[str], increment: int) -> list[str]:
+    """``argv`` run ``increment`` steps nicer, through nice(1) where the system has it: set
+    before the program starts, so every thread it makes has it (renicing a running ffmpeg
+    would miss the threads it already made: Linux keeps a nice value per thread)."""
+    tool = shutil.which("nice")
+    return [tool, "-n", str(increment), *argv] if tool is not None else list(argv)
 
 
 @dataclass(frozen=True, slots=True)

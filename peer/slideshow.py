@@ -44,10 +44,10 @@ from .coordinator import _watch
 from .host import default_workers
 from .http import HTTPError, Receive, Request, Send
 from .jobserver import JobServer
-from .local import ffmpeg_to_file
+from .local import LOCAL_NICE, ffmpeg_to_file
 from .node import Node, NodeConfig
 from .options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
-from .proc import run_ffmpeg
+from .proc import niced, run_ffmpeg
 from .recruit import census, recruit
 from .slidework import image_kind
 from .transfer import unlink
@@ -412,8 +412,9 @@ async def _render_local(server: SlideServer, a: Grant, threads: int) -> str | No
     or is no longer wanted."""
     first, count = server.runs[a.chunk]
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
-    argv = slide_argv(server.ffmpeg.path, server.slides, first, count,
-                      server.opts.job.profile, "pipe:1", threads=threads, progress=True)
+    argv = niced(slide_argv(server.ffmpeg.path, server.slides, first, count,
+                            server.opts.job.profile, "pipe:1", threads=threads, progress=True),
+                 LOCAL_NICE)  # the peers' images and checks first, as for a video
     done = 0
     with trio.CancelScope() as scope:
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli import _timings, app
 from media import FFMPEG, media_info
+from peer.local import LOCAL_NICE
 from procs import alive, children
 from swarm.config import Timings
 
@@ -153,6 +154,16 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_nothing(tmp_path: Path, to_group: bool) 
             time.sleep(0.1)
         assert kids, "no ffmpeg child started"
         time.sleep(0.5)
+        # The local encoders run nicer than the coordinator (peer.local.LOCAL_NICE): its
+        # serving and checking come first.
+        encoders: list[int] = []
+        while time.monotonic() < deadline and not encoders:
+            encoders = [k for k in children(proc.pid) if b"libx264" in _cmdline(k)]
+            time.sleep(0.1)
+        assert encoders, "no encoder started"
+        kids += encoders
+        mine = os.getpriority(os.PRIO_PROCESS, proc.pid)
+        assert {os.getpriority(os.PRIO_PROCESS, k) for k in encoders} == {mine + LOCAL_NICE}
         if to_group:
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -166,3 +177,10 @@ def test_ctrl_c_kills_ffmpeg_and_leaves_nothing(tmp_path: Path, to_group: bool) 
     assert "interrupted" in err and "Traceback" not in err
     assert not [k for k in kids if alive(k)]
     assert sorted(os.listdir(tmp_path)) == ["long.mp4"]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
