@@ -470,10 +470,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
         path = f"/v1/jobs/{a.job_id}/progress"
         while True:
             await trio.sleep(timings.progress_every_s)
-            if ended is None:
-                elapsed = max(1e-3, trio.current_time() - started)
-            else:
-                elapsed = ended - started
+            elapsed = max(1e-3, (trio.current_time() if ended is None else ended) - started)
             ahead = queued.assignment if queued is not None else None
             try:
                 ack = await call(client, secret, "POST", path,
@@ -524,7 +521,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
             nursery.cancel_scope.cancel()
         else:
             await send.aclose()
-            ended = max(started + 1e-3, trio.current_time())
+            ended = trio.current_time()
             await answered.wait()
         reporting.cancel()
     if gone:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
-__all__ = ["alive", "children"]
+__all__ = ["alive", "children", "ffmpeg_children"]
 
 
 def children(pid: int) -> list[int]:
@@ -20,3 +22,18 @@ def alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def ffmpeg_children() -> list[int]:
+    """This process's children that run an ffmpeg (by their program's path)."""
+    me = str(os.getpid())
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, IndexError):
+            continue
+        if ppid == me and b"ffmpeg" in argv0:
+            found.append(int(proc.name))
+    return found

@@ -13,7 +13,6 @@ real, a slot and a coordinator node on 127.0.0.1 through a relay that is cut lik
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Awaitable, Callable
 from fractions import Fraction
@@ -25,18 +24,17 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from coordinated import two_chunk_job
 
-from chunker.commands import VideoPlan, video_plan
+from chunker.commands import VideoPlan
 from chunker.plan import plan_chunks
 from chunker.probe import VideoInfo
-from chunker.tools import find_ffmpeg
 from media import FFMPEG
-from peer import media as steps
 from peer.coordinator import _watch
 from peer.jobserver import JobServer
-from peer.node import Node, NodeConfig
-from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.options import EncodeOptions, JobIntent, NetworkSettings, Tuning
 from peer.worker import JobTerms, work_slot
+from procs import ffmpeg_children
 from profiles import load_profile
 from swarm.config import Environment, Timings
 from swarm.errors import EncodeError, RemoteProtocolError, UsageError
@@ -396,35 +394,19 @@ def test_a_link_cut_around_an_uploads_verdict_drops_the_job_at_the_silence_limit
     subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=640x360:rate=25:duration=6", "-c:v", "libx264",
                     "-preset", "ultrafast", "-g", "25", str(src)], check=True, timeout=60)
-    workdir = tmp_path / "coord"
-    workdir.mkdir()
     timings = Timings(coordinator_gone_s=2.0, progress_every_s=0.5)
     call_timeout_s = 3.0
 
     async def main() -> None:
-        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
-        info = await steps.probe(ffmpeg, str(src))
-        profile = load_profile("480p")
-        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
-                             LocalSettings(no_local=True),
-                             NetworkSettings(enabled=True, discover=False, name="coord"))
-        v = info.video
-        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
-                           v.time_base)
-        plans = plan_chunks(v, info.format_start_s, 3.0)
-        assert len(plans) == 2
-        server = JobServer(job_id=f"job-verdict-{when}", opts=opts, ffmpeg=ffmpeg, info=info,
-                           plans=plans, vplan=vplan, workdir=str(workdir),
-                           emit=lambda e: None, local_key="local")
-        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
-                               serve_pyz=False), ffmpeg, coordinator=True)
+        job = await two_chunk_job(src, tmp_path, f"job-verdict-{when}")
+        server, node, ffmpeg = job.server, job.node, job.ffmpeg
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             node.jobs[server.job_id] = server
             cable = _Cable(node.port, when)
             await nursery.start(cable.serve)
             url = f"http://127.0.0.1:{cable.port}"
-            terms = JobTerms(server.job_id, url, profile, vplan)
+            terms = job.terms(url)
             async with httpx.AsyncClient(base_url=url,
                                          timeout=httpx.Timeout(call_timeout_s)) as client:
                 with trio.fail_after(60):  # the upload alone would wait 300 s
@@ -441,20 +423,6 @@ def test_a_link_cut_around_an_uploads_verdict_drops_the_job_at_the_silence_limit
         else:  # found when the call that hung fails (not one report later)
             limit = call_timeout_s + timings.progress_every_s
         assert after_cut <= limit + 0.5, after_cut
-        assert not _ffmpeg_children()
+        assert not ffmpeg_children()
 
     trio.run(main)
-
-
-def _ffmpeg_children() -> list[int]:
-    me = str(os.getpid())
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
-        except (OSError, IndexError):
-            continue
-        if ppid == me and b"ffmpeg" in argv0:
-            found.append(int(proc.name))
-    return found

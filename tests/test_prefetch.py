@@ -23,19 +23,16 @@ import httpx
 import msgpack
 import pytest
 import trio
+from coordinated import two_chunk_job
 
 import ffmpegs
 from chunker.commands import copy_source_argv, encode_chunk_argv, video_plan
 from chunker.plan import plan_chunks
-from chunker.tools import FFmpeg, find_ffmpeg
+from chunker.tools import FFmpeg
 from media import FFMPEG, make_source, media_info
-from peer import media as steps
-from peer.jobserver import JobServer
-from peer.node import Node, NodeConfig
-from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from peer.prefetch import Prefetch, sweep_stale_dirs
 from peer.proc import run_ffmpeg
-from peer.worker import JobTerms, work_slot
+from peer.worker import work_slot
 from profiles import load_profile
 from swarm.config import Timings
 from swarm.errors import RemoteProtocolError
@@ -229,32 +226,16 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
                     # left of a small one fits in the pipe, and that copy is over at once).
                     "-preset", "ultrafast", "-qp", "4", "-g", "25", str(src)],
                    check=True, timeout=60)
-    workdir = tmp_path / "coord"
-    workdir.mkdir()
 
     async def main() -> None:
-        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
-        info = await steps.probe(ffmpeg, str(src))
-        profile = load_profile("480p")
-        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
-                             LocalSettings(no_local=True),
-                             NetworkSettings(enabled=True, discover=False, name="coord"))
-        v = info.video
-        plans = plan_chunks(v, info.format_start_s, 3.0)
-        assert len(plans) == 2
-        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
-                           v.time_base)
-        server = JobServer(job_id="job-prefetch-steal", opts=opts, ffmpeg=ffmpeg, info=info,
-                           plans=plans, vplan=vplan, workdir=str(workdir),
-                           emit=lambda e: None, local_key="local")
-        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
-                               serve_pyz=False), ffmpeg, coordinator=True)
+        job = await two_chunk_job(src, tmp_path, "job-prefetch-steal")
+        server, node, ffmpeg = job.server, job.node, job.ffmpeg
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 node.jobs[server.job_id] = server
                 url = f"http://127.0.0.1:{node.port}"
-                terms = JobTerms(server.job_id, url, profile, vplan)
+                terms = job.terms(url)
                 async with httpx.AsyncClient(base_url=url) as client:
                     nursery.start_soon(partial(work_slot, terms, node_id="ab12cd34ef56ab12",
                                                slot=0, secret=None, ffmpeg=ffmpeg,
@@ -307,36 +288,21 @@ def test_a_prefetched_chunk_outlasting_the_coordinators_tcp_timeout_is_encoded_w
                     "-c:v", "libx264", "-preset", "ultrafast", "-qp", "8", "-g", "25",
                     str(src)], check=True, timeout=60)
     assert src.stat().st_size > 8_000_000
-    workdir = tmp_path / "coord"
-    workdir.mkdir()
     lease_s = 1.5
     events: list[object] = []
 
     async def main() -> None:
-        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, ["libx264"])
-        info = await steps.probe(ffmpeg, str(src))
-        profile = load_profile("480p")
-        opts = EncodeOptions(JobIntent(str(src), str(tmp_path / "out.mp4"), profile),
-                             LocalSettings(no_local=True),
-                             NetworkSettings(enabled=True, discover=False, name="coord"),
-                             Tuning(timings=Timings(lease_s=lease_s, silent_s=60.0)))
-        v = info.video
-        plans = plan_chunks(v, info.format_start_s, 3.0)
-        assert len(plans) == 2
-        vplan = video_plan(profile, *v.display_size, v.frames / info.duration_s, False,
-                           v.time_base)
-        server = JobServer(job_id=f"job-prefetch-{container}", opts=opts, ffmpeg=ffmpeg,
-                           info=info, plans=plans, vplan=vplan, workdir=str(workdir),
-                           emit=events.append, local_key="local")
-        node = Node(NodeConfig(name="coord", port=0, host="127.0.0.1", advertise=False,
-                               serve_pyz=False, peer_gone_s=2 * lease_s), ffmpeg,
-                    coordinator=True)
+        job = await two_chunk_job(src, tmp_path, f"job-prefetch-{container}",
+                                  emit=events.append,
+                                  timings=Timings(lease_s=lease_s, silent_s=60.0),
+                                  peer_gone_s=2 * lease_s)
+        server, node, ffmpeg = job.server, job.node, job.ffmpeg
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 node.jobs[server.job_id] = server
                 url = f"http://127.0.0.1:{node.port}"
-                terms = JobTerms(server.job_id, url, profile, vplan)
+                terms = job.terms(url)
                 async with httpx.AsyncClient(base_url=url) as client:
                     slot_done = trio.Event()
 
