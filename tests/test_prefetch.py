@@ -219,7 +219,9 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
     """A real slot (peer.worker) against a real coordinator node on 127.0.0.1: while its
     first chunk encodes (held still with SIGSTOP), it prefetches the second; a much faster
     peer then steals that one. The next report hears so, and the copy and its file go."""
-    src = tmp_path / "src.mp4"
+    # MKV: served uncapped, so the copy has a budget below its chunk (an indexed MP4's
+    # copy fetches the whole chunk at once, and this one's was often over before a look).
+    src = tmp_path / "src.mkv"
     subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=640x360:rate=25:duration=6", "-c:v", "libx264",
                     # Near-lossless: megabytes, so the copy stalls at its budget (what is
