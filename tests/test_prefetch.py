@@ -33,6 +33,7 @@ from media import FFMPEG, make_source, media_info
 from peer.prefetch import Prefetch, sweep_stale_dirs
 from peer.proc import run_ffmpeg
 from peer.worker import work_slot
+from procs import ffmpeg_children
 from profiles import load_profile
 from swarm.config import Timings
 from swarm.errors import RemoteProtocolError
@@ -263,7 +264,7 @@ def test_a_stolen_prefetch_is_dropped_with_its_file_within_a_report(tmp_path: Pa
                     for pid in encoder:
                         os.kill(pid, signal.SIGCONT)
                 nursery.cancel_scope.cancel()
-        assert not _children("ffmpeg")
+        assert not ffmpeg_children()
         # The slot's directory went with it.
         tmp = Path(tempfile.gettempdir())
         left = list(tmp.glob(f"swarm-prefetch-*-{server.job_id[:16]}-*"))  # noqa: ASYNC240
@@ -335,7 +336,7 @@ def test_a_prefetched_chunk_outlasting_the_coordinators_tcp_timeout_is_encoded_w
             assert served < 1.2 * src.stat().st_size / 2, (served, src.stat().st_size)
 
     trio.run(main)
-    assert not _children("ffmpeg")
+    assert not ffmpeg_children()
 
 
 def _size(path: Path) -> int:
