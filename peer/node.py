@@ -513,8 +513,9 @@ class Node:
                 work.chunk, work.frames, work.fps = chunk, 0, 0.0
             case SlotProgress(frames=frames, fps=fps):
                 work.frames, work.fps = frames, fps
-            case SlotEnd(outcome=outcome):
-                work.chunk = None
+            case SlotEnd(chunk=chunk, outcome=outcome):
+                if work.chunk == chunk:  # a verdict may come after the next chunk started
+                    work.chunk = None
                 work.done += outcome == "done"
         self.on_event(e)
 

@@ -15,6 +15,13 @@ started (the slot checks with a progress report before it starts a queued chunk)
 source is fetched meanwhile into the slot's work directory (``peer.prefetch``), so the
 transfer overlaps the encode; every report names the queued attempt, and one the answer
 says is gone (stolen, or its chunk done elsewhere) is dropped with its file at once.
+
+Once a chunk's encoder has finished and its output is all sent, the slot goes on to its
+next chunk while the coordinator checks that result (a full decode and maybe a spot check:
+seconds of a busy coordinator's CPU, bench/lan); the upload waits for its verdict in the
+slot's background, reporting meanwhile, and tells it as a ``SlotEnd``. At most
+``MAX_UNANSWERED`` results of a slot wait so: a peer whose results are refused does not run
+far ahead of its verdicts.
 """
 
 from __future__ import annotations
@@ -80,6 +87,10 @@ UPLOAD_QUEUE = 16
 # 5 ms round trip (Wi-Fi), more than a coordinator's uplink gives one peer.
 RECV_BUFFER = 128 * 1024
 MAX_GOP = 1200
+# Results of one slot waiting for their verdict while it encodes the next chunk: one hides
+# the coordinator's check behind the next encode (a check costs it less than the encode);
+# more would only let a refused peer run further ahead of its verdicts.
+MAX_UNANSWERED = 1
 # A time base as the coordinator writes it ("1/90000"); ffmpeg keeps both terms in an int.
 _TIME_BASE = re.compile(r"([1-9][0-9]{0,8})/([1-9][0-9]{0,8})")
 
@@ -289,7 +300,63 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
             with trio.move_on_after(reply.retry_after_s):
                 await stop.wait()
 
-    while not seat.job_over:
+    # A slot's encode and its unanswered results each hold one: the next chunk is claimed
+    # (or a queued one started) only while at most MAX_UNANSWERED results wait.
+    room = trio.Semaphore(MAX_UNANSWERED + 1)
+    lost = False  # a result's wait for its verdict found the coordinator gone
+
+    async def attempt(a: Assignment, fetched: Prefetch | None, claiming: trio.CancelScope, *,
+                      task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+        """Run ``a``; started with None once its output is all sent (the verdict then comes
+        in the background), or with the outcome of an attempt over before that."""
+        sent = False
+
+        def all_sent() -> None:
+            nonlocal sent
+            sent = True
+            task_status.started(None)
+
+        try:
+            try:
+                outcome = await _attempt(terms, a, node_id=node_id, secret=secret,
+                                         ffmpeg=ffmpeg, client=client, on_event=on_event,
+                                         timings=timings, fetched=fetched, queued=queued,
+                                         silence=silence, all_sent=all_sent)
+            except CoordinatorGone:
+                if not sent:
+                    raise
+                nonlocal lost
+                lost = True
+                claiming.cancel()
+                return
+            # The chunk's frames: progress reports come every second, so the last one may
+            # have counted a third of a short chunk.
+            on_event(SlotEnd(a.chunk, outcome, a.frames, terms.job_id))
+            if not sent:
+                task_status.started(outcome)
+        finally:
+            if sent:  # else the claim loop still holds the room
+                room.release()
+
+    async def claims(verdicts: trio.Nursery, claiming: trio.CancelScope) -> str:
+        while not seat.job_over:
+            await room.acquire()
+            handed = False  # a result waits for its verdict: it releases the room then
+            try:
+                outcome = await claim_one(verdicts, claiming)
+                handed = outcome == "pending"
+            finally:
+                if not handed:
+                    room.release()
+            if outcome in ("done", "refused", "gone"):
+                return outcome
+        return "done"
+
+    async def claim_one(verdicts: trio.Nursery, claiming: trio.CancelScope) -> str:
+        """One claim, and the attempt it gives: "none" if none started, "ended" if it is
+        over, "pending" if its result waits for its verdict, or how the job is over for
+        this slot."""
         fetched: Prefetch | None = None
         if (next_one := queued.take()) is not None:
             held, fetched = next_one
@@ -306,7 +373,7 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
                 await fetched.close()
                 fetched = None
             if not wanted:
-                continue  # stolen by a faster peer before it started
+                return "none"  # stolen by a faster peer before it started
             reply: Assignment | Wait | JobDone = held
         else:
             try:
@@ -322,24 +389,21 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
                     log.warning("job %s: coordinator gone (%s); dropping it", terms.job_id, exc)
                     return "gone"
                 await seat.wait(0.5)  # another job may have the slot meanwhile
-                continue
+                return "none"
         if isinstance(reply, JobDone):
             seat.done()
             return "done"
         if isinstance(reply, Wait):
             await seat.wait(reply.retry_after_s)
-            continue
+            return "none"
         assert isinstance(reply, Assignment)
         on_event(SlotStart(reply.chunk, reply.attempt, terms.job_id))
         stop = trio.Event()
-        outcome = "gone"
+        outcome: str | None = "gone"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(prefetch, stop)
             try:
-                outcome = await _attempt(terms, reply, node_id=node_id, secret=secret,
-                                         ffmpeg=ffmpeg, client=client, on_event=on_event,
-                                         timings=timings, fetched=fetched, queued=queued,
-                                         silence=silence)
+                outcome = await verdicts.start(attempt, reply, fetched, claiming)
             except CoordinatorGone:
                 nursery.cancel_scope.cancel()
             finally:
@@ -349,12 +413,20 @@ async def _claim_loop(terms: JobTerms, *, node_id: str, slot: int, secret: auth.
         if outcome == "gone":
             log.warning("job %s: coordinator gone; dropping it", terms.job_id)
             return "gone"
-        # The chunk's frames: progress reports come every second, so the last one may have
-        # counted a third of a short chunk.
-        on_event(SlotEnd(reply.chunk, outcome, reply.frames, terms.job_id))
         if queued.assignment is None:
             await seat.next()
-    return "done"
+        return "pending" if outcome is None else "ended"
+
+    outcome = "gone"
+    async with trio.open_nursery() as verdicts:
+        with trio.CancelScope() as claiming:
+            outcome = await claims(verdicts, claiming)
+        if lost:
+            log.warning("job %s: coordinator gone; dropping it", terms.job_id)
+            outcome = "gone"
+        if outcome == "gone":
+            verdicts.cancel_scope.cancel()
+    return outcome
 
 
 async def _still_wanted(a: Assignment, client: httpx.AsyncClient, secret: auth.Credential,
@@ -399,19 +471,22 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                    ffmpeg: FFmpeg, client: httpx.AsyncClient,
                    on_event: Callable[[NodeEvent], None], timings: Timings,
                    fetched: Prefetch | None = None, queued: _Queued | None = None,
-                   silence: Silence, slide_dir: str | None = None) -> str:
+                   silence: Silence, slide_dir: str | None = None,
+                   all_sent: Callable[[], None] = lambda: None) -> str:
     """Encode one chunk and stream it back; ``fetched``: its source copied ahead (read
     from there, through a pipe), else ffmpeg reads the coordinator's URL itself.
     ``queued``: the slot's next chunk, named in every report so that a stolen one is
     dropped at once. A slideshow chunk (``a.slides``) fetches its images into
     ``slide_dir`` (peer.slidework), a directory that goes with the attempt. ``silence``:
-    the job's (see the module's docstring)."""
+    the job's (see the module's docstring). ``all_sent`` is called once the encoder has
+    finished and its output is all handed to the upload, before the verdict is awaited."""
     if a.slides is not None and slide_dir is None:
         prefix = f"{PREFETCH_DIR_PREFIX}{os.getpid()}-slides-"
         with tempfile.TemporaryDirectory(prefix=prefix) as images:
             return await _attempt(terms, a, node_id=node_id, secret=secret, ffmpeg=ffmpeg,
                                   client=client, on_event=on_event, timings=timings,
-                                  queued=queued, slide_dir=images, silence=silence)
+                                  queued=queued, slide_dir=images, silence=silence,
+                                  all_sent=all_sent)
     if a.slides is not None:
         argv: list[str] = []  # built once its images are here
     elif fetched is not None:
@@ -522,6 +597,7 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
         else:
             await send.aclose()
             ended = trio.current_time()
+            all_sent()
             await answered.wait()
         reporting.cancel()
     if gone:

@@ -18,9 +18,10 @@ from chunker.tools import find_ffmpeg
 from chunker.verify import check_output
 from media import decode_errors, media_info
 from peer.coordinator import run_encode
+from peer.jobserver import JobServer
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
-from peer.worker import accept_invite
+from peer.worker import MAX_UNANSWERED, accept_invite
 from profiles import load_profile
 from swarm import auth
 from swarm.config import DEFAULT_TIMINGS, Timings
@@ -74,6 +75,49 @@ async def test_remote_peers_encode_frame_exact(name: str, source: Path,
     check_output(media_info(out), media_info(source))  # every frame, every timestamp
     assert decode_errors(out) == ""
     assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == ["out.mp4"]
+
+
+async def test_a_peer_encodes_its_next_chunk_while_the_last_one_is_verified(
+        corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinator answers a result once it has verified it (a full decode; for a spot
+    check a re-render: 25 s on a busy coordinator, bench/slides). A one-slot peer goes on to
+    its next chunk meanwhile, so the checks of its results overlap; it used to wait idle
+    for each answer."""
+    real = JobServer.accept
+    checking: set[str] = set()
+    overlaps: list[tuple[str, set[str]]] = []
+
+    async def slow_accept(self: JobServer, attempt: str, path: str, bytes_in: int
+                          ) -> tuple[bool, str]:
+        if checking:
+            overlaps.append((attempt, set(checking)))
+        checking.add(attempt)
+        try:
+            await trio.sleep(1.5)  # a slow check: longer than the peer's encode of a chunk
+            return await real(self, attempt, path, bytes_in)
+        finally:
+            checking.discard(attempt)
+
+    monkeypatch.setattr(JobServer, "accept", slow_accept)
+    source, out = corpus["closed_gop"], tmp_path / "out.mp4"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            peer = await _start_peer(nursery, "peer-a")
+            opts = EncodeOptions(
+                JobIntent(str(source), str(out), load_profile("480p"), chunk_seconds=0.5),
+                LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord",
+                                peers=(f"127.0.0.1:{peer.port}",)))
+            report = await run_encode(opts)
+            nursery.cancel_scope.cancel()
+    assert len(report["chunks"]) >= 3 and {c["peer"] for c in report["chunks"]} == {"peer-a"}
+    assert overlaps, "every result was checked alone: the peer waited for each answer"
+    # ... but never further ahead of its verdicts than MAX_UNANSWERED results.
+    assert all(len(before) <= MAX_UNANSWERED for _, before in overlaps), overlaps
+    assert not any(a["reason"] for a in report["attempts"] if a["peer"] == "peer-a"), \
+        report["attempts"]  # no attempt lost or duplicated meanwhile
+    check_output(media_info(out), media_info(source))
+    assert decode_errors(out) == ""
 
 
 async def test_peer_with_another_secret_gets_no_work(corpus: dict[str, Path],
