@@ -11,9 +11,10 @@ comparison is PSNR per tile of a ``GRID`` x ``GRID`` grid, so that a small alter
 weighs on one tile instead of vanishing in the frame's average. The verdict on the numbers
 is ``swarm.spotcheck``'s.
 
-One ffmpeg process per check, reading the chunk and the source once per sample, each
-seeking to the keyframe before the sample (for the source exactly as the encode did:
-``plans_from_cuts`` gives that seek and trim), so the cost is a few short decodes from a
+The chunk's sampled frames come out of its verification's decode
+(``sampled_verify_argv``); then one ffmpeg process per check decodes the source once per
+sample, seeking to the keyframe before the sample exactly as the encode did
+(``plans_from_cuts`` gives that seek and trim), so the cost is a few short decodes from a
 keyframe, not the chunk's whole range.
 """
 
@@ -24,14 +25,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .commands import VideoPlan
+from .commands import VideoPlan, verify_chunk_argv
 from .plan import plans_from_cuts
 from .probe import MediaInfo
 from .slides import SlidePlan, slide_graph
 from .tools import FFmpeg
 
-__all__ = ["GRID", "WIDTH", "Compared", "neighbours", "parse_compared", "slide_check_argv",
-           "spot_check_argv"]
+__all__ = ["GRID", "WIDTH", "Compared", "neighbours", "parse_compared", "sampled_verify_argv",
+           "slide_check_argv", "spot_check_argv"]
 
 # 8 x 8 tiles of a picture 192 pixels wide (tiles of 24 x 13 at 16:9): measured with
 # bench/spotcheck (README "What is checked"). A box over 1/64 of the frame covers at least
@@ -41,8 +42,6 @@ GRID = 8
 WIDTH = 192
 _QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
 _STATS = re.compile(r"\bmse_avg:(\S+)")
-# Past a frame's time by less than any frame interval, above the 1 us rounding of -ss.
-_SEEK_PAST_S = 0.0005
 # A frame-threaded decoder works ahead on frames nobody wants once the one frame we take is
 # out: one thread per input costs 10 % less CPU (measured on 720p, 3 samples).
 _ONE_THREAD = ("-threads", "1")
@@ -74,66 +73,97 @@ def reduced_size(plan: VideoPlan | SlidePlan, grid: int = GRID) -> tuple[int, in
     return max(step, w - w % step), max(step, h - h % step)
 
 
-def spot_check_argv(ffmpeg: FFmpeg, chunk_path: str, chunk_start_s: float,
-                    source: MediaInfo, plan: VideoPlan, first: int, samples: Sequence[int],
-                    grid: int = GRID) -> list[str]:
-    """Compare frames ``samples`` (indices within the chunk, ascending) of the chunk file
-    with the source's frames ``neighbours(first + k)``; per-tile PSNR statistics on stdout,
-    one line per tile, comparison after comparison (``parse_compared``).
+def _reduce(plan: VideoPlan | SlidePlan, grid: int) -> str:
+    """The same reduction on both sides, from the output's size: area averaging, as a
+    camera's or encoder's loss of fine detail would be judged by eye from afar."""
+    rw, rh = reduced_size(plan, grid)
+    return f"setsar=1,scale={rw}:{rh}:flags=area,format=yuv420p"
 
-    ``chunk_start_s`` is the chunk's first timestamp as its verification listed it: the
-    chunk's frames are found by their time after it, which verification checked against
-    the source's. (Not by the source's own timestamps: a chunk of an MPEG-TS whose clock
-    wraps starts at another time than the source frame it encodes.)
-    """
+
+def sampled_verify_argv(ffmpeg: FFmpeg, chunk_path: str, plan: VideoPlan,
+                        samples: Sequence[int], samples_path: str, stream: int = 0,
+                        grid: int = GRID) -> list[str]:
+    """``verify_chunk_argv`` (its listing on stdout), whose decode also writes the chunk's
+    frames ``samples`` (indices, ascending), reduced for the comparison, to
+    ``samples_path``: raw yuv420p pictures of ``reduced_size``, for ``spot_check_argv``.
+    A checked result is so decoded once, not twice (bench/lan: the check's own decodes of
+    the chunk were a quarter of its 1.16 CPU s). The frames are taken by index, which is
+    what the verification checks them by: the k-th frame must carry source frame
+    first+k's timestamp. Its stderr stays the chunk's decode's alone (the sources' would
+    not be clean: an open GOP's leading frames after a seek)."""
+    if not samples or list(samples) != sorted(set(samples)) or samples[0] < 0:
+        raise ValueError("samples must be distinct ascending frame indices")
+    argv = verify_chunk_argv(ffmpeg, chunk_path, stream)
+    at = argv.index("-i") + 2
+    pick = "+".join(f"eq(n\\,{k})" for k in samples)
+    # Passthrough keeps the decoder's timestamps: no frame is dropped or repeated.
+    return [*argv[:at],
+            "-filter_complex", f"[0:v:{stream}]select={pick},{_reduce(plan, grid)}[picked]",
+            *argv[at:],
+            "-map", "[picked]", "-fps_mode", "passthrough", "-c:v", "rawvideo",
+            "-f", "rawvideo", "-y", samples_path]
+
+
+def spot_check_argv(ffmpeg: FFmpeg, samples_path: str, source: MediaInfo, plan: VideoPlan,
+                    first: int, samples: Sequence[int], grid: int = GRID) -> list[str]:
+    """Compare the chunk's frames ``samples`` (indices within the chunk, ascending), as
+    ``sampled_verify_argv`` wrote them to ``samples_path``, with the source's frames
+    ``neighbours(first + k)``; per-tile PSNR statistics on stdout, one line per tile,
+    comparison after comparison (``parse_compared``)."""
     if not samples or list(samples) != sorted(set(samples)) or samples[0] < 0:
         raise ValueError("samples must be distinct ascending frame indices")
     v = source.video
-    argv = [ffmpeg.path, *_QUIET, "-copyts"]
     rw, rh = reduced_size(plan, grid)
-    # The same reduction on both sides, from the output's size: area averaging, as a
-    # camera's or encoder's loss of fine detail would be judged by eye from afar.
-    reduce = f"scale={rw}:{rh}:flags=area,format=yuv420p"
+    argv = [ffmpeg.path, *_QUIET, "-copyts", "-f", "rawvideo", "-pix_fmt", "yuv420p",
+            "-video_size", f"{rw}x{rh}", "-i", samples_path]
+    reduce = _reduce(plan, grid)
     common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
-    graph: list[str] = []
-    chunks, refs, self_main, self_ref = [], [], [], []
-    base = v.seconds(first)
-    for i, k in enumerate(samples):
-        at = first + k
-        near = neighbours(at, v.frames)
-        # The chunk: seek (from its start, to the keyframe at or before the frame: a little
-        # past the frame's time, so that a keyframe there is not skipped back from), then
-        # keep frames from halfway after the previous one.
-        keep = ""
-        if k > 0:
-            rel = v.seconds(at) - base
-            argv += ["-ss", f"{rel + _SEEK_PAST_S:.6f}", "-noaccurate_seek"]
-            mid = (v.seconds(at - 1) + v.seconds(at)) / 2 - base
-            keep = f"trim=start={chunk_start_s + mid:.6f},"
-        argv += [*_ONE_THREAD, "-i", chunk_path]
-        # One chunk frame, shown once per source frame it is compared with.
-        again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
-        graph.append(f"[{2 * i}:v:0]{keep}trim=end_frame=1,setsar=1,{reduce}{again}[c{i}]")
-        own = near.index(at)
-        # The source: seeked as the encode of a chunk starting at the keyframe at or before
-        # the first of the neighbours would be, then trimmed to start at that neighbour.
-        # (Not seeked for the neighbour itself: the -ss of a frame between an open GOP's
-        # keyframe and its leading B-frames lands on that keyframe, past the frame.)
-        seek = trim = None
-        if near[0] > 0:
-            trim = plans_from_cuts(v, source.format_start_s, [0, near[0]],
-                                   keyframe_seek=source.keyframe_seek)[1].trim_s
-            key = max((f for f in v.keyframes if f <= near[0]), default=0)
-            if key > 0:
-                seek = plans_from_cuts(v, source.format_start_s, [0, key],
-                                       keyframe_seek=source.keyframe_seek)[1].seek_s
-        if seek is not None:
+    n = len(samples)
+    graph = [f"[0:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n))]
+    nears = [neighbours(first + k, v.frames) for k in samples]
+    # The source: seeked as the encode of a chunk starting at the keyframe at or before
+    # the first of a sample's neighbours would be, then trimmed to start at that neighbour.
+    # (Not seeked for the neighbour itself: the -ss of a frame between an open GOP's
+    # keyframe and its leading B-frames lands on that keyframe, past the frame.) Samples
+    # whose decodes would start at the same keyframe share one: a GOP is decoded once.
+    groups: list[tuple[int, list[int]]] = []  # (keyframe, the samples decoded from it)
+    for i, near in enumerate(nears):
+        key = max((f for f in v.keyframes if f <= near[0]), default=0)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(i)
+        else:
+            groups.append((key, [i]))
+    branch: dict[int, str] = {}  # each sample's source frames, reduced
+    for g, (key, members) in enumerate(groups):
+        base = nears[members[0]][0]
+        if key > 0:
+            seek = plans_from_cuts(v, source.format_start_s, [0, key],
+                                   keyframe_seek=source.keyframe_seek)[1].seek_s
             argv += ["-ss", f"{seek:.6f}", "-noaccurate_seek"]
         argv += [*_ONE_THREAD, "-i", source.path]
-        keep = f"trim=start={trim:.6f}," if trim is not None else ""
-        graph.append(f"[{2 * i + 1}:V:0]{keep}trim=end_frame={len(near)},"
-                     f"scale={plan.width}:{plan.height}:flags=bicubic,setsar=1,{reduce},"
-                     f"split=3[s{i}][o{i}][n{i}]")
+        keep = ""
+        if base > 0:
+            trim = plans_from_cuts(v, source.format_start_s, [0, base],
+                                   keyframe_seek=source.keyframe_seek)[1].trim_s
+            keep = f"trim=start={trim:.6f},"
+        outs = "".join(f"[g{i}]" for i in members)
+        graph.append(f"[{g + 1}:V:0]{keep}trim=end_frame={nears[members[-1]][-1] + 1 - base},"
+                     f"scale={plan.width}:{plan.height}:flags=bicubic,{reduce},"
+                     f"split={len(members)}{outs}")
+        for i in members:
+            lo = nears[i][0] - base
+            graph.append(f"[g{i}]trim=start_frame={lo}:end_frame={lo + len(nears[i])}[r{i}]")
+            branch[i] = f"[r{i}]"
+    chunks, refs, self_main, self_ref = [], [], [], []
+    for i, k in enumerate(samples):
+        at = first + k
+        near = nears[i]
+        # The i-th picture (the trim ends its branch there), shown once per source frame
+        # it is compared with.
+        again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
+        graph.append(f"[x{i}]select=eq(n\\,{i}),trim=end_frame=1{again}[c{i}]")
+        own = near.index(at)
+        graph.append(f"{branch[i]}split=3[s{i}][o{i}][n{i}]")
         chunks.append(f"[c{i}]")
         refs.append(f"[s{i}]")
         if len(near) > 1:
@@ -188,8 +218,7 @@ def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: in
     for path in reads:  # inputs 0.. as the runs number them; the chunk comes last
         argv += ["-i", path]
     argv += [*_ONE_THREAD, "-i", chunk_path]
-    rw, rh = reduced_size(plan, grid)
-    reduce = f"scale={rw}:{rh}:flags=area,format=yuv420p"
+    reduce = _reduce(plan, grid)
     common = f"untile={grid}x{grid},settb=AVTB,setpts=N"
     n = len(samples)
     graph.append(f"[{len(reads)}:v:0]split={n}" + "".join(f"[x{i}]" for i in range(n)))
@@ -198,9 +227,9 @@ def slide_check_argv(ffmpeg: FFmpeg, chunk_path: str, plan: SlidePlan, first: in
         near = neighbours(k, frames)
         own = near.index(k)
         again = f",loop=loop={len(near) - 1}:size=1:start=0" if len(near) > 1 else ""
-        graph.append(f"[x{i}]select=eq(n\\,{k}),setsar=1,{reduce}{again}[c{i}]")
+        graph.append(f"[x{i}]select=eq(n\\,{k}),{reduce}{again}[c{i}]")
         graph.append(f"[r{i}]select=between(n\\,{near[0] - starts[i]}\\,"
-                     f"{near[-1] - starts[i]}),setsar=1,{reduce},split=3[s{i}][o{i}][n{i}]")
+                     f"{near[-1] - starts[i]}),{reduce},split=3[s{i}][o{i}][n{i}]")
         chunks.append(f"[c{i}]")
         refs.append(f"[s{i}]")
         if len(near) > 1:

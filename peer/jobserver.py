@@ -463,26 +463,32 @@ class JobServer:
                       f"{f' (ffmpeg {version} on {peer})' if version else ''}")
             self.fail(attempt, reason, bench=True)
             return False, reason
+        checked = a.peer != self.local_key and self._spot_check_due(a.peer)
+        wrong: str | None = None  # what its content check found
         try:
+            if checked:
+                wrong = await self._verify_and_check(rec.plan, path)
+            else:
+                await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
+                                         rec.plan.frames)
             # Every rung of a ladder holds the same frames at the same times.
-            chunk_start_s = await media.verify_chunk(self.ffmpeg, path, self.info,
-                                                     rec.plan.first, rec.plan.frames)
             for rung in range(1, self.vplan.renditions):
                 await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
                                          rec.plan.frames, rung)
         except VerifyError as exc:
             await trio.to_thread.run_sync(unlink, path)
+            if checked:
+                self.spot_seen[a.peer] -= 1  # a broken result is not one of its checked ones
             if self.param_sets_from == attempt and not self.param_sets_kept:
                 self.param_sets = None  # a broken chunk must not set the job's reference
             self.fail(attempt, f"verification: {exc}")
             return False, f"verification failed: {exc}"
-        if a.peer != self.local_key and self._spot_check_due(a.peer) and (
-                why := await self._content_problem(rec.plan, path, chunk_start_s)):
+        if wrong:
             await trio.to_thread.run_sync(unlink, path)
             if self.param_sets_from == attempt and not self.param_sets_kept:
                 self.param_sets = None
-            self.fail(attempt, why, bench=True)  # wrong pictures are no accident: bench now
-            return False, why
+            self.fail(attempt, wrong, bench=True)  # wrong pictures are no accident: bench now
+            return False, wrong
         digest = await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(unlink, path)
@@ -519,16 +525,17 @@ class JobServer:
         self.spot_seen[peer] = before + 1
         return check_result(before, self.spot_rng)
 
-    async def _content_problem(self, plan: ChunkPlan, path: str, chunk_start_s: float
-                               ) -> str | None:
-        """A peer's chunk compared with the source on a few frames it could not predict
-        (swarm.spotcheck); our own slots' results are our own work and skip it."""
+    async def _verify_and_check(self, plan: ChunkPlan, path: str) -> str | None:
+        """Verify a peer's chunk and compare it with the source on a few frames it could not
+        predict (swarm.spotcheck), in one decode: what is wrong with its content, or None.
+        VerifyError if it fails verification. (Our own slots' results are our own work and
+        are only verified.)"""
         samples = sample_frames(plan.frames, self.spot_rng)
-        try:
-            compared = await media.spot_check(self.ffmpeg, path, chunk_start_s, self.info,
-                                              self.vplan, plan.first, samples)
-        except VerifyError as exc:
-            return str(exc)
+        compared = await media.verify_and_spot_check(
+            self.ffmpeg, path, f"{path}.samples", self.info, self.vplan, plan.first, plan.frames,
+            samples)
+        if isinstance(compared, str):
+            return compared
         return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
     def _param_sets_of(self, path: str) -> tuple[tuple[bytes, ...], ...] | None:

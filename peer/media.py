@@ -19,7 +19,13 @@ from chunker.commands import (
 )
 from chunker.probe import MediaInfo, check_probe_run, input_size, interpret_probe, probe_argv
 from chunker.slides import SlidePlan
-from chunker.spotcheck import Compared, parse_compared, slide_check_argv, spot_check_argv
+from chunker.spotcheck import (
+    Compared,
+    parse_compared,
+    sampled_verify_argv,
+    slide_check_argv,
+    spot_check_argv,
+)
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan, ffmetadata_text
 from chunker.verify import check_chunk_listing, check_output
@@ -36,7 +42,7 @@ __all__ = [
     "encode_audio",
     "merge",
     "probe",
-    "spot_check",
+    "verify_and_spot_check",
     "verify_chunk",
     "verify_output",
 ]
@@ -62,21 +68,40 @@ async def verify_chunk(ffmpeg: FFmpeg, path: str, source: MediaInfo, first: int,
                                frames)
 
 
-async def spot_check(ffmpeg: FFmpeg, path: str, chunk_start_s: float, source: MediaInfo,
-                     plan: VideoPlan, first: int, samples: list[int]) -> list[Compared]:
-    """Tile PSNRs of the chunk's frames ``samples`` against the source's frames there and
-    around (chunker.spotcheck); VerifyError if the comparison cannot be made (a frame
+async def verify_and_spot_check(ffmpeg: FFmpeg, path: str, scratch: str, source: MediaInfo,
+                                plan: VideoPlan, first: int, frames: int, samples: list[int]
+                                ) -> list[Compared] | str:
+    """``verify_chunk`` (of the chunk's first video stream), whose decode also gives its
+    frames ``samples`` (written to ``scratch``, removed here), then their tile PSNRs against
+    the source's frames there and around (chunker.spotcheck). VerifyError if the chunk
+    fails verification; why, if it passed but the comparison could not be made (a frame
     missing on either side)."""
-    argv = spot_check_argv(ffmpeg, path, chunk_start_s, source, plan, first, samples)
-    res = await run_ffmpeg(argv,
-                           check=False, what="content check")
+    try:
+        argv = sampled_verify_argv(ffmpeg, path, plan, samples, scratch)
+        res = await run_ffmpeg(argv, check=False, what="verify")
+        if res.returncode != 0:
+            raise VerifyError(f"chunk does not decode: {res.stderr.strip()[-200:]}")
+        check_chunk_listing(res.stdout.decode("utf-8", "replace"), res.stderr, source, first,
+                            frames)
+        argv = spot_check_argv(ffmpeg, scratch, source, plan, first, samples)
+        res = await run_ffmpeg(argv, check=False, what="content check")
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_unlink, scratch)
     if res.returncode != 0:
-        raise VerifyError(f"content check failed to run: {res.stderr.strip()[-200:]}")
+        return f"content check failed to run: {res.stderr.strip()[-200:]}"
     try:
         return parse_compared(res.stdout.decode("utf-8", "replace"), first, samples,
                               source.video.frames)
     except ValueError as exc:
-        raise VerifyError(f"content check: {exc}") from exc
+        return f"content check: {exc}"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 async def slide_check(ffmpeg: FFmpeg, path: str, plan: SlidePlan, first: int, count: int,
