@@ -357,18 +357,23 @@ class JobServer:
             return
         now = trio.current_time()
         requeued = self.job.failed(attempt, now, reason, bench=bench)
+        mine = [r for r in requeued if r.attempt == attempt]
         self.uncapped.add(a.chunk)
         self._journal_ended(attempt)
         name = self.name_of(a.peer)
         chunk = self.job.chunks[a.chunk]
-        if requeued:
+        if mine:
             fate = "requeued"
         elif any(self.job.attempts[x].running for x in chunk.attempts):
             fate = "another attempt continues"
         else:
             fate = "already done"
-        self.emit(ChunkFailed(a.chunk, attempt, name, reason, bool(requeued), fate,
+        self.emit(ChunkFailed(a.chunk, attempt, name, reason, bool(mine), fate,
                               a.peer in self.job.benched))
+        for r in requeued:  # a peer left out for good loses the other chunks it holds
+            if r.attempt != attempt:
+                self._journal_ended(r.attempt)
+                self.emit(ChunkRequeued(r.chunk, r.attempt, name, r.reason))
         if a.peer in self.job.benched and name not in self.left_out:
             why = left_out(self.job, a.peer, self.names)
             self.left_out[name] = why

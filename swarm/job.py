@@ -413,7 +413,11 @@ class Job:
     def failed(self, attempt_id: str, now: float, reason: str, *, bench: bool = False
                ) -> list[Requeued]:
         """``bench``: the peer can never succeed on this job (its encoder's output cannot
-        join the others'), so it is left out at once instead of after ``max_failures``."""
+        join the others', or its pictures were wrong), so it is left out at once instead of
+        after ``max_failures``, and the other chunks it holds go back now: none of its
+        results could be kept (a slot that goes on while its last result is checked holds
+        up to three, peer.worker). A peer left out after ``max_failures`` keeps what it
+        holds: those results may still be good."""
         a = self.attempts.get(attempt_id)
         if a is None or not a.running:
             return []
@@ -426,7 +430,13 @@ class Job:
             self.benched.add(a.peer)
             self.benched_at[a.peer] = now
             self.scheduler.bench(a.peer, now)
-        return self._requeue(a, reason, gone=a.peer in self.benched)
+        out = self._requeue(a, reason, gone=a.peer in self.benched)
+        if bench:
+            for other in self.running():
+                if other.peer == a.peer:
+                    self._end(other, AttemptOutcome.CANCELLED, now, "its peer was left out")
+                    out += self._requeue(other, "its peer was left out", gone=True)
+        return out
 
     def peer_left(self, peer: str, now: float) -> list[Requeued]:
         out: list[Requeued] = []

@@ -20,7 +20,6 @@ from media import decode_errors, media_info
 from peer.coordinator import run_encode
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings
-from peer.worker import MAX_UNANSWERED
 from profiles import load_profile
 
 SPS = bytes.fromhex("6764001facd9405005bb011000000300100000030320f1831960")
@@ -153,11 +152,13 @@ async def test_a_peer_whose_parameter_sets_differ_is_left_out(corpus: dict[str, 
     refused = [a for a in report["attempts"] if "cannot join the output" in a["reason"]]
     assert refused and {a["peer"] for a in refused} == {"peer-new", "peer-old"} - kept
     assert "(ffmpeg " in refused[0]["reason"]
-    # Never a loop: it was given no chunk after its first refusal, so at most what it held
-    # then (a result waiting for its verdict, one encoding, one claimed ahead: peer.worker).
-    first_no = min(a["end_s"] for a in refused)
-    assert all(a["start_s"] <= first_no for a in refused), refused
-    assert len(refused) <= MAX_UNANSWERED + 2
+    # Refused once, never a loop: with that refusal the other chunks it held (up to a
+    # result waiting for its verdict, one encoding and one claimed ahead: peer.worker)
+    # went back at once, and it was given none after it.
+    assert len(refused) == 1, refused
+    theirs = [a for a in report["attempts"] if a["peer"] == refused[0]["peer"]]
+    assert all(a["start_s"] <= refused[0]["end_s"] for a in theirs), theirs
+    assert all(a["end_s"] - refused[0]["end_s"] < 0.01 for a in theirs), theirs
     check_output(media_info(out), media_info(src))
     for path in ffmpegs.under_test():
         assert decode_errors(out, ffmpegs.require(path).path) == ""
@@ -171,7 +172,12 @@ def test_a_peer_that_can_never_succeed_is_benched_at_its_first_failure() -> None
     job.add_peer("new", None, 0.0)
     a = job.claim("old", 0.0)
     assert isinstance(a, Grant)
+    ahead = job.claim("old", 0.5, prefetch=True)  # the chunk it would encode next
+    assert isinstance(ahead, Grant)
     job.failed(a.attempt, 1.0, "cannot join the output", bench=True)
     assert job.benched == {"old"}
+    # That one went back at once too: whatever it held can never be kept.
+    assert job.attempts[ahead.attempt].reason == "its peer was left out"
+    assert not job.running()
     assert not isinstance(job.claim("old", 2.0), Grant)
     assert isinstance(job.claim("new", 2.0), Grant)
