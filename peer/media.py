@@ -33,6 +33,7 @@ from profiles import Profile
 from swarm.errors import ProbeError, VerifyError
 
 from .proc import run_ffmpeg
+from .transfer import unlink
 
 # The probe's stderr is its stream dump: a few lines per stream and chapter. A file with
 # hundreds of chapters or tags still fits; what a bigger one loses is its dump's tail.
@@ -87,7 +88,7 @@ async def verify_and_spot_check(ffmpeg: FFmpeg, path: str, scratch: str, source:
         res = await run_ffmpeg(argv, check=False, what="content check")
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_unlink, scratch)
+            await trio.to_thread.run_sync(unlink, scratch)
     if res.returncode != 0:
         return f"content check failed to run: {res.stderr.strip()[-200:]}"
     try:
@@ -95,13 +96,6 @@ async def verify_and_spot_check(ffmpeg: FFmpeg, path: str, scratch: str, source:
                               source.video.frames)
     except ValueError as exc:
         return f"content check: {exc}"
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 async def slide_check(ffmpeg: FFmpeg, path: str, plan: SlidePlan, first: int, count: int,

@@ -432,18 +432,20 @@ class Job:
             self.scheduler.bench(a.peer, now)
         out = self._requeue(a, reason, gone=a.peer in self.benched)
         if bench:
-            for other in self.running():
-                if other.peer == a.peer:
-                    self._end(other, AttemptOutcome.CANCELLED, now, "its peer was left out")
-                    out += self._requeue(other, "its peer was left out", gone=True)
+            out += self._take_all(a.peer, now, "its peer was left out")
         return out
 
-    def peer_left(self, peer: str, now: float) -> list[Requeued]:
+    def _take_all(self, peer: str, now: float, reason: str) -> list[Requeued]:
+        """End every running attempt of ``peer`` and give its chunks back."""
         out: list[Requeued] = []
         for a in self.running():
             if a.peer == peer:
-                self._end(a, AttemptOutcome.CANCELLED, now, "peer left")
-                out += self._requeue(a, "peer left", gone=True)
+                self._end(a, AttemptOutcome.CANCELLED, now, reason)
+                out += self._requeue(a, reason, gone=True)
+        return out
+
+    def peer_left(self, peer: str, now: float) -> list[Requeued]:
+        out = self._take_all(peer, now, "peer left")
         self.scheduler.remove_peer(peer, now)
         return out
 
