@@ -278,7 +278,7 @@ def _run_encode(input: str, profile: str, output: str | None, report: str | None
     env = _environment()
     local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
     opts = EncodeOptions(JobIntent(input, out, prof, **intent), local, net,
-                         Tuning(env.scheduler, _timings(lease_s)))
+                         Tuning(env.scheduler, _timings(lease_s), env.part_renditions))
     mode = _output_mode(quiet, as_json, env.term)
     human = mode in ("live", "plain")
     score = _local_score(prof.name, env) if mode != "quiet" else None
@@ -381,7 +381,7 @@ def _run_batch(inputs: list[str], profile: str, output: str | None, report: str 
         raise UsageError(f"no videos in {' '.join(inputs)}")
     env = _environment()
     local = replace(local, ffmpeg=env.ffmpeg, cache_dir=env.cache_dir)
-    tuning = Tuning(env.scheduler, _timings(lease_s))
+    tuning = Tuning(env.scheduler, _timings(lease_s), env.part_renditions)
 
     def make_opts(item: Planned) -> EncodeOptions:
         if out_dir is not None:

@@ -31,8 +31,10 @@ __all__ = [
     "audio_argv",
     "copy_source_argv",
     "encode_chunk_argv",
+    "join_parts_argv",
     "ladder_plan",
     "merge_argv",
+    "packet_listing_argv",
     "verify_chunk_argv",
     "video_plan",
     "write_concat_list",
@@ -72,6 +74,19 @@ class VideoPlan:
     @property
     def renditions(self) -> int:
         return max(1, len(self.rungs))
+
+    def part(self, rungs: Sequence[int]) -> VideoPlan:
+        """The plan of a chunk that holds only the ladder's rungs ``rungs`` (indices, in
+        order): one stream per rung, sized and rate-controlled as in the whole ladder and
+        still a ladder (keyframes at the GOP grid only), so that the streams equal those
+        the whole chunk would hold. ``()`` or every rung: this plan."""
+        if not rungs or tuple(rungs) == tuple(range(len(self.rungs))):
+            return self
+        if not self.rungs or sorted(set(rungs)) != list(rungs) or rungs[-1] >= len(self.rungs):
+            raise ValueError(f"rungs {list(rungs)}: not in ascending order of this ladder's")
+        chosen = tuple(self.rungs[i] for i in rungs)
+        return VideoPlan(chosen[0].width, chosen[0].height, self.gop_frames, self.time_base,
+                         chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +269,27 @@ def verify_chunk_argv(ffmpeg: FFmpeg, path: str, stream: int = 0) -> list[str]:
     return [ffmpeg.path, *_QUIET, "-copyts", "-i", path, "-map", f"0:v:{stream}",
             "-fps_mode", "passthrough", "-enc_time_base:v", ffmpeg.demux_time_base,
             "-c:v", "wrapped_avframe", "-f", "framecrc", "-"]
+
+
+def join_parts_argv(ffmpeg: str, parts: Sequence[tuple[str, int]], out: str) -> list[str]:
+    """One chunk file with every rung of a ladder from the files of the chunk's parts
+    (``VideoPlan.part``), given in rung order with how many streams each holds: packets
+    copied, timestamps kept, streams in rung order, as one encode of the whole ladder
+    would have written them."""
+    argv = [ffmpeg, *_QUIET, "-copyts"]
+    for path, _ in parts:
+        argv += ["-f", CHUNK_FORMAT, "-i", path]
+    for i, (_, streams) in enumerate(parts):
+        for j in range(streams):
+            argv += ["-map", f"{i}:v:{j}"]
+    return [*argv, "-c", "copy", "-f", CHUNK_FORMAT, "-y", out]
+
+
+def packet_listing_argv(ffmpeg: str, path: str) -> list[str]:
+    """Every video packet of a chunk file (stream, dts, pts, duration, size, checksum) on
+    stdout, read without decoding: what ``join_parts_argv`` must keep unchanged."""
+    return [ffmpeg, *_QUIET, "-copyts", "-f", CHUNK_FORMAT, "-i", path, "-map", "0:v",
+            "-c", "copy", "-f", "framecrc", "-"]
 
 
 def _audio_args(profile: Profile, tracks: Sequence[Kept]) -> list[str]:

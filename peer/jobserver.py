@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import trio
 
-from chunker.commands import VideoPlan
+from chunker.commands import VideoPlan, join_parts_argv, packet_listing_argv
 from chunker.mp4index import Layout, read_layout
 from chunker.paramsets import ENCODER_CODECS, HEADER_BYTES, mismatch, nut_codec_data, parameter_sets
 from chunker.plan import ChunkPlan, split_plan
@@ -29,12 +29,13 @@ from chunker.probe import MediaInfo
 from chunker.tools import FFmpeg
 from chunker.tracks import TrackPlan
 from swarm.batch import release_to_next
-from swarm.errors import VerifyError
+from swarm.errors import EncodeError, VerifyError
 from swarm.events import (
     ChunkDone,
     ChunkDuplicate,
     ChunkFailed,
     ChunkLost,
+    ChunkParted,
     ChunkProgress,
     ChunkRequeued,
     ChunkSplit,
@@ -62,6 +63,7 @@ from . import media, transfer
 from .http import ClientGone, HTTPError, Receive, Request, Send
 from .journal import Journal, file_digest
 from .options import EncodeOptions
+from .proc import run_ffmpeg
 from .transfer import unlink
 
 __all__ = ["JobServer", "PeerRecord", "output_pixels"]
@@ -140,13 +142,23 @@ class JobServer:
         self.emit = emit
         self.local_key = local_key
         timings = opts.tuning.timings
+        # A ladder's chunks may be parted by rendition at the tail where they cannot be cut
+        # in time (swarm.scheduler, item 5): each rung's share of a chunk's encode.
+        pixels = [r.width * r.height for r in vplan.rungs]
+        shares = ([p / sum(pixels) for p in pixels]
+                  if len(pixels) > 1 and cuts is None and opts.tuning.part_renditions
+                  else None)
         # Without a network every encoder is one of our slots, and they owe no heartbeat.
         self.job = Job([p.frames for p in plans], lease_s=timings.lease_s,
                        pixels=output_pixels(vplan), policy=opts.tuning.policy,
                        source_bytes=_chunk_bytes(info, plans),
                        silent_s=timings.silent_s if opts.net.enabled else None,
                        cuts=cuts, min_piece=min_piece, expected_slots=expected_slots,
-                       pipeline_frames=ENCODER_PIPELINE_FRAMES)
+                       pipeline_frames=ENCODER_PIPELINE_FRAMES, rung_shares=shares)
+        # A parted chunk's verified parts (index -> file) until all are in and joined into
+        # the chunk's file (``_join``); they are never journalled, so a resumed job encodes
+        # a chunk not yet joined again, whole.
+        self.part_files: dict[int, str] = {}
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
@@ -229,7 +241,10 @@ class JobServer:
             self.job.add_peer(peer, None, now, heartbeat=False)
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant) and action.split is not None:
-            self._split(action.chunk, action.split)
+            if action.rungs is not None:
+                self._part(action.chunk, action.split)
+            else:
+                self._split(action.chunk, action.split)
         if isinstance(action, Grant):
             if not action.queued:  # a queued one's clock starts with its first report
                 self._attempt(action.attempt).started = now
@@ -256,9 +271,30 @@ class JobServer:
             self.journal.chunk_split(chunk, head.frames, rest, tail.first, tail.frames)
         self.emit(ChunkSplit(chunk, head.frames, rest, tail.frames))
 
+    def _part(self, chunk: int, rest: int) -> None:
+        """The scheduler parted ``chunk``'s renditions before handing it out: ``rest``, a
+        new chunk of the same frames, holds the rungs the claimer does not encode."""
+        assert rest == len(self.plans)
+        self.plans.append(self.plans[chunk])
+        self.records.append(_ChunkRecord(self.plans[chunk]))
+        self.emit(ChunkParted(chunk, self._rung_names(chunk), rest, self._rung_names(rest)))
+
+    def rungs_of(self, chunk: int) -> tuple[int, ...]:
+        """The ladder rungs a parted chunk (or part) holds; () for a whole chunk."""
+        return self.job.scheduler.groups[chunk] if chunk in self.job.part_of else ()
+
+    def vplan_of(self, chunk: int) -> VideoPlan:
+        """What chunk ``chunk`` is encoded to: the job's plan, or a part's rungs of it."""
+        return self.vplan.part(self.rungs_of(chunk))
+
+    def _rung_names(self, chunk: int) -> tuple[str, ...]:
+        return tuple(f"{r.height}p" for r in self.vplan_of(chunk).rungs)
+
     def in_order(self) -> list[_ChunkRecord]:
-        """Every chunk's record in source order (cut chunks' rests come last by index)."""
-        return sorted(self.records, key=lambda r: r.plan.first)
+        """Every chunk's record in source order (cut chunks' rests come last by index);
+        a parted chunk's, which holds the joined file, but not its other parts'."""
+        whole = [r for i, r in enumerate(self.records) if self.job.part_of.get(i, i) == i]
+        return sorted(whole, key=lambda r: r.plan.first)
 
     def claim_remote(self, node_id: str, now: float, prefetch: bool = False
                      ) -> Assignment | Wait | JobDone:
@@ -285,7 +321,7 @@ class JobServer:
             lease_s=action.lease_s, start_s=max(0.0, p.start_s), frames=p.frames,
             source_path=self.source_path, seek_s=p.seek_s, trim_s=p.trim_s,
             prefetch_bytes=self._prefetch_bytes(action.chunk) if action.queued else None,
-            keyframes_s=self.keyframes_s(action.chunk))
+            keyframes_s=self.keyframes_s(action.chunk), rungs=self.rungs_of(action.chunk))
 
     def keyframes_s(self, chunk: int) -> tuple[float, ...]:
         """Where chunk ``chunk``'s HLS segments after its first start, as source timestamps
@@ -459,8 +495,9 @@ class JobServer:
         # The result is in; its peer waits for our answer and owes no reports meanwhile,
         # however long the check takes on a slow coordinator.
         self.job.delivering(attempt, trio.current_time())
-        sets = await trio.to_thread.run_sync(self._param_sets_of, path)
-        if (why := self._param_sets_mismatch(attempt, sets)) is not None:
+        rungs = self.rungs_of(a.chunk) or tuple(range(self.vplan.renditions))
+        sets = await trio.to_thread.run_sync(self._param_sets_of, path, len(rungs))
+        if (why := self._param_sets_mismatch(attempt, sets, rungs)) is not None:
             await trio.to_thread.run_sync(unlink, path)
             peer = self.name_of(a.peer)
             version = self.peers[a.peer].ffmpeg if a.peer in self.peers else None
@@ -472,12 +509,12 @@ class JobServer:
         wrong: str | None = None  # what its content check found
         try:
             if checked:
-                wrong = await self._verify_and_check(rec.plan, path)
+                wrong = await self._verify_and_check(rec.plan, path, self.vplan_of(a.chunk))
             else:
                 await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
                                          rec.plan.frames)
             # Every rung of a ladder holds the same frames at the same times.
-            for rung in range(1, self.vplan.renditions):
+            for rung in range(1, len(rungs)):
                 await media.verify_chunk(self.ffmpeg, path, self.info, rec.plan.first,
                                          rec.plan.frames, rung)
         except VerifyError as exc:
@@ -499,29 +536,89 @@ class JobServer:
             await trio.to_thread.run_sync(unlink, path)
             self.emit(ChunkDuplicate(a.chunk, attempt, self.name_of(a.peer)))
             return False, "chunk already done"
-        final = os.path.join(self.workdir, f"chunk_{a.chunk:05d}.nut")
+        parted = a.chunk in self.job.part_of
+        final = os.path.join(self.workdir, f"{'part' if parted else 'chunk'}_{a.chunk:05d}.nut")
         os.replace(path, final)
-        self.param_sets_kept = True
+        self.param_sets_kept = self.param_sets_kept or not parted
         rec.peer = self.name_of(a.peer)
         now = trio.current_time()
         started = self._attempt(attempt).started
         rec.encode_s = now - (started if started is not None else now)
         rec.bytes_out = (await trio.Path(final).stat()).st_size
         rec.bytes_in = bytes_in
-        rec.file = final
-        if self.journal is not None:
-            # Journalled before the peer hears "accepted" and before anything is merged.
-            self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in, rec.peer,
-                                    rec.encode_s)
-            self._journal_ended(*self.job.chunks[a.chunk].attempts)
-        if self.on_verified is not None:
-            self.on_verified(a.chunk)
+        if parted:
+            self.part_files[a.chunk] = final
+            root = self.job.whole_done(a.chunk)
+            if root is not None:
+                await self._join(root, attempt)
+        else:
+            rec.file = final
+            if self.journal is not None:
+                # Journalled before the peer hears "accepted" and before anything is merged.
+                self.journal.chunk_done(a.chunk, final, digest, rec.bytes_out, bytes_in,
+                                        rec.peer, rec.encode_s)
+                self._journal_ended(*self.job.chunks[a.chunk].attempts)
+            if self.on_verified is not None:
+                self.on_verified(a.chunk)
         self.emit(ChunkDone(a.chunk, attempt, rec.peer, rec.encode_s, rec.plan.frames,
                             self.job.frames_done))
         if self.job.done:
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
         return True, ""
+
+    async def _join(self, root: int, attempt: str) -> None:
+        """Every part of the parted chunk ``root`` is verified: join them into its chunk
+        file, every rung in order, and keep that as if one peer had encoded it whole. The
+        join copies packets; it is checked to have kept every one of them unchanged. A
+        failure here is ours, not a peer's, and ends the job."""
+        family = sorted(self.job.parts[root], key=lambda i: self.rungs_of(i)[0])
+        parts = [(self.part_files[i], len(self.rungs_of(i))) for i in family]
+        final = os.path.join(self.workdir, f"chunk_{root:05d}.nut")
+        try:
+            await run_ffmpeg(join_parts_argv(self.ffmpeg.path, parts, final),
+                                   what=f"join chunk {root}")
+            listings = [await run_ffmpeg(packet_listing_argv(self.ffmpeg.path, p),
+                                               what="packet listing") for p, _ in parts]
+            joined = await run_ffmpeg(packet_listing_argv(self.ffmpeg.path, final),
+                                            what="packet listing")
+        except EncodeError as exc:
+            self._join_failed(root, str(exc))
+            return
+        offset, expected = 0, []
+        for (_, streams), res in zip(parts, listings, strict=True):
+            expected += _packets(res.stdout, offset)
+            offset += streams
+        if sorted(_packets(joined.stdout, 0)) != sorted(expected) or not expected:
+            self._join_failed(root, "the joined file does not hold the parts' packets")
+            return
+        sets = await trio.to_thread.run_sync(self._param_sets_of, final, self.vplan.renditions)
+        if (why := self._param_sets_mismatch(attempt, sets,
+                                             tuple(range(self.vplan.renditions)))) is not None:
+            self._join_failed(root, why)
+            return
+        self.param_sets_kept = True
+        for i in family:
+            await trio.to_thread.run_sync(unlink, self.part_files.pop(i))
+        recs = [self.records[i] for i in family]
+        rec = self.records[root]
+        rec.peer = " + ".join(dict.fromkeys(r.peer for r in recs))
+        rec.encode_s = max(r.encode_s for r in recs)
+        rec.bytes_in = sum(r.bytes_in for r in recs)
+        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        rec.file = final
+        if self.journal is not None:
+            digest = await trio.to_thread.run_sync(file_digest, final)
+            self.journal.chunk_done(root, final, digest, rec.bytes_out, rec.bytes_in, rec.peer,
+                                    rec.encode_s)
+            self._journal_ended(*(x for i in family for x in self.job.chunks[i].attempts))
+        if self.on_verified is not None:
+            self.on_verified(root)
+
+    def _join_failed(self, root: int, why: str) -> None:
+        if self.fatal is None:
+            self.fatal = f"chunk {root}: its renditions could not be joined: {why}"
+            self.finished.set()
 
     def _spot_check_due(self, peer: str) -> bool:
         """Whether this result of ``peer`` is content-checked: its first ones, then a share
@@ -530,49 +627,58 @@ class JobServer:
         self.spot_seen[peer] = before + 1
         return check_result(before, self.spot_rng)
 
-    async def _verify_and_check(self, plan: ChunkPlan, path: str) -> str | None:
+    async def _verify_and_check(self, plan: ChunkPlan, path: str, vplan: VideoPlan
+                                ) -> str | None:
         """Verify a peer's chunk and compare it with the source on a few frames it could not
         predict (swarm.spotcheck), in one decode: what is wrong with its content, or None.
         VerifyError if it fails verification. (Our own slots' results are our own work and
         are only verified.)"""
         samples = sample_frames(plan.frames, self.spot_rng)
         compared = await media.verify_and_spot_check(
-            self.ffmpeg, path, f"{path}.samples", self.info, self.vplan, plan.first, plan.frames,
+            self.ffmpeg, path, f"{path}.samples", self.info, vplan, plan.first, plan.frames,
             samples)
         if isinstance(compared, str):
             return compared
         return spot_verdict(samples, [(c.own, c.others, c.changes) for c in compared])
 
-    def _param_sets_of(self, path: str) -> tuple[tuple[bytes, ...], ...] | None:
-        """The chunk's decoding parameter sets, one tuple per rung in rung order for a ladder
-        (each rung is a track of its own output, which holds one set); None if its header
-        does not parse (the verification that follows then says what is wrong with it)."""
+    def _param_sets_of(self, path: str, streams: int
+                       ) -> tuple[tuple[bytes, ...], ...] | None:
+        """The chunk's decoding parameter sets, one tuple per stream (a ladder's rung, in
+        rung order; each rung is a track of its own output, which holds one set) of its first
+        ``streams``; None if its header does not parse (the verification that follows then
+        says what is wrong with it)."""
         encoder = self.opts.job.profile.video.codec
         codec = ENCODER_CODECS.get(encoder, encoder)
         try:
             with open(path, "rb") as fh:
                 head = fh.read(HEADER_BYTES)
-            streams = sorted(nut_codec_data(head).items())
-            if len(streams) < self.vplan.renditions:
+            found = sorted(nut_codec_data(head).items())
+            if len(found) < streams:
                 return None
-            return tuple(tuple(parameter_sets(codec, data))
-                         for _, data in streams[:max(1, self.vplan.renditions)])
+            return tuple(tuple(parameter_sets(codec, data)) for _, data in found[:streams])
         except (OSError, ValueError):
             return None
 
-    def _param_sets_mismatch(self, attempt: str, sets: tuple[tuple[bytes, ...], ...] | None
-                             ) -> str | None:
+    def _param_sets_mismatch(self, attempt: str, sets: tuple[tuple[bytes, ...], ...] | None,
+                             rungs: tuple[int, ...]) -> str | None:
+        """Why ``sets`` (those of ``rungs``) cannot join the output's, or None. The first
+        whole chunk's are the reference; a part's are checked against it once it is set,
+        and its chunk's joined file again."""
         if sets is None:
             return None
         if self.param_sets is None:
-            self.param_sets, self.param_sets_from = sets, attempt
+            if len(rungs) == self.vplan.renditions:
+                self.param_sets, self.param_sets_from = sets, attempt
             return None
         encoder = self.opts.job.profile.video.codec
         codec = ENCODER_CODECS.get(encoder, encoder)
-        for i, (ours, theirs) in enumerate(zip(self.param_sets, sets, strict=True)):
+        for i, theirs in zip(rungs, sets, strict=True):
+            ours = self.param_sets[i]
             if (why := mismatch(codec, ours, theirs)) is not None:
-                rungs = self.vplan.rungs
-                return f"rendition {rungs[i].width}x{rungs[i].height}: {why}" if rungs else why
+                if not self.vplan.rungs:
+                    return why
+                rung = self.vplan.rungs[i]
+                return f"rendition {rung.width}x{rung.height}: {why}"
         return None
 
     def _result_limit(self, chunk: int) -> int:
@@ -687,7 +793,8 @@ class JobServer:
                 continue
             self.job.restore(idx)
             if self.param_sets is None:
-                self.param_sets = await trio.to_thread.run_sync(self._param_sets_of, path)
+                self.param_sets = await trio.to_thread.run_sync(self._param_sets_of, path,
+                                                                self.vplan.renditions)
                 self.param_sets_kept = self.param_sets is not None
             r = self.records[idx]
             r.file, r.peer, r.bytes_out = path, rec["peer"], rec["bytes_out"]
@@ -718,6 +825,17 @@ def _chunk_bytes(info: MediaInfo | None, plans: list[ChunkPlan]) -> list[float] 
         return None
     total = max(1, info.video.frames)
     return [info.size * p.frames / total for p in plans]
+
+
+def _packets(listing: bytes, offset: int) -> list[str]:
+    """A packet listing's lines (``packet_listing_argv``), streams renumbered from
+    ``offset``: what a joined file must hold of its parts."""
+    lines = []
+    for line in listing.decode("ascii", "replace").splitlines():
+        if line and not line.startswith("#"):
+            stream, _, rest = line.partition(",")
+            lines.append(f"{int(stream) + offset},{rest}")
+    return lines
 
 
 def _layout_of(path: str, size: int, frames: int) -> Layout | None:

@@ -155,7 +155,8 @@ async def _encode_local(server: JobServer, a: Grant, threads: int) -> tuple[str,
     verify and accept, or None if the attempt failed or is no longer wanted."""
     plan = server.plans[a.chunk]
     name = os.path.join(server.workdir, f"recv_{a.attempt}.nut")
-    argv = niced(encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile, server.vplan,
+    argv = niced(encode_chunk_argv(server.ffmpeg.path, server.opts.job.profile,
+                                   server.vplan_of(a.chunk),
                                    server.opts.job.input, plan.seek_s, plan.trim_s,
                                    plan.frames, threads=threads,
                                    keyframes_s=server.keyframes_s(a.chunk)), LOCAL_NICE)

@@ -76,6 +76,9 @@ class NetworkSettings:
 class Tuning:
     policy: str = "swarm"  # scheduler: "swarm", or the benchmark baselines "fifo", "equal"
     timings: Timings = DEFAULT_TIMINGS  # leases, ticks, stall and gone limits
+    # A ladder chunk's renditions may go to different peers at the tail (swarm.scheduler,
+    # item 5); False keeps every chunk whole (benchmarks compare the two).
+    part_renditions: bool = True
 
 
 @dataclass(frozen=True, slots=True)

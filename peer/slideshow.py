@@ -298,8 +298,8 @@ class SlideServer(JobServer):
             return False, "attempt no longer wanted"
         self.job.delivering(attempt, trio.current_time())
         rec = self.records[a.chunk]
-        sets = await trio.to_thread.run_sync(self._param_sets_of, path)
-        why = self._param_sets_mismatch(attempt, sets)
+        sets = await trio.to_thread.run_sync(self._param_sets_of, path, 1)
+        why = self._param_sets_mismatch(attempt, sets, (0,))
         if why is None:
             try:
                 await self._verify(path, rec.plan.frames, a.peer != self.local_key)

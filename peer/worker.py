@@ -487,13 +487,17 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
                                   client=client, on_event=on_event, timings=timings,
                                   queued=queued, slide_dir=images, silence=silence,
                                   all_sent=all_sent)
-    if a.slides is not None:
+    try:  # a parted ladder chunk: only some of the invite's rungs (swarm.scheduler, item 5)
+        plan: VideoPlan | None = terms.plan.part(a.rungs)
+    except ValueError:
+        plan = None  # refused below, as a failed attempt
+    if a.slides is not None or plan is None:
         argv: list[str] = []  # built once its images are here
     elif fetched is not None:
-        argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan, "pipe:0", a.seek_s,
+        argv = encode_chunk_argv(ffmpeg.path, terms.profile, plan, "pipe:0", a.seek_s,
                                  a.trim_s, a.frames, copied=True, keyframes_s=a.keyframes_s)
     else:
-        argv = encode_chunk_argv(ffmpeg.path, terms.profile, terms.plan,
+        argv = encode_chunk_argv(ffmpeg.path, terms.profile, plan,
                                  _source_url(terms, a, secret), a.seek_s, a.trim_s, a.frames,
                                  recv_buffer=RECV_BUFFER, keyframes_s=a.keyframes_s)
     result_path = f"/v1/jobs/{a.job_id}/chunks/{a.chunk}/result?attempt={a.attempt}"
@@ -579,6 +583,8 @@ async def _attempt(terms: JobTerms, a: Assignment, *, node_id: str, secret: auth
 
         nursery.start_soon(report_until_done)
         try:
+            if plan is None:
+                raise EncodeError(f"rungs {list(a.rungs)} are not rungs of the invite's ladder")
             if slide_dir is not None:
                 # Inside the attempt, so that its reports keep the lease while it fetches.
                 run = slide_run_of(a, terms.plan.width, terms.plan.height)

@@ -30,6 +30,7 @@ from swarm.events import (
     ChunkDuplicate,
     ChunkFailed,
     ChunkLost,
+    ChunkParted,
     ChunkProgress,
     ChunkRequeued,
     ChunkSplit,
@@ -212,8 +213,8 @@ class JobView:
                 self.kept = e.chunks_kept
                 self.frames_done = self.kept_frames = e.frames_done
                 self._log(now, f"resumed: {self.kept} of {len(self.chunk_state)} chunks kept")
-            case ChunkSplit():
-                # One cell per chunk: the cut chunk's rest gets its own, pending.
+            case ChunkSplit() | ChunkParted():
+                # One cell per chunk: the cut (or parted) chunk's rest gets its own, pending.
                 grow = e.rest + 1 - len(self.chunk_state)
                 if grow > 0:
                     self.chunk_state += ["pending"] * grow

@@ -21,7 +21,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from .events import ChunkSplit, ChunkStart, JobEvent, JobResumed, JobStart, PeerJoined, PeerLeft
+from .events import (
+    ChunkParted,
+    ChunkSplit,
+    ChunkStart,
+    JobEvent,
+    JobResumed,
+    JobStart,
+    PeerJoined,
+    PeerLeft,
+)
 from .job import ChunkState, Job
 
 __all__ = ["MAX_IN_FLIGHT", "VIDEO_EXTENSIONS", "Found", "Lookahead", "Planned", "batch_eta",
@@ -142,8 +151,8 @@ class Lookahead:
                 self.handed.update(e.chunks)
             case ChunkStart():
                 self.handed.add(e.chunk)
-            case ChunkSplit() if self.chunks is not None:
-                # The cut chunk's rest is a new chunk still to hand out.
+            case ChunkSplit() | ChunkParted() if self.chunks is not None:
+                # The cut (or parted) chunk's rest is a new chunk still to hand out.
                 self.chunks = max(self.chunks, e.rest + 1)
             case PeerJoined():
                 self.peers.add(e.peer)

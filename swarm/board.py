@@ -19,6 +19,7 @@ from swarm.events import (
     ChunkDone,
     ChunkFailed,
     ChunkLost,
+    ChunkParted,
     ChunkProgress,
     ChunkRequeued,
     ChunkSplit,
@@ -243,7 +244,7 @@ class Board:
             case ChunkFailed(chunk=n, requeued=requeued):
                 if requeued:
                     self._back(card, n)
-            case ChunkSplit(rest=rest):
+            case ChunkSplit(rest=rest) | ChunkParted(rest=rest):
                 self._grow(card, rest)
             case HlsSegment():
                 card.hls_segments += 1

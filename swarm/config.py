@@ -60,6 +60,9 @@ class Environment:
 
     # SWARM_SCHEDULER: benchmarks compare our scheduler with the baselines.
     scheduler: str = "swarm"
+    # SWARM_PART_RENDITIONS=0: benchmarks compare a ladder's tail with and without its
+    # chunks' renditions parted across peers (swarm.scheduler, item 5).
+    part_renditions: bool = True
     # SWARM_FFMPEG: this ffmpeg binary, instead of the one chunker.tools.find_ffmpeg picks.
     ffmpeg: str | None = None
     # Where benchmark scores and swarm.pyz builds are kept: SWARM_CACHE_DIR, else
@@ -79,7 +82,11 @@ class Environment:
         policy = env.get("SWARM_SCHEDULER", "swarm")
         if policy not in POLICIES:
             raise UsageError(f"SWARM_SCHEDULER={policy}: use swarm, fifo or equal")
-        return cls(scheduler=policy, ffmpeg=env.get("SWARM_FFMPEG") or None,
+        parting = env.get("SWARM_PART_RENDITIONS", "1")
+        if parting not in ("0", "1"):
+            raise UsageError(f"SWARM_PART_RENDITIONS={parting}: use 1 (the default) or 0")
+        return cls(scheduler=policy, part_renditions=parting == "1",
+                   ffmpeg=env.get("SWARM_FFMPEG") or None,
                    cache_dir=_cache_dir(env), term=env.get("TERM", ""),
                    secret=env.get("SWARM_SECRET"), config_dir=_config_dir(env))
 

@@ -18,7 +18,8 @@ from typing import ClassVar
 
 __all__ = [
     "AudioDone", "AudioStart", "BatchEnd", "BatchEvent", "BatchStart", "ChunkDone",
-    "ChunkDuplicate", "ChunkFailed", "ChunkLost", "ChunkProgress", "ChunkRequeued",
+    "ChunkDuplicate", "ChunkFailed", "ChunkLost", "ChunkParted", "ChunkProgress",
+    "ChunkRequeued",
     "ChunkSplit", "ChunkStart", "ChunkUpload", "FileDone", "FileFailed", "FileSkipped",
     "FileStart", "HlsBehind", "HlsEnd", "HlsSegment", "ImageSkipped", "InFile", "JobEnd",
     "JobEvent",
@@ -164,6 +165,19 @@ class ChunkSplit:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkParted:
+    """A pending ladder chunk's renditions parted at the tail (``swarm.scheduler``, item
+    5): it keeps the ``renditions`` (like "720p") its claimer encodes; a new chunk ``rest``
+    of the same frames holds the ``rest_renditions``. Both are joined once verified."""
+
+    kind: ClassVar[str] = "chunk_parted"
+    chunk: int
+    renditions: tuple[str, ...]
+    rest: int
+    rest_renditions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkDuplicate:
     """A valid result for a chunk another attempt already delivered: dropped."""
 
@@ -292,7 +306,7 @@ class JobEnd:
 
 
 JobEvent = (JobStart | Tracks | JobResumed | Listening | ChunkStart | ChunkProgress
-            | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkSplit
+            | ChunkUpload | ChunkDone | ChunkFailed | ChunkRequeued | ChunkSplit | ChunkParted
             | ChunkDuplicate | ChunkLost | PeerBenched | PeerJoined | PeerLeft | PeerForeign
             | PeerUnreachable | NoPeers | AudioStart | AudioDone | HlsSegment | HlsBehind
             | HlsEnd | Merge | JobEnd)

@@ -137,8 +137,10 @@ class Grant:
     duplicate: bool = False
     # The unstarted attempt this one took the chunk from (now cancelled).
     replaces: str | None = None
-    # The chunk was cut to this peer's share: this new chunk holds the rest of its frames.
+    # The chunk was cut to this peer's share: this new chunk holds the rest of its frames;
+    # with ``rungs`` (the ones this peer encodes), parted: the new chunk holds the others.
     split: int | None = None
+    rungs: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,8 @@ class Job:
                  source_bytes: Iterable[float] | None = None,
                  silent_s: float | None = None,
                  cuts: Iterable[Iterable[int]] | None = None, min_piece: int = 1,
-                 expected_slots: int = 1, pipeline_frames: int = 0) -> None:
+                 expected_slots: int = 1, pipeline_frames: int = 0,
+                 rung_shares: Iterable[float] | None = None) -> None:
         self.chunks = []
         first = 0
         for i, n in enumerate(frames_per_chunk):
@@ -224,11 +227,17 @@ class Job:
             policy, work, [c.frames for c in self.chunks], self.attempts, absent_s=lease_s,
             source_bytes=list(source_bytes) if source_bytes is not None else None,
             cuts=[list(c) for c in cuts] if cuts is not None else None, min_piece=min_piece,
-            expected_slots=expected_slots)
+            expected_slots=expected_slots,
+            rung_shares=list(rung_shares) if rung_shares is not None else None)
         self.scheduler.pipeline_frames = max(0, pipeline_frames)
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
         self._done = 0
         self._frames_done = 0
+        # Parted ladder chunks (``Grant.rungs``): each part's index -> the chunk it was
+        # parted from first, and that chunk -> all its parts (itself too). Its frames count
+        # as done once every part is.
+        self.part_of: dict[int, int] = {}
+        self.parts: dict[int, list[int]] = {}
 
     @property
     def policy(self) -> str:
@@ -300,6 +309,15 @@ class Job:
     def running(self) -> list[Attempt]:
         return [self.attempts[x] for x in self._running]
 
+    def whole_done(self, index: int) -> int | None:
+        """The chunk ``index`` is or was parted from, if it and all its parts are done
+        (``index`` itself for a chunk never parted, once done); else None."""
+        root = self.part_of.get(index, index)
+        family = self.parts.get(root, [root])
+        if all(self.chunks[i].state is ChunkState.DONE for i in family):
+            return root
+        return None
+
     def attempt(self, attempt_id: str) -> Attempt:
         try:
             return self.attempts[attempt_id]
@@ -338,7 +356,13 @@ class Job:
         if pick.victim is not None:
             self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,
                       f"taken over by {peer}")
-        if pick.split is not None:
+        if pick.split is not None and pick.rungs is not None:
+            root = self.part_of.get(pick.chunk, pick.chunk)
+            self.parts.setdefault(root, [root]).append(pick.split)
+            self.part_of[pick.split] = self.part_of[pick.chunk] = root
+            assert pick.split == len(self.chunks)
+            self.chunks.append(Chunk(pick.split, chunk.frames, chunk.first))
+        elif pick.split is not None:
             chunk.frames = self.scheduler.frames[pick.chunk]
             rest = Chunk(pick.split, self.scheduler.frames[pick.split],
                          chunk.first + chunk.frames)
@@ -355,7 +379,7 @@ class Job:
         self.scheduler.assigned(a, now)
         return Grant(attempt_id, pick.chunk, peer, self.lease_s, queued=pick.queued,
                      duplicate=pick.kind is PickKind.DUPLICATE, replaces=pick.victim,
-                     split=pick.split)
+                     split=pick.split, rungs=pick.rungs)
 
     def progress(self, attempt_id: str, frames_done: int, now: float) -> bool:
         """Renew the lease; False means the attempt is no longer wanted (stop it).
@@ -401,7 +425,8 @@ class Job:
         self.scheduler.heard(a.peer, now)  # it is being answered now
         chunk.winner = attempt_id
         self._done += 1
-        self._frames_done += chunk.frames
+        if self.whole_done(a.chunk) is not None:
+            self._frames_done += chunk.frames
         a.frames_done = chunk.frames
         self._end(a, AttemptOutcome.OK, now, "")
         for other in chunk.attempts:

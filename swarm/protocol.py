@@ -66,9 +66,10 @@ __all__ = [
 # an older node then hears "protocol version N" instead of "missing fields" (v2: NodeInfo's
 # pyz_sha256, AttemptFailed, Invite's nonce and InviteReply; v3: Assignment's slides and
 # keyframes_s, Invite's ladder; v4: Invite's priority and coordinator_name, NodeInfo's
-# working_for; v5: NodeInfo's device_id, closed and tls_port). tests/test_protocol.py pins the
-# schema per version, so a wire change without a bump fails there.
-PROTOCOL_VERSION: Final = 5
+# working_for; v5: NodeInfo's device_id, closed and tls_port; v6: Assignment's rungs).
+# tests/test_protocol.py pins the schema per version, so a wire change without a bump fails
+# there.
+PROTOCOL_VERSION: Final = 6
 CONTENT_TYPE: Final = "application/msgpack"
 
 # The largest legitimate body is an Invite with a full profile (48 keys of 32 + 128 chars,
@@ -231,6 +232,16 @@ def _tuple_of(item: Check, max_items: int) -> Check:
             raise _Invalid(f"item {exc}") from exc
 
     return check
+
+
+def _rung_indices(value: object) -> object:
+    """Indices into an invite's ladder, ascending, each once (the peer checks them against
+    the ladder it was given)."""
+    rungs = _tuple_of(_int(0, MAX_RUNGS - 1), MAX_RUNGS)(value)
+    assert isinstance(rungs, tuple)
+    if list(rungs) != sorted(set(rungs)):
+        raise _Invalid("must be ascending rung indices, each once")
+    return rungs
 
 
 def _mapping_of(key: Check, item: Check, max_items: int) -> Check:
@@ -561,6 +572,9 @@ class Assignment(Message):
     # where the chunk's HLS segments start after its first (``--segment-seconds``).
     keyframes_s: Annotated[tuple[float, ...],
                            _tuple_of(_float(-MAX_MEDIA_S, MAX_MEDIA_S), MAX_KEYFRAMES)] = ()
+    # A ladder chunk parted across peers (swarm.scheduler, item 5): the invite's rungs this
+    # peer encodes, by index, one output stream each in this order. Empty: every rung.
+    rungs: Annotated[tuple[int, ...], _rung_indices] = ()
 
 
 @_message

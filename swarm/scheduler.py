@@ -29,6 +29,14 @@ state and calls the hooks below whenever an attempt is handed out, reports progr
    must not take a third of a short job. So does a peer not measured yet among others
    (benchmarks can be far off) until its reports give its rate, which its prefetch waits
    for.
+5. **A ladder's renditions parted.** Where a chunk cannot be cut in time (an ``--hls`` plan,
+   a chunk length the user chose) and fewer chunks are pending than there are slots to take
+   them (the tail), a ladder chunk (``rung_shares``) may be parted instead: the claimer gets
+   some of its rungs (``split_rungs``), the other rungs stay pending as a chunk of their
+   own, for another peer. Each part decodes the source again, so a part's work counts that
+   decode (``RUNG_DECODE_SHARE``), and a chunk is parted only where that ends the pending
+   work at least ``PART_GAIN`` sooner than whole chunks would: one chunk left for two idle
+   peers, not two chunks for three (``_parting``).
 
 Speeds are work units (frames x output pixels) per second, first from the peer's benchmark,
 then an EWMA of what its finished attempts achieved. In-flight estimates use progress reports.
@@ -166,6 +174,15 @@ LOOK_AHEAD = 4
 PREFETCH_LEAD_S = 3.0
 # In the opening round a claim takes at most pending / (this x expected slots).
 OPENING_SHARE = 2.0
+# A chunk is parted by rendition (item 5) only if that ends the pending work at least this
+# share of the time sooner: a part costs the swarm a second decode of the source.
+PART_GAIN = 0.05
+# Share of a ladder chunk's work that is the decode of its source, which each part of a
+# parted chunk (item 5) does again. bench/ladder (the shipped ladder, veryfast, a grainy 25
+# Mb/s 1080p source): one decode cost 0.22 of three separate encodes, about 0.45 of the one
+# split encode of all three rungs; cleaner sources and slower presets cost less. Set high,
+# so that a part is never thought cheaper than it is.
+RUNG_DECODE_SHARE = 0.4
 
 
 class PickKind(enum.Enum):
@@ -180,8 +197,10 @@ class Pick:
     kind: PickKind = PickKind.NEW
     victim: str | None = None  # the attempt to cancel (STEAL only)
     queued: bool = False  # a prefetch: the peer starts it after what it holds
-    # The chunk was cut (``Scheduler.split``): this new chunk holds the rest of its frames.
+    # The chunk was cut (``Scheduler.split``): this new chunk holds the rest of its frames;
+    # or, with ``rungs``, parted (``Scheduler.split_rungs``): it holds the other rungs.
     split: int | None = None
+    rungs: tuple[int, ...] | None = None  # a parted chunk: the rungs the claimer encodes
 
 
 @dataclass(slots=True)
@@ -208,7 +227,8 @@ class Scheduler:
                  attempts: Mapping[str, Attempt],
                  source_bytes: Sequence[float] | None = None,
                  cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
-                 expected_slots: int = 1) -> None:
+                 expected_slots: int = 1, rung_shares: Sequence[float] | None = None
+                 ) -> None:
         self.work = list(work)
         self.frames = list(frames)
         # Where each chunk may be cut (frame offsets inside it, ascending); a cut leaves at
@@ -226,6 +246,15 @@ class Scheduler:
                      ] if cuts is not None else [[] for _ in self.work]
         # Once, not per claim: a scan of 16 000 chunks' cut lists made claims 6x dearer.
         self._can_cut = any(self.cuts)
+        # A ladder (item 5): each rung's share of a chunk's encode (its pixels), and per
+        # chunk the rungs it holds and the work it would be with all of them.
+        shares = tuple(rung_shares or ())
+        if shares and (len(shares) < 2 or min(shares) <= 0
+                       or not math.isclose(sum(shares), 1.0)):
+            raise LocalProtocolError("rung_shares: two or more shares > 0 that sum to 1")
+        self.rung_shares = shares
+        self.groups: list[tuple[int, ...]] = [tuple(range(len(shares)))] * len(self.work)
+        self.whole = list(self.work)
         # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
         self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
             [0.0] * len(self.work))
@@ -254,12 +283,45 @@ class Scheduler:
         for values in (self.work, self.bytes):
             values.append(values[chunk] * (1 - share))
             values[chunk] *= share
+        self.whole.append(self.whole[chunk] * (1 - share))
+        self.whole[chunk] *= share
+        self.groups.append(self.groups[chunk])
         self.frames[chunk] = at
         self.frames.append(n - at)
         cuts = self.cuts[chunk]
         self.cuts[chunk] = [o for o in cuts if o < at]
         self.cuts.append([o - at for o in cuts if o > at])
         return new
+
+    def part_work(self, chunk: int, rungs: Sequence[int]) -> float:
+        """The work of encoding only ``rungs`` of ``chunk``: its decode, then their share."""
+        return self.whole[chunk] * (RUNG_DECODE_SHARE + (1 - RUNG_DECODE_SHARE)
+                                    * sum(self.rung_shares[r] for r in rungs))
+
+    def split_rungs(self, chunk: int, take: tuple[int, ...]) -> int:
+        """Part ``chunk`` (item 5): it keeps the rungs ``take``, a new chunk (the returned
+        index) gets its other rungs, the same frames and source bytes; neither is cut in time
+        later (both must hold the same frames). Only for a chunk no attempt has started."""
+        group = self.groups[chunk]
+        rest = tuple(r for r in group if r not in take)
+        if not take or not rest or not set(take) <= set(group):
+            raise LocalProtocolError(f"chunk {chunk}: cannot part rungs {group} as {take}")
+        new = len(self.work)
+        self.work[chunk], kept = self.part_work(chunk, take), self.part_work(chunk, rest)
+        self.work.append(kept)
+        self.whole.append(self.whole[chunk])
+        self.bytes.append(self.bytes[chunk])
+        self.frames.append(self.frames[chunk])
+        self.cuts[chunk] = []
+        self.cuts.append([])
+        self.groups[chunk] = take
+        self.groups.append(rest)
+        return new
+
+    def _partings(self, chunk: int) -> list[tuple[int, ...]]:
+        """The rungs a claimer may take of ``chunk``: every run of them from either end."""
+        group = self.groups[chunk]
+        return [p for k in range(1, len(group)) for p in (group[:k], group[k:])]
 
     # -- peers ---------------------------------------------------------------------------
     def add_peer(self, peer: str, speed: float | None, now: float, slots: int = 1) -> PeerState:
@@ -552,9 +614,10 @@ class SwarmScheduler(Scheduler):
                  attempts: Mapping[str, Attempt], absent_s: float = 30.0,
                  source_bytes: Sequence[float] | None = None,
                  cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
-                 expected_slots: int = 1) -> None:
+                 expected_slots: int = 1, rung_shares: Sequence[float] | None = None
+                 ) -> None:
         super().__init__(work, frames, attempts, source_bytes, cuts, min_piece,
-                         expected_slots)
+                         expected_slots, rung_shares)
         # Requeued chunks go to the front: they are the ones already late.
         self._pending: deque[int] = deque(range(len(self.work)))
         self._pending_work = float(sum(self.work))
@@ -599,9 +662,10 @@ class SwarmScheduler(Scheduler):
                                             for x in ps.attempts):
                 return None  # when it is free is a benchmark's guess until reports come
         if self._pending:
-            chunk, at, without = self._choose(ps, ready, now)
+            chunk, at, take, without = self._choose(ps, ready, now, queued)
             share = 1.0 if at is None else at / self.frames[chunk]
-            finish = ready + self.work[chunk] * share / ps.speed
+            piece = self.work[chunk] * share if take is None else self.part_work(chunk, take)
+            finish = ready + piece / ps.speed
             if queued:  # downloads from now on, encodes once the encoder is free
                 finish = max(finish, now + self.transfer_s(ps, chunk) * share)
             # A peer never measured gets one chunk while plenty remain: its benchmark may be
@@ -623,11 +687,14 @@ class SwarmScheduler(Scheduler):
                 self._pending.remove(chunk)  # one of the first LOOK_AHEAD
             self._pending_work -= self.work[chunk]
             rest = None
-            if at is not None:
+            if take is not None:
+                rest = self.split_rungs(chunk, take)
+            elif at is not None:
                 rest = self.split(chunk, at)
+            if rest is not None:
                 self._pending.appendleft(rest)  # next in line
                 self._pending_work += self.work[rest]
-            return Pick(chunk, queued=queued, split=rest)
+            return Pick(chunk, queued=queued, split=rest, rungs=take)
         return None if queued else self._tail(ps, now)
 
     def _known(self, ps: PeerState) -> bool:
@@ -650,17 +717,20 @@ class SwarmScheduler(Scheduler):
         return (sum(q.slots for q in live) < self.expected_slots
                 and not any(q.observed for q in live))
 
-    def _choose(self, ps: PeerState, ready: float, now: float
-                ) -> tuple[int, int | None, float]:
+    def _choose(self, ps: PeerState, ready: float, now: float, queued: bool
+                ) -> tuple[int, int | None, tuple[int, ...] | None, float]:
         """The pending chunk for ``ps`` (free at ``ready``) and where to cut it (None: take
-        it whole): of the first LOOK_AHEAD pending chunks, the piece closest to its share,
-        the largest one within it, else the smallest one beyond it. Looking past the head
-        matters when the head is a remainder that cannot be cut again (a 3 s rest where a
-        slow peer's share is 2 s) while the next chunk can."""
+        it whole) or which of its rungs to part off for it (item 5; None: all): of the first
+        LOOK_AHEAD pending chunks, the piece closest to its share, the largest one within
+        it, else the smallest one beyond it. Looking past the head matters when the head is
+        a remainder that cannot be cut again (a 3 s rest where a slow peer's share is 2 s)
+        while the next chunk can."""
         head = self._pending[0]
         window = list(itertools.islice(self._pending, LOOK_AHEAD))
+        if not queued and (parting := self._parting(ps, ready, now, window)) is not None:
+            return parting[0], None, parting[1], math.inf
         if not any(self.cuts[c] for c in window):
-            return head, None, math.inf
+            return head, None, None, math.inf
         share, without = self._share(ps, ready, now)
         limit = share * (1 + SHARE_OVERSHOOT)
         best: tuple[tuple[bool, float], int, int | None] | None = None
@@ -680,7 +750,50 @@ class SwarmScheduler(Scheduler):
                 best = (key, c, at)
         assert best is not None
         # Only a piece beyond the share can end after the others would without it.
-        return best[1], best[2], without if best[0][0] else math.inf
+        return best[1], best[2], None, without if best[0][0] else math.inf
+
+    def _parting(self, ps: PeerState, ready: float, now: float, window: list[int]
+                 ) -> tuple[int, tuple[int, ...]] | None:
+        """Which chunk of ``window`` to part for ``ps``'s idle slot, and the rungs it takes
+        (item 5), if that ends the pending work clearly sooner than whole chunks would:
+        only at the tail (fewer chunks pending than live slots), for ladder chunks that
+        cannot be cut in time. Both ways are list-scheduled onto the slots as they come
+        free (the largest piece first to the slot that ends it soonest), the claimer's slot
+        taking its part at once; a part's work counts its own decode."""
+        if not self.rung_shares:
+            return None
+        lanes = self._lanes(ps, ready, now)
+        if len(self._pending) >= len(lanes):
+            return None
+        partable = [c for c in window if len(self.groups[c]) > 1 and not self.cuts[c]]
+        if not partable:
+            return None
+        pending = list(self._pending)
+        whole = _makespan([self.work[c] for c in pending], lanes)
+        best: tuple[float, int, tuple[int, ...]] | None = None
+        for c in partable:
+            others = [self.work[x] for x in pending if x != c]
+            for take in self._partings(c):
+                rest = tuple(r for r in self.groups[c] if r not in take)
+                mine = (ready + self.part_work(c, take) / ps.speed, ps.speed)
+                end = _makespan([*others, self.part_work(c, rest)], [mine, *lanes[1:]])
+                if best is None or end < best[0]:
+                    best = (end, c, take)
+        if best is None or best[0] - now > (whole - now) * (1 - PART_GAIN):
+            return None
+        return best[1], best[2]
+
+    def _lanes(self, ps: PeerState, ready: float, now: float) -> list[tuple[float, float]]:
+        """Every live slot as (free from, work/s), the claimer's first (as ``_share``
+        counts them)."""
+        stale = now - self.absent_s
+        lanes = [(ready, ps.speed)]
+        for q in self.peers.values():
+            if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
+                continue
+            free = max(q.ready, now) if q.attempts else now
+            lanes += [(free, q.speed)] * (q.slots - 1 if q is ps else q.slots)
+        return lanes
 
     def _share(self, ps: PeerState, ready: float, now: float) -> tuple[float, float]:
         """The work ``ps``'s claiming slot can do from ``ready`` until E, the time at which
@@ -873,16 +986,27 @@ class SwarmScheduler(Scheduler):
         return live
 
 
+def _makespan(works: Sequence[float], lanes: Sequence[tuple[float, float]]) -> float:
+    """When ``works`` end on ``lanes`` (free from, work/s), list-scheduled: the largest
+    first, each to the lane that ends it soonest; the latest lane's end, busy ones included."""
+    ends = [(free, speed) for free, speed in lanes]
+    for w in sorted(works, reverse=True):
+        i = min(range(len(ends)), key=lambda k: ends[k][0] + w / ends[k][1])
+        ends[i] = (ends[i][0] + w / ends[i][1], ends[i][1])
+    return max(free for free, _ in ends)
+
+
 def make_scheduler(policy: str, work: Sequence[float], frames: Sequence[int],
                    attempts: Mapping[str, Attempt], absent_s: float = 30.0,
                    source_bytes: Sequence[float] | None = None,
                    cuts: Sequence[Sequence[int]] | None = None, min_piece: int = 1,
-                   expected_slots: int = 1) -> Scheduler:
-    """``cuts``, ``min_piece`` and ``expected_slots`` are the swarm policy's (the baselines
-    hand out the chunks as planned)."""
+                   expected_slots: int = 1, rung_shares: Sequence[float] | None = None
+                   ) -> Scheduler:
+    """``cuts``, ``min_piece``, ``expected_slots`` and ``rung_shares`` are the swarm
+    policy's (the baselines hand out the chunks as planned)."""
     if policy == "swarm":
         return SwarmScheduler(work, frames, attempts, absent_s, source_bytes, cuts,
-                              min_piece, expected_slots)
+                              min_piece, expected_slots, rung_shares)
     if policy == "fifo":
         return FifoScheduler(work, frames, attempts, source_bytes)
     if policy == "equal":

@@ -26,6 +26,7 @@ JSON_FIELDS: dict[type, tuple[str, ...]] = {
     ev.ChunkFailed: ("chunk", "attempt", "peer", "reason", "requeued", "fate", "benched"),
     ev.ChunkRequeued: ("chunk", "attempt", "peer", "reason"),
     ev.ChunkSplit: ("chunk", "frames", "rest", "rest_frames"),
+    ev.ChunkParted: ("chunk", "renditions", "rest", "rest_renditions"),
     ev.ChunkDuplicate: ("chunk", "attempt", "peer"),
     ev.ChunkLost: ("chunk", "reason"),
     ev.PeerBenched: ("peer", "reason"),

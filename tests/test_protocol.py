@@ -116,6 +116,7 @@ SAMPLES: list[Message] = [
         seek_s=130.0005,
         trim_s=129.98,
         keyframes_s=(133.98, 137.98),
+        rungs=(1, 2),
     ),
     Hello(node_id="0123456789abcdef", port=7800),
     Wait(retry_after_s=0.5),
@@ -183,7 +184,7 @@ def test_round_trip(msg: Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_envelope_has_version_and_tag(msg: Message) -> None:
     body = wire(msg)
-    assert body["v"] == PROTOCOL_VERSION == 5
+    assert body["v"] == PROTOCOL_VERSION == 6
     assert body["t"] == msg.TYPE
     assert MESSAGE_TYPES[msg.TYPE] is type(msg)
 
@@ -428,6 +429,12 @@ def test_wrong_field_type_is_422(msg: Message, field: str, value: object) -> Non
         (BY_TYPE[Assignment], "lease_s", 3601.0),
         (BY_TYPE[Assignment], "start_s", -0.001),
         (BY_TYPE[Assignment], "attempt", "a/b/c/d/e"),
+        (BY_TYPE[Assignment], "rungs", [2, 1]),  # ascending, each once
+        (BY_TYPE[Assignment], "rungs", [1, 1]),
+        (BY_TYPE[Assignment], "rungs", [8]),  # MAX_RUNGS - 1 at most
+        (BY_TYPE[Assignment], "rungs", [-1]),
+        (BY_TYPE[Assignment], "rungs", list(range(9))),
+        (BY_TYPE[Assignment], "rungs", [True]),
         (BY_TYPE[Wait], "retry_after_s", 0.01),
         (BY_TYPE[Wait], "retry_after_s", 61),
         (BY_TYPE[Progress], "frames_done", -1),
@@ -681,6 +688,25 @@ WIRE_SCHEMAS = {
         "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
                    "seek_s", "trim_s", "prefetch_bytes", "slides",
                    "keyframes_s"),
+        "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
+        "claim": ("node_id", "slot", "prefetch"),
+        "hello": ("node_id", "port"),
+        "invite": ("job_id", "coordinator_url", "profile", "nonce", "ladder", "priority",
+                   "coordinator_name"),
+        "invite_reply": ("accepted", "reason", "node_id", "proof"),
+        "job_done": ("job_id",),
+        "node_info": ("node_id", "name", "version", "arch", "cpus", "ffmpeg", "encoders",
+                      "scores", "state", "job_id", "slots", "pyz_sha256", "working_for",
+                      "device_id", "closed", "tls_port"),
+        "progress": ("job_id", "chunk", "attempt", "frames_done", "fps", "queued"),
+        "progress_ack": ("keep", "queued_keep"),
+        "result_ack": ("accepted", "reason"),
+        "wait": ("retry_after_s",),
+    },
+    6: {
+        "assign": ("job_id", "chunk", "attempt", "lease_s", "start_s", "frames", "source_path",
+                   "seek_s", "trim_s", "prefetch_bytes", "slides",
+                   "keyframes_s", "rungs"),
         "attempt_failed": ("job_id", "chunk", "attempt", "reason"),
         "claim": ("node_id", "slot", "prefetch"),
         "hello": ("node_id", "port"),

@@ -394,3 +394,71 @@ def test_finish_estimates_count_the_frames_the_encoder_still_holds() -> None:
         job.progress(a.attempt, 60, 1.0)  # the lookahead's burst: the rate counts from here
         job.progress(a.attempt, 80, 3.0)  # 10 frames/s
         assert job.attempts[a.attempt].est_finish == pytest.approx(finish)
+
+
+# -- a ladder's renditions parted at the tail (swarm.scheduler, item 5) --------------------
+LADDER = (0.6, 0.27, 0.13)  # 1080p, 720p and 480p's shares of a chunk's encode
+
+
+def _ladder_job(chunks: int, peers: list[str]) -> Job:
+    job = Job([100] * chunks, rung_shares=LADDER)
+    for p in peers:
+        job.add_peer(p, 1.0, 0.0)
+    return job
+
+
+def test_the_last_ladder_chunk_is_parted_between_two_idle_peers() -> None:
+    job = _ladder_job(1, ["a", "b"])
+    g = _assign(job.claim("a", 0.0))
+    assert g.rungs == (0,) and g.split == 1  # the top rung; the two others stay pending
+    h = _assign(job.claim("b", 0.0))
+    assert h.chunk == 1 and h.rungs is None
+    groups = job.scheduler.groups
+    assert groups[0] == (0,) and groups[1] == (1, 2)
+    assert job.chunks[1].frames == job.chunks[0].frames == 100
+    assert job.chunks[1].first == job.chunks[0].first == 0
+    # Each part pays its own decode: together more than the whole chunk, each less.
+    work = job.scheduler.work
+    assert max(work[0], work[1]) < 100 < work[0] + work[1]
+    assert job.succeeded(g.attempt, 76.0)
+    assert job.whole_done(0) is None and job.frames_done == 0 and not job.done
+    assert job.succeeded(h.attempt, 64.0)
+    assert job.whole_done(0) == job.whole_done(1) == 0
+    assert job.frames_done == 100 and job.done
+
+
+def test_a_failed_part_comes_back_with_its_rungs() -> None:
+    job = _ladder_job(1, ["a", "b"])
+    g = _assign(job.claim("a", 0.0))
+    job.failed(g.attempt, 1.0, "broken")
+    again = _assign(job.claim("a", 2.0))
+    assert again.chunk == 0 and job.scheduler.groups[0] == (0,)
+    assert job.scheduler.groups[1] == (1, 2)  # still pending: the other part
+
+
+def test_ladder_chunks_stay_whole_while_every_slot_has_one() -> None:
+    job = _ladder_job(3, ["a", "b"])
+    first = [_assign(job.claim(p, 0.0)) for p in ("a", "b")]
+    assert all(g.rungs is None and g.split is None for g in first)
+    for g in first:
+        job.succeeded(g.attempt, 100.0)
+    last = _assign(job.claim("a", 100.0))  # one chunk, two idle slots: the tail
+    assert last.rungs is not None
+
+
+def test_two_ladder_chunks_for_three_peers_stay_whole() -> None:
+    """Parting one of them would not end the job sooner: the other takes as long whole."""
+    job = _ladder_job(2, ["a", "b", "c"])
+    grants = [job.claim(p, 0.0) for p in ("a", "b", "c")]
+    assert [g.rungs for g in grants if isinstance(g, Grant)] == [None, None]
+    assert len(job.chunks) == 2
+
+
+def test_without_a_ladder_no_chunk_is_parted() -> None:
+    job = Job([100])
+    for p in ("a", "b"):
+        job.add_peer(p, 1.0, 0.0)
+    g = _assign(job.claim("a", 0.0))
+    assert g.rungs is None and g.split is None and len(job.chunks) == 1
+    with pytest.raises(LocalProtocolError):
+        Job([100], rung_shares=(1.0,))

@@ -1,0 +1,146 @@
+"""A ladder chunk's renditions parted across encoders at the tail (swarm.scheduler, item 5).
+
+One chunk and two encoder slots: the first slot takes the top rung, the second the two
+others, each decoding the source itself; the coordinator verifies both parts, joins them
+into one chunk file and publishes it. The output must be what the same job writes with the
+chunk kept whole: the same packets in every rendition, frame-exact, through the files and
+the HLS playlists. Real ffmpeg, a real peer node over HTTP for the remote case.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from chunker.commands import VideoPlan
+from chunker.tools import find_ffmpeg
+from media import FFMPEG, decode_errors, media_info
+from peer.coordinator import run_encode
+from peer.node import Node, NodeConfig
+from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from profiles import Rung, load_profile
+from swarm.events import ChunkDone, ChunkParted, JobEvent
+
+HEIGHTS = (360, 240, 144)
+SECONDS = 4
+
+
+def _make_source(path: Path) -> None:
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size=640x360:rate=25:duration={SECONDS}", "-f", "lavfi", "-i",
+                    f"sine=frequency=440:duration={SECONDS}", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-bf", "2", "-g", "25", "-c:a", "aac", "-shortest", str(path)],
+                   check=True, timeout=120)
+
+
+def _packets(path: Path) -> list[str]:
+    """Every video packet of ``path`` (dts, pts, duration, size, checksum), copied."""
+    res = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-copyts", "-i", str(path),
+                          "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return [line for line in res.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def _intent(src: Path, out: Path, hls: Path) -> JobIntent:
+    # One chunk of the whole clip, the user's length: it cannot be cut in time.
+    return JobIntent(str(src), f"{out}/", load_profile("hd-crf"), chunk_seconds=SECONDS,
+                     hls=str(hls), segment_s=2.0, ladder=HEIGHTS)
+
+
+async def _local_job(src: Path, folder: Path, parting: bool) -> tuple[dict[str, Any],
+                                                                   list[JobEvent]]:
+    events: list[JobEvent] = []
+    folder.mkdir()
+    opts = EncodeOptions(_intent(src, folder / "out", folder / "hls"),
+                         LocalSettings(workers=2, threads=1),
+                         tuning=Tuning(part_renditions=parting))
+    with trio.fail_after(240):
+        report = await run_encode(opts, events.append)
+    return report, events
+
+
+@pytest.fixture(scope="module")
+def local_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("parting")
+    src = tmp / "clip.mp4"
+    _make_source(src)
+    runs = {name: trio.run(_local_job, src, tmp / name, name == "parted")
+            for name in ("parted", "whole")}
+    return {"src": src, "tmp": tmp, "runs": runs}
+
+
+def test_the_tail_chunk_is_parted_only_when_allowed(local_jobs: dict[str, Any]) -> None:
+    parted = [e for e in local_jobs["runs"]["parted"][1] if isinstance(e, ChunkParted)]
+    assert [(e.chunk, e.renditions, e.rest, e.rest_renditions) for e in parted] == [
+        (0, ("360p",), 1, ("240p", "144p"))]
+    done = [e for e in local_jobs["runs"]["parted"][1] if isinstance(e, ChunkDone)]
+    assert sorted(e.chunk for e in done) == [0, 1]
+    assert done[-1].frames_done == media_info(local_jobs["src"]).video.frames
+    assert not any(isinstance(e, ChunkParted) for e in local_jobs["runs"]["whole"][1])
+    # The report lists the source's one chunk, not its parts.
+    for name in ("parted", "whole"):
+        assert len(local_jobs["runs"][name][0]["chunks"]) == 1
+
+
+def test_a_parted_chunk_makes_the_same_output_as_a_whole_one(
+        local_jobs: dict[str, Any]) -> None:
+    tmp, src = local_jobs["tmp"], media_info(local_jobs["src"])
+    for h in HEIGHTS:
+        parted, whole = (tmp / name / "out" / f"clip.{h}p.mp4" for name in ("parted", "whole"))
+        assert decode_errors(parted) == ""
+        info = media_info(parted)
+        assert info.video.frames == src.video.frames and info.audios
+        assert min(info.video.width, info.video.height) == h
+        # x264 with the same settings and threads is deterministic: the same packets.
+        assert _packets(parted) == _packets(whole)
+    for name in ("parted", "whole"):
+        hls = tmp / name / "hls"
+        for playlist in sorted(hls.glob("video*.m3u8")):
+            assert playlist.read_text().endswith("#EXT-X-ENDLIST\n")
+            assert len(_packets(playlist)) == src.video.frames
+        assert len(list(hls.glob("video*.m3u8"))) == len(HEIGHTS)
+    # Nothing of the parts is left behind.
+    assert not list(tmp.glob("**/part_*.nut"))
+
+
+async def test_a_peer_encodes_the_rungs_it_is_given(tmp_path: Path) -> None:
+    """The parts go over the wire (``Assignment.rungs``) to a peer with two slots."""
+    src = tmp_path / "clip.mp4"
+    _make_source(src)
+    events: list[JobEvent] = []
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            node = Node(NodeConfig(name="peer-a", port=0, host="127.0.0.1", secret="k",
+                                   advertise=False, slots=2), find_ffmpeg())
+            await nursery.start(node.run)
+            opts = EncodeOptions(
+                _intent(src, tmp_path / "out", tmp_path / "hls"), LocalSettings(no_local=True),
+                NetworkSettings(enabled=True, discover=False, name="coord", secret="k",
+                                peers=(f"127.0.0.1:{node.port}",)))
+            report = await run_encode(opts, events.append)
+            nursery.cancel_scope.cancel()
+    assert any(isinstance(e, ChunkParted) for e in events)
+    assert [c["peer"] for c in report["chunks"]] == ["peer-a"]
+    frames = media_info(src).video.frames
+    for h in HEIGHTS:
+        path = tmp_path / "out" / f"clip.{h}p.mp4"
+        assert decode_errors(path) == "" and media_info(path).video.frames == frames
+
+
+def test_a_part_plan_keeps_each_rung_as_the_ladder_has_it() -> None:
+    rungs = (Rung(360, 640, crf=23), Rung(240, 426, crf=24), Rung(144, 256, crf=26))
+    plan = VideoPlan(640, 360, 25, None, rungs)
+    assert plan.part(()) is plan and plan.part((0, 1, 2)) is plan
+    part = plan.part((1, 2))
+    assert (part.width, part.height, part.rungs) == (426, 240, rungs[1:])
+    assert part.gop_frames == 25 and part.renditions == 2
+    for bad in ((3,), (2, 1), (1, 1)):
+        with pytest.raises(ValueError):
+            plan.part(bad)
+    with pytest.raises(ValueError):
+        replace(plan, rungs=()).part((0,))
