@@ -55,7 +55,6 @@ def _intent(src: Path, out: Path, hls: Path) -> JobIntent:
 async def _local_job(src: Path, folder: Path, parting: bool) -> tuple[dict[str, Any],
                                                                    list[JobEvent]]:
     events: list[JobEvent] = []
-    folder.mkdir()
     opts = EncodeOptions(_intent(src, folder / "out", folder / "hls"),
                          LocalSettings(workers=2, threads=1),
                          tuning=Tuning(part_renditions=parting))
@@ -69,6 +68,8 @@ def local_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("parting")
     src = tmp / "clip.mp4"
     _make_source(src)
+    for name in ("parted", "whole"):
+        (tmp / name).mkdir()
     runs = {name: trio.run(_local_job, src, tmp / name, name == "parted")
             for name in ("parted", "whole")}
     return {"src": src, "tmp": tmp, "runs": runs}
