@@ -239,6 +239,7 @@ class JobServer:
             # Our own slots die with us and owe no heartbeat (run_encode announces them;
             # a caller that did not gets them at the default speed, one slot).
             self.job.add_peer(peer, None, now, heartbeat=False)
+        self.job.scheduler.awaited = sum(self.peers[p].slots for p in self.awaited(now))
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant) and action.split is not None:
             if action.rungs is not None:

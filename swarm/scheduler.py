@@ -265,6 +265,9 @@ class Scheduler:
         self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
         self._chunk_running: dict[int, list[str]] = {}
         self.hold = 0.0  # after pick() returned None: a suggested retry delay, 0 = default
+        # Slots of peers that accepted the job but have not claimed yet (set by the shell
+        # before a claim): parting a chunk (item 5) counts on them, nothing else does.
+        self.awaited = 0
 
     def drop(self, chunk: int) -> None:
         """Forget a chunk that needs no encoding (restored before the first claim)."""
@@ -662,7 +665,7 @@ class SwarmScheduler(Scheduler):
                                             for x in ps.attempts):
                 return None  # when it is free is a benchmark's guess until reports come
         if self._pending:
-            chunk, at, take, without = self._choose(ps, ready, now, queued)
+            chunk, at, take, without = self._choose(ps, ready, now)
             share = 1.0 if at is None else at / self.frames[chunk]
             piece = self.work[chunk] * share if take is None else self.part_work(chunk, take)
             finish = ready + piece / ps.speed
@@ -717,7 +720,7 @@ class SwarmScheduler(Scheduler):
         return (sum(q.slots for q in live) < self.expected_slots
                 and not any(q.observed for q in live))
 
-    def _choose(self, ps: PeerState, ready: float, now: float, queued: bool
+    def _choose(self, ps: PeerState, ready: float, now: float
                 ) -> tuple[int, int | None, tuple[int, ...] | None, float]:
         """The pending chunk for ``ps`` (free at ``ready``) and where to cut it (None: take
         it whole) or which of its rungs to part off for it (item 5; None: all): of the first
@@ -727,7 +730,7 @@ class SwarmScheduler(Scheduler):
         while the next chunk can."""
         head = self._pending[0]
         window = list(itertools.islice(self._pending, LOOK_AHEAD))
-        if not queued and (parting := self._parting(ps, ready, now, window)) is not None:
+        if (parting := self._parting(ps, ready, now, window)) is not None:
             return parting[0], None, parting[1], math.inf
         if not any(self.cuts[c] for c in window):
             return head, None, None, math.inf
@@ -759,7 +762,8 @@ class SwarmScheduler(Scheduler):
         only at the tail (fewer chunks pending than live slots), for ladder chunks that
         cannot be cut in time. Both ways are list-scheduled onto the slots as they come
         free (the largest piece first to the slot that ends it soonest), the claimer's slot
-        taking its part at once; a part's work counts its own decode."""
+        taking its part once it is free (a prefetch parts too: the tail's last chunk is
+        usually claimed ahead); a part's work counts its own decode."""
         if not self.rung_shares:
             return None
         lanes = self._lanes(ps, ready, now)
@@ -785,7 +789,7 @@ class SwarmScheduler(Scheduler):
 
     def _lanes(self, ps: PeerState, ready: float, now: float) -> list[tuple[float, float]]:
         """Every live slot as (free from, work/s), the claimer's first (as ``_share``
-        counts them)."""
+        counts them), and the ``awaited`` ones, free now at the mean speed."""
         stale = now - self.absent_s
         lanes = [(ready, ps.speed)]
         for q in self.peers.values():
@@ -793,7 +797,7 @@ class SwarmScheduler(Scheduler):
                 continue
             free = max(q.ready, now) if q.attempts else now
             lanes += [(free, q.speed)] * (q.slots - 1 if q is ps else q.slots)
-        return lanes
+        return lanes + [(now, self.default_speed())] * self.awaited
 
     def _share(self, ps: PeerState, ready: float, now: float) -> tuple[float, float]:
         """The work ``ps``'s claiming slot can do from ``ready`` until E, the time at which

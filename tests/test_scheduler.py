@@ -462,3 +462,26 @@ def test_without_a_ladder_no_chunk_is_parted() -> None:
     assert g.rungs is None and g.split is None and len(job.chunks) == 1
     with pytest.raises(LocalProtocolError):
         Job([100], rung_shares=(1.0,))
+
+
+def test_a_prefetch_parts_the_last_ladder_chunk() -> None:
+    """With prefetching the tail's last chunk is claimed ahead, by a busy peer."""
+    job = _ladder_job(3, ["a", "b"])
+    first = [_assign(job.claim(p, 0.0)) for p in ("a", "b")]
+    for g in first:
+        job.progress(g.attempt, 50, 50.0)
+    ahead = _assign(job.claim("a", 50.0, prefetch=True))
+    assert ahead.queued and ahead.chunk == 2 and ahead.rungs == (0,)
+    rest = _assign(job.claim("b", 50.0, prefetch=True))
+    assert rest.queued and rest.chunk == 3 and job.scheduler.groups[3] == (1, 2)
+
+
+def test_a_peer_that_accepted_the_job_counts_for_parting() -> None:
+    job = _ladder_job(1, ["a"])
+    job.scheduler.awaited = 1  # "b" accepted its invite and has not claimed yet
+    g = _assign(job.claim("a", 0.0))
+    assert g.rungs == (0,) and g.split == 1
+    job.add_peer("b", 1.0, 0.5)
+    assert _assign(job.claim("b", 0.5)).chunk == 1
+    lone = _ladder_job(1, ["a"])
+    assert _assign(lone.claim("a", 0.0)).rungs is None  # nobody else to take a part
