@@ -285,11 +285,16 @@ def join_parts_argv(ffmpeg: str, parts: Sequence[tuple[str, int]], out: str) -> 
     return [*argv, "-c", "copy", "-f", CHUNK_FORMAT, "-y", out]
 
 
-def packet_listing_argv(ffmpeg: str, path: str) -> list[str]:
-    """Every video packet of a chunk file (stream, dts, pts, duration, size, checksum) on
-    stdout, read without decoding: what ``join_parts_argv`` must keep unchanged."""
-    return [ffmpeg, *_QUIET, "-copyts", "-f", CHUNK_FORMAT, "-i", path, "-map", "0:v",
-            "-c", "copy", "-f", "framecrc", "-"]
+def packet_listing_argv(ffmpeg: str, paths: Sequence[str]) -> list[str]:
+    """Every video packet of some chunk files (stream, dts, pts, duration, size, checksum)
+    on stdout, read without decoding, in one process: the streams are numbered on across
+    the files in their order. What ``join_parts_argv`` must keep unchanged."""
+    argv = [ffmpeg, *_QUIET, "-copyts"]
+    for path in paths:
+        argv += ["-f", CHUNK_FORMAT, "-i", path]
+    for i in range(len(paths)):
+        argv += ["-map", f"{i}:v"]
+    return [*argv, "-c", "copy", "-f", "framecrc", "-"]
 
 
 def _audio_args(profile: Profile, tracks: Sequence[Kept]) -> list[str]:

@@ -66,7 +66,7 @@ from .options import EncodeOptions
 from .proc import run_ffmpeg
 from .transfer import unlink
 
-__all__ = ["JobServer", "PeerRecord", "output_pixels"]
+__all__ = ["JobServer", "PeerRecord", "joined_unchanged", "output_pixels"]
 
 
 @dataclass(slots=True)
@@ -578,19 +578,15 @@ class JobServer:
         final = os.path.join(self.workdir, f"chunk_{root:05d}.nut")
         try:
             await run_ffmpeg(join_parts_argv(self.ffmpeg.path, parts, final),
-                                   what=f"join chunk {root}")
-            listings = [await run_ffmpeg(packet_listing_argv(self.ffmpeg.path, p),
-                                               what="packet listing") for p, _ in parts]
-            joined = await run_ffmpeg(packet_listing_argv(self.ffmpeg.path, final),
-                                            what="packet listing")
+                             what=f"join chunk {root}")
+            # The parts' streams are numbered 0..R-1 in rung order, the joined file's R..2R-1.
+            listing = await run_ffmpeg(
+                packet_listing_argv(self.ffmpeg.path, [p for p, _ in parts] + [final]),
+                what="packet listing")
         except EncodeError as exc:
             self._join_failed(root, str(exc))
             return
-        offset, expected = 0, []
-        for (_, streams), res in zip(parts, listings, strict=True):
-            expected += _packets(res.stdout, offset)
-            offset += streams
-        if sorted(_packets(joined.stdout, 0)) != sorted(expected) or not expected:
+        if not joined_unchanged(listing.stdout, self.vplan.renditions):
             self._join_failed(root, "the joined file does not hold the parts' packets")
             return
         sets = await trio.to_thread.run_sync(self._param_sets_of, final, self.vplan.renditions)
@@ -828,15 +824,18 @@ def _chunk_bytes(info: MediaInfo | None, plans: list[ChunkPlan]) -> list[float] 
     return [info.size * p.frames / total for p in plans]
 
 
-def _packets(listing: bytes, offset: int) -> list[str]:
-    """A packet listing's lines (``packet_listing_argv``), streams renumbered from
-    ``offset``: what a joined file must hold of its parts."""
-    lines = []
+def joined_unchanged(listing: bytes, rungs: int) -> bool:
+    """Whether a packet listing (``packet_listing_argv`` of a parted chunk's parts, then of
+    their joined file) shows the joined file's ``rungs`` streams holding exactly the parts'
+    packets, stream by stream: same timestamps, sizes and checksums, none lost or added."""
+    parts: list[tuple[int, str]] = []
+    joined: list[tuple[int, str]] = []
     for line in listing.decode("ascii", "replace").splitlines():
         if line and not line.startswith("#"):
-            stream, _, rest = line.partition(",")
-            lines.append(f"{int(stream) + offset},{rest}")
-    return lines
+            stream, _, packet = line.partition(",")
+            n = int(stream)
+            (parts if n < rungs else joined).append((n % rungs, packet))
+    return bool(parts) and sorted(parts) == sorted(joined)
 
 
 def _layout_of(path: str, size: int, frames: int) -> Layout | None:

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import trio
 
-from chunker.commands import VideoPlan
+from chunker.commands import VideoPlan, encode_chunk_argv, join_parts_argv, packet_listing_argv
 from chunker.tools import find_ffmpeg
 from media import FFMPEG, decode_errors, media_info
 from peer.coordinator import run_encode
+from peer.jobserver import joined_unchanged
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
 from profiles import Rung, load_profile
@@ -145,3 +146,36 @@ def test_a_part_plan_keeps_each_rung_as_the_ladder_has_it() -> None:
             plan.part(bad)
     with pytest.raises(ValueError):
         replace(plan, rungs=()).part((0,))
+
+
+def test_a_join_that_changed_a_packet_is_caught(tmp_path: Path) -> None:
+    """The coordinator's check of a join (``joined_unchanged``) on real files: the parts
+    joined pass; a joined file holding another encode of a rung, or missing one, fails."""
+    ff = find_ffmpeg()
+    src = tmp_path / "clip.mp4"
+    _make_source(src)
+    rungs = (Rung(360, 640, crf=23), Rung(240, 426, crf=24), Rung(144, 256, crf=26))
+    plan = VideoPlan(640, 360, 25, None, rungs)
+    profile = load_profile("hd-crf")
+
+    def encode(part: VideoPlan, name: str) -> str:
+        path = str(tmp_path / name)
+        argv = encode_chunk_argv(ff.path, profile, part, str(src), None, None, 50,
+                                 progress=False, threads=1)
+        with open(path, "wb") as fh:
+            subprocess.run(argv, stdout=fh, check=True, timeout=120)
+        return path
+
+    a, b = encode(plan.part((0,)), "a.nut"), encode(plan.part((1, 2)), "b.nut")
+    other = encode(replace(plan, rungs=(replace(rungs[0], crf=30), *rungs[1:])).part((0,)),
+                   "other.nut")
+
+    def listing(parts: list[tuple[str, int]], joined: list[tuple[str, int]]) -> bytes:
+        out = str(tmp_path / "joined.nut")
+        subprocess.run(join_parts_argv(ff.path, joined, out), check=True, timeout=120)
+        return subprocess.run(packet_listing_argv(ff.path, [p for p, _ in parts] + [out]),
+                              capture_output=True, check=True, timeout=120).stdout
+
+    assert joined_unchanged(listing([(a, 1), (b, 2)], [(a, 1), (b, 2)]), 3)
+    assert not joined_unchanged(listing([(a, 1), (b, 2)], [(other, 1), (b, 2)]), 3)
+    assert not joined_unchanged(listing([(a, 1), (b, 2)], [(b, 2)]), 3)
