@@ -239,7 +239,7 @@ class JobServer:
             # Our own slots die with us and owe no heartbeat (run_encode announces them;
             # a caller that did not gets them at the default speed, one slot).
             self.job.add_peer(peer, None, now, heartbeat=False)
-        self.job.scheduler.awaited = sum(self.peers[p].slots for p in self.awaited(now))
+        self.job.scheduler.awaited = len(self.awaited(now))
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant) and action.split is not None:
             if action.rungs is not None:
@@ -544,13 +544,17 @@ class JobServer:
         rec.peer = self.name_of(a.peer)
         now = trio.current_time()
         started = self._attempt(attempt).started
-        rec.encode_s = now - (started if started is not None else now)
-        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        rec.encode_s = encode_s = now - (started if started is not None else now)
         rec.bytes_in = bytes_in
+        last = False  # of a parted chunk's parts, the one in last joins them
         if parted:
+            # Before any await: two parts accepted at once must not both think them last.
             self.part_files[a.chunk] = final
-            root = self.job.whole_done(a.chunk)
-            if root is not None:
+            root = self.job.part_of[a.chunk]
+            last = all(i in self.part_files for i in self.job.parts[root])
+        rec.bytes_out = (await trio.Path(final).stat()).st_size
+        if parted:
+            if last:
                 await self._join(root, attempt)
         else:
             rec.file = final
@@ -561,7 +565,8 @@ class JobServer:
                 self._journal_ended(*self.job.chunks[a.chunk].attempts)
             if self.on_verified is not None:
                 self.on_verified(a.chunk)
-        self.emit(ChunkDone(a.chunk, attempt, rec.peer, rec.encode_s, rec.plan.frames,
+        # This attempt's peer and time (a parted chunk's record now holds its parts' all).
+        self.emit(ChunkDone(a.chunk, attempt, self.name_of(a.peer), encode_s, rec.plan.frames,
                             self.job.frames_done))
         if self.job.done:
             self.last_done_remote = a.peer != self.local_key

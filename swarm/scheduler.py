@@ -255,6 +255,7 @@ class Scheduler:
         self.rung_shares = shares
         self.groups: list[tuple[int, ...]] = [tuple(range(len(shares)))] * len(self.work)
         self.whole = list(self.work)
+        self.parted_from: dict[int, int] = {}  # each part -> the chunk first parted
         # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
         self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
             [0.0] * len(self.work))
@@ -265,8 +266,8 @@ class Scheduler:
         self._speed_sum = 0.0  # sum of speed x slots over registered, unbenched peers
         self._chunk_running: dict[int, list[str]] = {}
         self.hold = 0.0  # after pick() returned None: a suggested retry delay, 0 = default
-        # Slots of peers that accepted the job but have not claimed yet (set by the shell
-        # before a claim): parting a chunk (item 5) counts on them, nothing else does.
+        # Peers that accepted the job but have not claimed yet (set by the shell before a
+        # claim): parting a chunk (item 5) counts on them, nothing else does.
         self.awaited = 0
 
     def drop(self, chunk: int) -> None:
@@ -319,7 +320,14 @@ class Scheduler:
         self.cuts.append([])
         self.groups[chunk] = take
         self.groups.append(rest)
+        self.parted_from[chunk] = self.parted_from[new] = self.parted_from.get(chunk, chunk)
         return new
+
+    def holds_part_of(self, ps: PeerState, chunk: int) -> bool:
+        """Does ``ps`` hold another part of the chunk ``chunk`` was parted from?"""
+        root = self.parted_from.get(chunk)
+        return root is not None and any(
+            self.parted_from.get(self.attempts[x].chunk) == root for x in ps.attempts)
 
     def _partings(self, chunk: int) -> list[tuple[int, ...]]:
         """The rungs a claimer may take of ``chunk``: every run of them from either end."""
@@ -649,6 +657,10 @@ class SwarmScheduler(Scheduler):
                           for x in ps.attempts):
             return None  # one prefetched chunk per peer is enough to hide a download
         ready = max(ps.ready, now) if queued else now
+        if queued and self._pending and self.holds_part_of(ps, self._pending[0]):
+            # A part is for another device: this one would only decode the chunk twice.
+            # It takes the part itself once it is idle, if nobody else has by then.
+            return None
         if queued and self._opening():
             # Whom it would compete with is not known yet: a prefetch sized now could make
             # a slow peer that claimed first hold a second piece it cannot finish in time.
@@ -788,16 +800,25 @@ class SwarmScheduler(Scheduler):
         return best[1], best[2]
 
     def _lanes(self, ps: PeerState, ready: float, now: float) -> list[tuple[float, float]]:
-        """Every live slot as (free from, work/s), the claimer's first (as ``_share``
-        counts them), and the ``awaited`` ones, free now at the mean speed."""
+        """One lane (free from, work/s) per live device, the claimer's slot first: the
+        slots of one device share its cores, and a ladder's split encode already keeps
+        them busy (bench/parting: two local slots on 2 cores took 1.10x as long parted).
+        Then the devices still to come, free now at the mean speed: the ``awaited`` ones
+        and, in the opening round (no result yet), the slots the plan expected beyond the
+        ones that claimed (as ``_share`` counts them)."""
         stale = now - self.absent_s
         lanes = [(ready, ps.speed)]
+        slots = ps.slots
         for q in self.peers.values():
-            if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
+            if (q is ps or q.benched or q.silent
+                    or (not q.attempts and q.seen < stale)):
                 continue
-            free = max(q.ready, now) if q.attempts else now
-            lanes += [(free, q.speed)] * (q.slots - 1 if q is ps else q.slots)
-        return lanes + [(now, self.default_speed())] * self.awaited
+            lanes.append((max(q.ready, now) if q.attempts else now, q.speed))
+            slots += q.slots
+        coming = self.awaited
+        if not any(q.observed for q in self.peers.values()):
+            coming = max(coming, self.expected_slots - slots)
+        return lanes + [(now, self.default_speed())] * coming
 
     def _share(self, ps: PeerState, ready: float, now: float) -> tuple[float, float]:
         """The work ``ps``'s claiming slot can do from ``ready`` until E, the time at which

@@ -485,3 +485,27 @@ def test_a_peer_that_accepted_the_job_counts_for_parting() -> None:
     assert _assign(job.claim("b", 0.5)).chunk == 1
     lone = _ladder_job(1, ["a"])
     assert _assign(lone.claim("a", 0.0)).rungs is None  # nobody else to take a part
+
+
+def test_the_slots_of_one_device_do_not_part_a_chunk() -> None:
+    """They share its cores: a part would only add a decode (bench/parting)."""
+    job = Job([100], rung_shares=LADDER, expected_slots=2)
+    job.add_peer("local", 1.0, 0.0, slots=2)
+    g = _assign(job.claim("local", 0.0))
+    assert g.rungs is None and g.split is None
+
+
+def test_the_opening_round_parts_for_the_peers_the_plan_expects() -> None:
+    job = Job([100], rung_shares=LADDER, expected_slots=2)  # two --peer named
+    job.add_peer("a", 1.0, 0.0)
+    assert _assign(job.claim("a", 0.0)).rungs == (0,)
+
+
+def test_a_peer_does_not_prefetch_the_other_part_of_its_chunk() -> None:
+    job = Job([100], rung_shares=LADDER, expected_slots=2)
+    job.add_peer("a", 1.0, 0.0)
+    g = _assign(job.claim("a", 0.0))
+    job.progress(g.attempt, 50, 50.0)
+    assert isinstance(job.claim("a", 50.0, prefetch=True), Retry)  # left for "b"
+    job.succeeded(g.attempt, 76.0)
+    assert _assign(job.claim("a", 76.0)).chunk == 1  # "b" never came: idle, it takes it
