@@ -568,7 +568,9 @@ class JobServer:
         # This attempt's peer and time (a parted chunk's record now holds its parts' all).
         self.emit(ChunkDone(a.chunk, attempt, self.name_of(a.peer), encode_s, rec.plan.frames,
                             self.job.frames_done))
-        if self.job.done:
+        # Done once every chunk's file is in: a parted chunk's last part may still be in
+        # its join when the other's acceptance gets here.
+        if self.job.done and all(r.file for r in self.in_order()) and not self.finished.is_set():
             self.last_done_remote = a.peer != self.local_key
             self.finished.set()
         return True, ""

@@ -183,6 +183,11 @@ PART_GAIN = 0.05
 # split encode of all three rungs; cleaner sources and slower presets cost less. Set high,
 # so that a part is never thought cheaper than it is.
 RUNG_DECODE_SHARE = 0.4
+# A part is also one more result for the coordinator to verify and content-check, a cost
+# that does not shrink with the chunk: counted as this many frames more of the chunk's work
+# on each part. bench/parting (1080p ladder, two 0.6-CPU peers): parting 2 s chunks was a
+# wash (wall 0.98-1.02, the coordinator +2-3 CPU s a part), 6 s chunks ended 0.83-0.88x.
+PART_FIXED_FRAMES = 20
 
 
 class PickKind(enum.Enum):
@@ -775,7 +780,8 @@ class SwarmScheduler(Scheduler):
         cannot be cut in time. Both ways are list-scheduled onto the slots as they come
         free (the largest piece first to the slot that ends it soonest), the claimer's slot
         taking its part once it is free (a prefetch parts too: the tail's last chunk is
-        usually claimed ahead); a part's work counts its own decode."""
+        usually claimed ahead); a part's work counts its own decode and the check of one
+        more result (PART_FIXED_FRAMES)."""
         if not self.rung_shares:
             return None
         lanes = self._lanes(ps, ready, now)
@@ -789,10 +795,12 @@ class SwarmScheduler(Scheduler):
         best: tuple[float, int, tuple[int, ...]] | None = None
         for c in partable:
             others = [self.work[x] for x in pending if x != c]
+            fixed = self.whole[c] / self.frames[c] * PART_FIXED_FRAMES
             for take in self._partings(c):
                 rest = tuple(r for r in self.groups[c] if r not in take)
-                mine = (ready + self.part_work(c, take) / ps.speed, ps.speed)
-                end = _makespan([*others, self.part_work(c, rest)], [mine, *lanes[1:]])
+                mine = (ready + (self.part_work(c, take) + fixed) / ps.speed, ps.speed)
+                end = _makespan([*others, self.part_work(c, rest) + fixed],
+                                [mine, *lanes[1:]])
                 if best is None or end < best[0]:
                     best = (end, c, take)
         if best is None or best[0] - now > (whole - now) * (1 - PART_GAIN):

@@ -28,7 +28,7 @@ from profiles import Rung, load_profile
 from swarm.events import ChunkDone, ChunkParted, ChunkStart, JobEvent
 
 HEIGHTS = (360, 240, 144)
-SECONDS = 4
+SECONDS = 10  # one chunk of 250 frames: long enough to be worth parting
 
 
 def _make_source(path: Path) -> None:

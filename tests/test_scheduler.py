@@ -398,10 +398,11 @@ def test_finish_estimates_count_the_frames_the_encoder_still_holds() -> None:
 
 # -- a ladder's renditions parted at the tail (swarm.scheduler, item 5) --------------------
 LADDER = (0.6, 0.27, 0.13)  # 1080p, 720p and 480p's shares of a chunk's encode
+N = 300  # frames a chunk (10 s at 30 fps): PART_FIXED_FRAMES is small against it
 
 
 def _ladder_job(chunks: int, peers: list[str]) -> Job:
-    job = Job([100] * chunks, rung_shares=LADDER)
+    job = Job([N] * chunks, rung_shares=LADDER)
     for p in peers:
         job.add_peer(p, 1.0, 0.0)
     return job
@@ -415,16 +416,16 @@ def test_the_last_ladder_chunk_is_parted_between_two_idle_peers() -> None:
     assert h.chunk == 1 and h.rungs is None
     groups = job.scheduler.groups
     assert groups[0] == (0,) and groups[1] == (1, 2)
-    assert job.chunks[1].frames == job.chunks[0].frames == 100
+    assert job.chunks[1].frames == job.chunks[0].frames == N
     assert job.chunks[1].first == job.chunks[0].first == 0
     # Each part pays its own decode: together more than the whole chunk, each less.
     work = job.scheduler.work
-    assert max(work[0], work[1]) < 100 < work[0] + work[1]
+    assert max(work[0], work[1]) < N < work[0] + work[1]
     assert job.succeeded(g.attempt, 76.0)
     assert job.whole_done(0) is None and job.frames_done == 0 and not job.done
     assert job.succeeded(h.attempt, 64.0)
     assert job.whole_done(0) == job.whole_done(1) == 0
-    assert job.frames_done == 100 and job.done
+    assert job.frames_done == N and job.done
 
 
 def test_a_failed_part_comes_back_with_its_rungs() -> None:
@@ -441,8 +442,8 @@ def test_ladder_chunks_stay_whole_while_every_slot_has_one() -> None:
     first = [_assign(job.claim(p, 0.0)) for p in ("a", "b")]
     assert all(g.rungs is None and g.split is None for g in first)
     for g in first:
-        job.succeeded(g.attempt, 100.0)
-    last = _assign(job.claim("a", 100.0))  # one chunk, two idle slots: the tail
+        job.succeeded(g.attempt, 300.0)
+    last = _assign(job.claim("a", 300.0))  # one chunk, two idle slots: the tail
     assert last.rungs is not None
 
 
@@ -455,7 +456,7 @@ def test_two_ladder_chunks_for_three_peers_stay_whole() -> None:
 
 
 def test_without_a_ladder_no_chunk_is_parted() -> None:
-    job = Job([100])
+    job = Job([N])
     for p in ("a", "b"):
         job.add_peer(p, 1.0, 0.0)
     g = _assign(job.claim("a", 0.0))
@@ -489,23 +490,31 @@ def test_a_peer_that_accepted_the_job_counts_for_parting() -> None:
 
 def test_the_slots_of_one_device_do_not_part_a_chunk() -> None:
     """They share its cores: a part would only add a decode (bench/parting)."""
-    job = Job([100], rung_shares=LADDER, expected_slots=2)
+    job = Job([N], rung_shares=LADDER, expected_slots=2)
     job.add_peer("local", 1.0, 0.0, slots=2)
     g = _assign(job.claim("local", 0.0))
     assert g.rungs is None and g.split is None
 
 
 def test_the_opening_round_parts_for_the_peers_the_plan_expects() -> None:
-    job = Job([100], rung_shares=LADDER, expected_slots=2)  # two --peer named
+    job = Job([N], rung_shares=LADDER, expected_slots=2)  # two --peer named
     job.add_peer("a", 1.0, 0.0)
     assert _assign(job.claim("a", 0.0)).rungs == (0,)
 
 
 def test_a_peer_does_not_prefetch_the_other_part_of_its_chunk() -> None:
-    job = Job([100], rung_shares=LADDER, expected_slots=2)
+    job = Job([N], rung_shares=LADDER, expected_slots=2)
     job.add_peer("a", 1.0, 0.0)
     g = _assign(job.claim("a", 0.0))
     job.progress(g.attempt, 50, 50.0)
     assert isinstance(job.claim("a", 50.0, prefetch=True), Retry)  # left for "b"
     job.succeeded(g.attempt, 76.0)
     assert _assign(job.claim("a", 76.0)).chunk == 1  # "b" never came: idle, it takes it
+
+
+def test_a_short_chunk_is_not_parted() -> None:
+    """A part's fixed cost (one more result to check) outweighs what 2 s would save."""
+    job = Job([60], rung_shares=LADDER)
+    for p in ("a", "b"):
+        job.add_peer(p, 1.0, 0.0)
+    assert _assign(job.claim("a", 0.0)).rungs is None
