@@ -11,6 +11,7 @@ from swarm.board import MAX_DEVICES, MAX_JOBS, Board, Device
 from swarm.events import (
     ChunkDone,
     ChunkFailed,
+    ChunkParted,
     ChunkProgress,
     ChunkRequeued,
     ChunkSplit,
@@ -102,6 +103,8 @@ def test_lost_and_failed_attempts_put_the_chunk_back_and_splits_grow_the_map() -
     board.job_event("job12345", ChunkDone(2, "a2", "x", 1.0, 100, 100), 5.0)
     board.job_event("job12345", ChunkStart(2, "a3", "y", 100, False), 5.0)  # a late duplicate
     assert _job(board)["chunks"] == "..d"
+    board.job_event("job12345", ChunkParted(0, ("1080p",), 3, ("720p", "480p")), 6.0)
+    assert _job(board)["chunks"] == "..d."  # the part holding the other rungs
 
 
 def test_a_resumed_job_starts_with_its_kept_chunks_done() -> None:
