@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -24,8 +25,19 @@ from peer.coordinator import run_encode
 from peer.jobserver import joined_unchanged
 from peer.node import Node, NodeConfig
 from peer.options import EncodeOptions, JobIntent, LocalSettings, NetworkSettings, Tuning
+from peer.worker import JobTerms, work_slot
 from profiles import Rung, load_profile
 from swarm.events import ChunkDone, ChunkParted, ChunkStart, JobEvent
+from swarm.protocol import (
+    Assignment,
+    AttemptFailed,
+    JobDone,
+    Message,
+    ProgressAck,
+    ResultAck,
+    decode,
+    encode,
+)
 
 HEIGHTS = (360, 240, 144)
 SECONDS = 10  # one chunk of 250 frames: long enough to be worth parting
@@ -172,3 +184,42 @@ def test_a_join_that_changed_a_packet_is_caught(tmp_path: Path) -> None:
     assert joined_unchanged(listing([(a, 1), (b, 2)], [(a, 1), (b, 2)]), 3)
     assert not joined_unchanged(listing([(a, 1), (b, 2)], [(other, 1), (b, 2)]), 3)
     assert not joined_unchanged(listing([(a, 1), (b, 2)], [(b, 2)]), 3)
+
+
+def test_a_peer_refuses_rungs_its_invite_did_not_give() -> None:
+    """Rungs come as indices into the invite's own ladder; any other is refused as a
+    failed attempt (told to the coordinator), with no encoder started, and the slot goes
+    on. The coordinator here is a stand-in on the wire, since what it says is the input."""
+    failed: list[str] = []
+    claims: list[float] = []
+
+    async def coordinator(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/claim"):
+            claims.append(trio.current_time())
+            msg: Message = JobDone("bad-rungs1") if failed else Assignment(
+                job_id="bad-rungs1", chunk=0, attempt="c00000a001", lease_s=30.0,
+                start_s=0.0, frames=25, source_path="/v1/jobs/bad-rungs1/source",
+                rungs=(1,))
+            return httpx.Response(200, content=encode(msg))
+        if path.endswith("/failed"):
+            failed.append(decode(await request.aread(), AttemptFailed).reason)
+            return httpx.Response(200, content=encode(ResultAck(True, "")))
+        await request.aread()  # the upload (none comes) and progress reports
+        return httpx.Response(200, content=encode(ProgressAck(True, True)))
+
+    async def main() -> None:
+        # No ladder: a single rendition, so rung 1 names nothing.
+        terms = JobTerms("bad-rungs1", "http://coordinator", load_profile("hd"),
+                         VideoPlan(640, 360, 50))
+        async with httpx.AsyncClient(transport=httpx.MockTransport(coordinator),
+                                     base_url="http://coordinator") as client:
+            with trio.fail_after(30):
+                await work_slot(terms, node_id="ab12cd34ef56ab12", slot=0, secret=None,
+                                ffmpeg=find_ffmpeg(), client=client)
+
+    trio.run(main)
+    # Each one it was given (a prefetch may have come before the first was told) failed
+    # so: ffmpeg never ran, or its reason would be its own (nothing serves the source).
+    assert failed and set(failed) == {"rungs [1] are not rungs of the invite's ladder"}
+    assert len(claims) >= 2  # it claimed again and heard the job was done
