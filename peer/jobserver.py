@@ -159,6 +159,8 @@ class JobServer:
         # the chunk's file (``_join``); they are never journalled, so a resumed job encodes
         # a chunk not yet joined again, whole.
         self.part_files: dict[int, str] = {}
+        # A joined chunk's parts, for the report: (peer, share of the chunk's work, encode s).
+        self.part_credits: dict[int, list[tuple[str, float, float]]] = {}
         self.journal = journal
         self.tracks = tracks if tracks is not None else TrackPlan()
         self.restored: list[int] = []
@@ -290,6 +292,11 @@ class JobServer:
 
     def _rung_names(self, chunk: int) -> tuple[str, ...]:
         return tuple(f"{r.height}p" for r in self.vplan_of(chunk).rungs)
+
+    def credits(self, chunk: int) -> list[tuple[str, float, float]]:
+        """Who encoded a kept chunk: (peer, share of its work, encode s), one per part."""
+        rec = self.records[chunk]
+        return self.part_credits.get(chunk, [(rec.peer, 1.0, rec.encode_s)])
 
     def in_order(self) -> list[_ChunkRecord]:
         """Every chunk's record in source order (cut chunks' rests come last by index);
@@ -605,6 +612,9 @@ class JobServer:
         for i in family:
             await trio.to_thread.run_sync(unlink, self.part_files.pop(i))
         recs = [self.records[i] for i in family]
+        work = [self.job.scheduler.work[i] for i in family]
+        self.part_credits[root] = [(r.peer, w / sum(work), r.encode_s)
+                                   for r, w in zip(recs, work, strict=True)]
         rec = self.records[root]
         rec.peer = " + ".join(dict.fromkeys(r.peer for r in recs))
         rec.encode_s = max(r.encode_s for r in recs)

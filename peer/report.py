@@ -26,11 +26,14 @@ def build_report(server: JobServer, wall_s: float) -> dict[str, Any]:
             "encode_s": round(rec.encode_s, 3), "bytes_in": rec.bytes_in,
             "bytes_out": rec.bytes_out,
         })
-        p = peers.setdefault(rec.peer, {"name": rec.peer, "chunks": 0, "frames": 0,
+        # A parted chunk (its "peer" names all of its parts'): each part's peer is credited
+        # with the chunk, and with its frames by the part's share of the work.
+        for name, share, encode_s in server.credits(rec.plan.index):
+            p = peers.setdefault(name, {"name": name, "chunks": 0, "frames": 0,
                                         "encode_s": 0.0})
-        p["chunks"] += 1
-        p["frames"] += rec.plan.frames
-        p["encode_s"] = round(p["encode_s"] + rec.encode_s, 3)
+            p["chunks"] += 1
+            p["frames"] += round(rec.plan.frames * share)
+            p["encode_s"] = round(p["encode_s"] + encode_s, 3)
     # Per-attempt detail (added later; every key above keeps its meaning). Times are seconds
     # since the job's start; an attempt still running at the end (a duplicate that lost)
     # ends at the report's time.

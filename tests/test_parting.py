@@ -116,6 +116,13 @@ def test_the_tail_chunk_is_parted_only_when_allowed(jobs: dict[str, Any]) -> Non
     # The report lists the source's one chunk, not its parts, encoded by both peers.
     by = {e.chunk: e.peer for e in done}
     assert [c["peer"] for c in report["chunks"]] == [" + ".join(dict.fromkeys([by[0], by[1]]))]
+    # Its peers are credited each with its part (by the share of the work), not as one.
+    credited = {p["name"]: p["frames"] for p in report["peers"]}
+    assert set(credited) == set(by.values())
+    if by[0] != by[1]:  # the 360p part is the larger
+        assert credited[by[0]] > credited[by[1]] > 0
+        assert sum(credited.values()) in range(report["chunks"][0]["frames"] - 1,
+                                               report["chunks"][0]["frames"] + 2)
     assert len(jobs["runs"]["whole"][0]["chunks"]) == 1
 
 
