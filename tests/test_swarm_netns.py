@@ -48,6 +48,8 @@ TWO_MINUTES_S = 120
 FPS = 25
 PROFILE = "480p"
 CHUNK_ARGS = ("-p", PROFILE, "--chunk-seconds", "1")
+# The cut-off peer's link: a heavy 1 s chunk (~0.5 MB) takes about a second to arrive.
+ALPHA_LINK_BIT = 4_000_000
 # Per-test budget (all waits and processes inside it); each test takes 10-30 s here.
 BUDGET_S = 100
 # Lease for the tests where a peer vanishes without its TCP connections closing: long
@@ -255,6 +257,10 @@ def test_peer_cut_off_mid_chunk_loses_its_lease_and_drops_the_job(
     src, out, rep = sources["heavy"], outdir / "out.mp4", outdir / "report.json"
     with lan(3) as net, Swarm(net, _logs(outdir), BUDGET_S) as sw:
         alpha, _beta = _joined(sw, (net[1], "alpha", ()), (net[2], "beta", ()))
+        # Each chunk's source is sent capped to what it needs, so on a fast machine a
+        # download over the veth lasted too short for the poll below to see it (CI on
+        # 0846e62: the whole job ended first). A Wi-Fi-like link keeps each one open ~1 s.
+        net.shape(net[1], ALPHA_LINK_BIT)
         enc = sw.encode(net[0], src, out, "--name", "coord", "--no-local", *CHUNK_ARGS,
                         "--report", str(rep), "--lease-seconds", SHORT_LEASE_S)
         # Mid-download: the coordinator is streaming source bytes to alpha when it vanishes.
