@@ -241,7 +241,8 @@ class JobServer:
             # Our own slots die with us and owe no heartbeat (run_encode announces them;
             # a caller that did not gets them at the default speed, one slot).
             self.job.add_peer(peer, None, now, heartbeat=False)
-        self.job.scheduler.awaited = len(self.awaited(now))
+        if self.job.scheduler.rung_shares:  # only parting counts on them
+            self.job.scheduler.awaited = len(self.awaited(now))
         action = self.job.claim(peer, now, prefetch=prefetch)
         if isinstance(action, Grant) and action.split is not None:
             if action.rungs is not None:
@@ -539,12 +540,14 @@ class JobServer:
                 self.param_sets = None
             self.fail(attempt, wrong, bench=True)  # wrong pictures are no accident: bench now
             return False, wrong
-        digest = await trio.to_thread.run_sync(file_digest, path)
+        root = self.job.part_of.get(a.chunk)  # a parted chunk's: the one it was parted from
+        parted = root is not None
+        # A part is never journalled: only its chunk's joined file (``_join``) is digested.
+        digest = None if parted else await trio.to_thread.run_sync(file_digest, path)
         if not self.job.succeeded(attempt, trio.current_time()):
             await trio.to_thread.run_sync(unlink, path)
             self.emit(ChunkDuplicate(a.chunk, attempt, self.name_of(a.peer)))
             return False, "chunk already done"
-        parted = a.chunk in self.job.part_of
         final = os.path.join(self.workdir, f"{'part' if parted else 'chunk'}_{a.chunk:05d}.nut")
         os.replace(path, final)
         self.param_sets_kept = self.param_sets_kept or not parted
@@ -553,17 +556,17 @@ class JobServer:
         started = self._attempt(attempt).started
         rec.encode_s = encode_s = now - (started if started is not None else now)
         rec.bytes_in = bytes_in
-        last = False  # of a parted chunk's parts, the one in last joins them
-        if parted:
-            # Before any await: two parts accepted at once must not both think them last.
+        if root is not None:
+            # Before any await: two parts accepted at once must not both think them last;
+            # the one in last joins them.
             self.part_files[a.chunk] = final
-            root = self.job.part_of[a.chunk]
             last = all(i in self.part_files for i in self.job.parts[root])
         rec.bytes_out = (await trio.Path(final).stat()).st_size
-        if parted:
+        if root is not None:
             if last:
                 await self._join(root, attempt)
         else:
+            assert digest is not None
             rec.file = final
             if self.journal is not None:
                 # Journalled before the peer hears "accepted" and before anything is merged.

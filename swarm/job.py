@@ -233,11 +233,18 @@ class Job:
         self._running: dict[str, None] = {}  # an ordered set: deterministic iteration
         self._done = 0
         self._frames_done = 0
-        # Parted ladder chunks (``Grant.rungs``): each part's index -> the chunk it was
-        # parted from first, and that chunk -> all its parts (itself too). Its frames count
-        # as done once every part is.
-        self.part_of: dict[int, int] = {}
-        self.parts: dict[int, list[int]] = {}
+
+    @property
+    def part_of(self) -> dict[int, int]:
+        """Parted ladder chunks (``Grant.rungs``): each part's index -> the chunk it was
+        parted from first (the scheduler's record)."""
+        return self.scheduler.parted_from
+
+    @property
+    def parts(self) -> dict[int, list[int]]:
+        """A parted chunk -> all its parts (itself too); its frames count as done once
+        every part is."""
+        return self.scheduler.parts
 
     @property
     def policy(self) -> str:
@@ -357,9 +364,6 @@ class Job:
             self._end(self.attempts[pick.victim], AttemptOutcome.CANCELLED, now,
                       f"taken over by {peer}")
         if pick.split is not None and pick.rungs is not None:
-            root = self.part_of.get(pick.chunk, pick.chunk)
-            self.parts.setdefault(root, [root]).append(pick.split)
-            self.part_of[pick.split] = self.part_of[pick.chunk] = root
             assert pick.split == len(self.chunks)
             self.chunks.append(Chunk(pick.split, chunk.frames, chunk.first))
         elif pick.split is not None:

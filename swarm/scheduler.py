@@ -260,7 +260,10 @@ class Scheduler:
         self.rung_shares = shares
         self.groups: list[tuple[int, ...]] = [tuple(range(len(shares)))] * len(self.work)
         self.whole = list(self.work)
-        self.parted_from: dict[int, int] = {}  # each part -> the chunk first parted
+        # Parted chunks: each part -> the chunk first parted, and that chunk -> every part
+        # (itself too).
+        self.parted_from: dict[int, int] = {}
+        self.parts: dict[int, list[int]] = {}
         # Source bytes a peer must receive per chunk (0: unknown, no transfer cost counted).
         self.bytes = [float(b) for b in source_bytes] if source_bytes is not None else (
             [0.0] * len(self.work))
@@ -325,7 +328,9 @@ class Scheduler:
         self.cuts.append([])
         self.groups[chunk] = take
         self.groups.append(rest)
-        self.parted_from[chunk] = self.parted_from[new] = self.parted_from.get(chunk, chunk)
+        root = self.parted_from[chunk] = self.parted_from[new] = self.parted_from.get(chunk,
+                                                                                   chunk)
+        self.parts.setdefault(root, [root]).append(new)
         return new
 
     def holds_part_of(self, ps: PeerState, chunk: int) -> bool:
@@ -818,8 +823,7 @@ class SwarmScheduler(Scheduler):
         lanes = [(ready, ps.speed)]
         slots = ps.slots
         for q in self.peers.values():
-            if (q is ps or q.benched or q.silent
-                    or (not q.attempts and q.seen < stale)):
+            if q is ps or not self._counted(q, ps, stale):
                 continue
             lanes.append((max(q.ready, now) if q.attempts else now, q.speed))
             slots += q.slots
@@ -827,6 +831,12 @@ class SwarmScheduler(Scheduler):
         if not any(q.observed for q in self.peers.values()):
             coming = max(coming, self.expected_slots - slots)
         return lanes + [(now, self.default_speed())] * coming
+
+    @staticmethod
+    def _counted(q: PeerState, ps: PeerState, stale: float) -> bool:
+        """Is ``q`` counted on to take work now (``ps`` claims; peers unseen since ``stale``
+        with nothing in hand are not)?"""
+        return not (q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps))
 
     def _share(self, ps: PeerState, ready: float, now: float) -> tuple[float, float]:
         """The work ``ps``'s claiming slot can do from ``ready`` until E, the time at which
@@ -844,7 +854,7 @@ class SwarmScheduler(Scheduler):
         measured = ps.observed > 0
         guessed = False  # some other slot's speed is only a benchmark's (or a phantom's)
         for q in self.peers.values():
-            if q.benched or q.silent or (not q.attempts and q.seen < stale and q is not ps):
+            if not self._counted(q, ps, stale):
                 continue
             free = max(q.ready, now) if q.attempts else now
             n = q.slots - 1 if q is ps else q.slots
