@@ -415,10 +415,13 @@ class Node:
             self._nursery.start_soon(self._build_pyz)
 
     async def _build_pyz(self) -> None:
-        """Build swarm.pyz once (in a thread: ~1 s of CPU) and say how to fetch it."""
+        """Build swarm.pyz once (a niced child, ~4 CPU s uncached) and say how to fetch
+        it."""
         try:
-            self.pyz = await trio.to_thread.run_sync(pyz_mod.get, self.config.cache_dir,
-                                                     abandon_on_cancel=True)
+            # Paused while this node encodes for a coordinator; a coordinator's own build
+            # runs only when asked for, so it is not held back by its job.
+            self.pyz = await pyz_mod.get_niced(self.config.cache_dir,
+                                               busy=lambda: bool(self.work))
         except Exception as exc:  # e.g. a dependency installed without its file list
             log.warning("not serving %s: %s", pyz_mod.BOOTSTRAP_NAME, exc)
             return
@@ -433,6 +436,10 @@ class Node:
             with trio.move_on_after(PYZ_WAIT_S):
                 await self._pyz_tried.wait()
         built = self.pyz
+        if built is None and self.config.serve_pyz and not self._pyz_tried.is_set():
+            # The build waits while this node encodes (pyz_mod.get_niced).
+            raise HTTPError(f"{pyz_mod.BOOTSTRAP_NAME} is still being built on this node, "
+                            "behind its encoding; try again in a minute", status_code=503)
         if built is None:
             raise HTTPError(f"{pyz_mod.BOOTSTRAP_NAME} is not available from this node",
                             status_code=503)

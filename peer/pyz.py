@@ -21,22 +21,31 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 import zipfile
 import zipimport
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import trio
+
 from swarm.errors import SwarmError
 
+from .proc import niced
+
 __all__ = ["BOOTSTRAP_NAME", "PackError", "Pyz", "bootstrap_line", "build", "get",
-           "running_archive"]
+           "get_niced", "running_archive"]
 
 BOOTSTRAP_NAME = "swarm.pyz"
 ROOT_DIST = "swarm-encode"
@@ -355,8 +364,11 @@ def _cached_zip(files: dict[str, bytes], folder: Path | None) -> bytes:
         for old in folder.glob("pyz-*.pyz"):
             old.unlink()
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, cached)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        finally:
+            tmp.unlink(missing_ok=True)
     return data
 
 
@@ -373,20 +385,41 @@ def _check_starts(data: bytes) -> None:
     What breaks it is a dependency that needs compiled code (typer 0.29's pydantic-core):
     that is found here, once per new build, not by every device that fetches the file.
     """
-    import subprocess
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, BOOTSTRAP_NAME)
         with open(path, "wb") as f:
             f.write(data)
         res = subprocess.run([sys.executable, "-S", "-E", "-c", _CHECK, path],
-                             capture_output=True, text=True, timeout=300, check=False)
+                             capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
+                             check=False)
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or [f"exit {res.returncode}"]
         raise PackError(f"the packed program does not start without compiled modules: "
                            f"{lines[-1]} (is a dependency newer than pyproject.toml allows?)")
 
+
+# Wall time for that check (1-2 CPU s); a node's build runs it with none (it may be paused).
+CHECK_TIMEOUT_S: float | None = 300
+# A node builds in a child Python at the lowest priority, and paused while the node encodes:
+# a build is about 4 CPU s here (compiling ~1,200 modules, deflating 10 MB, the check above;
+# more on a Pi), and in a thread of the node it took that from the device's first jobs
+# (bench/hetero: a 0.15-CPU peer still building through the warm-up job and the timed one).
+# The nice value alone is not enough: under a CPU quota (a container, cgroups) a niced task
+# alone on a core spends the quota its encoder shares (measured: 1.4 CPU s of the build
+# against 1.9 of the encoder in the same 23 s).
+BUILD_NICE = 19
+# How often the build looks whether the node has started or stopped encoding.
+PAUSE_CHECK_S = 0.5
+# The child: the parent's import path first, so that it packs the same program and
+# dependencies the node runs; argv: that path (JSON), the cache folder ("" for none). The
+# archive comes back on stdout: nothing on disk to leave behind if either side dies.
+_CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+          "from pathlib import Path; from peer import pyz; pyz.CHECK_TIMEOUT_S = None; "
+          "built = pyz.build(Path(sys.argv[2]) if sys.argv[2] else None); "
+          "sys.stdout.buffer.write(built.data)")
+# A cancelled build gets SIGINT first (its check's subprocess and temporary folder are
+# cleaned up on KeyboardInterrupt), then SIGKILL after this long.
+CANCEL_GRACE_S = 5.0
 
 _lock = threading.Lock()
 _built: Pyz | None = None
@@ -405,3 +438,67 @@ def bootstrap_line(address: str) -> str:
     """The one command that makes another device a peer, fetching the pyz from ``address``."""
     return f"curl -O http://{address}/{BOOTSTRAP_NAME} && python3 {BOOTSTRAP_NAME} join"
 
+
+async def get_niced(cache_dir: Path | None = None,
+                    busy: Callable[[], bool] = lambda: False) -> Pyz:
+    """``get`` for a running node: built by a child Python at ``BUILD_NICE``, stopped
+    (SIGSTOP) whenever ``busy()`` says the node encodes, so that it never takes CPU (or this
+    process's GIL) from an encoder; cancelling kills it."""
+    global _built
+    if _built is not None:
+        return _built
+    if running_archive() is not None:  # the file itself: read, nothing to build
+        return await trio.to_thread.run_sync(get, cache_dir)
+    argv = niced([sys.executable, "-c", _CHILD, json.dumps(sys.path),
+                  str(cache_dir) if cache_dir is not None else ""], BUILD_NICE)
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def run(task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        # Its own process group (not session: that would be its own autogroup, which the
+        # nice value does not reach), so that signals reach the check it runs too.
+        done.append(await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False, process_group=0,
+            deliver_cancel=_stop_group, task_status=task_status))
+        nursery.cancel_scope.cancel()  # nothing left to pause
+
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(run)
+        nursery.start_soon(_pause_while, proc, busy)
+    res = done[0]
+    if res.returncode != 0:
+        lines = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        tail = lines[-1] if lines else f"exit status {res.returncode}"
+        raise PackError(f"building {BOOTSTRAP_NAME} failed: "
+                        f"{tail.removeprefix('peer.pyz.PackError: ')}")
+    data = res.stdout
+    with _lock:
+        if _built is None:
+            _built = Pyz(data, hashlib.sha256(data).hexdigest())
+        return _built
+
+
+async def _pause_while(proc: trio.Process, busy: Callable[[], bool]) -> None:
+    """Keep the build's process group stopped while ``busy()``."""
+    stopped = False
+    try:
+        while True:
+            if busy() != stopped:
+                stopped = not stopped
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+            await trio.sleep(PAUSE_CHECK_S)
+    finally:
+        if stopped:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
+
+
+async def _stop_group(proc: trio.Process) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGCONT)  # a paused build takes the signal now
+        with trio.move_on_after(CANCEL_GRACE_S):
+            await proc.wait()
+            return
+        os.killpg(proc.pid, signal.SIGKILL)

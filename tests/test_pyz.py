@@ -27,6 +27,7 @@ import pytest
 import trio
 from swarm_hosts import Swarm
 
+import peer.node
 from chunker.tools import find_ffmpeg
 from chunker.verify import check_output
 from media import FFMPEG, decode_errors, media_info
@@ -230,6 +231,87 @@ async def test_building_the_pyz_does_not_block_the_node(
                     answered_while_building += node.pyz is None and r.status_code == 200
                 assert answered_while_building > 0
             nursery.cancel_scope.cancel()
+
+
+def _builders() -> dict[int, tuple[int, str, int]]:
+    """This process's children building a pyz: pid -> (nice value, state, CPU ticks)."""
+    found = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(stat).with_name("cmdline").read_bytes()
+        except OSError:
+            continue
+        # stat's fields 3 (state), 4 (ppid), 14-15 (utime, stime) and 19 (nice): 0, 1,
+        # 11-12 and 16 after the command's name.
+        if int(fields[1]) == os.getpid() and b"from peer import pyz" in cmdline:
+            found[int(Path(stat).parent.name)] = (int(fields[16]), fields[0],
+                                                  int(fields[11]) + int(fields[12]))
+    return found
+
+
+def _left(pids: dict[int, int], folder: Path) -> tuple[list[int], list[str]]:
+    """Which of ``pids`` still exist, and what is in ``folder``."""
+    return ([p for p in pids if Path(f"/proc/{p}").exists()],
+            sorted(p.name for p in folder.iterdir()))
+
+
+async def test_a_node_builds_its_pyz_in_a_niced_child_and_a_cancel_kills_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build is 8-10 CPU s: run at the lowest priority, it waits for an idle CPU instead of
+    slowing the device's encodes (bench/hetero), and stopping the node stops it, leaving no
+    file behind."""
+    monkeypatch.setattr(pyz, "_built", None)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            node = Node(NodeConfig(name="nice", port=0, host="127.0.0.1", advertise=False,
+                                   cache_dir=tmp_path), find_ffmpeg())
+            await nursery.start(node.run)
+            while not (builders := _builders()):  # noqa: ASYNC110 (a child: no event)
+                await trio.sleep(0.05)
+            assert [nice for nice, _, _ in builders.values()] == [pyz.BUILD_NICE]
+            # Asked for it meanwhile, and not waiting, one is told why there is none yet.
+            monkeypatch.setattr(peer.node, "PYZ_WAIT_S", 0.0)
+            async with httpx.AsyncClient(timeout=30) as client:
+                got = await client.get(f"http://127.0.0.1:{node.port}/swarm.pyz")
+            assert got.status_code == 503 and "still being built" in got.text
+            nursery.cancel_scope.cancel()
+    assert node.pyz is None and pyz._built is None
+    assert not _builders()
+    assert _left(builders, tmp_path) == ([], [])  # reaped (no zombie), no part-written file
+    # Not cancelled, the same child's archive is the one this process would pack.
+    with trio.fail_after(120):
+        built = await pyz.get_niced(tmp_path)
+    assert built == pyz.build(tmp_path) and pyz._built is built
+    files = _left(builders, tmp_path)[1]
+    assert len(files) == 1 and files[0].startswith("pyz-") and files[0].endswith(".pyz")
+
+
+async def test_a_build_waits_while_the_node_encodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a CPU quota a niced build alone on a core still spends the quota the encoder
+    shares (bench/hetero), so it is stopped outright while the node works."""
+    monkeypatch.setattr(pyz, "_built", None)
+    busy = True
+    built: list[pyz.Pyz] = []
+
+    async def build() -> None:
+        built.append(await pyz.get_niced(tmp_path, busy=lambda: busy))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(build)
+            while not _builders():  # noqa: ASYNC110 (a child: no event)
+                await trio.sleep(0.05)
+            await trio.sleep(2 * pyz.PAUSE_CHECK_S)
+            before = _builders()
+            await trio.sleep(1.0)
+            after = _builders()
+            assert [state for _, state, _ in after.values()] == ["T"]  # stopped
+            assert after == before  # and not a tick of CPU meanwhile
+            busy = False
+    assert built and built[0] == pyz.build(tmp_path)
+    assert not _builders()
 
 
 async def test_a_coordinators_node_builds_its_pyz_only_when_it_is_wanted() -> None:
