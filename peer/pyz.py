@@ -413,7 +413,10 @@ PAUSE_CHECK_S = 0.5
 # The child: the parent's import path first, so that it packs the same program and
 # dependencies the node runs; argv: that path (JSON), the cache folder ("" for none). The
 # archive comes back on stdout: nothing on disk to leave behind if either side dies.
-_CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+# SIGINT is made KeyboardInterrupt again: a program started in the background of a script
+# inherits it ignored, and then a cancel would wait out CANCEL_GRACE_S for nothing.
+_CHILD = ("import json, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "sys.path[:0] = json.loads(sys.argv[1]); "
           "from pathlib import Path; from peer import pyz; pyz.CHECK_TIMEOUT_S = None; "
           "built = pyz.build(Path(sys.argv[2]) if sys.argv[2] else None); "
           "sys.stdout.buffer.write(built.data)")

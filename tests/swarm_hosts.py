@@ -118,9 +118,10 @@ class SwarmProcess:
         return self.wait(STOP_TIMEOUT_S)
 
     def children(self) -> list[tuple[int, list[str]]]:
-        """Direct children (pid, argv) of this process: its ffmpeg encoders."""
+        """Direct children (pid, argv) of this process that run an ffmpeg: its encoders
+        (not, for a join, the Python child that builds its swarm.pyz)."""
         return [(pid, argv) for pid, argv in processes(self.host)
-                if _ppid(pid) == self.pid]
+                if _ppid(pid) == self.pid and argv and "ffmpeg" in Path(argv[0]).name]
 
 
 @dataclass

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import urllib.request
 import zipfile
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -250,6 +251,14 @@ def _builders() -> dict[int, tuple[int, str, int]]:
     return found
 
 
+def _cmdlines() -> list[bytes]:
+    out = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        with suppress(OSError):
+            out.append(Path(path).read_bytes().replace(b"\0", b" "))
+    return out
+
+
 def _left(pids: dict[int, int], folder: Path) -> tuple[list[int], list[str]]:
     """Which of ``pids`` still exist, and what is in ``folder``."""
     return ([p for p in pids if Path(f"/proc/{p}").exists()],
@@ -279,6 +288,10 @@ async def test_a_node_builds_its_pyz_in_a_niced_child_and_a_cancel_kills_it(
     assert node.pyz is None and pyz._built is None
     assert not _builders()
     assert _left(builders, tmp_path) == ([], [])  # reaped (no zombie), no part-written file
+    with trio.fail_after(10):  # the child's check, stopped by the same signal
+        while any(b"-S -E -c import sys; sys.path.insert" in c  # noqa: ASYNC110
+                  for c in _cmdlines()):
+            await trio.sleep(0.1)
     # Not cancelled, the same child's archive is the one this process would pack.
     with trio.fail_after(120):
         built = await pyz.get_niced(tmp_path)
